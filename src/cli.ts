@@ -1,0 +1,94 @@
+#!/usr/bin/env node
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { createApp } from './app.ts';
+import { ConfigError, loadConfigFile } from './config/load.ts';
+
+const USAGE = `mcpgate — OAuth 2.1 gateway for remote MCP servers
+
+Usage:
+  mcpgate serve --config FILE     run the gateway
+  mcpgate check --config FILE     validate a config file; prints every problem, exits 1 if any
+  mcpgate --version | --help
+
+Environment overrides: MCPGATE_LISTEN, MCPGATE_PUBLIC_URL, MCPGATE_LOG_LEVEL.
+Docs: README.md and docs/ in the repository.`;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      config: { type: 'string', short: 'c' },
+      help: { type: 'boolean', short: 'h' },
+      version: { type: 'boolean', short: 'v' },
+    },
+  });
+  if (values.version) {
+    process.stdout.write(`${version()}\n`);
+    return 0;
+  }
+  const [command] = positionals;
+  if (values.help || !command) {
+    process.stdout.write(`${USAGE}\n`);
+    return values.help ? 0 : 2;
+  }
+  switch (command) {
+    case 'check':
+    case 'serve': {
+      const path = values.config ?? process.env.MCPGATE_CONFIG;
+      if (!path) {
+        process.stderr.write(`mcpgate ${command}: --config FILE is required\n`);
+        return 2;
+      }
+      let config;
+      try {
+        config = loadConfigFile(path);
+      } catch (error) {
+        if (error instanceof ConfigError) {
+          process.stderr.write(`${error.message}\n`);
+          return 1;
+        }
+        throw error;
+      }
+      if (command === 'check') {
+        process.stdout.write(`${path}: ok (${config.upstreams.length} upstream${config.upstreams.length === 1 ? '' : 's'})\n`);
+        return 0;
+      }
+      return serve(createApp(config));
+    }
+    default:
+      process.stderr.write(`mcpgate: unknown command "${command}"\n\n${USAGE}\n`);
+      return 2;
+  }
+}
+
+async function serve(app: ReturnType<typeof createApp>): Promise<number> {
+  await app.listen();
+  return new Promise((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      app.logger.info({ msg: 'shutting down', signal, inFlight: app.frontDoor.inFlight() });
+      app.close().then(() => resolve(0), () => resolve(1));
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    process.stderr.write(`mcpgate: ${(error as Error).message}\n`);
+    process.exitCode = 1;
+  },
+);

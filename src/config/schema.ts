@@ -1,0 +1,201 @@
+import { isIP } from 'node:net';
+import { z } from 'zod';
+import { parseDuration } from './duration.ts';
+import { isSecretRef, resolveSecretRef, type SecretSources } from './secrets.ts';
+
+/**
+ * The configuration schema (DESIGN §8). Key names are mcpgate's public interface.
+ *
+ * Built per load so secret references resolve against injected sources; every problem,
+ * including an unset environment variable, is reported with its path in one pass.
+ */
+export function createConfigSchema(sources: SecretSources) {
+  const duration = z.string().transform((text, ctx) => {
+    const ms = parseDuration(text);
+    if (ms === undefined) {
+      ctx.addIssue({ code: 'custom', message: 'must be a duration such as "90s", "10m" or "30d"' });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+  /** A secret: only `env:`/`file:` references are accepted; the value is resolved at load. */
+  const secret = z.string().transform((ref, ctx) => {
+    if (!isSecretRef(ref)) {
+      ctx.addIssue({ code: 'custom', message: 'must be a secret reference (env:NAME or file:/path), never an inline value' });
+      return z.NEVER;
+    }
+    try {
+      return resolveSecretRef(ref, sources);
+    } catch (error) {
+      ctx.addIssue({ code: 'custom', message: (error as Error).message });
+      return z.NEVER;
+    }
+  });
+
+  const httpUrl = z.string().refine((text) => {
+    try {
+      const url = new URL(text);
+      return url.protocol === 'https:' || url.protocol === 'http:';
+    } catch {
+      return false;
+    }
+  }, 'must be an absolute http(s) URL');
+
+  const listen = z.string().refine((text) => {
+    const match = /^(.*):(\d{1,5})$/.exec(text);
+    if (!match) return false;
+    const host = match[1]!.replace(/^\[(.*)\]$/, '$1');
+    const port = Number(match[2]);
+    return port <= 65535 && host.length > 0 && (isIP(host) !== 0 || /^[A-Za-z0-9.-]+$/.test(host));
+  }, 'must be host:port, e.g. "0.0.0.0:8080"');
+
+  const cidr = z.string().refine((text) => {
+    const [address, bits, extra] = text.split('/');
+    if (extra !== undefined || !address) return false;
+    const family = isIP(address);
+    if (family === 0) return false;
+    if (bits === undefined) return true;
+    const n = Number(bits);
+    return /^\d+$/.test(bits) && n <= (family === 4 ? 32 : 128);
+  }, 'must be an IP address or CIDR range');
+
+  const server = z.strictObject({
+    listen: listen.default('127.0.0.1:8080'),
+    publicUrl: httpUrl,
+    devMode: z.boolean().default(false),
+    trustedProxies: z.array(cidr).default([]),
+    allowedOrigins: z.array(z.string()).default([]),
+    maxBodyBytes: z.number().int().positive().max(64 * 1024 * 1024).default(4 * 1024 * 1024),
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    /** How long open streams may run on after SIGTERM before they are cut. */
+    drainTimeout: duration.default(25_000),
+    /** Upstream must send response headers within this time (504 otherwise). SSE bodies have no read timeout. */
+    upstreamTimeout: duration.default(30_000),
+    /** Writes an SSE comment on idle streams this often; off when absent. */
+    sseKeepAlive: duration.optional(),
+  });
+
+  const idp = z.strictObject({
+    issuer: httpUrl,
+    clientId: z.string().min(1),
+    clientSecret: secret.optional(),
+    scopes: z.array(z.string().min(1)).default(['openid', 'profile', 'email', 'offline_access']),
+    userClaim: z.string().min(1).default('sub'),
+    authParams: z.record(z.string(), z.string()).default({}),
+  });
+
+  const authServer = z.strictObject({
+    signingKeys: z.array(secret).default([]),
+    accessTokenTtl: duration.default(600_000),
+    refreshTokenTtl: duration.default(30 * 86_400_000),
+    registration: z
+      .strictObject({ dynamic: z.boolean().default(true), initialAccessToken: secret.nullable().default(null) })
+      .default({ dynamic: true, initialAccessToken: null }),
+    clientMetadataDocuments: z.boolean().default(true),
+  });
+
+  const storage = z.strictObject({
+    kind: z.enum(['memory', 'valkey']).default('memory'),
+    valkey: z
+      .strictObject({
+        url: z.string().regex(/^(redis|rediss|valkey|valkeys):\/\//, 'must be a redis:// or rediss:// URL'),
+        username: secret.optional(),
+        password: secret.optional(),
+        keyPrefix: z.string().default('mcpgate:'),
+      })
+      .optional(),
+    encryptionKeys: z.array(z.strictObject({ id: z.string().regex(/^[A-Za-z0-9_-]{1,32}$/), key: secret })).default([]),
+    /** Valkey without encryption keys is refused unless this is set. */
+    allowUnencrypted: z.boolean().default(false),
+  });
+
+  const challenge = z.enum(['auto', 'elicitation', 'tool_result', 'reauthorize']);
+  const auth = z.discriminatedUnion('mode', [
+    z.strictObject({ mode: z.literal('none') }),
+    z.strictObject({ mode: z.literal('static'), header: z.string().regex(/^[A-Za-z0-9-]+$/).default('Authorization'), value: secret }),
+    z.strictObject({ mode: z.literal('idp'), refreshMargin: duration.default(60_000) }),
+    z.strictObject({ mode: z.literal('id_token') }),
+    z.strictObject({
+      mode: z.literal('oauth'),
+      scopes: z.array(z.string().min(1)).default([]),
+      challenge: challenge.default('auto'),
+      clientId: z.string().min(1).optional(),
+      clientSecret: secret.optional(),
+      refreshMargin: duration.default(60_000),
+    }),
+    z.strictObject({
+      mode: z.literal('token_exchange'),
+      tokenEndpoint: httpUrl,
+      audience: z.string().min(1),
+      scopes: z.array(z.string().min(1)).default([]),
+      clientId: z.string().min(1),
+      clientSecret: secret.optional(),
+      challenge: challenge.default('auto'),
+    }),
+  ]);
+
+  const upstream = z.strictObject({
+    name: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'must be lowercase letters, digits, "-" or "_" (it becomes the path /{name}/mcp)'),
+    url: httpUrl,
+    auth: auth.default({ mode: 'none' }),
+  });
+
+  return z
+    .strictObject({
+      server,
+      idp: idp.optional(),
+      authServer: authServer.default({
+        signingKeys: [],
+        accessTokenTtl: 600_000,
+        refreshTokenTtl: 30 * 86_400_000,
+        registration: { dynamic: true, initialAccessToken: null },
+        clientMetadataDocuments: true,
+      }),
+      storage: storage.default({ kind: 'memory', encryptionKeys: [], allowUnencrypted: false }),
+      upstreams: z.array(upstream).min(1, 'at least one upstream is required'),
+    })
+    .superRefine((config, ctx) => {
+      const publicUrl = URL.canParse(config.server.publicUrl) ? new URL(config.server.publicUrl) : undefined;
+      if (publicUrl && publicUrl.protocol !== 'https:' && !config.server.devMode) {
+        ctx.addIssue({ code: 'custom', path: ['server', 'publicUrl'], message: 'must be an https URL (http is allowed only with devMode: true)' });
+      }
+      if (publicUrl && (publicUrl.search || publicUrl.hash)) {
+        ctx.addIssue({ code: 'custom', path: ['server', 'publicUrl'], message: 'must not have a query or fragment' });
+      }
+      if (config.idp && !config.server.devMode && !config.idp.issuer.startsWith('https:')) {
+        ctx.addIssue({ code: 'custom', path: ['idp', 'issuer'], message: 'must be an https URL (http is allowed only with devMode: true)' });
+      }
+      const seen = new Set<string>();
+      config.upstreams.forEach((u, index) => {
+        if (seen.has(u.name)) ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'name'], message: `duplicate upstream name "${u.name}"` });
+        seen.add(u.name);
+        if (u.auth.mode !== 'none' && u.auth.mode !== 'static' && !config.idp) {
+          ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'auth', 'mode'], message: `mode "${u.auth.mode}" needs the idp: section (users must log in)` });
+        }
+      });
+      if (config.storage.kind === 'valkey') {
+        if (!config.storage.valkey) ctx.addIssue({ code: 'custom', path: ['storage', 'valkey'], message: 'is required when kind is valkey' });
+        if (config.storage.encryptionKeys.length === 0 && !config.storage.allowUnencrypted) {
+          ctx.addIssue({ code: 'custom', path: ['storage', 'encryptionKeys'], message: 'is required with valkey (tokens are sealed at rest); set allowUnencrypted: true to override' });
+        }
+      }
+      const ids = new Set<string>();
+      config.storage.encryptionKeys.forEach((k, index) => {
+        if (ids.has(k.id)) ctx.addIssue({ code: 'custom', path: ['storage', 'encryptionKeys', index, 'id'], message: 'duplicate key id' });
+        ids.add(k.id);
+        if (Buffer.from(k.key, 'base64').length !== 32) {
+          ctx.addIssue({ code: 'custom', path: ['storage', 'encryptionKeys', index, 'key'], message: 'must be 32 bytes, base64-encoded' });
+        }
+      });
+      if (config.idp && config.authServer.signingKeys.length === 0 && !config.server.devMode) {
+        ctx.addIssue({ code: 'custom', path: ['authServer', 'signingKeys'], message: 'at least one signing key is required (an ephemeral key is allowed only with devMode: true)' });
+      }
+    });
+}
+
+/** The validated configuration, with defaults filled, durations in milliseconds and secrets resolved. */
+export type Config = z.output<ReturnType<typeof createConfigSchema>>;
+export type UpstreamConfig = Config['upstreams'][number];
+export type UpstreamAuthConfig = UpstreamConfig['auth'];
+export type AuthMode = UpstreamAuthConfig['mode'];

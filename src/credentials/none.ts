@@ -1,0 +1,19 @@
+import { BadGateway } from '../http/errors.ts';
+import type { CredentialSource, RejectionOutcome } from './types.ts';
+
+/**
+ * An upstream rejected a credential we cannot renew: the agent cannot fix that by logging in
+ * again, and the upstream's own challenge would send it to a foreign authorization server.
+ */
+export function refuseRejection(upstream: string, why: string): RejectionOutcome {
+  return { action: 'respond', error: new BadGateway(`upstream "${upstream}" refused the request: ${why}`) };
+}
+
+/** Mode `none`: the upstream gets no credential at all. */
+export function createNoCredential(upstream: string): CredentialSource {
+  return {
+    mode: 'none',
+    headers: async () => ({}),
+    rejected: async () => refuseRejection(upstream, 'it requires authorization and this upstream is configured with auth mode "none"'),
+  };
+}

@@ -1,0 +1,20 @@
+import type { RequestContext } from '../http/router.ts';
+import type { Principal } from '../credentials/types.ts';
+import type { Upstream } from './upstream.ts';
+
+/**
+ * Verifies the agent's access token for an upstream (DESIGN §5.1). Throws an HttpError
+ * (401 with `WWW-Authenticate`, 403 `insufficient_scope`) to refuse.
+ */
+export interface Authenticator {
+  authenticate(ctx: RequestContext, upstream: Upstream): Promise<Principal | undefined>;
+}
+
+/**
+ * The authenticator of a gateway without login (no `idp:` configured): every request passes
+ * without a principal. Only `none` and `static` upstreams can exist then (the config schema
+ * refuses the other modes without `idp:`).
+ */
+export const openAccess: Authenticator = {
+  authenticate: async () => undefined,
+};

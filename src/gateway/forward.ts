@@ -1,0 +1,169 @@
+import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
+import type { Dispatcher } from 'undici';
+import type { UpstreamRejection } from '../credentials/types.ts';
+import { agentResponseHeaders, isEventStream } from './headers.ts';
+
+/** One request to send upstream and where its answer goes. */
+export interface ForwardRequest {
+  dispatcher: Dispatcher;
+  origin: string;
+  path: string;
+  method: string;
+  headers: Record<string, string | string[]>;
+  body: Buffer | undefined;
+  res: ServerResponse;
+  /** Aborted when the agent goes away: the upstream request is aborted with it. */
+  signal: AbortSignal;
+  /** Time allowed until the upstream's response headers, in ms; the body (an SSE stream) has none. */
+  headersTimeoutMs: number;
+  /** Return true to hold this response back (its body is collected, up to 64 KiB) instead of streaming it. */
+  hold(status: number, headers: IncomingHttpHeaders): boolean;
+  /** Writes an SSE comment after this many ms without data, at event boundaries only. */
+  sseKeepAliveMs?: number;
+  /** Called when an SSE response starts and when it ends (open-stream gauge). */
+  onStream?(open: boolean): void;
+}
+
+export type ForwardOutcome =
+  | { kind: 'sent'; status: number; stream: boolean; bytes: number; cut: boolean }
+  | { kind: 'held'; rejection: UpstreamRejection };
+
+/** The upstream failed before sending response headers. `timeout` maps to 504, the rest to 502. */
+export class UpstreamError extends Error {
+  override name = 'UpstreamError';
+  readonly kind: 'timeout' | 'unreachable' | 'aborted';
+  constructor(kind: UpstreamError['kind'], cause: unknown) {
+    super(`upstream request failed: ${kind}`, { cause });
+    this.kind = kind;
+  }
+}
+
+const HELD_BODY_LIMIT = 64 * 1024;
+const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_CONNECT_TIMEOUT']);
+
+/**
+ * Sends one request upstream with undici's `dispatch` and streams the answer to the agent as it
+ * arrives (DESIGN §5.3): no intermediate buffering, backpressure by pausing the upstream when the
+ * agent's socket is full, the upstream aborted when the agent leaves, a cut SSE stream ended
+ * cleanly so the agent can resume with Last-Event-ID.
+ */
+export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
+  const { res, signal } = request;
+  return new Promise<ForwardOutcome>((resolve, reject) => {
+    let mode: 'waiting' | 'held' | 'streaming' = 'waiting';
+    let status = 0;
+    let held: { headers: IncomingHttpHeaders; chunks: Buffer[]; size: number } | undefined;
+    let stream = false;
+    let bytes = 0;
+    let atBoundary = true;
+    let lastWrite = Date.now();
+    let keepAlive: NodeJS.Timeout | undefined;
+    let settled = false;
+
+    const finish = (outcome: ForwardOutcome | Error) => {
+      if (settled) return;
+      settled = true;
+      if (keepAlive) clearInterval(keepAlive);
+      signal.removeEventListener('abort', onAbort);
+      if (stream) request.onStream?.(false);
+      if (outcome instanceof Error) reject(outcome);
+      else resolve(outcome);
+    };
+    let controller: Dispatcher.DispatchController | undefined;
+    const onAbort = () => controller?.abort(new Error('agent closed the connection'));
+
+    const handler: Dispatcher.DispatchHandler = {
+      onRequestStart(c) {
+        controller = c;
+        if (signal.aborted) c.abort(new Error('agent closed the connection'));
+        else signal.addEventListener('abort', onAbort, { once: true });
+      },
+      onResponseStart(c, statusCode, headers) {
+        status = statusCode;
+        if (request.hold(statusCode, headers)) {
+          mode = 'held';
+          held = { headers, chunks: [], size: 0 };
+          return;
+        }
+        mode = 'streaming';
+        stream = isEventStream(headers);
+        res.writeHead(statusCode, agentResponseHeaders(headers));
+        if (stream) {
+          // Send headers now: an idle GET stream must reach the agent before its first event.
+          res.flushHeaders();
+          request.onStream?.(true);
+          if (request.sseKeepAliveMs) startKeepAlive(request.sseKeepAliveMs);
+        }
+        void c;
+      },
+      onResponseData(c, chunk) {
+        if (mode === 'held') {
+          if (held!.size < HELD_BODY_LIMIT) {
+            held!.chunks.push(chunk);
+            held!.size += chunk.length;
+          }
+          return;
+        }
+        bytes += chunk.length;
+        lastWrite = Date.now();
+        if (stream) atBoundary = endsEvent(chunk);
+        if (!res.write(chunk)) {
+          c.pause();
+          res.once('drain', () => c.resume());
+        }
+      },
+      onResponseEnd() {
+        if (mode === 'held') {
+          finish({ kind: 'held', rejection: { status, headers: held!.headers, body: Buffer.concat(held!.chunks).subarray(0, HELD_BODY_LIMIT) } });
+          return;
+        }
+        res.end();
+        finish({ kind: 'sent', status, stream, bytes, cut: false });
+      },
+      onResponseError(_c, error) {
+        if (mode === 'waiting' || mode === 'held') {
+          const kind = signal.aborted ? 'aborted' : TIMEOUT_CODES.has((error as { code?: string }).code ?? '') ? 'timeout' : 'unreachable';
+          finish(new UpstreamError(kind, error));
+          return;
+        }
+        // Headers were sent: the agent already has a status. End an SSE stream cleanly at the
+        // transport level (it will reconnect with Last-Event-ID); cut anything else so a
+        // truncated JSON body is never mistaken for a complete one.
+        if (!res.writableEnded && !res.destroyed) {
+          if (stream) res.end();
+          else res.destroy();
+        }
+        finish({ kind: 'sent', status, stream, bytes, cut: !signal.aborted });
+      },
+    };
+
+    function startKeepAlive(intervalMs: number) {
+      keepAlive = setInterval(() => {
+        if (atBoundary && Date.now() - lastWrite >= intervalMs && !res.writableEnded) {
+          res.write(': keep-alive\n\n');
+          lastWrite = Date.now();
+        }
+      }, Math.max(250, Math.floor(intervalMs / 2)));
+      keepAlive.unref();
+    }
+
+    request.dispatcher.dispatch(
+      {
+        origin: request.origin,
+        path: request.path,
+        method: request.method as Dispatcher.HttpMethod,
+        headers: request.headers,
+        body: request.body,
+        headersTimeout: request.headersTimeoutMs,
+        bodyTimeout: 0,
+      },
+      handler,
+    );
+  });
+}
+
+/** True when an SSE chunk ends at an event boundary (a blank line), where a comment may be inserted. */
+function endsEvent(chunk: Buffer): boolean {
+  const n = chunk.length;
+  return (n >= 2 && chunk[n - 1] === 0x0a && chunk[n - 2] === 0x0a) || (n >= 4 && chunk[n - 1] === 0x0a && chunk[n - 2] === 0x0d && chunk[n - 3] === 0x0a);
+}

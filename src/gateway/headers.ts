@@ -1,0 +1,84 @@
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
+import { randomBytes } from 'node:crypto';
+
+/** RFC 9110 §7.6.1 hop-by-hop headers, plus ones only meaningful between the agent and us. */
+const REQUEST_DROP = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer',
+  'transfer-encoding', 'upgrade', 'host', 'content-length', 'expect', 'http2-settings',
+  // Never pass the agent's credentials or cookies upstream (DESIGN §9: no token passthrough).
+  'authorization', 'cookie',
+  // Origin was checked here; upstreams judge our request, not the agent's browser context.
+  'origin', 'referer',
+  // Rewritten by us from what we trust.
+  'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-real-ip',
+]);
+
+const RESPONSE_DROP = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'te', 'trailer', 'transfer-encoding', 'upgrade',
+  // Cookies an upstream sets would land on our domain, shared by every upstream.
+  'set-cookie',
+]);
+
+const TRACEPARENT = /^[\da-f]{2}-[\da-f]{32}-[\da-f]{16}-[\da-f]{2}$/;
+
+/** The facts about the agent's request that upstream headers are built from. */
+export interface ForwardContext {
+  clientIp: string;
+  proto: string;
+  host: string | undefined;
+}
+
+/** Names listed in a Connection header are hop-by-hop for this message too. */
+function connectionTokens(headers: IncomingHttpHeaders): Set<string> | undefined {
+  const value = headers.connection;
+  if (!value) return undefined;
+  return new Set(String(value).split(',').map((s) => s.trim().toLowerCase()).filter(Boolean));
+}
+
+/**
+ * The headers sent upstream: the agent's headers minus hop-by-hop, credentials, cookies and
+ * proxy headers; plus X-Forwarded-*, a traceparent, and the upstream credential.
+ * `Mcp-Session-Id`, `MCP-Protocol-Version`, `Last-Event-ID`, `Accept`, `Mcp-Method`/`Mcp-Name`
+ * pass untouched (Node lower-cases names, so any casing the agent used arrives).
+ */
+export function upstreamRequestHeaders(
+  incoming: IncomingHttpHeaders,
+  context: ForwardContext,
+  credential: Record<string, string>,
+): Record<string, string | string[]> {
+  const extra = connectionTokens(incoming);
+  const out: Record<string, string | string[]> = {};
+  for (const name in incoming) {
+    if (REQUEST_DROP.has(name) || extra?.has(name)) continue;
+    const value = incoming[name];
+    if (value !== undefined) out[name] = value;
+  }
+  // The agent's own X-Forwarded-For chain was folded into clientIp by the trusted-proxy walk.
+  out['x-forwarded-for'] = context.clientIp;
+  out['x-forwarded-proto'] = context.proto;
+  if (context.host) out['x-forwarded-host'] = context.host;
+  if (typeof out.traceparent !== 'string' || !TRACEPARENT.test(out.traceparent)) {
+    out.traceparent = `00-${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}-01`;
+    delete out.tracestate;
+  }
+  Object.assign(out, credential);
+  return out;
+}
+
+/** The headers sent back to the agent: the upstream's minus hop-by-hop and cookies; SSE marked unbufferable. */
+export function agentResponseHeaders(upstream: IncomingHttpHeaders): OutgoingHttpHeaders {
+  const extra = connectionTokens(upstream);
+  const out: OutgoingHttpHeaders = {};
+  for (const name in upstream) {
+    if (RESPONSE_DROP.has(name) || extra?.has(name)) continue;
+    out[name] = upstream[name];
+  }
+  if (isEventStream(upstream)) out['x-accel-buffering'] = 'no';
+  return out;
+}
+
+/** True when the response is an SSE stream. */
+export function isEventStream(headers: IncomingHttpHeaders): boolean {
+  const type = headers['content-type'];
+  return typeof type === 'string' && type.toLowerCase().startsWith('text/event-stream');
+}

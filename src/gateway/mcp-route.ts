@@ -1,0 +1,174 @@
+import type { IncomingHttpHeaders } from 'node:http';
+import type { Logger } from '../observability/logger.ts';
+import { sessionTag } from '../observability/logger.ts';
+import type { GatewayMetrics } from '../observability/metrics.ts';
+import { readBody } from '../http/body.ts';
+import { BadGateway, Forbidden, GatewayTimeout, NotFound } from '../http/errors.ts';
+import type { RequestContext, Route } from '../http/router.ts';
+import type { CredentialRequest } from '../credentials/types.ts';
+import type { Authenticator } from './authenticate.ts';
+import { forward, UpstreamError } from './forward.ts';
+import { upstreamRequestHeaders } from './headers.ts';
+import { inspectRpc, type RpcInfo } from './jsonrpc.ts';
+import type { Upstream } from './upstream.ts';
+
+/** Dependencies of the MCP gateway path. */
+export interface McpRouteOptions {
+  upstreams: Upstream[];
+  authenticator: Authenticator;
+  logger: Logger;
+  metrics: GatewayMetrics;
+  /** Our own origin (from the public URL): always an acceptable `Origin`. */
+  publicOrigin: string;
+  allowedOrigins: string[];
+  maxBodyBytes: number;
+  upstreamTimeoutMs: number;
+  sseKeepAliveMs?: number;
+  /** Base path of the public URL ('' or '/prefix'). */
+  basePath: string;
+  /** Sees each initialize exchange (client capabilities per Mcp-Session-Id, for auth_required channels). */
+  onInitialize?(info: { upstream: Upstream; rpc: RpcInfo; mcpSessionId: string }): void;
+}
+
+const CORS_ALLOW_HEADERS = 'authorization, content-type, accept, mcp-session-id, mcp-protocol-version, last-event-id, mcp-method, mcp-name';
+const CORS_EXPOSE_HEADERS = 'mcp-session-id, mcp-protocol-version, www-authenticate';
+
+/**
+ * The routes of `/{name}/mcp` (DESIGN §5): check the origin, read and inspect the body,
+ * authenticate, resolve the upstream credential, forward streaming, and hand upstream 401/403s
+ * to the credential source before any byte reaches the agent.
+ */
+export function createMcpRoutes(options: McpRouteOptions): Route[] {
+  const byName = new Map(options.upstreams.map((u) => [u.name, u]));
+  const allowedOrigins = new Set([options.publicOrigin, ...options.allowedOrigins]);
+
+  function upstreamFor(ctx: RequestContext): Upstream {
+    const upstream = byName.get(ctx.params.upstream!);
+    if (!upstream) throw new NotFound(`no upstream named "${ctx.params.upstream}"`);
+    ctx.log.upstream = upstream.name;
+    return upstream;
+  }
+
+  /** DNS-rebinding and cross-site protection (MCP transport spec): a present Origin must be allowed. */
+  function checkOrigin(ctx: RequestContext): void {
+    const origin = ctx.req.headers.origin;
+    if (origin === undefined) return;
+    if (!allowedOrigins.has(origin)) throw new Forbidden(`origin ${JSON.stringify(origin.slice(0, 200))} is not allowed`);
+    ctx.res.setHeader('access-control-allow-origin', origin);
+    ctx.res.setHeader('access-control-expose-headers', CORS_EXPOSE_HEADERS);
+    ctx.res.setHeader('vary', 'Origin');
+  }
+
+  async function preflight(ctx: RequestContext): Promise<void> {
+    upstreamFor(ctx);
+    checkOrigin(ctx);
+    ctx.res.writeHead(204, {
+      'access-control-allow-methods': 'GET, POST, DELETE',
+      'access-control-allow-headers': CORS_ALLOW_HEADERS,
+      'access-control-max-age': '600',
+    });
+    ctx.res.end();
+  }
+
+  async function proxy(ctx: RequestContext): Promise<void> {
+    const upstream = upstreamFor(ctx);
+    checkOrigin(ctx);
+    const method = ctx.req.method!;
+    let body: Buffer | undefined;
+    let rpc: RpcInfo | undefined;
+    if (method === 'POST') {
+      body = await readBody(ctx.req, options.maxBodyBytes);
+      rpc = inspectRpc(body);
+      ctx.rpcId = rpc.id;
+      if (rpc.method) ctx.log.rpc = rpc.method;
+    }
+    const principal = await options.authenticator.authenticate(ctx, upstream);
+    const mcpSessionId = headerValue(ctx.req.headers, 'mcp-session-id');
+    if (mcpSessionId) ctx.log.session = sessionTag(mcpSessionId);
+    if (principal) ctx.log.sid = sessionTag(principal.sessionId);
+    const credentialRequest: CredentialRequest = { principal, rpc, mcpSessionId, signal: ctx.signal };
+    const path = upstream.url.pathname + upstream.url.search + (upstream.url.search ? ctx.url.search.replace(/^\?/, '&') : ctx.url.search);
+
+    for (let attempt = 0; ; attempt++) {
+      const credential = await upstream.credentials.headers(credentialRequest);
+      let outcome;
+      try {
+        outcome = await forward({
+          dispatcher: upstream.dispatcher,
+          origin: upstream.url.origin,
+          path,
+          method,
+          headers: upstreamRequestHeaders(ctx.req.headers, { clientIp: ctx.clientIp, proto: ctx.forwardedProto, host: ctx.forwardedHost }, credential),
+          body,
+          res: ctx.res,
+          signal: ctx.signal,
+          headersTimeoutMs: options.upstreamTimeoutMs,
+          sseKeepAliveMs: options.sseKeepAliveMs,
+          hold: (status, headers) => isAuthRejection(status, headers),
+          onStream: (open) => (open ? options.metrics.openStreams.inc({ upstream: upstream.name }) : options.metrics.openStreams.dec({ upstream: upstream.name })),
+        });
+      } catch (error) {
+        if (ctx.signal.aborted) return; // the agent left: nobody to answer
+        throw upstreamFailure(error, upstream);
+      }
+      if (outcome.kind === 'sent') {
+        if (outcome.cut) {
+          options.metrics.upstreamErrors.inc({ upstream: upstream.name, kind: 'cut' });
+          ctx.log.cut = true;
+        }
+        if (rpc?.method === 'initialize' && options.onInitialize) {
+          const sessionId = headerValue(ctx.res.getHeaders() as IncomingHttpHeaders, 'mcp-session-id');
+          if (sessionId) options.onInitialize({ upstream, rpc, mcpSessionId: sessionId });
+        }
+        return;
+      }
+      ctx.log.upstreamStatus = outcome.rejection.status;
+      const decision = await upstream.credentials.rejected(credentialRequest, outcome.rejection, attempt);
+      switch (decision.action) {
+        case 'retry':
+          if (attempt === 0) continue;
+          throw new BadGateway(`upstream "${upstream.name}" refused the credential again after a refresh`);
+        case 'respond':
+          throw decision.error;
+        case 'reply':
+          ctx.res.writeHead(decision.reply.status, { ...decision.reply.headers, 'content-length': Buffer.byteLength(decision.reply.body) });
+          ctx.res.end(decision.reply.body);
+          return;
+        case 'pass': {
+          const { status, headers, body: held } = outcome.rejection;
+          ctx.res.writeHead(status, { 'content-type': String(headers['content-type'] ?? 'application/json'), 'content-length': held.length });
+          ctx.res.end(held);
+          return;
+        }
+      }
+    }
+  }
+
+  function upstreamFailure(error: unknown, upstream: Upstream): Error {
+    if (!(error instanceof UpstreamError)) return error as Error;
+    options.metrics.upstreamErrors.inc({ upstream: upstream.name, kind: error.kind });
+    if (error.kind === 'timeout') {
+      return new GatewayTimeout(`upstream "${upstream.name}" did not answer within ${options.upstreamTimeoutMs / 1000} s`, { cause: error });
+    }
+    return new BadGateway(`upstream "${upstream.name}" is unreachable`, { cause: error });
+  }
+
+  const path = `${options.basePath}/:upstream/mcp`;
+  return [
+    { method: ['POST', 'GET', 'DELETE'], path, handler: proxy, errorStyle: 'jsonrpc', name: '/{upstream}/mcp' },
+    { method: 'OPTIONS', path, handler: preflight, errorStyle: 'jsonrpc', name: '/{upstream}/mcp' },
+  ];
+}
+
+/** An upstream 401, or a 403 whose challenge says `insufficient_scope` (step-up, DESIGN §6.7). */
+function isAuthRejection(status: number, headers: IncomingHttpHeaders): boolean {
+  if (status === 401) return true;
+  if (status !== 403) return false;
+  const challenge = headers['www-authenticate'];
+  return challenge !== undefined && /insufficient_scope/i.test(String(challenge));
+}
+
+function headerValue(headers: IncomingHttpHeaders, name: string): string | undefined {
+  const value = headers[name];
+  return Array.isArray(value) ? value[0] : typeof value === 'string' ? value : undefined;
+}

@@ -1,0 +1,46 @@
+import { BlockList, isIP } from 'node:net';
+import type { IncomingMessage } from 'node:http';
+
+/** Resolves who the client is, believing X-Forwarded-* only from configured proxies (DESIGN §8). */
+export interface ClientAddressResolver {
+  resolve(req: IncomingMessage): { ip: string; proto: string; host: string | undefined };
+}
+
+/** @param trustedProxies IP addresses or CIDR ranges whose X-Forwarded-* headers are believed. */
+export function createClientAddressResolver(trustedProxies: string[]): ClientAddressResolver {
+  const trusted = new BlockList();
+  for (const entry of trustedProxies) {
+    const [address, bits] = entry.split('/') as [string, string | undefined];
+    const family = isIP(address) === 6 ? 'ipv6' : 'ipv4';
+    if (bits === undefined) trusted.addAddress(address, family);
+    else trusted.addSubnet(address, Number(bits), family);
+  }
+  const isTrusted = (ip: string) => {
+    const plain = ip.startsWith('::ffff:') ? ip.slice(7) : ip;
+    const family = isIP(plain);
+    return family !== 0 && trusted.check(plain, family === 6 ? 'ipv6' : 'ipv4');
+  };
+
+  return {
+    resolve(req) {
+      const peer = req.socket.remoteAddress ?? 'unknown';
+      const direct = { ip: peer, proto: 'encrypted' in req.socket && req.socket.encrypted ? 'https' : 'http', host: req.headers.host };
+      if (trustedProxies.length === 0 || !isTrusted(peer)) return direct;
+      // Walk X-Forwarded-For from the right; the first address that is not a trusted proxy is the client.
+      const hops = String(req.headers['x-forwarded-for'] ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+      let ip = peer;
+      for (let i = hops.length - 1; i >= 0; i--) {
+        ip = hops[i]!;
+        if (!isTrusted(ip)) break;
+      }
+      const proto = firstValue(req.headers['x-forwarded-proto']);
+      const host = firstValue(req.headers['x-forwarded-host']);
+      return { ip, proto: proto === 'https' || proto === 'http' ? proto : direct.proto, host: host ?? direct.host };
+    },
+  };
+}
+
+function firstValue(header: string | string[] | undefined): string | undefined {
+  const value = Array.isArray(header) ? header[0] : header;
+  return value?.split(',')[0]?.trim() || undefined;
+}

@@ -1,0 +1,107 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ErrorStyle } from './send-error.ts';
+
+/** Everything a handler gets for one request. */
+export interface RequestContext {
+  req: IncomingMessage;
+  res: ServerResponse;
+  /** The request target parsed against our public URL (path and query as the client sent them). */
+  url: URL;
+  /** `:name` segments of the matched route. */
+  params: Record<string, string>;
+  requestId: string;
+  /** The client's address: the socket peer, or the X-Forwarded-For hop a trusted proxy vouches for. */
+  clientIp: string;
+  /** Scheme and host the client used (from trusted X-Forwarded-* or the socket). */
+  forwardedProto: string;
+  forwardedHost: string | undefined;
+  /** Aborted when the client goes away before the response ends. */
+  signal: AbortSignal;
+  /** Fields added to this request's access-log line (no secrets: upstream names, methods, session tags). */
+  log: Record<string, unknown>;
+  /** How errors thrown by the handler are rendered; the MCP path switches to JSON-RPC. */
+  errorStyle: ErrorStyle;
+  /** The JSON-RPC id of the request, once known, so errors can carry it. */
+  rpcId?: string | number | null;
+}
+
+export type Handler = (ctx: RequestContext) => Promise<void> | void;
+
+/** One row of the route table. `path` segments starting with ":" capture a parameter. */
+export interface Route {
+  method: string | string[];
+  path: string;
+  handler: Handler;
+  /** Error rendering for this route; default `oauth` (RFC 6749 JSON). */
+  errorStyle?: ErrorStyle;
+  /** Short name for metrics and logs (default: the path pattern). */
+  name?: string;
+}
+
+export type Match =
+  | { kind: 'found'; route: Route; params: Record<string, string> }
+  | { kind: 'method_not_allowed'; allow: string[] }
+  | { kind: 'not_found' };
+
+interface Compiled {
+  route: Route;
+  methods: Set<string>;
+  segments: string[];
+}
+
+/**
+ * The route table: exact paths in a map, parameterised ones scanned in order.
+ * Built once at start-up; `match` is called for every request.
+ */
+export function createRouter(routes: Route[]): { match(method: string, pathname: string): Match } {
+  const exact = new Map<string, Compiled[]>();
+  const patterned: Compiled[] = [];
+  for (const route of routes) {
+    const compiled: Compiled = {
+      route,
+      methods: new Set((Array.isArray(route.method) ? route.method : [route.method]).map((m) => m.toUpperCase())),
+      segments: route.path.split('/'),
+    };
+    if (route.path.includes('/:')) patterned.push(compiled);
+    else exact.set(route.path, [...(exact.get(route.path) ?? []), compiled]);
+  }
+
+  return {
+    match(method, pathname) {
+      const allow: string[] = [];
+      const byPath = exact.get(pathname);
+      if (byPath) {
+        for (const c of byPath) {
+          if (c.methods.has(method)) return { kind: 'found', route: c.route, params: {} };
+          allow.push(...c.methods);
+        }
+      }
+      const parts = pathname.split('/');
+      for (const c of patterned) {
+        const params = matchSegments(c.segments, parts);
+        if (!params) continue;
+        if (c.methods.has(method)) return { kind: 'found', route: c.route, params };
+        allow.push(...c.methods);
+      }
+      return allow.length > 0 ? { kind: 'method_not_allowed', allow: [...new Set(allow)] } : { kind: 'not_found' };
+    },
+  };
+}
+
+function matchSegments(pattern: string[], parts: string[]): Record<string, string> | undefined {
+  if (pattern.length !== parts.length) return undefined;
+  const params: Record<string, string> = {};
+  for (let i = 0; i < pattern.length; i++) {
+    const p = pattern[i]!;
+    const part = parts[i]!;
+    if (p.startsWith(':')) {
+      if (part === '') return undefined;
+      try {
+        params[p.slice(1)] = decodeURIComponent(part);
+      } catch {
+        return undefined;
+      }
+    } else if (p !== part) return undefined;
+  }
+  return params;
+}

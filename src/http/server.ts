@@ -1,0 +1,158 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { randomUUID } from 'node:crypto';
+import type { Logger } from '../observability/logger.ts';
+import type { GatewayMetrics } from '../observability/metrics.ts';
+import { createClientAddressResolver } from './client-address.ts';
+import { MethodNotAllowed, NotFound } from './errors.ts';
+import { createRouter, type RequestContext, type Route } from './router.ts';
+import { sendError } from './send-error.ts';
+
+/** Options of the front door. Durations in milliseconds. */
+export interface FrontDoorOptions {
+  routes: Route[];
+  logger: Logger;
+  metrics: GatewayMetrics;
+  publicUrl: URL;
+  trustedProxies: string[];
+  /** Time allowed for a client to send request headers. Default 20 000. */
+  headersTimeoutMs?: number;
+  /** Time allowed to receive a whole request (headers and body); never limits a response stream. Default 60 000. */
+  requestTimeoutMs?: number;
+  /** How long an idle keep-alive connection stays open. Default 65 000 (above common ingress idle timeouts). */
+  keepAliveTimeoutMs?: number;
+}
+
+export interface FrontDoor {
+  server: Server;
+  /** Starts listening; resolves with the bound address. */
+  listen(host: string, port: number): Promise<{ host: string; port: number }>;
+  /**
+   * Graceful stop: refuses new connections, closes idle ones, lets requests and streams in
+   * flight finish, and cuts whatever is still open after `deadlineMs`.
+   */
+  shutdown(deadlineMs: number): Promise<void>;
+  /** Requests currently being answered (streams included). */
+  inFlight(): number;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** Creates the one `node:http` server with its route table, error mapper, request ids and access log. */
+export function createFrontDoor(options: FrontDoorOptions): FrontDoor {
+  const router = createRouter(options.routes);
+  const addresses = createClientAddressResolver(options.trustedProxies);
+  const { logger, metrics } = options;
+  let active = 0;
+  let draining = false;
+
+  const server = createServer(
+    {
+      headersTimeout: options.headersTimeoutMs ?? 20_000,
+      requestTimeout: options.requestTimeoutMs ?? 60_000,
+      keepAliveTimeout: options.keepAliveTimeoutMs ?? 65_000,
+      // No socket inactivity timeout: an idle SSE stream is legitimate (DESIGN §5.3).
+      connectionsCheckingInterval: 5_000,
+    },
+    (req, res) => void handle(req, res),
+  );
+  server.timeout = 0;
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const started = process.hrtime.bigint();
+    active++;
+    const incomingId = req.headers['x-request-id'];
+    const requestId = typeof incomingId === 'string' && REQUEST_ID.test(incomingId) ? incomingId : randomUUID();
+    res.setHeader('x-request-id', requestId);
+    if (draining) res.setHeader('connection', 'close');
+
+    const abort = new AbortController();
+    const client = addresses.resolve(req);
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '/', options.publicUrl.origin);
+    } catch {
+      url = new URL('/', options.publicUrl.origin);
+    }
+    const ctx: RequestContext = {
+      req, res, url, params: {}, requestId,
+      clientIp: client.ip, forwardedProto: client.proto, forwardedHost: client.host,
+      signal: abort.signal, log: {}, errorStyle: 'oauth',
+    };
+    let routeName = 'unmatched';
+
+    res.once('close', () => {
+      active--;
+      if (!res.writableFinished) abort.abort(new Error('client closed the connection'));
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      const status = res.headersSent ? res.statusCode : 499;
+      const labels = { route: routeName, method: req.method ?? 'UNKNOWN', status: String(status), upstream: String(ctx.log.upstream ?? '') };
+      metrics.requests.inc(labels);
+      metrics.latency.observe({ route: routeName, upstream: labels.upstream }, seconds);
+      logger.info({
+        msg: 'request',
+        reqId: requestId,
+        method: req.method,
+        path: url.pathname, // never the query: it can hold codes and state
+        route: routeName,
+        status,
+        ms: Math.round(seconds * 1e6) / 1e3,
+        ip: ctx.clientIp,
+        completed: res.writableFinished,
+        ...ctx.log,
+      });
+    });
+
+    try {
+      const match = router.match(req.method ?? 'GET', url.pathname);
+      if (match.kind === 'not_found') throw new NotFound(`no route for ${url.pathname}`);
+      if (match.kind === 'method_not_allowed') {
+        throw new MethodNotAllowed(`method ${req.method} is not allowed here`, { headers: { allow: match.allow.join(', ') } });
+      }
+      routeName = match.route.name ?? match.route.path;
+      ctx.params = match.params;
+      ctx.errorStyle = match.route.errorStyle ?? 'oauth';
+      await match.route.handler(ctx);
+    } catch (error) {
+      const sent = sendError(res, error, ctx.errorStyle, ctx.rpcId);
+      if (sent.status >= 500) logger.error({ msg: 'request failed', reqId: requestId, err: describeCause(error) });
+      else ctx.log.error = sent.code;
+      if (res.headersSent && !res.writableEnded) res.destroy();
+    }
+  }
+
+  return {
+    server,
+    listen: (host, port) =>
+      new Promise((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(port, host, () => {
+          server.off('error', reject);
+          const address = server.address();
+          if (address && typeof address === 'object') resolve({ host: address.address, port: address.port });
+          else reject(new Error('server did not bind a TCP address'));
+        });
+      }),
+    inFlight: () => active,
+    shutdown(deadlineMs) {
+      draining = true;
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => server.closeAllConnections(), deadlineMs);
+        timer.unref();
+        server.close(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+        server.closeIdleConnections();
+      });
+    },
+  };
+}
+
+/** What of an error may be logged: its name, message and cause chain (our errors never hold secrets). */
+export function describeCause(error: unknown): Record<string, unknown> {
+  if (!(error instanceof Error)) return { message: String(error) };
+  const out: Record<string, unknown> = { name: error.name, message: error.message };
+  if ('code' in error && typeof error.code === 'string') out.code = error.code;
+  if (error.cause !== undefined) out.cause = describeCause(error.cause);
+  return out;
+}

@@ -1,0 +1,34 @@
+import { pino, type DestinationStream, type Logger } from 'pino';
+
+export type { Logger } from 'pino';
+
+/**
+ * Field paths whose values are replaced by "[redacted]" wherever they appear in a log line:
+ * credentials, cookies, tokens, codes, verifiers and client secrets (DESIGN §8, §9).
+ */
+export const REDACT_PATHS = [
+  'authorization', 'cookie', 'set-cookie', 'password', 'secret', 'token',
+  'access_token', 'refresh_token', 'id_token', 'client_secret', 'code', 'code_verifier', 'state',
+  '*.authorization', '*.cookie', '*["set-cookie"]', '*.password', '*.secret', '*.token',
+  '*.access_token', '*.refresh_token', '*.id_token', '*.client_secret', '*.code', '*.code_verifier', '*.state',
+  '*.headers.authorization', '*.headers.cookie', '*.headers["set-cookie"]', '*.headers["proxy-authorization"]',
+];
+
+/** Creates the JSON logger; `destination` lets tests capture lines. */
+export function createLogger(options: { level: string; destination?: DestinationStream }): Logger {
+  return pino(
+    {
+      level: options.level,
+      base: { service: 'mcpgate' },
+      redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    options.destination,
+  );
+}
+
+/** A session id cut to 8 characters: enough to correlate log lines, useless to an attacker. */
+export function sessionTag(id: string | undefined): string | undefined {
+  return id === undefined ? undefined : id.slice(0, 8);
+}

@@ -1,0 +1,116 @@
+/**
+ * A small Prometheus registry (text exposition format 0.0.4): counters, gauges and histograms
+ * with labels. Label values must never hold secrets (DESIGN §9): callers pass upstream names,
+ * methods and status codes only.
+ */
+type Labels = Record<string, string>;
+
+interface Metric {
+  render(): string;
+}
+
+function labelKey(labels: Labels): string {
+  const keys = Object.keys(labels).sort();
+  return keys.map((k) => `${k}="${String(labels[k]).replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`).join(',');
+}
+
+/** A monotonically increasing counter. */
+export interface Counter {
+  inc(labels?: Labels, by?: number): void;
+}
+/** A value that goes up and down. */
+export interface Gauge {
+  inc(labels?: Labels, by?: number): void;
+  dec(labels?: Labels, by?: number): void;
+  set(labels: Labels, value: number): void;
+}
+/** Observations counted into cumulative buckets (seconds, by convention). */
+export interface Histogram {
+  observe(labels: Labels, value: number): void;
+}
+
+/** The default latency buckets, in seconds. */
+export const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+/** The registry: create metrics once at start-up, render on each scrape. */
+export interface Registry {
+  counter(name: string, help: string): Counter;
+  gauge(name: string, help: string): Gauge;
+  histogram(name: string, help: string, buckets?: number[]): Histogram;
+  render(): string;
+}
+
+export function createRegistry(): Registry {
+  const metrics: Metric[] = [];
+
+  function scalar(name: string, help: string, type: 'counter' | 'gauge') {
+    const values = new Map<string, number>();
+    metrics.push({
+      render: () => {
+        const lines = [`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`];
+        for (const [key, value] of values) lines.push(`${name}${key ? `{${key}}` : ''} ${value}`);
+        return lines.join('\n');
+      },
+    });
+    const add = (labels: Labels = {}, by = 1) => {
+      const key = labelKey(labels);
+      values.set(key, (values.get(key) ?? 0) + by);
+    };
+    return { add, values };
+  }
+
+  return {
+    counter(name, help) {
+      const { add } = scalar(name, help, 'counter');
+      return { inc: add };
+    },
+    gauge(name, help) {
+      const { add, values } = scalar(name, help, 'gauge');
+      return {
+        inc: add,
+        dec: (labels = {}, by = 1) => add(labels, -by),
+        set: (labels, value) => void values.set(labelKey(labels), value),
+      };
+    },
+    histogram(name, help, buckets = LATENCY_BUCKETS) {
+      const series = new Map<string, { counts: number[]; sum: number; count: number; labels: Labels }>();
+      metrics.push({
+        render: () => {
+          const lines = [`# HELP ${name} ${help}`, `# TYPE ${name} histogram`];
+          for (const s of series.values()) {
+            buckets.forEach((le, i) => lines.push(`${name}_bucket{${labelKey({ ...s.labels, le: String(le) })}} ${s.counts[i]}`));
+            lines.push(`${name}_bucket{${labelKey({ ...s.labels, le: '+Inf' })}} ${s.count}`);
+            const key = labelKey(s.labels);
+            lines.push(`${name}_sum${key ? `{${key}}` : ''} ${s.sum}`, `${name}_count${key ? `{${key}}` : ''} ${s.count}`);
+          }
+          return lines.join('\n');
+        },
+      });
+      return {
+        observe(labels, value) {
+          const key = labelKey(labels);
+          let s = series.get(key);
+          if (!s) series.set(key, (s = { counts: buckets.map(() => 0), sum: 0, count: 0, labels }));
+          for (let i = 0; i < buckets.length; i++) if (value <= buckets[i]!) s.counts[i]!++;
+          s.sum += value;
+          s.count++;
+        },
+      };
+    },
+    render: () => metrics.map((m) => m.render()).join('\n') + '\n',
+  };
+}
+
+/** The gateway's metrics, created once by the composition root. */
+export function createGatewayMetrics(registry: Registry) {
+  return {
+    requests: registry.counter('mcpgate_http_requests_total', 'HTTP requests by route, upstream, method and status'),
+    latency: registry.histogram('mcpgate_http_request_duration_seconds', 'Time to the last byte of the response'),
+    openStreams: registry.gauge('mcpgate_open_streams', 'SSE responses currently open, by upstream'),
+    upstreamErrors: registry.counter('mcpgate_upstream_errors_total', 'Upstream failures by upstream and kind'),
+    authFlows: registry.counter('mcpgate_auth_flows_total', 'Upstream OAuth flows by upstream and outcome (started, completed, failed)'),
+    refreshes: registry.counter('mcpgate_token_refreshes_total', 'Upstream token refreshes by upstream and outcome'),
+    storeErrors: registry.counter('mcpgate_store_errors_total', 'Storage operations that failed'),
+  };
+}
+export type GatewayMetrics = ReturnType<typeof createGatewayMetrics>;
