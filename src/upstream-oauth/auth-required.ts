@@ -1,0 +1,32 @@
+/**
+ * The auth_required signal (DESIGN §6.4): an upstream needs the user to authorize at its own
+ * authorization server. Credential sources throw `AuthRequiredError`; the gateway path renders it
+ * through the best channel the agent supports (URL elicitation, tool result, HTTP re-challenge,
+ * JSON-RPC error). Nothing in it is a credential or personal data.
+ */
+export interface AuthRequired {
+  /** The upstream's configured name. */
+  upstream: string;
+  /** Where the user must go: our `/oauth/upstream/start?…` URL (never the upstream AS directly). */
+  authUrl: string;
+  /** Identifies the pending flow for URL elicitation (`elicitationId`) and `notifications/elicitation/complete`. */
+  elicitationId: string;
+  /** A sentence for the user, e.g. "Authorize access to github, then retry." */
+  message: string;
+  /** Our scope that stands for "connected to this upstream" (the re-challenge channel asks for it). */
+  connectScope: string;
+}
+
+export class AuthRequiredError extends Error {
+  override name = 'AuthRequiredError';
+  readonly authRequired: AuthRequired;
+  constructor(authRequired: AuthRequired) {
+    super(authRequired.message);
+    this.authRequired = authRequired;
+  }
+}
+
+/** Our scope meaning "this session may use upstream `name`, connected through its own OAuth". */
+export function connectScopeFor(upstream: string): string {
+  return `mcpgate:connect:${upstream}`;
+}
