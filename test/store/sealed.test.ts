@@ -1,0 +1,103 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { describe, test } from 'node:test';
+import { createSealer, SealedValueError, type SealedValueFailure } from '../../src/store/sealed.ts';
+
+const k1 = { id: 'k1', key: randomBytes(32) };
+const k2 = { id: 'k2', key: randomBytes(32) };
+const NAME = 'grant:{s1}:refresh';
+
+/** Asserts `fn` throws a SealedValueError for `reason` whose message leaks neither name nor value. */
+function assertRefused(fn: () => unknown, reason: SealedValueFailure): void {
+  assert.throws(fn, (error: unknown) => {
+    assert.ok(error instanceof SealedValueError);
+    assert.equal(error.reason, reason);
+    assert.ok(!error.message.includes('s1') && !error.message.includes('secret'), error.message);
+    return true;
+  });
+}
+
+/** Flips one bit of a base64url string's decoded bytes. */
+function flipBit(text: string, byte: number): string {
+  const bytes = Buffer.from(text, 'base64url');
+  bytes[byte] = bytes[byte]! ^ 1;
+  return bytes.toString('base64url');
+}
+
+describe('sealer', () => {
+  test('round trip, with a fresh IV every time', () => {
+    const sealer = createSealer({ keys: [k1] });
+    for (const plaintext of ['secret refresh token', '', 'ünïcødé ✓ 🔑', 'x'.repeat(65_536)]) {
+      const sealed = sealer.seal(NAME, plaintext);
+      assert.equal(sealer.open(NAME, sealed), plaintext);
+    }
+    const a = sealer.seal(NAME, 'secret');
+    const b = sealer.seal(NAME, 'secret');
+    assert.notEqual(a, b);
+    assert.match(a, /^v1\.k1\.[A-Za-z0-9_-]{16}\.[A-Za-z0-9_-]+$/);
+    assert.ok(!a.includes(Buffer.from('secret').toString('base64url')));
+  });
+
+  test('rotation: the first key seals, every key opens', () => {
+    const before = createSealer({ keys: [k1] });
+    const after = createSealer({ keys: [k2, k1] });
+    const old = before.seal(NAME, 'sealed before rotation');
+    assert.equal(after.open(NAME, old), 'sealed before rotation');
+    const fresh = after.seal(NAME, 'sealed after rotation');
+    assert.match(fresh, /^v1\.k2\./);
+    assert.equal(after.open(NAME, fresh), 'sealed after rotation');
+    assertRefused(() => before.open(NAME, fresh), 'unknown_key');
+  });
+
+  test('a value does not open under another name', () => {
+    const sealer = createSealer({ keys: [k1] });
+    const sealed = sealer.seal(NAME, 'secret');
+    assertRefused(() => sealer.open('grant:{s2}:refresh', sealed), 'authentication');
+    assertRefused(() => sealer.open(`${NAME} `, sealed), 'authentication');
+  });
+
+  test('any tampering is detected', () => {
+    const sealer = createSealer({ keys: [k1, k2] });
+    const sealed = sealer.seal(NAME, 'secret');
+    const [version, id, iv, body] = sealed.split('.') as [string, string, string, string];
+    const bodyBytes = Buffer.from(body, 'base64url').length;
+    const tampered = [
+      [version, id, flipBit(iv, 0), body],
+      [version, id, iv, flipBit(body, 0)],
+      [version, id, iv, flipBit(body, bodyBytes - 1)], // the tag
+      [version, 'k2', iv, body], // relabelled with the other known key
+    ];
+    for (const parts of tampered) assertRefused(() => sealer.open(NAME, parts.join('.')), 'authentication');
+    const truncated = Buffer.from(body, 'base64url').subarray(0, 15).toString('base64url');
+    assertRefused(() => sealer.open(NAME, [version, id, iv, truncated].join('.')), 'malformed');
+  });
+
+  test('malformed envelopes and unknown key ids are refused clearly', () => {
+    const sealer = createSealer({ keys: [k1] });
+    const [, , iv, body] = sealer.seal(NAME, 'secret').split('.') as [string, string, string, string];
+    for (const bad of ['', 'secret', `v2.k1.${iv}.${body}`, `v1.k1.${iv}`, `v1.k1.${iv}.${body}.x`, `v1.k1.${iv}!.${body}`, `v1.k1.${iv}.${body}=`, `v1.k1.${iv}AA.${body}`, `v1.k1..${body}`]) {
+      assertRefused(() => sealer.open(NAME, bad), 'malformed');
+    }
+    assertRefused(() => sealer.open(NAME, `v1.k9.${iv}.${body}`), 'unknown_key');
+    assert.throws(() => sealer.open(NAME, `v1.k9.${iv}.${body}`), /unknown key id "k9"/);
+  });
+
+  test('keys are validated when the sealer is created', () => {
+    const bad = [
+      [],
+      [{ id: 'k1', key: randomBytes(16) }],
+      [{ id: 'k1', key: randomBytes(33) }],
+      [{ id: 'k1', key: 'a'.repeat(32) as unknown as Uint8Array }],
+      [{ id: 'k.1', key: randomBytes(32) }],
+      [{ id: '', key: randomBytes(32) }],
+      [k1, { id: 'k1', key: randomBytes(32) }],
+    ];
+    for (const keys of bad) assert.throws(() => createSealer({ keys }), TypeError, JSON.stringify(keys.map((k) => k.id)));
+  });
+
+  test('a name is required', () => {
+    const sealer = createSealer({ keys: [k1] });
+    assert.throws(() => sealer.seal('', 'x'), TypeError);
+    assert.throws(() => sealer.open('', sealer.seal(NAME, 'x')), TypeError);
+  });
+});
