@@ -1,0 +1,232 @@
+/**
+ * The Valkey storage adapter (DESIGN §7), on iovalkey: for several replicas sharing state.
+ */
+import type { ConnectionOptions } from 'node:tls';
+import { assertKey, assertTtl } from './checks.ts';
+import { StoreUnavailableError, type Store } from './port.ts';
+import { createValkeyClient, type ValkeyClient } from './valkey_client.ts';
+
+/** Options of {@link createValkeyStore}. */
+export interface ValkeyStoreOptions {
+  /**
+   * `redis://[user[:password]@]host[:port][/db]`; `rediss://` (or `tls`) for TLS. `valkey://` and
+   * `valkeys://` are accepted too. With `cluster` or `sentinel` it names the first node to contact.
+   */
+  url: string;
+  /** ACL user; overrides the one in `url`. */
+  username?: string;
+  /** Password; overrides the one in `url`. */
+  password?: string;
+  /**
+   * Prepended to every key, so several deployments can share one server (e.g. `mcpgate:`).
+   * It may not contain `{` or `}`: in a cluster the first `{…}` of a key picks its hash slot, and
+   * the domain stores use hash tags to keep a session's keys together.
+   */
+  keyPrefix: string;
+  /** `true` or Node TLS options (CA, client certificate, servername). Default: from the URL scheme. */
+  tls?: boolean | ConnectionOptions;
+  /** Cluster mode; `nodes` (`host:port`) are extra seed nodes besides the one in `url`. */
+  cluster?: { nodes?: string[] };
+  /**
+   * Sentinel mode: `url` names a sentinel, `nodes` (`host:port`) more sentinels, `masterName` the
+   * monitored master; `username`/`password` authenticate to the sentinels themselves.
+   */
+  sentinel?: { masterName: string; nodes?: string[]; username?: string; password?: string };
+  /** How long to wait for a TCP (and TLS) connection, in milliseconds. Default 5000. */
+  connectTimeoutMs?: number;
+  /**
+   * Upper bound on one store call, in milliseconds, including waiting for a connection to become
+   * ready: past it the call rejects with `StoreUnavailableError`. Default 2000.
+   */
+  commandTimeoutMs?: number;
+  /** Told about connection errors (they recur on every reconnect attempt while Valkey is down). */
+  onError?: (error: Error) => void;
+}
+
+/**
+ * Compare-and-set in one step on the server. ARGV: has-expected flag, expected, value, ttl.
+ * GET on a missing key yields `false` in Lua, which never equals a string.
+ */
+const COMPARE_AND_SET = `
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return 1`;
+
+/**
+ * SADD and a TTL that only grows, in one step (a half-written index would be a set that never
+ * expires). PTTL is -1 for the new set SADD just created, so it always gets the TTL.
+ * ARGV: ttl, then the members (added one by one: unpack() has a small stack limit).
+ */
+const ADD_MEMBERS = `
+for i = 2, #ARGV do redis.call('SADD', KEYS[1], ARGV[i]) end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return 1`;
+
+/**
+ * Creates a store backed by Valkey (or Redis ≥ 6.2). Options are checked here; the connection is
+ * opened in the background and re-opened whenever it drops.
+ *
+ * Every failure — refused or lost connection, timeout, an error reply — rejects with
+ * `StoreUnavailableError` carrying the cause; an outage is never reported as a missing key.
+ * A call made while disconnected waits for the connection at most `commandTimeoutMs`, then fails;
+ * it is never queued to run later. Aborting `signal` rejects the call with the signal's reason.
+ * A timeout or abort after the command was sent cannot recall it: it may still have run (a timed
+ * out `take` may have consumed the value), so callers must treat the outcome as unknown.
+ *
+ * Each method is a single command or script, hence atomic: `take` is GETDEL, `setIfAbsent` is
+ * SET NX PX, `compareAndSet` and `addMembers` are Lua scripts. `delete` of several keys is one DEL
+ * (atomic) on a single server, and one DEL per key in a cluster, where keys may live on different
+ * shards.
+ */
+export function createValkeyStore(options: ValkeyStoreOptions): Store {
+  const { keyPrefix, connectTimeoutMs = 5000, commandTimeoutMs = 2000, onError } = options;
+  if (typeof keyPrefix !== 'string' || /[{}]/.test(keyPrefix)) {
+    throw new TypeError('valkey: keyPrefix must be a string without { or }');
+  }
+  for (const [name, value] of [['connectTimeoutMs', connectTimeoutMs], ['commandTimeoutMs', commandTimeoutMs]] as const) {
+    if (!Number.isSafeInteger(value) || value <= 0) {
+      throw new TypeError(`valkey: ${name} must be a positive integer (milliseconds)`);
+    }
+  }
+  const client = createValkeyClient({ ...options, connectTimeoutMs, commandTimeoutMs });
+  const isCluster = options.cluster !== undefined;
+  // Without a listener, iovalkey prints every reconnect failure to the console.
+  client.on('error', (error: Error) => onError?.(error));
+
+  let closed = false;
+  let nextReady: Promise<void> | undefined;
+
+  /** Resolves when the connection is usable; one shared listener however many calls wait. */
+  function whenReady(): Promise<void> | undefined {
+    if (client.status === 'ready') return undefined;
+    nextReady ??= new Promise<void>((resolve) => {
+      client.once('ready', () => {
+        nextReady = undefined;
+        resolve();
+      });
+    });
+    return nextReady;
+  }
+
+  /** Runs one command under the deadline, mapping every failure to `StoreUnavailableError`. */
+  function run<T>(op: string, signal: AbortSignal | undefined, command: (c: ValkeyClient) => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      signal?.throwIfAborted();
+      if (closed) throw new StoreUnavailableError('valkey store is closed');
+      let settled = false;
+      const finish = (settle: () => void): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        settle();
+      };
+      const onAbort = (): void => finish(() => reject(signal?.reason));
+      const timer = setTimeout(
+        () => finish(() => reject(new StoreUnavailableError(`valkey ${op} timed out after ${commandTimeoutMs} ms`))),
+        commandTimeoutMs,
+      );
+      signal?.addEventListener('abort', onAbort, { once: true });
+
+      const send = (): Promise<T> | undefined => {
+        // Too late: the caller has been told it failed, so the command must not run after all.
+        if (settled) return undefined;
+        return command(client);
+      };
+      const ready = whenReady();
+      (ready === undefined ? Promise.resolve(send()) : ready.then(send)).then(
+        (value) => finish(() => resolve(value as T)),
+        (cause: unknown) => finish(() => reject(unavailable(op, cause))),
+      );
+    });
+  }
+
+  const k = (key: string): string => {
+    assertKey(key);
+    return keyPrefix + key;
+  };
+  const orUndefined = (value: string | null): string | undefined => value ?? undefined;
+
+  return {
+    async get(key, signal) {
+      const prefixed = k(key);
+      return run('get', signal, async (c) => orUndefined(await c.get(prefixed)));
+    },
+
+    async set(key, value, ttlMs, signal) {
+      const prefixed = k(key);
+      assertTtl(ttlMs);
+      await run('set', signal, (c) => c.set(prefixed, value, 'PX', ttlMs));
+    },
+
+    async setIfAbsent(key, value, ttlMs, signal) {
+      const prefixed = k(key);
+      assertTtl(ttlMs);
+      return (await run('setIfAbsent', signal, (c) => c.set(prefixed, value, 'PX', ttlMs, 'NX'))) === 'OK';
+    },
+
+    async take(key, signal) {
+      const prefixed = k(key);
+      return run('take', signal, async (c) => orUndefined(await c.getdel(prefixed)));
+    },
+
+    async delete(keys, signal) {
+      const list = (typeof keys === 'string' ? [keys] : keys).map(k);
+      if (list.length === 0) return;
+      await run<unknown>('delete', signal, (c) =>
+        isCluster ? Promise.all(list.map((key) => c.del(key))) : c.del(...list),
+      );
+    },
+
+    async compareAndSet(key, expected, value, ttlMs, signal) {
+      const prefixed = k(key);
+      assertTtl(ttlMs);
+      const args = [expected === undefined ? '0' : '1', expected ?? '', value, String(ttlMs)];
+      return (await run('compareAndSet', signal, (c) => c.eval(COMPARE_AND_SET, 1, prefixed, ...args))) === 1;
+    },
+
+    async addMembers(key, members, ttlMs, signal) {
+      const prefixed = k(key);
+      assertTtl(ttlMs);
+      if (members.length === 0) return;
+      await run('addMembers', signal, (c) => c.eval(ADD_MEMBERS, 1, prefixed, String(ttlMs), ...members));
+    },
+
+    async removeMembers(key, members, signal) {
+      const prefixed = k(key);
+      if (members.length === 0) return;
+      await run('removeMembers', signal, (c) => c.srem(prefixed, ...members));
+    },
+
+    async members(key, signal) {
+      const prefixed = k(key);
+      return run('members', signal, (c) => c.smembers(prefixed));
+    },
+
+    async ping(signal) {
+      await run('ping', signal, (c) => c.ping());
+    },
+
+    async close() {
+      if (closed) return;
+      closed = true;
+      // QUIT lets replies already on their way arrive; disconnect() also stops reconnecting.
+      const timeout = new Promise((resolve) => setTimeout(resolve, commandTimeoutMs).unref());
+      await Promise.race([client.quit().catch(() => undefined), timeout]);
+      client.disconnect();
+    },
+  };
+}
+
+function unavailable(op: string, cause: unknown): StoreUnavailableError {
+  if (cause instanceof StoreUnavailableError) return cause;
+  const reason = cause instanceof Error ? cause.message : String(cause);
+  return new StoreUnavailableError(`valkey ${op} failed: ${reason}`, { cause });
+}
