@@ -1,0 +1,171 @@
+/**
+ * The company IdP through openid-client (DESIGN §4): authorization code + PKCE (S256) + nonce,
+ * ID token validation, refresh. Failures become `IdpError`: `rejected` when the IdP said no
+ * (an OAuth 4xx error such as `invalid_grant`, a bad ID token), `unavailable` when it could not
+ * answer (5xx, network, timeout): an outage is never mistaken for a logout (DESIGN §5.2).
+ */
+import * as client from 'openid-client';
+import type { Config } from '../config/schema.ts';
+import type { IdpTokens } from '../authserver/records.ts';
+import { IdpError, type IdpClient } from './types.ts';
+
+/** Options of {@link createOidcIdpClient}; checked when it is called. */
+export interface OidcIdpClientOptions {
+  /** The `idp:` section of the configuration. */
+  config: NonNullable<Config['idp']>;
+  /** Our callback, `{issuer}/oauth/callback`; must be registered at the IdP. */
+  redirectUri: string;
+  /** Allows an `http:` issuer (dev mode only; the config schema refuses it otherwise). */
+  devMode: boolean;
+  /** Fetch implementation for every request to the IdP (tests); default the global fetch. */
+  fetch?: typeof fetch;
+  /** Time limit of each request to the IdP, in seconds. Default 10. */
+  timeoutSeconds?: number;
+  /** The clock, epoch milliseconds (access-token expiry). Default `Date.now`. */
+  now?: () => number;
+}
+
+/**
+ * Creates the IdP client. Discovery happens lazily on first use and is retried on the next use
+ * after a failure, so the gateway starts (and answers `/healthz`) while the IdP is briefly down.
+ * @throws TypeError for an invalid `redirectUri` or an `http:` issuer outside dev mode.
+ */
+export function createOidcIdpClient(options: OidcIdpClientOptions): IdpClient {
+  const { config, redirectUri, devMode } = options;
+  const issuer = new URL(config.issuer);
+  if (issuer.protocol !== 'https:' && !(devMode && issuer.protocol === 'http:')) {
+    throw new TypeError('idp.issuer must be an https URL (http only in devMode)');
+  }
+  if (!URL.canParse(redirectUri)) throw new TypeError('redirectUri must be an absolute URL');
+  const timeout = options.timeoutSeconds ?? 10;
+  const now = options.now ?? Date.now;
+  const scope = config.scopes.join(' ');
+  let configuration: Promise<client.Configuration> | undefined;
+
+  function discover(): Promise<client.Configuration> {
+    configuration ??= discoverOnce().catch((error: unknown) => {
+      // Forget the failure: the next login tries again instead of failing until a restart.
+      configuration = undefined;
+      throw classify(error, 'discovery at the identity provider failed', true);
+    });
+    return configuration;
+  }
+
+  async function discoverOnce(): Promise<client.Configuration> {
+    const requestOptions: client.DiscoveryRequestOptions = { timeout };
+    if (options.fetch) requestOptions[client.customFetch] = options.fetch as client.CustomFetch;
+    if (issuer.protocol === 'http:') requestOptions.execute = [client.allowInsecureRequests];
+    const discovered = await client.discovery(issuer, config.clientId, undefined, client.None(), requestOptions);
+    const server = discovered.serverMetadata();
+    const configured = new client.Configuration(server, config.clientId, clientMetadata(), clientAuth(server));
+    configured.timeout = timeout;
+    if (options.fetch) configured[client.customFetch] = options.fetch as client.CustomFetch;
+    if (issuer.protocol === 'http:') client.allowInsecureRequests(configured);
+    return configured;
+  }
+
+  function clientMetadata(): Partial<client.ClientMetadata> {
+    return config.clientSecret ? { client_secret: config.clientSecret } : {};
+  }
+
+  /** `client_secret_post` unless the IdP only lists `client_secret_basic`; a client without a secret is public (PKCE only). */
+  function clientAuth(server: client.ServerMetadata): client.ClientAuth {
+    if (!config.clientSecret) return client.None();
+    const supported = server.token_endpoint_auth_methods_supported;
+    if (supported && !supported.includes('client_secret_post') && supported.includes('client_secret_basic')) {
+      return client.ClientSecretBasic(config.clientSecret);
+    }
+    return client.ClientSecretPost(config.clientSecret);
+  }
+
+  function toTokens(response: client.TokenEndpointResponse, carried?: IdpTokens): IdpTokens {
+    return {
+      accessToken: response.access_token,
+      refreshToken: response.refresh_token ?? carried?.refreshToken,
+      idToken: response.id_token ?? carried?.idToken,
+      expiresAt: typeof response.expires_in === 'number' ? now() + response.expires_in * 1000 : undefined,
+      scope: response.scope ?? carried?.scope,
+      tokenType: response.token_type,
+    };
+  }
+
+  return {
+    async startLogin(state) {
+      const configured = await discover();
+      const codeVerifier = client.randomPKCECodeVerifier();
+      const nonce = client.randomNonce();
+      const url = client.buildAuthorizationUrl(configured, {
+        // Operator parameters first, so they can never replace the ones the flow's security rests on.
+        ...config.authParams,
+        redirect_uri: redirectUri,
+        response_type: 'code',
+        scope,
+        state,
+        nonce,
+        code_challenge: await client.calculatePKCECodeChallenge(codeVerifier),
+        code_challenge_method: 'S256',
+      });
+      return { url: url.href, codeVerifier, nonce };
+    },
+
+    async finishLogin(callbackUrl, expected) {
+      const configured = await discover();
+      // openid-client sends the callback URL without its query as `redirect_uri`; rebuild it from
+      // the registered value so a path prefix stripped by an ingress cannot cause a mismatch.
+      const current = new URL(redirectUri);
+      current.search = callbackUrl.search;
+      let response: client.TokenEndpointResponse & client.TokenEndpointResponseHelpers;
+      try {
+        response = await client.authorizationCodeGrant(configured, current, {
+          pkceCodeVerifier: expected.codeVerifier,
+          expectedState: expected.state,
+          expectedNonce: expected.nonce,
+          idTokenExpected: true,
+        });
+      } catch (error) {
+        throw classify(error, 'the identity provider did not complete the login');
+      }
+      const claims = response.claims() as Record<string, unknown> | undefined;
+      const subject = claims?.[config.userClaim];
+      if ((typeof subject !== 'string' && typeof subject !== 'number') || subject === '') {
+        throw new IdpError('rejected', `the ID token has no usable "${config.userClaim}" claim`);
+      }
+      return { subject: String(subject), tokens: toTokens(response), claims: claims ?? {} };
+    },
+
+    async refresh(current) {
+      if (!current.refreshToken) throw new IdpError('rejected', 'no refresh token was issued for this session');
+      const configured = await discover();
+      try {
+        return toTokens(await client.refreshTokenGrant(configured, current.refreshToken), current);
+      } catch (error) {
+        throw classify(error, 'the refresh at the identity provider failed');
+      }
+    },
+  };
+}
+
+/**
+ * Sorts an openid-client failure into `rejected` (the IdP answered no: a 4xx OAuth error, an
+ * invalid response or ID token) and `unavailable` (it did not answer usably: 5xx, network,
+ * timeout). Discovery failures are always `unavailable`: there is no grant to end yet.
+ */
+function classify(error: unknown, message: string, discovery = false): IdpError {
+  if (error instanceof IdpError) return error;
+  if (error instanceof client.ResponseBodyError || error instanceof client.WWWAuthenticateChallengeError) {
+    const kind = error.status >= 500 || discovery ? 'unavailable' : 'rejected';
+    const oauthError = error instanceof client.ResponseBodyError ? error.error : undefined;
+    return new IdpError(kind, `${message} (HTTP ${error.status}${oauthError ? `, ${oauthError}` : ''})`, { oauthError, cause: error });
+  }
+  if (error instanceof client.AuthorizationResponseError) {
+    return new IdpError('rejected', `${message} (${error.error})`, { oauthError: error.error, cause: error });
+  }
+  if (error instanceof client.ClientError) {
+    const status = error.cause instanceof Response ? error.cause.status : undefined;
+    const transport = error.code === 'OAUTH_TIMEOUT' || error.code === 'OAUTH_ABORT';
+    const kind = discovery || transport || (status !== undefined && status >= 500) ? 'unavailable' : 'rejected';
+    return new IdpError(kind, `${message} (${error.code ?? 'client error'}${status ? `, HTTP ${status}` : ''})`, { cause: error });
+  }
+  // fetch() fails with a TypeError on connection errors; timeouts and aborts are DOMExceptions.
+  return new IdpError('unavailable', `${message} (identity provider unreachable)`, { cause: error });
+}
