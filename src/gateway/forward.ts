@@ -22,6 +22,14 @@ export interface ForwardRequest {
   sseKeepAliveMs?: number;
   /** Called when an SSE response starts and when it ends (open-stream gauge). */
   onStream?(open: boolean): void;
+  /** Called when an SSE response starts, with a way to add our own events to it (notifications/elicitation/complete). */
+  onSse?(injector: SseInjector): void;
+}
+
+/** Adds whole SSE events to a forwarded stream without splitting the upstream's events. */
+export interface SseInjector {
+  /** Writes `event` (one or more complete SSE events) at the next event boundary; a no-op once the stream ended. */
+  inject(event: string): void;
 }
 
 export type ForwardOutcome =
@@ -56,9 +64,18 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
     let stream = false;
     let bytes = 0;
     let atBoundary = true;
+    let tail = Buffer.alloc(0);
     let lastWrite = Date.now();
     let keepAlive: NodeJS.Timeout | undefined;
     let settled = false;
+    // Our own events wait here while the upstream is in the middle of one of its events.
+    const pending: string[] = [];
+    const flushPending = () => {
+      while (pending.length > 0 && !res.writableEnded && !res.destroyed) {
+        res.write(pending.shift()!);
+        lastWrite = Date.now();
+      }
+    };
 
     const finish = (outcome: ForwardOutcome | Error) => {
       if (settled) return;
@@ -93,6 +110,13 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
           res.flushHeaders();
           request.onStream?.(true);
           if (request.sseKeepAliveMs) startKeepAlive(request.sseKeepAliveMs);
+          request.onSse?.({
+            inject(event) {
+              if (settled || res.writableEnded || res.destroyed) return;
+              pending.push(event);
+              if (atBoundary) flushPending();
+            },
+          });
         }
         void c;
       },
@@ -106,8 +130,14 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
         }
         bytes += chunk.length;
         lastWrite = Date.now();
-        if (stream) atBoundary = endsEvent(chunk);
-        if (!res.write(chunk)) {
+        if (stream) {
+          // An event's closing blank line may be split across chunks: judge the last bytes of the stream.
+          tail = Buffer.concat([tail, chunk.subarray(-4)]).subarray(-4);
+          atBoundary = endsEvent(tail);
+        }
+        const flowing = res.write(chunk);
+        if (atBoundary && pending.length > 0) flushPending();
+        if (!flowing) {
           c.pause();
           res.once('drain', () => c.resume());
         }
@@ -117,6 +147,7 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
           finish({ kind: 'held', rejection: { status, headers: held!.headers, body: Buffer.concat(held!.chunks).subarray(0, HELD_BODY_LIMIT) } });
           return;
         }
+        if (atBoundary) flushPending();
         res.end();
         finish({ kind: 'sent', status, stream, bytes, cut: false });
       },

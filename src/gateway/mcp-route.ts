@@ -6,7 +6,11 @@ import { readBody } from '../http/body.ts';
 import { BadGateway, Forbidden, GatewayTimeout, NotFound } from '../http/errors.ts';
 import type { RequestContext, Route } from '../http/router.ts';
 import type { CredentialRequest } from '../credentials/types.ts';
+import { AuthRequiredError } from '../upstream-oauth/auth-required.ts';
 import type { Authenticator } from './authenticate.ts';
+import type { AuthRequiredRenderer } from './challenge.ts';
+import type { ClientCapabilities } from './client-capabilities.ts';
+import type { StreamRegistry } from './stream-registry.ts';
 import { forward, UpstreamError } from './forward.ts';
 import { upstreamRequestHeaders } from './headers.ts';
 import { inspectRpc, type RpcInfo } from './jsonrpc.ts';
@@ -28,6 +32,12 @@ export interface McpRouteOptions {
   basePath: string;
   /** Sees each initialize exchange (client capabilities per Mcp-Session-Id, for auth_required channels). */
   onInitialize?(info: { upstream: Upstream; rpc: RpcInfo; mcpSessionId: string }): void;
+  /** Answers an `AuthRequiredError` from a credential source by channel (DESIGN §6.4); without it, that error is a 500. */
+  authRequired?: AuthRequiredRenderer;
+  /** Per-session client facts; the route notes each session's `MCP-Protocol-Version` in it. */
+  clientCapabilities?: ClientCapabilities;
+  /** Open GET streams per session, for `notifications/elicitation/complete`. */
+  streams?: StreamRegistry;
 }
 
 const CORS_ALLOW_HEADERS = 'authorization, content-type, accept, mcp-session-id, mcp-protocol-version, last-event-id, mcp-method, mcp-name';
@@ -86,11 +96,27 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
     const mcpSessionId = headerValue(ctx.req.headers, 'mcp-session-id');
     if (mcpSessionId) ctx.log.session = sessionTag(mcpSessionId);
     if (principal) ctx.log.sid = sessionTag(principal.sessionId);
+    const protocolVersion = headerValue(ctx.req.headers, 'mcp-protocol-version');
+    if (mcpSessionId && protocolVersion) options.clientCapabilities?.noteProtocolVersion({ upstream: upstream.name, mcpSessionId, protocolVersion });
     const credentialRequest: CredentialRequest = { principal, rpc, mcpSessionId, signal: ctx.signal };
     const path = upstream.url.pathname + upstream.url.search + (upstream.url.search ? ctx.url.search.replace(/^\?/, '&') : ctx.url.search);
 
+    /** auth_required goes to the agent by channel; anything else is thrown as it was. */
+    const answerAuthRequired = (error: unknown): void => {
+      if (!(error instanceof AuthRequiredError) || !options.authRequired) throw error;
+      options.authRequired.render({ ctx, upstream, rpc, mcpSessionId, principal, authRequired: error.authRequired });
+    };
+    // A GET stream of a session can carry our notifications/elicitation/complete.
+    let unregisterStream: (() => void) | undefined;
+    const streams = method === 'GET' && mcpSessionId ? options.streams : undefined;
+
     for (let attempt = 0; ; attempt++) {
-      const credential = await upstream.credentials.headers(credentialRequest);
+      let credential;
+      try {
+        credential = await upstream.credentials.headers(credentialRequest);
+      } catch (error) {
+        return answerAuthRequired(error);
+      }
       let outcome;
       try {
         outcome = await forward({
@@ -106,10 +132,23 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
           sseKeepAliveMs: options.sseKeepAliveMs,
           hold: (status, headers) => isAuthRejection(status, headers),
           onStream: (open) => (open ? options.metrics.openStreams.inc({ upstream: upstream.name }) : options.metrics.openStreams.dec({ upstream: upstream.name })),
+          onSse: streams
+            ? (injector) => {
+                unregisterStream = streams.register({
+                  upstream: upstream.name,
+                  mcpSessionId: mcpSessionId!,
+                  sessionId: principal?.sessionId,
+                  protocolVersion: protocolVersion ?? options.clientCapabilities?.get(upstream.name, mcpSessionId!)?.protocolVersion,
+                  sink: { deliver: (event) => injector.inject(event) },
+                });
+              }
+            : undefined,
         });
       } catch (error) {
         if (ctx.signal.aborted) return; // the agent left: nobody to answer
         throw upstreamFailure(error, upstream);
+      } finally {
+        unregisterStream?.();
       }
       if (outcome.kind === 'sent') {
         if (outcome.cut) {
@@ -129,7 +168,7 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
           if (attempt === 0) continue;
           throw new BadGateway(`upstream "${upstream.name}" refused the credential again after a refresh`);
         case 'respond':
-          throw decision.error;
+          return answerAuthRequired(decision.error);
         case 'reply':
           ctx.res.writeHead(decision.reply.status, { ...decision.reply.headers, 'content-length': Buffer.byteLength(decision.reply.body) });
           ctx.res.end(decision.reply.body);
