@@ -4,7 +4,10 @@
  * Values are opaque strings; encryption at rest, token families and indexes live above
  * the port (see `sealed.ts` and the domain stores), once, not once per backend.
  * Every method takes an AbortSignal and throws `StoreUnavailableError` on I/O failure:
- * an outage is never reported as "not found".
+ * an outage is never reported as "not found". An aborted signal rejects with its reason.
+ * Bad arguments (an empty key, a TTL that is not a positive integer) reject with `TypeError`:
+ * a bug, not an outage. A key holds either a value or a set; using it as the other is a bug too.
+ * `test/store/contract.ts` is the executable form of this contract; every backend passes it.
  */
 export interface Store {
   /** The value stored under `key`, or `undefined` when there is none (or it expired). */
@@ -22,9 +25,9 @@ export interface Store {
    * True when the swap happened. The TTL is reset to `ttlMs`.
    */
   compareAndSet(key: string, expected: string | undefined, value: string, ttlMs: number, signal?: AbortSignal): Promise<boolean>;
-  /** Adds members to the set at `key` and extends the set's TTL to at least `ttlMs`. */
+  /** Adds members to the set at `key` and extends the set's TTL to at least `ttlMs` (never shortens it). No members: no-op. */
   addMembers(key: string, members: string[], ttlMs: number, signal?: AbortSignal): Promise<void>;
-  /** Removes members from the set at `key`. */
+  /** Removes members from the set at `key`; a set left empty no longer exists. */
   removeMembers(key: string, members: string[], signal?: AbortSignal): Promise<void>;
   /** The members of the set at `key` (empty when there is none). */
   members(key: string, signal?: AbortSignal): Promise<string[]>;

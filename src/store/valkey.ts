@@ -135,14 +135,13 @@ export function createValkeyStore(options: ValkeyStoreOptions): Store {
       );
       signal?.addEventListener('abort', onAbort, { once: true });
 
-      const send = (): Promise<T> | undefined => {
+      const send = async (): Promise<T> => {
         // Too late: the caller has been told it failed, so the command must not run after all.
-        if (settled) return undefined;
+        if (settled) throw new Error('abandoned');
         return command(client);
       };
-      const ready = whenReady();
-      (ready === undefined ? Promise.resolve(send()) : ready.then(send)).then(
-        (value) => finish(() => resolve(value as T)),
+      (whenReady() ?? Promise.resolve()).then(send).then(
+        (value) => finish(() => resolve(value)),
         (cause: unknown) => finish(() => reject(unavailable(op, cause))),
       );
     });
