@@ -24,6 +24,7 @@ export class ExpiryHeap<T extends Deadline> {
     return this.#items[0];
   }
 
+  /** Adds a deadline in O(log n). */
   push(item: T): void {
     const items = this.#items;
     items.push(item);
