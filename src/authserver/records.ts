@@ -121,6 +121,11 @@ export interface AuthStores {
     get(sessionId: string): Promise<SessionRecord | undefined>;
     /** Creates or extends; also adds the session to its user's index. */
     put(session: SessionRecord): Promise<void>;
+    /**
+     * Slides a live session to `expiresAt` (a refresh, DESIGN §4), its IdP tokens with it.
+     * Atomic against `revoke`: a session revoked meanwhile is not brought back; undefined then.
+     */
+    extend(sessionId: string, expiresAt: number): Promise<SessionRecord | undefined>;
     /** The sessions of a user (for "sign out everywhere"). */
     listForUser(subject: string): Promise<string[]>;
     /** Ends a session: its record, its IdP tokens, its refresh tokens and upstream tokens stop working. */
