@@ -5,7 +5,10 @@ import { createNoCredential } from './credentials/none.ts';
 import { createStaticCredential } from './credentials/static.ts';
 import type { CredentialSource } from './credentials/types.ts';
 import { openAccess } from './gateway/authenticate.ts';
+import { createAuthRequiredRenderer } from './gateway/challenge.ts';
+import { createClientCapabilities } from './gateway/client-capabilities.ts';
 import { createMcpRoutes } from './gateway/mcp-route.ts';
+import { createStreamRegistry } from './gateway/stream-registry.ts';
 import type { Upstream } from './gateway/upstream.ts';
 import { createOpsRoutes } from './http/ops-routes.ts';
 import { createFrontDoor, type FrontDoor } from './http/server.ts';
@@ -59,6 +62,19 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     }
   }
 
+  // auth_required channels (DESIGN §6.4): what each agent session understands, and its open GET
+  // streams for notifications/elicitation/complete (the upstream callback calls
+  // streams.notifyElicitationComplete from its onConnected hook).
+  const clientCapabilities = createClientCapabilities();
+  const streams = createStreamRegistry();
+  const challengeSettings = new Map(config.upstreams.map((u) => [u.name, 'challenge' in u.auth ? u.auth.challenge : ('auto' as const)]));
+  const authRequired = createAuthRequiredRenderer({
+    capabilities: clientCapabilities,
+    streams,
+    settingFor: (name) => challengeSettings.get(name) ?? 'auto',
+    sseKeepAliveMs: config.server.sseKeepAlive,
+  });
+
   const frontDoor = createFrontDoor({
     logger,
     metrics,
@@ -77,6 +93,10 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         upstreamTimeoutMs: config.server.upstreamTimeout,
         sseKeepAliveMs: config.server.sseKeepAlive,
         basePath,
+        onInitialize: ({ upstream, rpc, mcpSessionId }) => clientCapabilities.recordInitialize({ upstream: upstream.name, mcpSessionId, capabilities: rpc.capabilities }),
+        authRequired,
+        clientCapabilities,
+        streams,
       }),
     ],
   });
