@@ -1,0 +1,112 @@
+import { InvalidToken } from '../http/errors.ts';
+import { AuthRequiredError } from '../upstream-oauth/auth-required.ts';
+import { RefreshRejectedError, type OAuthUpstream, type StartFlowOptions, type UpstreamFlows } from '../upstream-oauth/flow.ts';
+import type { UpstreamToken } from '../upstream-oauth/records.ts';
+import { bearerChallenge, parseWwwAuthenticate, type BearerChallenge } from '../upstream-oauth/www-authenticate.ts';
+import type { CredentialRequest, CredentialSource, Principal } from './types.ts';
+
+/** Options of {@link createOAuthCredential}. */
+export interface OAuthCredentialOptions {
+  upstream: OAuthUpstream;
+  flows: UpstreamFlows;
+  /** Refresh this long before the upstream token expires, in milliseconds (`auth.refreshMargin`, default 60000). */
+  refreshMarginMs?: number;
+  /** The clock, epoch milliseconds. Default `Date.now`. */
+  now?: () => number;
+}
+
+/**
+ * Mode `oauth` (DESIGN §5.2, §6): the upstream trusts its own authorization server, and each
+ * session holds a token from it, obtained through the upstream OAuth flow. The upstream only ever
+ * sees that token: never ours, never the company IdP's.
+ *
+ * - No token yet: the flow starts at once (discovering the upstream's resource metadata from its
+ *   well-known URL) and `AuthRequiredError` goes to the agent; when the upstream publishes its
+ *   metadata only in its 401, the request is sent without a credential and the 401 starts it.
+ * - Token about to expire (`refreshMarginMs`): refreshed first, one refresh per session in flight.
+ * - Upstream 401: one refresh and one retry when the token is refreshable, else a new flow.
+ * - Upstream 403 `insufficient_scope`: a flow for the granted ∪ requested scopes (step-up, §6.7).
+ */
+export function createOAuthCredential(options: OAuthCredentialOptions): CredentialSource {
+  const { upstream, flows } = options;
+  const now = options.now ?? Date.now;
+  const margin = options.refreshMarginMs ?? 60_000;
+  if (!Number.isSafeInteger(margin) || margin < 0) throw new TypeError('oauth credential: refreshMarginMs must be a non-negative integer');
+
+  function principalOf(request: CredentialRequest): Principal {
+    // The config schema requires login for this mode; a request without a principal is a wiring bug or an anonymous caller.
+    if (!request.principal) throw new InvalidToken(`upstream "${upstream.name}" needs a signed-in user`);
+    return request.principal;
+  }
+
+  async function authRequired(request: CredentialRequest, extra: Partial<StartFlowOptions> = {}): Promise<AuthRequiredError> {
+    const principal = principalOf(request);
+    const required = await flows.startFlow({ principal, upstream, mcpSessionId: request.mcpSessionId, ...extra });
+    return new AuthRequiredError(required);
+  }
+
+  /** The refreshed token, or the auth_required signal when the refresh token is dead. */
+  async function refreshed(request: CredentialRequest, principal: Principal): Promise<UpstreamToken | AuthRequiredError> {
+    try {
+      return await flows.refresh(principal.sessionId, upstream.name);
+    } catch (err) {
+      if (err instanceof RefreshRejectedError) return authRequired(request);
+      throw err;
+    }
+  }
+
+  return {
+    mode: 'oauth',
+
+    async headers(request): Promise<Record<string, string>> {
+      const principal = principalOf(request);
+      let token = await flows.token(principal.sessionId, upstream.name);
+      if (!token) {
+        let signal: AuthRequiredError;
+        try {
+          signal = await authRequired(request);
+        } catch (err) {
+          // Metadata only reachable through the upstream's 401 (RFC 9728 §5): let the 401 start the flow.
+          if (isMetadataNotFound(err)) return {};
+          throw err;
+        }
+        throw signal;
+      }
+      if (token.expiresAt !== undefined && token.expiresAt - margin <= now()) {
+        if (token.refreshToken) {
+          const next = await refreshed(request, principal);
+          if (next instanceof AuthRequiredError) throw next;
+          token = next;
+        } else if (token.expiresAt <= now()) {
+          throw await authRequired(request);
+        }
+      }
+      return { authorization: `Bearer ${token.accessToken}` };
+    },
+
+    async rejected(request, rejection, attempt) {
+      const principal = principalOf(request);
+      const challenge = upstreamChallenge(rejection.headers['www-authenticate']);
+      const token = await flows.token(principal.sessionId, upstream.name);
+      const hint = { resourceMetadata: challenge?.resourceMetadata, scope: challenge?.scope };
+
+      if (rejection.status === 403 && challenge?.error === 'insufficient_scope') {
+        return { action: 'respond', error: await authRequired(request, { challenge: hint, scopes: token?.scopes ?? [] }) };
+      }
+      if (attempt === 0 && token?.refreshToken) {
+        const next = await refreshed(request, principal);
+        return next instanceof AuthRequiredError ? { action: 'respond', error: next } : { action: 'retry' };
+      }
+      return { action: 'respond', error: await authRequired(request, { challenge: hint }) };
+    },
+  };
+}
+
+function upstreamChallenge(header: string | string[] | undefined): BearerChallenge | undefined {
+  return bearerChallenge(parseWwwAuthenticate(header));
+}
+
+function isMetadataNotFound(err: unknown): boolean {
+  const cause = err instanceof Error ? err.cause : undefined;
+  return cause instanceof Error && cause.name === 'DiscoveryError' && (cause as Error & { code?: string }).code === 'not_found';
+}

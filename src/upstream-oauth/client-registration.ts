@@ -1,0 +1,205 @@
+/**
+ * Our client at an upstream's authorization server (DESIGN §6.2), chosen in the order of the MCP
+ * authorization spec (2025-11-25, "Client Registration Approaches"):
+ * 1. a client id (and secret) preconfigured for the upstream;
+ * 2. our Client ID Metadata Document (draft-ietf-oauth-client-id-metadata-document): the gateway
+ *    serves its metadata at a stable https URL and uses that URL as `client_id`, where the server
+ *    advertises `client_id_metadata_document_supported`;
+ * 3. RFC 7591 dynamic registration, cached per (our issuer, their issuer, redirect URI, scopes)
+ *    and renewed before `client_secret_expires_at`.
+ */
+import { FetchRefusedError, type GuardedRequest, type GuardedResponse } from '../net/guarded-fetch.ts';
+import type { AuthorizationServerMetadata } from './discovery.ts';
+import type { TokenEndpointAuthMethod, UpstreamClient } from './records.ts';
+import type { UpstreamStores } from './stores.ts';
+
+/** Why no client could be had. `message` names the server's host and error code, never a secret. */
+export class ClientRegistrationError extends Error {
+  override name = 'ClientRegistrationError';
+  readonly code: 'registration_unsupported' | 'registration_failed';
+  constructor(code: ClientRegistrationError['code'], message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+/** Options of {@link createClientRegistration}; validated when it is called. */
+export interface ClientRegistrationOptions {
+  /** The SSRF-guarded fetcher. */
+  fetch: (url: string, init?: GuardedRequest) => Promise<GuardedResponse>;
+  stores: Pick<UpstreamStores, 'registrations'>;
+  /** Our public URL (the issuer), e.g. `https://mcp.example.com` or `https://example.com/gw`. */
+  publicUrl: string;
+  /** `client_name` we register and publish. Default `mcpgate`. */
+  clientName?: string;
+  /** The clock, epoch milliseconds. Default `Date.now`. */
+  now?: () => number;
+}
+
+/** What an upstream's config says about its client. */
+export interface UpstreamClientConfig {
+  name: string;
+  clientId?: string;
+  clientSecret?: string;
+}
+
+/** See {@link createClientRegistration}. */
+export interface ClientRegistration {
+  /** `{publicUrl}/oauth/client-metadata.json`: our CIMD URL, and our `client_id` where CIMD is used. */
+  readonly metadataUrl: string;
+  /** `{publicUrl}/oauth/upstream/callback`: the one redirect URI of every upstream client. */
+  readonly redirectUri: string;
+  /** The Client ID Metadata Document served at `metadataUrl`. */
+  metadataDocument(): Record<string, unknown>;
+  /** Our client at `server` for `upstream`; registers (and caches) when it must. */
+  clientFor(options: { upstream: UpstreamClientConfig; server: AuthorizationServerMetadata; scopes: readonly string[] }): Promise<UpstreamClient>;
+}
+
+const REGISTRATION_MAX_BYTES = 64 * 1024;
+
+/** Creates the client chooser; see the module comment for the order. */
+export function createClientRegistration(options: ClientRegistrationOptions): ClientRegistration {
+  if (typeof options.fetch !== 'function') throw new TypeError('client registration: fetch is required');
+  const base = options.publicUrl.replace(/\/+$/, '');
+  if (!URL.canParse(base)) throw new TypeError('client registration: publicUrl must be an absolute URL');
+  const { fetch, stores } = options;
+  const now = options.now ?? Date.now;
+  const clientName = options.clientName ?? 'mcpgate';
+  const metadataUrl = `${base}/oauth/client-metadata.json`;
+  const redirectUri = `${base}/oauth/upstream/callback`;
+  // The CIMD draft (§3) and the MCP spec require an https client_id URL with a path; a dev-mode
+  // gateway on http falls back to DCR.
+  const cimdUsable = metadataUrl.startsWith('https://');
+
+  const document = Object.freeze({
+    client_id: metadataUrl,
+    client_name: clientName,
+    client_uri: base,
+    redirect_uris: [redirectUri],
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    // A metadata document cannot carry a secret (CIMD draft §4.1): the client is public, PKCE protects the code.
+    token_endpoint_auth_method: 'none',
+  });
+
+  async function register(upstream: UpstreamClientConfig, server: AuthorizationServerMetadata, scopes: readonly string[]): Promise<UpstreamClient> {
+    const endpoint = server.registration_endpoint;
+    if (endpoint === undefined) {
+      throw new ClientRegistrationError(
+        'registration_unsupported',
+        `the authorization server ${server.issuer} of upstream "${upstream.name}" offers neither client ID metadata documents nor dynamic registration; configure clientId for it`,
+      );
+    }
+    const cacheKey = { ourIssuer: base, issuer: server.issuer, redirectUri, scopes };
+    const cached = await stores.registrations.get(cacheKey);
+    if (cached && (cached.secretExpiresAt === undefined || cached.secretExpiresAt > now())) {
+      return { clientId: cached.clientId, clientSecret: cached.clientSecret, authMethod: cached.authMethod, source: 'dcr' };
+    }
+
+    const requestBody: Record<string, unknown> = {
+      client_name: clientName,
+      client_uri: base,
+      redirect_uris: [redirectUri],
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      token_endpoint_auth_method: preferredAuthMethod(server),
+    };
+    if (scopes.length > 0) requestBody.scope = scopes.join(' ');
+
+    let res: GuardedResponse;
+    try {
+      res = await fetch(endpoint, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept: 'application/json' },
+        body: JSON.stringify(requestBody),
+        maxBytes: REGISTRATION_MAX_BYTES,
+      });
+    } catch (err) {
+      const detail = err instanceof FetchRefusedError ? err.reason : 'request failed';
+      throw new ClientRegistrationError('registration_failed', `dynamic registration at ${hostOf(endpoint)} failed (${detail})`, { cause: err });
+    }
+    const body = parseObject(res);
+    if (res.status !== 201 && res.status !== 200) {
+      throw new ClientRegistrationError('registration_failed', `dynamic registration at ${hostOf(endpoint)} was refused: ${res.status} ${oauthErrorCode(body)}`);
+    }
+    const registration = checkRegistration(body, endpoint);
+    await stores.registrations.put(cacheKey, { ...registration, registeredAt: now() });
+    return { clientId: registration.clientId, clientSecret: registration.clientSecret, authMethod: registration.authMethod, source: 'dcr' };
+  }
+
+  return {
+    metadataUrl,
+    redirectUri,
+    metadataDocument: () => ({ ...document, redirect_uris: [...document.redirect_uris], grant_types: [...document.grant_types], response_types: [...document.response_types] }),
+    async clientFor({ upstream, server, scopes }) {
+      if (upstream.clientId !== undefined) {
+        const authMethod = upstream.clientSecret === undefined ? 'none' : secretAuthMethod(server);
+        return { clientId: upstream.clientId, clientSecret: upstream.clientSecret, authMethod, source: 'preconfigured' };
+      }
+      if (cimdUsable && server.client_id_metadata_document_supported === true) {
+        return { clientId: metadataUrl, authMethod: 'none', source: 'cimd' };
+      }
+      return register(upstream, server, scopes);
+    },
+  };
+}
+
+/** RFC 8414 §2: absent `token_endpoint_auth_methods_supported` means `client_secret_basic`. */
+function supportedAuthMethods(server: AuthorizationServerMetadata): string[] {
+  const listed = server.token_endpoint_auth_methods_supported;
+  return Array.isArray(listed) ? listed.filter((m): m is string => typeof m === 'string') : ['client_secret_basic'];
+}
+
+/** A server-side gateway can keep a secret, so it registers as a confidential client when the server allows. */
+function preferredAuthMethod(server: AuthorizationServerMetadata): TokenEndpointAuthMethod {
+  const supported = supportedAuthMethods(server);
+  for (const method of ['client_secret_basic', 'client_secret_post', 'none'] as const) if (supported.includes(method)) return method;
+  return 'client_secret_basic';
+}
+
+function secretAuthMethod(server: AuthorizationServerMetadata): TokenEndpointAuthMethod {
+  const supported = supportedAuthMethods(server);
+  return !supported.includes('client_secret_basic') && supported.includes('client_secret_post') ? 'client_secret_post' : 'client_secret_basic';
+}
+
+/** RFC 7591 §3.2.1: the registered client as the server answered it. */
+function checkRegistration(body: Record<string, unknown> | undefined, endpoint: string) {
+  const where = `dynamic registration at ${hostOf(endpoint)}`;
+  const bad = (what: string) => new ClientRegistrationError('registration_failed', `${where}: ${what}`);
+  if (!body) throw bad('the response is not a JSON object');
+  const { client_id: clientId, client_secret: secret, token_endpoint_auth_method: method, client_secret_expires_at: expires } = body;
+  if (typeof clientId !== 'string' || clientId.length === 0 || clientId.length > 1024) throw bad('client_id missing or invalid');
+  if (secret !== undefined && (typeof secret !== 'string' || secret.length === 0 || secret.length > 4096)) throw bad('client_secret invalid');
+  let authMethod: TokenEndpointAuthMethod;
+  if (method === undefined) authMethod = secret === undefined ? 'none' : 'client_secret_basic';
+  else if (method === 'none' || method === 'client_secret_basic' || method === 'client_secret_post') authMethod = method;
+  else throw bad(`token_endpoint_auth_method "${String(method).slice(0, 64)}" is not supported by mcpgate`);
+  if (authMethod !== 'none' && secret === undefined) throw bad('a secret-based client was registered without a client_secret');
+  if (expires !== undefined && (typeof expires !== 'number' || !Number.isFinite(expires) || expires < 0)) throw bad('client_secret_expires_at invalid');
+  return {
+    clientId,
+    clientSecret: authMethod === 'none' ? undefined : (secret as string),
+    authMethod,
+    // RFC 7591 §3.2.1: seconds since the epoch, 0 when the secret does not expire.
+    secretExpiresAt: typeof expires === 'number' && expires > 0 ? expires * 1000 : undefined,
+  };
+}
+
+function parseObject(res: GuardedResponse): Record<string, unknown> | undefined {
+  try {
+    const value = res.json();
+    return typeof value === 'object' && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** An OAuth `error` code, reduced to what is safe to log and show. */
+export function oauthErrorCode(body: Record<string, unknown> | undefined): string {
+  const code = body?.error;
+  return typeof code === 'string' && /^[\x20-\x7e]{1,64}$/.test(code) ? code.replace(/[^A-Za-z0-9_.-]/g, '') : 'no error code';
+}
+
+function hostOf(url: string): string {
+  return URL.canParse(url) ? new URL(url).host : 'an invalid URL';
+}

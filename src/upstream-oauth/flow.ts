@@ -1,0 +1,343 @@
+/**
+ * The upstream OAuth flow (DESIGN §6): connecting one user's session to an upstream MCP server
+ * that trusts its own authorization server, and keeping that connection alive.
+ *
+ * - `startFlow`: discovery (RFC 9728 → RFC 8414), a client at that server, a single-use state
+ *   with a server-side PKCE verifier, bound to the user, the session and the upstream; answers
+ *   with the `AuthRequired` signal whose URL points at our `/oauth/upstream/start`, never at the
+ *   upstream server and never with a credential in it. Concurrent requests share one pending flow.
+ * - `complete`: the callback's RFC 9207 `iss` check and the code exchange with PKCE and RFC 8707
+ *   `resource`, the token stored for (session, upstream).
+ * - `refresh`: RFC 6749 §6, one in flight per (session, upstream); a 4xx drops the row (the user
+ *   must connect again), a 5xx keeps it and answers 503 (an outage is never a disconnect).
+ * - `disconnect`: forgets the token and revokes it at the upstream (RFC 7009) where supported.
+ */
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { BadGateway, ServiceUnavailable } from '../http/errors.ts';
+import { connectScopeFor, type AuthRequired } from './auth-required.ts';
+import type { ClientRegistration } from './client-registration.ts';
+import type { Discovery } from './discovery.ts';
+import type { UpstreamFlow, UpstreamToken } from './records.ts';
+import type { UpstreamStores } from './stores.ts';
+import { requestToken, revokeToken, TokenEndpointError, type TokenFetch, type TokenResponse } from './token-endpoint.ts';
+
+/** What the flow needs to know about an upstream in mode `oauth`. */
+export interface OAuthUpstream {
+  name: string;
+  /** The upstream MCP endpoint: discovered from, and the RFC 8707 `resource` of every request. */
+  url: string;
+  /** Configured scopes (`auth.scopes`); asked for in every flow. */
+  scopes: readonly string[];
+  /** A preconfigured client at the upstream's authorization server (DESIGN §6.2). */
+  clientId?: string;
+  clientSecret?: string;
+}
+
+/** The user and session a flow is for (a verified `Principal` has both). */
+export interface FlowPrincipal {
+  subject: string;
+  sessionId: string;
+}
+
+/** Options of {@link UpstreamFlows.startFlow}. */
+export interface StartFlowOptions {
+  principal: FlowPrincipal;
+  upstream: OAuthUpstream;
+  /** Extra scopes to ask for (a step-up's granted ∪ requested). */
+  scopes?: readonly string[];
+  /** The upstream's parsed Bearer challenge, when a 401/403 started the flow (its `resource_metadata` is tried first). */
+  challenge?: { resourceMetadata?: string; scope?: string[] };
+  /** The agent's `Mcp-Session-Id`, for `notifications/elicitation/complete`. */
+  mcpSessionId?: string;
+  /** A path under our public URL to send the browser to after the callback (our `/oauth/authorize` chaining). */
+  returnTo?: string;
+}
+
+/** Why an authorization response could not be turned into a token. Shown on the callback's error page. */
+export type FlowFailure = 'access_denied' | 'authorization_error' | 'iss_mismatch' | 'iss_missing' | 'invalid_response' | 'exchange_failed';
+
+/** Thrown by `complete`; `message` is safe to show (no code, no token, no upstream free text). */
+export class FlowError extends Error {
+  override name = 'FlowError';
+  readonly failure: FlowFailure;
+  constructor(failure: FlowFailure, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.failure = failure;
+  }
+}
+
+/** The upstream refused the refresh token (4xx): the row is gone, a new flow is needed. */
+export class RefreshRejectedError extends Error {
+  override name = 'RefreshRejectedError';
+}
+
+/** Options of {@link createUpstreamFlows}; validated when it is called. */
+export interface UpstreamFlowsOptions {
+  stores: UpstreamStores;
+  discovery: Discovery;
+  registration: ClientRegistration;
+  /** The SSRF-guarded fetcher, for token and revocation endpoints. */
+  fetch: TokenFetch;
+  /** Our public URL (issuer), the base of `/oauth/upstream/start`. */
+  publicUrl: string;
+  /** Lifetime of a pending flow, in milliseconds. Default 600000 (10 min, DESIGN §7). */
+  flowTtlMs?: number;
+  /** The clock, epoch milliseconds. Default `Date.now`. */
+  now?: () => number;
+}
+
+/** See {@link createUpstreamFlows}. */
+export interface UpstreamFlows {
+  /** Returns the session's pending flow for the upstream when it covers the scopes, else starts one. @throws BadGateway when discovery or registration fails. */
+  startFlow(options: StartFlowOptions): Promise<AuthRequired>;
+  /** The URL of the upstream server's authorization endpoint for this flow (RFC 6749 §4.1.1, PKCE S256, RFC 8707). */
+  authorizationUrl(flow: UpstreamFlow): string;
+  /**
+   * Turns the callback's parameters into a stored token. Call after the state was taken.
+   * @throws FlowError
+   */
+  complete(flow: UpstreamFlow, params: URLSearchParams, signal?: AbortSignal): Promise<UpstreamToken>;
+  /** The session's token for an upstream, if connected. */
+  token(sessionId: string, upstream: string): Promise<UpstreamToken | undefined>;
+  /**
+   * Refreshes the session's token for an upstream; one call in flight per (session, upstream).
+   * @throws RefreshRejectedError (row dropped) or ServiceUnavailable (row kept).
+   */
+  refresh(sessionId: string, upstream: string): Promise<UpstreamToken>;
+  /** Forgets the token and revokes it at the upstream (RFC 7009) when it lists a revocation endpoint. */
+  disconnect(sessionId: string, upstream: string): Promise<{ connected: boolean; revoked: boolean }>;
+  /** Logout: forgets (and revokes) every upstream token of a session. */
+  forgetSession(sessionId: string): Promise<void>;
+}
+
+const FLOW_TTL_MS = 10 * 60_000;
+/** RFC 6749 §3.3 scope-token characters; anything else from a challenge is dropped. */
+const SCOPE_TOKEN = /^[\x21\x23-\x5b\x5d-\x7e]{1,128}$/;
+const MAX_SCOPES = 32;
+
+/** Creates the flow engine. */
+export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlows {
+  const { stores, discovery, registration, fetch } = options;
+  const base = options.publicUrl.replace(/\/+$/, '');
+  const now = options.now ?? Date.now;
+  const flowTtlMs = options.flowTtlMs ?? FLOW_TTL_MS;
+  if (!Number.isSafeInteger(flowTtlMs) || flowTtlMs <= 0) throw new TypeError('upstream flows: flowTtlMs must be a positive integer');
+  const starting = new Map<string, Promise<AuthRequired>>();
+  const refreshing = new Map<string, Promise<UpstreamToken>>();
+
+  function signal(flow: UpstreamFlow): AuthRequired {
+    return {
+      upstream: flow.upstream,
+      authUrl: `${base}/oauth/upstream/start?flow=${encodeURIComponent(flow.flowId)}`,
+      elicitationId: flow.elicitationId,
+      message: `Authorization is needed to use "${flow.upstream}": open the link, approve access, then retry.`,
+      connectScope: connectScopeFor(flow.upstream),
+    };
+  }
+
+  async function createFlow(o: StartFlowOptions, requested: string[], replacing: string | undefined): Promise<AuthRequired> {
+    const { upstream, principal } = o;
+    let flow: UpstreamFlow;
+    try {
+      const resource = await discovery.discoverResource(upstream.url, o.challenge);
+      // The MCP spec leaves the choice among several servers to the client; the first is the one the resource prefers.
+      const server = await discovery.discoverAuthorizationServer(resource.authorization_servers[0]!);
+      const scopes = requested.length > 0 ? requested : cleanScopes(resource.scopes_supported ?? []);
+      const client = await registration.clientFor({ upstream, server, scopes });
+      const created = now();
+      flow = {
+        flowId: randomBytes(24).toString('base64url'),
+        state: randomBytes(32).toString('base64url'),
+        codeVerifier: randomBytes(32).toString('base64url'),
+        subject: principal.subject,
+        sessionId: principal.sessionId,
+        upstream: upstream.name,
+        resource: upstream.url,
+        server: {
+          issuer: server.issuer,
+          authorizationEndpoint: server.authorization_endpoint,
+          tokenEndpoint: server.token_endpoint,
+          revocationEndpoint: server.revocation_endpoint,
+          issParameterSupported: server.authorization_response_iss_parameter_supported === true,
+        },
+        client,
+        scopes,
+        elicitationId: randomUUID(),
+        mcpSessionId: o.mcpSessionId,
+        returnTo: o.returnTo,
+        createdAt: created,
+        expiresAt: created + flowTtlMs,
+      };
+    } catch (err) {
+      if (err instanceof Error && (err.name === 'DiscoveryError' || err.name === 'ClientRegistrationError')) {
+        throw new BadGateway(`upstream "${upstream.name}" needs authorization at its own server, but ${err.message}`, { cause: err });
+      }
+      throw err;
+    }
+    await stores.flows.put(flow);
+    if (await stores.flows.claimPending(flow, replacing)) return signal(flow);
+    // Another request (maybe on another replica) started one first: share it.
+    const winner = await stores.flows.pending(principal.sessionId, upstream.name);
+    return signal(winner ?? flow);
+  }
+
+  async function start(o: StartFlowOptions): Promise<AuthRequired> {
+    const requested = cleanScopes([...o.upstream.scopes, ...(o.challenge?.scope ?? []), ...(o.scopes ?? [])]);
+    const pending = await stores.flows.pending(o.principal.sessionId, o.upstream.name);
+    if (pending && requested.every((s) => pending.scopes.includes(s))) return signal(pending);
+    return createFlow(o, requested, pending?.flowId);
+  }
+
+  async function refreshOnce(sessionId: string, upstream: string): Promise<UpstreamToken> {
+    const row = await stores.tokens.get(sessionId, upstream);
+    if (!row) throw new RefreshRejectedError(`no token for upstream "${upstream}"`);
+    if (!row.refreshToken) throw new RefreshRejectedError(`the token for upstream "${upstream}" cannot be refreshed`);
+    let response: TokenResponse;
+    try {
+      response = await requestToken({
+        fetch,
+        endpoint: row.server.tokenEndpoint,
+        client: row.client,
+        params: { grant_type: 'refresh_token', refresh_token: row.refreshToken, resource: row.resource },
+      });
+    } catch (err) {
+      if (!(err instanceof TokenEndpointError)) throw err;
+      if (err.kind === 'unavailable') {
+        throw new ServiceUnavailable(`the authorization server of upstream "${upstream}" is unavailable; retry shortly`, {
+          headers: { 'retry-after': '5' },
+          cause: err,
+        });
+      }
+      // Another replica may have refreshed (and rotated) first: its successor token is in the store.
+      const current = await stores.tokens.get(sessionId, upstream);
+      if (current && current.refreshToken !== row.refreshToken) return current;
+      await stores.tokens.take(sessionId, upstream);
+      throw new RefreshRejectedError(`the authorization server of upstream "${upstream}" refused the refresh token (${err.oauthError ?? 'rejected'})`, { cause: err });
+    }
+    const refreshed: UpstreamToken = {
+      ...row,
+      accessToken: response.accessToken,
+      // RFC 6749 §6: a server that issues no new refresh token leaves the old one valid.
+      refreshToken: response.refreshToken ?? row.refreshToken,
+      expiresAt: response.expiresIn === undefined ? undefined : now() + response.expiresIn * 1000,
+      scopes: response.scopes ?? row.scopes,
+      obtainedAt: now(),
+    };
+    await stores.tokens.put(sessionId, refreshed);
+    return refreshed;
+  }
+
+  async function revokeAll(row: UpstreamToken): Promise<boolean> {
+    const endpoint = row.server.revocationEndpoint;
+    if (!endpoint) return false;
+    // Revoking the refresh token ends the grant at most servers (RFC 7009 §2.1); the access token too, for the rest.
+    const results = await Promise.all([
+      row.refreshToken ? revokeToken({ fetch, endpoint, client: row.client, token: row.refreshToken, tokenTypeHint: 'refresh_token' }) : true,
+      revokeToken({ fetch, endpoint, client: row.client, token: row.accessToken, tokenTypeHint: 'access_token' }),
+    ]);
+    return results.every(Boolean);
+  }
+
+  return {
+    startFlow(o) {
+      const key = `${o.principal.sessionId}\n${o.upstream.name}`;
+      const inFlight = starting.get(key);
+      if (inFlight) return inFlight;
+      const promise = start(o).finally(() => starting.delete(key));
+      starting.set(key, promise);
+      return promise;
+    },
+
+    authorizationUrl(flow) {
+      const url = new URL(flow.server.authorizationEndpoint);
+      const params = url.searchParams;
+      params.set('response_type', 'code');
+      params.set('client_id', flow.client.clientId);
+      params.set('redirect_uri', registration.redirectUri);
+      params.set('state', flow.state);
+      params.set('code_challenge', createHash('sha256').update(flow.codeVerifier).digest('base64url'));
+      params.set('code_challenge_method', 'S256');
+      if (flow.scopes.length > 0) params.set('scope', flow.scopes.join(' '));
+      params.set('resource', flow.resource);
+      return url.href;
+    },
+
+    async complete(flow, params, abort) {
+      const iss = params.get('iss');
+      // RFC 9207 §2.4: an `iss` that differs means the response came from another server (mix-up).
+      if (iss !== null && iss !== flow.server.issuer) {
+        throw new FlowError('iss_mismatch', 'the authorization response came from a different authorization server than the one this flow was started with');
+      }
+      if (iss === null && flow.server.issParameterSupported) {
+        throw new FlowError('iss_missing', 'the authorization server promises an "iss" parameter in its responses, and this response has none');
+      }
+      const error = params.get('error');
+      if (error !== null) {
+        if (error === 'access_denied') throw new FlowError('access_denied', `access to "${flow.upstream}" was not granted`);
+        throw new FlowError('authorization_error', `the authorization server of "${flow.upstream}" answered with the error "${error.replace(/[^A-Za-z0-9_.-]/g, '').slice(0, 64)}"`);
+      }
+      const code = params.get('code');
+      if (!code) throw new FlowError('invalid_response', 'the authorization response has no code');
+      let response: TokenResponse;
+      try {
+        response = await requestToken({
+          fetch,
+          endpoint: flow.server.tokenEndpoint,
+          client: flow.client,
+          params: {
+            grant_type: 'authorization_code',
+            code,
+            redirect_uri: registration.redirectUri,
+            code_verifier: flow.codeVerifier,
+            resource: flow.resource,
+          },
+          signal: abort,
+        });
+      } catch (err) {
+        if (err instanceof TokenEndpointError) throw new FlowError('exchange_failed', `the code could not be exchanged: ${err.message}`, { cause: err });
+        throw err;
+      }
+      const token: UpstreamToken = {
+        upstream: flow.upstream,
+        resource: flow.resource,
+        server: flow.server,
+        client: flow.client,
+        scopes: response.scopes ?? flow.scopes,
+        accessToken: response.accessToken,
+        refreshToken: response.refreshToken,
+        expiresAt: response.expiresIn === undefined ? undefined : now() + response.expiresIn * 1000,
+        obtainedAt: now(),
+      };
+      await stores.tokens.put(flow.sessionId, token);
+      return token;
+    },
+
+    token: (sessionId, upstream) => stores.tokens.get(sessionId, upstream),
+
+    refresh(sessionId, upstream) {
+      const key = `${sessionId}\n${upstream}`;
+      const inFlight = refreshing.get(key);
+      if (inFlight) return inFlight;
+      // Not tied to any caller's AbortSignal: every waiting request shares this refresh.
+      const promise = refreshOnce(sessionId, upstream).finally(() => refreshing.delete(key));
+      refreshing.set(key, promise);
+      return promise;
+    },
+
+    async disconnect(sessionId, upstream) {
+      const row = await stores.tokens.take(sessionId, upstream);
+      if (!row) return { connected: false, revoked: false };
+      return { connected: true, revoked: await revokeAll(row) };
+    },
+
+    async forgetSession(sessionId) {
+      const rows = await stores.tokens.forgetSession(sessionId);
+      await Promise.all(rows.map(revokeAll));
+    },
+  };
+}
+
+/** Scopes from config and from upstream challenges: valid RFC 6749 §3.3 tokens, deduplicated, bounded. */
+export function cleanScopes(scopes: readonly string[]): string[] {
+  return [...new Set(scopes.filter((s) => typeof s === 'string' && SCOPE_TOKEN.test(s)))].slice(0, MAX_SCOPES);
+}
