@@ -1,19 +1,37 @@
+import { randomBytes } from 'node:crypto';
 import { Pool } from 'undici';
 import type { DestinationStream } from 'pino';
+import { loadSigningKeys } from './authserver/keys.ts';
+import { createMetadataRoutes } from './authserver/metadata.ts';
+import { createRevocationRoutes } from './authserver/revoke.ts';
+import { RESOURCE_SCOPES } from './authserver/scopes.ts';
+import { createAuthStores } from './authserver/stores.ts';
+import { createTokenRoutes } from './authserver/token.ts';
+import { createTokenIssuer } from './authserver/tokens.ts';
 import type { Config, UpstreamConfig } from './config/schema.ts';
+import { createIdTokenCredential } from './credentials/id-token.ts';
+import { createIdpCredential } from './credentials/idp.ts';
+import { createIdpSessionTokens, type IdpSessionTokens } from './credentials/idp-session.ts';
 import { createNoCredential } from './credentials/none.ts';
 import { createStaticCredential } from './credentials/static.ts';
 import type { CredentialSource } from './credentials/types.ts';
-import { openAccess } from './gateway/authenticate.ts';
+import { openAccess, type Authenticator } from './gateway/authenticate.ts';
 import { createAuthRequiredRenderer } from './gateway/challenge.ts';
 import { createClientCapabilities } from './gateway/client-capabilities.ts';
 import { createMcpRoutes } from './gateway/mcp-route.ts';
 import { createStreamRegistry } from './gateway/stream-registry.ts';
 import type { Upstream } from './gateway/upstream.ts';
+import { createJwtAuthenticator } from './gateway/verify-token.ts';
 import { createOpsRoutes } from './http/ops-routes.ts';
+import type { Route } from './http/router.ts';
 import { createFrontDoor, type FrontDoor } from './http/server.ts';
+import { createOidcIdpClient } from './idp/oidc.ts';
+import type { IdpClient } from './idp/types.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
 import { createGatewayMetrics, createRegistry } from './observability/metrics.ts';
+import { createMemoryStore } from './store/memory.ts';
+import type { Store } from './store/port.ts';
+import { createSealer } from './store/sealed.ts';
 
 /** A running gateway, as the CLI and the tests hold it. */
 export interface App {
@@ -28,6 +46,12 @@ export interface App {
 export interface AppOptions {
   /** Where log lines go (default stdout); tests capture them. */
   logDestination?: DestinationStream;
+  /** The storage backend; default the one `storage.kind` names. Tests pass a memory store on a fake clock. */
+  store?: Store;
+  /** The company IdP; default openid-client against `idp.issuer`. */
+  idpClient?: IdpClient;
+  /** The clock of the authorization server, the stores and the token checks, epoch ms. Default `Date.now`. */
+  now?: () => number;
 }
 
 /**
@@ -41,13 +65,33 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   const publicUrl = new URL(config.server.publicUrl);
   const basePath = publicUrl.pathname.replace(/\/+$/, '');
   let draining = false;
+  const now = options.now ?? Date.now;
+  /** Our issuer identifier (DESIGN §4): the public URL without a trailing slash. */
+  const issuer = `${publicUrl.origin}${basePath}`;
 
   if (config.server.devMode) logger.warn({ msg: 'devMode is on: http URLs and loopback addresses are allowed; never use it in production' });
+
+  // Storage (DESIGN §7) and the authorization server's domain stores above it.
+  const store = options.store ?? storeFor(config, now);
+  const sealer = createSealer({
+    keys:
+      config.storage.encryptionKeys.length > 0
+        ? config.storage.encryptionKeys.map((k) => ({ id: k.id, key: Buffer.from(k.key, 'base64') }))
+        : // Memory storage dies with the process, and so may its key.
+          [{ id: 'ephemeral', key: randomBytes(32) }],
+  });
+  const authStores = createAuthStores({ store, sealer, now });
+  // Every upstream asks for the base scope (scopes.ts); per-upstream scopes would be decided here.
+  const scopesFor = (_name: string): readonly string[] => (config.idp ? RESOURCE_SCOPES : []);
+  const resourceOf = (name: string) => `${issuer}/${name}/mcp`;
+
+  // Login (DESIGN §4, §5): only when the company IdP is configured.
+  const login = config.idp ? createLogin(config.idp) : undefined;
 
   const upstreams: Upstream[] = config.upstreams.map((u) => ({
     name: u.name,
     url: new URL(u.url),
-    resource: `${publicUrl.origin}${basePath}/${u.name}/mcp`,
+    resource: resourceOf(u.name),
     dispatcher: new Pool(new URL(u.url).origin, {
       keepAliveTimeout: 30_000,
       headersTimeout: config.server.upstreamTimeout,
@@ -81,10 +125,11 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     publicUrl,
     trustedProxies: config.server.trustedProxies,
     routes: [
-      ...createOpsRoutes({ registry, checks: [], isDraining: () => draining }),
+      ...createOpsRoutes({ registry, checks: [{ name: 'store', check: (signal) => store.ping(signal) }], isDraining: () => draining }),
+      ...(login?.routes ?? []),
       ...createMcpRoutes({
         upstreams,
-        authenticator: openAccess,
+        authenticator: login?.authenticator ?? openAccess,
         logger,
         metrics,
         publicOrigin: publicUrl.origin,
@@ -115,6 +160,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       draining = true;
       await frontDoor.shutdown(config.server.drainTimeout);
       await Promise.all(upstreams.map((u) => u.dispatcher.close().catch(() => undefined)));
+      await store.close().catch(() => undefined);
       logger.info({ msg: 'stopped' });
     },
   };
@@ -125,8 +171,68 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         return createNoCredential(u.name);
       case 'static':
         return createStaticCredential({ upstream: u.name, header: u.auth.header, value: u.auth.value });
+      case 'idp':
+        return createIdpCredential({
+          upstream: { name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) },
+          session: idpSession(u),
+          refreshMarginMs: u.auth.refreshMargin,
+          endSession: (sid) => authStores.sessions.revoke(sid),
+        });
+      case 'id_token':
+        return createIdTokenCredential({
+          upstream: { name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) },
+          session: idpSession(u),
+          endSession: (sid) => authStores.sessions.revoke(sid),
+        });
       default:
         throw new Error(`auth mode "${u.auth.mode}" of upstream "${u.name}" is not available in this build`);
     }
   }
+
+  function idpSession(u: UpstreamConfig): IdpSessionTokens {
+    // The config schema refuses these modes without idp:, so this is a wiring bug if it happens.
+    if (!login) throw new Error(`auth mode "${u.auth.mode}" of upstream "${u.name}" needs the idp: section`);
+    return login.idpSession;
+  }
+
+  /** The embedded authorization server and the JWT check of the gateway path (DESIGN §4, §5.1). */
+  function createLogin(idpConfig: NonNullable<Config['idp']>): { routes: Route[]; authenticator: Authenticator; idpSession: IdpSessionTokens } {
+    const keys = loadSigningKeys({ pems: config.authServer.signingKeys, devMode: config.server.devMode, warn: (msg) => logger.warn({ msg }) });
+    const idpClient =
+      options.idpClient ?? createOidcIdpClient({ config: idpConfig, redirectUri: `${issuer}/oauth/callback`, devMode: config.server.devMode, now });
+    const resources = config.upstreams.map((u) => ({ name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) }));
+    const tokenIssuer = createTokenIssuer({ issuer, keys, accessTokenTtlMs: config.authServer.accessTokenTtl, now });
+    const routes: Route[] = [
+      ...createMetadataRoutes({
+        issuer,
+        basePath,
+        keys,
+        resources,
+        dynamicRegistration: config.authServer.registration.dynamic,
+        clientMetadataDocuments: config.authServer.clientMetadataDocuments,
+      }),
+      ...createTokenRoutes({ basePath, stores: authStores, issuer: tokenIssuer, refreshTokenTtlMs: config.authServer.refreshTokenTtl, logger, now }),
+      ...createRevocationRoutes({ basePath, stores: authStores, issuer, keys, resources: resources.map((r) => r.resource), logger, now }),
+      // TODO(login, part B): ...createLoginRoutes({ ... idpClient, authStores, tokenIssuer ... }) — /oauth/register,
+      // /oauth/authorize, the consent page and /oauth/callback; metadata-document clients should also be
+      // handed to createTokenRoutes/createRevocationRoutes as `resolveClient`.
+    ];
+    const authenticator = createJwtAuthenticator({
+      issuer,
+      keys,
+      stores: authStores,
+      upstreamScopes: new Map(resources.map((r) => [r.name, r.scopes])),
+      cacheSize: 10_000,
+      now,
+    });
+    return { routes, authenticator, idpSession: createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now }) };
+  }
+
+}
+
+/** The storage backend `storage.kind` names. */
+function storeFor(config: Config, now: () => number): Store {
+  if (config.storage.kind === 'memory') return createMemoryStore({ now });
+  // TODO(valkey issue): createValkeyStore from config.storage.valkey once its wiring lands.
+  throw new Error('storage kind "valkey" is not available in this build yet');
 }

@@ -1,0 +1,114 @@
+/**
+ * The company IdP's tokens of one login session, as the `idp` and `id_token` credential sources
+ * use them (DESIGN §5.2): read from the store, refreshed before they expire with one refresh per
+ * session in flight, persisted before anyone uses them, and classified when the IdP says no.
+ */
+import type { AuthStores, IdpTokens } from '../authserver/records.ts';
+import { unauthorized, type ChallengeOptions } from '../authserver/challenge.ts';
+import { TemporarilyUnavailable } from '../http/errors.ts';
+import { IdpError, type IdpClient } from '../idp/types.ts';
+import type { Logger } from '../observability/logger.ts';
+import { sessionTag } from '../observability/logger.ts';
+import { createSingleFlight, type SingleFlight } from './single-flight.ts';
+
+/** Options of {@link createIdpSessionTokens}. */
+export interface IdpSessionTokensOptions {
+  stores: Pick<AuthStores, 'sessions' | 'idpTokens'>;
+  idp: IdpClient;
+  logger: Logger;
+  /** Default: in-process (`createSingleFlight()`); see `single-flight.ts` for the multi-replica seam. */
+  singleFlight?: SingleFlight;
+  /** Clock, epoch ms; default `Date.now`. */
+  now?: () => number;
+}
+
+/** Access to the sessions' IdP tokens; shared by every upstream of the gateway so the single flight spans them. */
+export interface IdpSessionTokens {
+  /**
+   * The session's IdP tokens; refreshed first when `stale(tokens)` says so (checked again inside
+   * the single flight, so a refresh another caller finished is reused instead of repeated).
+   * @throws IdpSessionEnded when the session is gone or the IdP refused the refresh (the session is then revoked).
+   * @throws IdpError (`unavailable`) when the IdP could not be asked; the tokens are kept.
+   */
+  current(sessionId: string, stale: (tokens: IdpTokens) => boolean): Promise<IdpTokens>;
+  /** Clock used for expiry decisions, epoch ms. */
+  now(): number;
+}
+
+/** The session cannot supply IdP tokens any more: the user must sign in again. */
+export class IdpSessionEnded extends Error {
+  override name = 'IdpSessionEnded';
+}
+
+/** Creates the shared IdP-token access for all `idp`/`id_token` upstreams. */
+export function createIdpSessionTokens(options: IdpSessionTokensOptions): IdpSessionTokens {
+  const { stores, idp, logger } = options;
+  const now = options.now ?? Date.now;
+  const singleFlight = options.singleFlight ?? createSingleFlight();
+
+  async function load(sessionId: string): Promise<IdpTokens> {
+    const tokens = await stores.idpTokens.get(sessionId);
+    if (!tokens) throw new IdpSessionEnded('the session has no IdP tokens (ended or expired)');
+    return tokens;
+  }
+
+  async function endSession(sessionId: string, why: string): Promise<never> {
+    await stores.sessions.revoke(sessionId);
+    logger.warn({ msg: 'upstream session ended: sign-in required', sid: sessionTag(sessionId), why });
+    throw new IdpSessionEnded(why);
+  }
+
+  async function refresh(sessionId: string, stale: (tokens: IdpTokens) => boolean): Promise<IdpTokens> {
+    // Read again inside the flight: the tokens may have been refreshed since the caller looked.
+    const current = await load(sessionId);
+    if (!stale(current)) return current;
+    if (!current.refreshToken) return endSession(sessionId, 'the IdP access token expired and there is no refresh token');
+    let next: IdpTokens;
+    try {
+      next = await idp.refresh(current);
+    } catch (error) {
+      if (error instanceof IdpError && error.kind === 'rejected') {
+        // invalid_grant and other 4xx: the grant is dead at the IdP; only a new login helps.
+        return endSession(sessionId, `the IdP refused the refresh${error.oauthError ? ` (${error.oauthError})` : ''}`);
+      }
+      // 5xx and transport errors: an outage is never a logout; the tokens stay.
+      logger.warn({ msg: 'IdP refresh failed; tokens kept', sid: sessionTag(sessionId), err: error instanceof Error ? error.message : 'unknown' });
+      throw error;
+    }
+    const merged: IdpTokens = {
+      ...next,
+      // OAuth 2.1 §4.3.3: a refresh response may omit the refresh token; the old one stays valid.
+      refreshToken: next.refreshToken ?? current.refreshToken,
+      idToken: next.idToken ?? current.idToken,
+    };
+    const session = await stores.sessions.get(sessionId);
+    if (!session) throw new IdpSessionEnded('the session ended during the refresh');
+    // Persisted before anyone uses them: the IdP may already have retired the old refresh token.
+    await stores.idpTokens.put(sessionId, merged, Math.max(1, Math.ceil(session.expiresAt - now())));
+    logger.info({ msg: 'IdP tokens refreshed', sid: sessionTag(sessionId) });
+    return merged;
+  }
+
+  return {
+    async current(sessionId, stale) {
+      const tokens = await load(sessionId);
+      if (!stale(tokens)) return tokens;
+      return singleFlight(sessionId, () => refresh(sessionId, stale));
+    },
+    now,
+  };
+}
+
+/**
+ * Turns what `current` throws into the agent's answer for one upstream: 401 `invalid_token` with
+ * this resource's challenge (sign in again), or 503 with `Retry-After` while the IdP is down.
+ */
+export function idpFailure(error: unknown, challenge: ChallengeOptions): unknown {
+  if (error instanceof IdpSessionEnded) {
+    return unauthorized({ ...challenge, tokenSent: true, description: 'the sign-in at the identity provider has ended; sign in again' });
+  }
+  if (error instanceof IdpError) {
+    return new TemporarilyUnavailable('the identity provider is unavailable; retry shortly', { headers: { 'retry-after': '5' }, cause: error });
+  }
+  return error;
+}

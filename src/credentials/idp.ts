@@ -1,0 +1,69 @@
+/**
+ * Mode `idp` (DESIGN §5.2, the token swap): the upstream gets the company IdP's access token of
+ * the caller's session as `Authorization: Bearer`, never ours. Refreshed `refreshMargin` before it
+ * expires; an upstream 401 forces one refresh and one retry, and a second 401 ends the session so
+ * the agent signs in again.
+ */
+import { unauthorized, type ChallengeOptions } from '../authserver/challenge.ts';
+import type { IdpTokens } from '../authserver/records.ts';
+import { Forbidden } from '../http/errors.ts';
+import { idpFailure, type IdpSessionTokens } from './idp-session.ts';
+import type { CredentialRequest, CredentialSource, Principal } from './types.ts';
+
+/** Options of {@link createIdpCredential}. */
+export interface IdpCredentialOptions {
+  /** The upstream's name and resource URL, and the scopes its tokens need (for the re-login challenge). */
+  upstream: { name: string; resource: string; scopes: readonly string[] };
+  session: IdpSessionTokens;
+  /** Refresh this long before the IdP access token expires, ms (`auth.refreshMargin`, default 60 s). */
+  refreshMarginMs: number;
+  /** Ends a session (`sessions.revoke`) when the upstream refuses even a fresh token. */
+  endSession(sessionId: string): Promise<void>;
+}
+
+/** Creates the `idp` credential source of one upstream. */
+export function createIdpCredential(options: IdpCredentialOptions): CredentialSource {
+  const { session, refreshMarginMs } = options;
+  const challenge: ChallengeOptions = { resource: options.upstream.resource, scopes: options.upstream.scopes };
+  // The token each request sent, so a 401 refreshes only if nobody has replaced that token yet.
+  const sent = new WeakMap<CredentialRequest, string>();
+  const expiring = (tokens: IdpTokens) => tokens.expiresAt !== undefined && tokens.expiresAt - refreshMarginMs <= session.now();
+
+  async function tokensFor(principal: Principal, stale: (tokens: IdpTokens) => boolean): Promise<IdpTokens> {
+    try {
+      return await session.current(principal.sessionId, stale);
+    } catch (error) {
+      throw idpFailure(error, challenge);
+    }
+  }
+
+  return {
+    mode: 'idp',
+    async headers(request) {
+      const principal = requirePrincipal(request, challenge);
+      const tokens = await tokensFor(principal, expiring);
+      sent.set(request, tokens.accessToken);
+      return { authorization: `Bearer ${tokens.accessToken}` };
+    },
+    async rejected(request, rejection, attempt) {
+      const principal = requirePrincipal(request, challenge);
+      if (rejection.status === 403) {
+        // Step-up cannot help: the IdP token's scopes are fixed at login by the gateway's IdP client.
+        return { action: 'respond', error: new Forbidden(`upstream "${options.upstream.name}" needs a scope the sign-in did not grant`) };
+      }
+      if (attempt === 0) {
+        const rejectedToken = sent.get(request);
+        await tokensFor(principal, (tokens) => tokens.accessToken === rejectedToken || expiring(tokens));
+        return { action: 'retry' };
+      }
+      await options.endSession(principal.sessionId);
+      return { action: 'respond', error: unauthorized({ ...challenge, tokenSent: true, description: 'the upstream refused the sign-in; sign in again' }) };
+    },
+  };
+}
+
+/** The principal the JWT check put on the request; its absence is a wiring bug, answered as "sign in". */
+export function requirePrincipal(request: CredentialRequest, challenge: ChallengeOptions): Principal {
+  if (!request.principal) throw unauthorized({ ...challenge, tokenSent: false });
+  return request.principal;
+}
