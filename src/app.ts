@@ -14,6 +14,7 @@ import { createIdpCredential } from './credentials/idp.ts';
 import { createIdpSessionTokens, type IdpSessionTokens } from './credentials/idp-session.ts';
 import { createNoCredential } from './credentials/none.ts';
 import { createStaticCredential } from './credentials/static.ts';
+import { createTokenExchangeCredential } from './credentials/token-exchange.ts';
 import type { CredentialSource } from './credentials/types.ts';
 import { openAccess, type Authenticator } from './gateway/authenticate.ts';
 import { createAuthRequiredRenderer } from './gateway/challenge.ts';
@@ -26,6 +27,7 @@ import { createOpsRoutes } from './http/ops-routes.ts';
 import type { Route } from './http/router.ts';
 import { createFrontDoor, type FrontDoor } from './http/server.ts';
 import { createOidcIdpClient } from './idp/oidc.ts';
+import { createGuardedFetch } from './net/guarded-fetch.ts';
 import type { IdpClient } from './idp/types.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
 import { createGatewayMetrics, createRegistry } from './observability/metrics.ts';
@@ -84,6 +86,9 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   // Every upstream asks for the base scope (scopes.ts); per-upstream scopes would be decided here.
   const scopesFor = (_name: string): readonly string[] => (config.idp ? RESOURCE_SCOPES : []);
   const resourceOf = (name: string) => `${issuer}/${name}/mcp`;
+
+  // Every server-side fetch (token endpoints, discovery, CIMD) goes through the one SSRF guard (DESIGN §6.1).
+  const serverFetch = createGuardedFetch({ allowHttp: config.server.devMode, allowPrivate: config.server.devMode });
 
   // Login (DESIGN §4, §5): only when the company IdP is configured.
   const login = config.idp ? createLogin(config.idp) : undefined;
@@ -161,6 +166,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       await frontDoor.shutdown(config.server.drainTimeout);
       await Promise.all(upstreams.map((u) => u.dispatcher.close().catch(() => undefined)));
       await store.close().catch(() => undefined);
+      await serverFetch.close().catch(() => undefined);
       logger.info({ msg: 'stopped' });
     },
   };
@@ -183,6 +189,19 @@ export function createApp(config: Config, options: AppOptions = {}): App {
           upstream: { name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) },
           session: idpSession(u),
           endSession: (sid) => authStores.sessions.revoke(sid),
+        });
+      case 'token_exchange':
+        return createTokenExchangeCredential({
+          upstream: { name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) },
+          tokenEndpoint: u.auth.tokenEndpoint,
+          audience: u.auth.audience,
+          scopes: u.auth.scopes,
+          clientId: u.auth.clientId,
+          clientSecret: u.auth.clientSecret,
+          session: idpSession(u),
+          endSession: (sid) => authStores.sessions.revoke(sid),
+          fetch: serverFetch,
+          logger,
         });
       default:
         throw new Error(`auth mode "${u.auth.mode}" of upstream "${u.name}" is not available in this build`);
