@@ -22,6 +22,7 @@
  * must accept both `application/json` and `text/event-stream` on POST.
  */
 import type { ServerResponse } from 'node:http';
+import { resourceMetadataUrl } from '../authserver/challenge.ts';
 import type { Principal, Reply } from '../credentials/types.ts';
 import type { RequestContext } from '../http/router.ts';
 import type { AuthRequired } from '../upstream-oauth/auth-required.ts';
@@ -106,13 +107,6 @@ export interface ReplyInput {
 /** The data object shared by the tool result and the JSON-RPC error. */
 export function authRequiredData(authRequired: AuthRequired): AuthRequiredData {
   return { status: 'auth_required', auth_url: authRequired.authUrl, server_name: authRequired.upstream, message: authRequired.message };
-}
-
-/** RFC 9728 §3.1: the metadata of resource `https://h/p` lives at `https://h/.well-known/oauth-protected-resource/p`. */
-export function resourceMetadataUrl(resource: string): string {
-  const url = new URL(resource);
-  const path = url.pathname === '/' ? '' : url.pathname;
-  return `${url.origin}/.well-known/oauth-protected-resource${path}`;
 }
 
 /** The answer for every channel but `held_stream`, as a complete HTTP response. */

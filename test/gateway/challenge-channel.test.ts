@@ -1,7 +1,7 @@
 /** Channel choice and the per-session capability memory (DESIGN §6.4): pure functions, a fake clock. */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { authRequiredReply, chooseChannel, resourceMetadataUrl, type ChallengeSetting } from '../../src/gateway/challenge.ts';
+import { authRequiredReply, chooseChannel, type ChallengeSetting } from '../../src/gateway/challenge.ts';
 import { createClientCapabilities, declaresUrlElicitation, protocolAtLeast } from '../../src/gateway/client-capabilities.ts';
 import type { RpcInfo } from '../../src/gateway/jsonrpc.ts';
 
@@ -59,11 +59,6 @@ describe('authRequiredReply', () => {
       assert.equal(reply.headers['content-type'], 'application/json');
       assert.equal(JSON.parse(reply.body).id, 'abc');
     }
-  });
-
-  test('resourceMetadataUrl', () => {
-    assert.equal(resourceMetadataUrl('https://h.example/x/mcp'), 'https://h.example/.well-known/oauth-protected-resource/x/mcp');
-    assert.equal(resourceMetadataUrl('https://h.example/'), 'https://h.example/.well-known/oauth-protected-resource');
   });
 });
 
