@@ -102,6 +102,7 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
 
   const { privateKey } = await generateKeyPair('RS256', { extractable: true });
   const provider = new Provider(issuer, {
+    adapter: createMemoryAdapter(),
     clients: [
       {
         client_id: clientId,
@@ -268,6 +269,57 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
       if (!stopped) await closeServer(server, sockets);
       stopped = true;
     },
+  };
+}
+
+interface StoredModel {
+  payload: Record<string, unknown>;
+  expiresAt: number;
+}
+
+/**
+ * Storage for the provider's models (sessions, grants, codes, tokens), private to one IdP: the
+ * library's built-in one is shared by every provider in the process and warns on each start.
+ */
+function createMemoryAdapter() {
+  const models = new Map<string, StoredModel>();
+  const live = (key: string) => {
+    const entry = models.get(key);
+    if (entry && entry.expiresAt <= Date.now()) models.delete(key);
+    return entry && entry.expiresAt > Date.now() ? entry : undefined;
+  };
+  return class MemoryAdapter {
+    readonly name: string;
+    constructor(name: string) {
+      this.name = name;
+    }
+    key(id: string) {
+      return `${this.name}:${id}`;
+    }
+    async upsert(id: string, payload: Record<string, unknown>, expiresIn?: number) {
+      models.set(this.key(id), { payload, expiresAt: expiresIn ? Date.now() + expiresIn * 1000 : Infinity });
+    }
+    async find(id: string) {
+      return live(this.key(id))?.payload;
+    }
+    async findByUid(uid: string) {
+      for (const [key, entry] of models) if (key.startsWith(`${this.name}:`) && entry.payload['uid'] === uid) return live(key)?.payload;
+      return undefined;
+    }
+    async findByUserCode(userCode: string) {
+      for (const [key, entry] of models) if (key.startsWith(`${this.name}:`) && entry.payload['userCode'] === userCode) return live(key)?.payload;
+      return undefined;
+    }
+    async consume(id: string) {
+      const entry = live(this.key(id));
+      if (entry) entry.payload['consumed'] = Math.floor(Date.now() / 1000);
+    }
+    async destroy(id: string) {
+      models.delete(this.key(id));
+    }
+    async revokeByGrantId(grantId: string) {
+      for (const [key, entry] of models) if (entry.payload['grantId'] === grantId) models.delete(key);
+    }
   };
 }
 

@@ -20,6 +20,8 @@ export interface ClientRecord {
   logoUri?: string;
   scope?: string;
   createdAt: number;
+  /** Last successful authorization request; the idle expiry of a DCR registration slides from it. */
+  lastUsedAt?: number;
 }
 
 /** Our authorization request, parked while the browser logs in at the IdP. Single use, 10 min. */
@@ -37,6 +39,12 @@ export interface PendingAuthorization {
   idpCodeVerifier: string;
   idpNonce: string;
   createdAt: number;
+  /**
+   * Set once the IdP login is done and the user must still approve the client (the consent
+   * page): the record is then parked again under the consent form's id.
+   */
+  subject?: string;
+  sessionId?: string;
 }
 
 /** Our authorization code, stored under its hash. Single use, bound to everything below. */

@@ -1,0 +1,93 @@
+/**
+ * `GET /oauth/callback`: the company IdP's answer (DESIGN §4). Takes the parked request
+ * atomically (a replayed callback finds nothing), exchanges the IdP's code and validates its ID
+ * token (openid-client: issuer, audience, nonce, PKCE), creates a session (`sid`) holding the
+ * IdP's tokens, sets our login cookie, and then either issues our code to the client or, when
+ * this user has not approved this client yet, shows the consent page.
+ *
+ * Until the consent is given the session is provisional: it lives only as long as the consent
+ * page, so an abandoned page leaves nothing behind for long.
+ */
+import { randomBytes } from 'node:crypto';
+import { InvalidRequest } from '../http/errors.ts';
+import type { Handler } from '../http/router.ts';
+import { describeCause } from '../http/server.ts';
+import { IdpError, type IdpLoginResult } from '../idp/types.ts';
+import { issueAuthorizationCode, sendAuthorizationError, sendRedirect, type AuthorizationErrorCode } from './authorization-response.ts';
+import { hasConsent, sendConsentPage } from './consent.ts';
+import { loginCookie } from './cookies.ts';
+import { withHtmlErrors } from './html.ts';
+import type { LoginFlow } from './login-flow.ts';
+
+/** IdP errors that mean "the user did not sign in" (RFC 6749 §4.1.2.1, OIDC Core §3.1.2.6). */
+const USER_DECLINED = new Set(['access_denied', 'login_required', 'consent_required', 'interaction_required', 'account_selection_required']);
+
+/** Creates the handler of `GET /oauth/callback`. */
+export function createCallbackEndpoint(flow: LoginFlow): Handler {
+  const login = loginCookie(flow.cookies);
+
+  return withHtmlErrors(flow.logger, async function callback(ctx) {
+    await flow.limiter.enforce(ctx.clientIp, ctx.signal);
+    const params = ctx.url.searchParams;
+    const state = params.get('state');
+    if (!state) throw new InvalidRequest('The identity provider answered without the state of a sign-in.');
+    const pending = await flow.stores.pending.take(state);
+    if (!pending || pending.subject !== undefined) {
+      throw new InvalidRequest('This sign-in has expired or was already completed.');
+    }
+    ctx.log.clientId = pending.clientId;
+    const to = { redirectUri: pending.redirectUri, state: pending.clientState, issuer: flow.issuer };
+
+    const idpError = params.get('error');
+    if (idpError !== null) {
+      ctx.log.error = 'idp_error';
+      const code: AuthorizationErrorCode = USER_DECLINED.has(idpError)
+        ? 'access_denied'
+        : idpError === 'temporarily_unavailable' || idpError === 'server_error'
+          ? 'temporarily_unavailable'
+          : 'server_error';
+      return sendAuthorizationError(ctx.res, to, code, 'the sign-in at the identity provider was not completed');
+    }
+
+    let result: IdpLoginResult;
+    try {
+      result = await flow.idp.finishLogin(ctx.url, { state, codeVerifier: pending.idpCodeVerifier, nonce: pending.idpNonce });
+    } catch (error) {
+      if (!(error instanceof IdpError)) throw error;
+      ctx.log.error = `idp_${error.kind}`;
+      flow.logger.warn({ msg: 'identity provider login failed', reqId: ctx.requestId, kind: error.kind, oauthError: error.oauthError, err: describeCause(error) });
+      return error.kind === 'unavailable'
+        ? sendAuthorizationError(ctx.res, to, 'temporarily_unavailable', 'the identity provider cannot be reached; try again shortly')
+        : sendAuthorizationError(ctx.res, to, 'access_denied', 'the identity provider did not confirm the sign-in');
+    }
+
+    const subject = result.subject;
+    const client = await flow.clients(pending.clientId, ctx.signal);
+    if (!client) return sendAuthorizationError(ctx.res, to, 'unauthorized_client', 'the client registration expired during the sign-in');
+    const consented = await hasConsent(flow, ctx.req, subject, client.clientId, pending.scopes);
+
+    const now = flow.now();
+    const sessionId = randomBytes(32).toString('base64url');
+    const lifetime = consented ? flow.sessionTtlMs : flow.pendingTtlMs;
+    await flow.stores.sessions.put({ sessionId, subject, clientId: client.clientId, createdAt: now, expiresAt: now + lifetime });
+    await flow.stores.idpTokens.put(sessionId, result.tokens, lifetime);
+    const cookies = [login.issue({ sub: subject, sid: sessionId })];
+
+    if (consented) {
+      ctx.log.consent = 'remembered';
+      return sendRedirect(ctx.res, await issueAuthorizationCode(flow, pending, { subject, sessionId }), cookies);
+    }
+    const consentId = randomBytes(32).toString('base64url');
+    await flow.stores.pending.put(consentId, { ...pending, subject, sessionId }, flow.pendingTtlMs);
+    ctx.log.consent = 'asked';
+    sendConsentPage(flow, ctx, { client, pending, consentId, userLabel: userLabel(subject, result.claims), setCookie: cookies });
+  });
+}
+
+/** A name to greet the user with: "Name (e-mail)", whichever the ID token has, else the subject. */
+function userLabel(subject: string, claims: Record<string, unknown>): string {
+  const name = typeof claims['name'] === 'string' ? claims['name'] : undefined;
+  const email = typeof claims['email'] === 'string' ? claims['email'] : undefined;
+  if (name && email) return `${name} (${email})`;
+  return name ?? email ?? subject;
+}

@@ -1,0 +1,156 @@
+/**
+ * The browser cookies of our authorization server (DESIGN §4): our login cookie (who this
+ * browser signed in as), the remembered consents, and the consent form's CSRF binding.
+ *
+ * Values are `base64url(JSON).base64url(HMAC-SHA256)`; the MAC covers the cookie's name too, so
+ * one cookie's value cannot be replayed as another. Payloads carry their own expiry (`exp`,
+ * epoch seconds), checked on read whatever the browser does with `Max-Age`.
+ *
+ * Names carry the `__Host-` prefix (Secure, Path=/, no Domain: no subdomain can set or shadow
+ * them). Browsers refuse `__Host-` and `Secure` cookies over plain http, so when the public URL
+ * is http (dev mode only) the prefix and `Secure` are dropped.
+ */
+import { createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+
+/** The cookies we set, by base name. */
+export type CookieName = 'mcpgate-login' | 'mcpgate-consent' | 'mcpgate-csrf';
+
+/** Options of {@link createCookieCodec}. */
+export interface CookieCodecOptions {
+  /** HMAC key, at least 32 bytes. Shared by every replica (see `deriveCookieKey`). */
+  key: Uint8Array;
+  /** False only for an http public URL (dev mode): no `__Host-` prefix, no `Secure`. */
+  secure: boolean;
+  /** The clock, epoch milliseconds. Default `Date.now`. */
+  now?: () => number;
+}
+
+/** Signs, serializes, reads and verifies our cookies. */
+export interface CookieCodec {
+  /** The cookie's name as sent to the browser (`__Host-mcpgate-login` or `mcpgate-login`). */
+  nameOf(name: CookieName): string;
+  /**
+   * A `Set-Cookie` value for `payload`, valid for `maxAgeSeconds` (the payload's `exp`).
+   * `session: true` omits `Max-Age`, so the browser drops it when it closes.
+   */
+  serialize(name: CookieName, payload: Record<string, unknown>, options: { maxAgeSeconds: number; session?: boolean }): string;
+  /** A `Set-Cookie` value that deletes the cookie. */
+  clear(name: CookieName): string;
+  /** The verified, unexpired payload of the cookie in the request, or undefined. */
+  read<T extends Record<string, unknown>>(req: IncomingMessage, name: CookieName): T | undefined;
+  /** A MAC (base64url) over `parts` under `purpose`, with the cookie key (CSRF tokens, consent entries). */
+  mac(purpose: string, ...parts: string[]): string;
+  /** Constant-time check of a MAC made by `mac`. */
+  verifyMac(given: string, purpose: string, ...parts: string[]): boolean;
+}
+
+/** Creates the codec. @throws TypeError for a key shorter than 32 bytes. */
+export function createCookieCodec(options: CookieCodecOptions): CookieCodec {
+  if (options.key.byteLength < 32) throw new TypeError('the cookie key must be at least 32 bytes');
+  const key = Buffer.from(options.key);
+  const now = options.now ?? Date.now;
+  const attributes = options.secure ? '; Path=/; Secure; HttpOnly; SameSite=Lax' : '; Path=/; HttpOnly; SameSite=Lax';
+  const nameOf = (name: CookieName) => (options.secure ? `__Host-${name}` : name);
+  const mac = (name: string, body: string) => createHmac('sha256', key).update(`${name}=${body}`).digest();
+
+  const purposeMac = (purpose: string, parts: string[]) =>
+    // Length-prefixed parts: ("a", "bc") and ("ab", "c") must not share a MAC.
+    createHmac('sha256', key).update(`${purpose}\n${parts.map((p) => `${p.length}:${p}`).join('\n')}`).digest();
+
+  return {
+    nameOf,
+    mac: (purpose, ...parts) => purposeMac(purpose, parts).toString('base64url'),
+    verifyMac(given, purpose, ...parts) {
+      const expected = purposeMac(purpose, parts);
+      const actual = Buffer.from(given, 'base64url');
+      return actual.length === expected.length && timingSafeEqual(actual, expected);
+    },
+    serialize(name, payload, { maxAgeSeconds, session }) {
+      const full = nameOf(name);
+      const body = Buffer.from(JSON.stringify({ ...payload, exp: Math.floor(now() / 1000) + maxAgeSeconds })).toString('base64url');
+      const value = `${body}.${mac(full, body).toString('base64url')}`;
+      return `${full}=${value}${attributes}${session ? '' : `; Max-Age=${maxAgeSeconds}`}`;
+    },
+    clear(name) {
+      return `${nameOf(name)}=${attributes}; Max-Age=0`;
+    },
+    read<T extends Record<string, unknown>>(req: IncomingMessage, name: CookieName): T | undefined {
+      const full = nameOf(name);
+      const raw = cookieValue(req.headers.cookie, full);
+      if (!raw) return undefined;
+      const dot = raw.indexOf('.');
+      if (dot <= 0) return undefined;
+      const body = raw.slice(0, dot);
+      const given = Buffer.from(raw.slice(dot + 1), 'base64url');
+      const expected = mac(full, body);
+      if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined;
+      let payload: unknown;
+      try {
+        payload = JSON.parse(Buffer.from(body, 'base64url').toString('utf8'));
+      } catch {
+        return undefined;
+      }
+      if (typeof payload !== 'object' || payload === null || Array.isArray(payload)) return undefined;
+      const exp = (payload as { exp?: unknown }).exp;
+      if (typeof exp !== 'number' || exp * 1000 <= now()) return undefined;
+      return payload as T;
+    },
+  };
+}
+
+/** The value of cookie `name` in a `Cookie` header (the first one, as browsers send the most specific first). */
+export function cookieValue(header: string | undefined, name: string): string | undefined {
+  if (!header) return undefined;
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq < 0) continue;
+    if (part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+  }
+  return undefined;
+}
+
+/** Who this browser signed in as, according to our login cookie. */
+export interface LoginCookie {
+  /** The user (`userClaim` of the IdP's ID token). */
+  sub: string;
+  /** The session created at that login. */
+  sid: string;
+}
+
+/** How long our login cookie vouches for a browser, in seconds: 12 hours. */
+export const LOGIN_COOKIE_SECONDS = 12 * 3600;
+
+/**
+ * Our login cookie (`__Host-mcpgate-login`): set after every successful IdP callback, read where
+ * a later step must know that this browser belongs to a given user (issue 5: the upstream
+ * connect URL checks it before redirecting on). A browser-session cookie.
+ */
+export function loginCookie(codec: CookieCodec) {
+  return {
+    /** The `Set-Cookie` value naming `sub` and `sid`. */
+    issue: (login: LoginCookie) => codec.serialize('mcpgate-login', { sub: login.sub, sid: login.sid }, { maxAgeSeconds: LOGIN_COOKIE_SECONDS, session: true }),
+    /** The user this browser signed in as, or undefined (absent, forged or expired). */
+    read(req: IncomingMessage): LoginCookie | undefined {
+      const payload = codec.read<{ sub?: unknown; sid?: unknown }>(req, 'mcpgate-login');
+      return typeof payload?.sub === 'string' && typeof payload.sid === 'string' ? { sub: payload.sub, sid: payload.sid } : undefined;
+    },
+    clear: () => codec.clear('mcpgate-login'),
+  };
+}
+
+/**
+ * The cookie MAC key, the same on every replica without another secret to manage: derived
+ * (HKDF-SHA256, its own `info`, so it is independent of the keys it comes from) from the first
+ * store encryption key, else from the first signing key. Without either (dev mode with an
+ * ephemeral signing key) it is random: cookies then die with the process.
+ */
+export function deriveCookieKey(material: { encryptionKey?: string; signingKeyPem?: string }): { key: Uint8Array; ephemeral: boolean } {
+  const ikm = material.encryptionKey
+    ? Buffer.from(material.encryptionKey, 'base64')
+    : material.signingKeyPem
+      ? Buffer.from(material.signingKeyPem, 'utf8')
+      : undefined;
+  if (!ikm || ikm.length === 0) return { key: randomBytes(32), ephemeral: true };
+  return { key: new Uint8Array(hkdfSync('sha256', ikm, 'mcpgate', 'cookie-mac v1', 32)), ephemeral: false };
+}

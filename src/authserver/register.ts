@@ -1,0 +1,113 @@
+/**
+ * `POST /oauth/register`: Dynamic Client Registration (RFC 7591; DESIGN §4). Public clients
+ * (`token_endpoint_auth_method: none`, PKCE) by default; confidential clients on request, whose
+ * secret is returned once and stored only as a hash. Limited in size and rate, optionally gated
+ * by an initial access token (RFC 7591 §3). Registrations expire after an idle period.
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { readBody } from '../http/body.ts';
+import { InvalidClientMetadata, InvalidToken, UnsupportedMediaType } from '../http/errors.ts';
+import type { RateLimiter } from '../http/rate-limit.ts';
+import type { Handler, RequestContext } from '../http/router.ts';
+import { parseClientMetadata } from './client-metadata.ts';
+import type { AuthStores, ClientRecord } from './records.ts';
+
+/** Largest registration request accepted, in bytes: 16 KiB. */
+export const MAX_REGISTRATION_BYTES = 16 * 1024;
+/** How long a registration lives without being used, in milliseconds: 90 days. */
+export const CLIENT_IDLE_TTL_MS = 90 * 86_400_000;
+
+/** Options of {@link createRegistrationEndpoint}. */
+export interface RegistrationEndpointOptions {
+  stores: Pick<AuthStores, 'clients'>;
+  /** Per-IP limit on registrations. */
+  limiter: RateLimiter;
+  /** When set, requests must carry `Authorization: Bearer <this>` (RFC 7591 §3). */
+  initialAccessToken: string | null;
+  /** Idle lifetime of a registration in milliseconds; `authorize` extends it on use. Default 90 days. */
+  clientIdleTtlMs?: number;
+  /** The clock, epoch milliseconds. Default `Date.now`. */
+  now?: () => number;
+}
+
+/** The SHA-256 (base64url) under which a client secret is stored (ClientRecord.secretHash). */
+export function hashClientSecret(secret: string): string {
+  return createHash('sha256').update(secret).digest('base64url');
+}
+
+/** Creates the handler of `POST /oauth/register`. */
+export function createRegistrationEndpoint(options: RegistrationEndpointOptions): Handler {
+  const now = options.now ?? Date.now;
+  const ttl = options.clientIdleTtlMs ?? CLIENT_IDLE_TTL_MS;
+  const expectedToken = options.initialAccessToken === null ? undefined : createHash('sha256').update(options.initialAccessToken).digest();
+
+  return async function register(ctx) {
+    await options.limiter.enforce(ctx.clientIp, ctx.signal);
+    checkInitialAccessToken(ctx);
+    const metadata = parseClientMetadata(await readJson(ctx), { publicOnly: false });
+    const secret = metadata.tokenEndpointAuthMethod === 'none' ? undefined : randomBytes(32).toString('base64url');
+    const createdAt = now();
+    const client: ClientRecord = {
+      clientId: randomBytes(18).toString('base64url'),
+      kind: 'dcr',
+      secretHash: secret === undefined ? undefined : hashClientSecret(secret),
+      tokenEndpointAuthMethod: metadata.tokenEndpointAuthMethod,
+      redirectUris: metadata.redirectUris,
+      grantTypes: metadata.grantTypes,
+      clientName: metadata.clientName,
+      clientUri: metadata.clientUri,
+      logoUri: metadata.logoUri,
+      scope: metadata.scope,
+      createdAt,
+      lastUsedAt: createdAt,
+    };
+    await options.stores.clients.put(client, ttl);
+    ctx.log.clientId = client.clientId;
+
+    // RFC 7591 §3.2.1: the registered metadata, with defaults, and the secret this one time.
+    const response = JSON.stringify({
+      client_id: client.clientId,
+      client_id_issued_at: Math.floor(createdAt / 1000),
+      ...(secret === undefined ? {} : { client_secret: secret, client_secret_expires_at: 0 }),
+      redirect_uris: client.redirectUris,
+      grant_types: client.grantTypes,
+      response_types: metadata.responseTypes,
+      token_endpoint_auth_method: client.tokenEndpointAuthMethod,
+      client_name: client.clientName,
+      client_uri: client.clientUri,
+      logo_uri: client.logoUri,
+      scope: client.scope,
+    });
+    ctx.res.writeHead(201, {
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(response),
+      'cache-control': 'no-store',
+      pragma: 'no-cache',
+    });
+    ctx.res.end(response);
+  };
+
+  function checkInitialAccessToken(ctx: RequestContext): void {
+    if (!expectedToken) return;
+    const header = ctx.req.headers.authorization ?? '';
+    const match = /^Bearer +([\x21-\x7E]+)\s*$/i.exec(header);
+    // Compare digests: equal lengths for timingSafeEqual, and no timing signal about the token's length.
+    const given = createHash('sha256').update(match?.[1] ?? '').digest();
+    if (!match || !timingSafeEqual(given, expectedToken)) {
+      throw new InvalidToken('a valid initial access token is required to register', {
+        headers: { 'www-authenticate': match ? 'Bearer error="invalid_token"' : 'Bearer' },
+      });
+    }
+  }
+}
+
+async function readJson(ctx: RequestContext): Promise<unknown> {
+  const type = (ctx.req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+  if (type !== 'application/json') throw new UnsupportedMediaType('the registration request must be application/json');
+  const body = await readBody(ctx.req, MAX_REGISTRATION_BYTES);
+  try {
+    return JSON.parse(body.toString('utf8'));
+  } catch {
+    throw new InvalidClientMetadata('the request body is not valid JSON');
+  }
+}

@@ -1,0 +1,231 @@
+/**
+ * `POST /oauth/register` (RFC 7591) on a real front door: the redirect URI rules of RFC 8252,
+ * metadata checks, size limit, initial access token, rate limit, idle expiry.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { request } from 'node:http';
+import { after, before, describe, test } from 'node:test';
+import { startDevIdp, type DevIdp } from '../support/idp.ts';
+import { startLoginServer, type LoginServer } from './login-server.ts';
+
+let idp: DevIdp;
+let server: LoginServer;
+
+before(async () => {
+  idp = await startDevIdp();
+  server = await startLoginServer({ idp });
+});
+after(async () => {
+  await server?.close();
+  await idp?.close();
+});
+
+async function register(body: unknown, init: { issuer?: string; headers?: Record<string, string>; raw?: string } = {}) {
+  const res = await fetch(`${init.issuer ?? server.issuer}/oauth/register`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...init.headers },
+    body: init.raw ?? JSON.stringify(body),
+  });
+  const text = await res.text();
+  return { status: res.status, headers: res.headers, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
+}
+
+describe('registration', () => {
+  test('a public client by default: no secret, defaults filled, stored without one', async () => {
+    const res = await register({ redirect_uris: ['http://127.0.0.1/callback'], client_name: 'Agent' });
+    assert.equal(res.status, 201);
+    assert.equal(res.headers.get('cache-control'), 'no-store');
+    assert.equal(typeof res.body.client_id, 'string');
+    assert.equal(res.body.client_secret, undefined);
+    assert.equal(res.body.token_endpoint_auth_method, 'none');
+    assert.deepEqual(res.body.grant_types, ['authorization_code', 'refresh_token']);
+    assert.deepEqual(res.body.response_types, ['code']);
+    assert.equal(res.body.client_name, 'Agent');
+    const stored = await server.stores.clients.get(res.body.client_id as string);
+    assert.equal(stored?.kind, 'dcr');
+    assert.equal(stored?.secretHash, undefined);
+    assert.deepEqual(stored?.redirectUris, ['http://127.0.0.1/callback']);
+  });
+
+  test('a confidential client gets its secret once; only its hash is stored', async () => {
+    for (const method of ['client_secret_basic', 'client_secret_post']) {
+      const res = await register({ redirect_uris: ['https://app.example.com/cb'], token_endpoint_auth_method: method });
+      assert.equal(res.status, 201);
+      const secret = res.body.client_secret as string;
+      assert.ok(secret.length >= 43);
+      assert.equal(res.body.client_secret_expires_at, 0);
+      const raw = await server.store.get(`client:${res.body.client_id as string}`);
+      assert.ok(raw && !raw.includes(secret), 'the plain secret is never stored');
+      const stored = await server.stores.clients.get(res.body.client_id as string);
+      assert.equal(stored?.secretHash, createHash('sha256').update(secret).digest('base64url'));
+      assert.equal(stored?.tokenEndpointAuthMethod, method);
+    }
+  });
+
+  const accepted = [
+    'https://app.example.com/callback',
+    'https://app.example.com:8443/cb?tenant=a',
+    'http://127.0.0.1/callback',
+    'http://127.0.0.1:33418/callback',
+    'http://[::1]:9000/cb',
+    'http://localhost:6274/oauth/callback',
+    'com.example.app:/oauth2redirect',
+    'cursor.app://anysphere.cursor-retrieval/oauth/callback',
+  ];
+  for (const uri of accepted) {
+    test(`accepts the redirect URI ${uri}`, async () => {
+      const res = await register({ redirect_uris: [uri] });
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+      assert.deepEqual(res.body.redirect_uris, [uri]);
+    });
+  }
+
+  const refused: Array<[string, unknown]> = [
+    ['http on a public host', 'http://app.example.com/cb'],
+    ['http on a private address', 'http://10.0.0.5/cb'],
+    ['http on a look-alike of localhost', 'http://localhost.evil.example/cb'],
+    ['a fragment', 'https://app.example.com/cb#frag'],
+    ['an empty fragment', 'https://app.example.com/cb#'],
+    ['credentials', 'https://user:pw@app.example.com/cb'],
+    ['javascript:', 'javascript:alert(1)'],
+    ['data:', 'data:text/html,<script>alert(1)</script>'],
+    ['file:', 'file:///etc/passwd'],
+    ['a custom scheme without a dot', 'myapp:/callback'],
+    ['a relative reference', '/callback'],
+    ['not a URI', 'not a uri'],
+    ['an empty string', ''],
+    ['a number', 42],
+    ['a URI over 2000 characters', `https://app.example.com/${'a'.repeat(2000)}`],
+  ];
+  for (const [why, uri] of refused) {
+    test(`refuses a redirect URI with ${why}`, async () => {
+      const res = await register({ redirect_uris: ['https://ok.example.com/cb', uri] });
+      assert.equal(res.status, 400);
+      assert.equal(res.body.error, 'invalid_redirect_uri');
+      assert.match(String(res.body.error_description), /redirect_uris\[1\]/);
+    });
+  }
+
+  test('refuses missing, empty and too many redirect URIs', async () => {
+    for (const body of [{}, { redirect_uris: [] }, { redirect_uris: 'https://a.example/cb' }, { redirect_uris: Array.from({ length: 11 }, (_, i) => `https://a.example/${i}`) }]) {
+      const res = await register(body);
+      assert.equal(res.status, 400);
+      assert.equal(res.body.error, 'invalid_redirect_uri');
+    }
+  });
+
+  const badMetadata: Array<[string, Record<string, unknown>]> = [
+    ['an unsupported grant type', { grant_types: ['client_credentials'] }],
+    ['no authorization_code grant', { grant_types: ['refresh_token'] }],
+    ['the implicit response type', { response_types: ['token'] }],
+    ['an unsupported auth method', { token_endpoint_auth_method: 'private_key_jwt' }],
+    ['a non-string client_name', { client_name: ['x'] }],
+    ['a client_name with control characters', { client_name: 'Good\u202eApp' }],
+    ['a client_name over 200 characters', { client_name: 'x'.repeat(201) }],
+    ['a malformed scope', { scope: 'a  b' }],
+    ['a non-http client_uri', { client_uri: 'javascript:alert(1)' }],
+  ];
+  for (const [why, extra] of badMetadata) {
+    test(`refuses metadata with ${why}`, async () => {
+      const res = await register({ redirect_uris: ['https://app.example.com/cb'], ...extra });
+      assert.equal(res.status, 400);
+      assert.equal(res.body.error, 'invalid_client_metadata');
+    });
+  }
+
+  test('refuses a body that is not a JSON object, and another media type', async () => {
+    for (const raw of ['[]', 'null', '{"redirect_uris":', '"x"']) {
+      const res = await register(undefined, { raw });
+      assert.equal(res.status, 400, raw);
+      assert.equal(res.body.error, 'invalid_client_metadata');
+    }
+    const res = await register(undefined, { raw: 'redirect_uris=x', headers: { 'content-type': 'application/x-www-form-urlencoded' } });
+    assert.equal(res.status, 415);
+  });
+
+  test('accepts a body of exactly 16 KiB and refuses one byte more with 413', async () => {
+    const base = JSON.stringify({ redirect_uris: ['https://app.example.com/cb'], padding: '' });
+    const fill = (size: number) => JSON.stringify({ redirect_uris: ['https://app.example.com/cb'], padding: 'x'.repeat(size - base.length) });
+    assert.equal((await register(undefined, { raw: fill(16 * 1024) })).status, 201);
+    const res = await register(undefined, { raw: fill(16 * 1024 + 1) });
+    assert.equal(res.status, 413);
+    assert.equal(res.body.error, 'payload_too_large');
+  });
+
+  test('a registration expires after 90 idle days', async () => {
+    const res = await register({ redirect_uris: ['https://app.example.com/cb'] });
+    const id = res.body.client_id as string;
+    server.advance(89 * 86_400_000);
+    assert.ok(await server.stores.clients.get(id));
+    server.advance(2 * 86_400_000);
+    assert.equal(await server.stores.clients.get(id), undefined);
+  });
+});
+
+describe('initial access token', () => {
+  let gated: LoginServer;
+  before(async () => {
+    gated = await startLoginServer({ idp, registration: { dynamic: true, initialAccessToken: 'let-me-register-0123456789' } });
+  });
+  after(() => gated?.close());
+
+  test('is required, compared exactly, and answered with a Bearer challenge', async () => {
+    const body = { redirect_uris: ['https://app.example.com/cb'] };
+    const missing = await register(body, { issuer: gated.issuer });
+    assert.equal(missing.status, 401);
+    assert.equal(missing.body.error, 'invalid_token');
+    assert.equal(missing.headers.get('www-authenticate'), 'Bearer');
+    for (const token of ['wrong', 'let-me-register-012345678', 'let-me-register-01234567890']) {
+      const wrong = await register(body, { issuer: gated.issuer, headers: { authorization: `Bearer ${token}` } });
+      assert.equal(wrong.status, 401);
+      assert.match(wrong.headers.get('www-authenticate') ?? '', /error="invalid_token"/);
+    }
+    const right = await register(body, { issuer: gated.issuer, headers: { authorization: 'Bearer let-me-register-0123456789' } });
+    assert.equal(right.status, 201);
+  });
+});
+
+describe('registration switched off', () => {
+  let closed: LoginServer;
+  before(async () => {
+    closed = await startLoginServer({ idp, registration: { dynamic: false, initialAccessToken: null } });
+  });
+  after(() => closed?.close());
+
+  test('answers 404', async () => {
+    const res = await register({ redirect_uris: ['https://app.example.com/cb'] }, { issuer: closed.issuer });
+    assert.equal(res.status, 404);
+  });
+});
+
+describe('rate limit', () => {
+  let limited: LoginServer;
+  before(async () => {
+    limited = await startLoginServer({ idp, registrationLimit: 3 });
+  });
+  after(() => limited?.close());
+
+  /** POST from a chosen loopback source address (127.0.0.0/8 is all ours), so two "clients" can be told apart. */
+  function registerFrom(localAddress: string): Promise<{ status: number; retryAfter: string | undefined }> {
+    const body = JSON.stringify({ redirect_uris: ['https://app.example.com/cb'] });
+    return new Promise((resolve, reject) => {
+      const req = request(`${limited.issuer}/oauth/register`, { method: 'POST', localAddress, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+        res.resume();
+        res.on('end', () => resolve({ status: res.statusCode!, retryAfter: res.headers['retry-after'] }));
+      });
+      req.on('error', reject);
+      req.end(body);
+    });
+  }
+
+  test('refuses the request over the limit with 429 and Retry-After, per client address, until the window ends', async () => {
+    for (let i = 0; i < 3; i++) assert.equal((await registerFrom('127.0.0.1')).status, 201);
+    const over = await registerFrom('127.0.0.1');
+    assert.equal(over.status, 429);
+    assert.ok(Number(over.retryAfter) >= 1 && Number(over.retryAfter) <= 60);
+    assert.equal((await registerFrom('127.0.0.2')).status, 201, 'another address has its own budget');
+    limited.advance(60_000);
+    assert.equal((await registerFrom('127.0.0.1')).status, 201, 'a new window, a new budget');
+  });
+});
