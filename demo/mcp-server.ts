@@ -37,6 +37,8 @@ export interface DemoMcpServerOptions {
    * that is not loopback with 403. Default true: the demo binds to loopback.
    */
   localOnly?: boolean;
+  /** Builds the MCP server of each new session. Default {@link createDemoMcpServer}; tests plug in others. */
+  mcpServer?: () => McpServer;
 }
 
 /** One HTTP request as the demo server received it. */
@@ -209,7 +211,7 @@ export async function startDemoMcpServer(options: DemoMcpServerOptions = {}): Pr
     transport.onclose = () => {
       if (transport.sessionId) sessions.delete(transport.sessionId);
     };
-    await createDemoMcpServer().connect(transport);
+    await (options.mcpServer ?? createDemoMcpServer)().connect(transport);
     await transport.handleRequest(req, res, body);
   }
 
