@@ -44,7 +44,7 @@ export function unauthorized(options: ChallengeOptions & { tokenSent: boolean })
 
 /** 403 `insufficient_scope` naming the scopes needed (RFC 6750 §3.1), so the agent can step up. */
 export function insufficientScope(options: ChallengeOptions): InstanceType<typeof InsufficientScope> {
-  const description = options.description ?? `this resource needs the scope "${options.scopes.join(' ')}"`;
+  const description = options.description ?? `this resource needs the scopes: ${options.scopes.join(' ')}`;
   const challenge = formatBearerChallenge({
     resourceMetadata: resourceMetadataUrl(options.resource),
     scope: options.scopes,
