@@ -21,8 +21,8 @@ import { captureLogs, type LogCapture } from '../support/logs.ts';
 /** Options of {@link startAuthGateway}. */
 export interface AuthGatewayOptions {
   upstreams: Array<{ name: string; url: string | URL; auth?: Record<string, unknown> }>;
-  /** The IdP; default one that refuses every call (tests that never reach it). */
-  idpClient?: IdpClient;
+  /** The IdP (or a factory given the gateway's fake clock); default one that refuses every call. */
+  idpClient?: IdpClient | ((now: () => number) => IdpClient);
   /** Path of the public URL, e.g. `/gw` (default none). */
   publicPath?: string;
   /** Extra `authServer:` keys. */
@@ -83,7 +83,8 @@ export async function startAuthGateway(options: AuthGatewayOptions): Promise<Aut
   const store = createMemoryStore({ now });
   const sealer = createSealer({ keys: [{ id: 'k1', key: Buffer.from(storeKey, 'base64') }] });
   const logs = captureLogs();
-  const app = createApp(config, { logDestination: logs.destination, store, idpClient: options.idpClient ?? refusingIdp, now });
+  const idpClient = typeof options.idpClient === 'function' ? options.idpClient(now) : (options.idpClient ?? refusingIdp);
+  const app = createApp(config, { logDestination: logs.destination, store, idpClient, now });
   const url = await app.listen({ host: '127.0.0.1', port });
   const issuer = publicUrl;
   return {
