@@ -141,6 +141,9 @@ export function createConfigSchema(sources: SecretSources) {
     auth: auth.default({ mode: 'none' }),
   });
 
+  type UpstreamShape = z.output<typeof upstream>;
+  const AUTH_MODES = new Set(['none', 'static', 'idp', 'id_token', 'oauth', 'token_exchange']);
+
   return z
     .strictObject({
       server,
@@ -155,43 +158,57 @@ export function createConfigSchema(sources: SecretSources) {
       storage: storage.default({ kind: 'memory', encryptionKeys: [], allowUnencrypted: false }),
       upstreams: z.array(upstream).min(1, 'at least one upstream is required'),
     })
+    // `when`: the cross-field rules run even when some field failed, so a file's problems are all
+    // reported in one pass (STYLE: collect every problem). Nothing below may assume that a field
+    // passed its own validation: every access is guarded.
     .superRefine((config, ctx) => {
-      const publicUrl = URL.canParse(config.server.publicUrl) ? new URL(config.server.publicUrl) : undefined;
-      if (publicUrl && publicUrl.protocol !== 'https:' && !config.server.devMode) {
+      const server = config.server as Partial<typeof config.server> | undefined;
+      const devMode = server?.devMode === true;
+      const publicUrl = typeof server?.publicUrl === 'string' && URL.canParse(server.publicUrl) ? new URL(server.publicUrl) : undefined;
+      if (publicUrl && publicUrl.protocol !== 'https:' && !devMode) {
         ctx.addIssue({ code: 'custom', path: ['server', 'publicUrl'], message: 'must be an https URL (http is allowed only with devMode: true)' });
       }
       if (publicUrl && (publicUrl.search || publicUrl.hash)) {
         ctx.addIssue({ code: 'custom', path: ['server', 'publicUrl'], message: 'must not have a query or fragment' });
       }
-      if (config.idp && !config.server.devMode && !config.idp.issuer.startsWith('https:')) {
+      const idp = config.idp as Partial<NonNullable<typeof config.idp>> | undefined;
+      if (idp && !devMode && typeof idp.issuer === 'string' && !idp.issuer.startsWith('https:')) {
         ctx.addIssue({ code: 'custom', path: ['idp', 'issuer'], message: 'must be an https URL (http is allowed only with devMode: true)' });
       }
       const seen = new Set<string>();
-      config.upstreams.forEach((u, index) => {
-        if (seen.has(u.name)) ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'name'], message: `duplicate upstream name "${u.name}"` });
-        seen.add(u.name);
-        if (u.auth.mode !== 'none' && u.auth.mode !== 'static' && !config.idp) {
-          ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'auth', 'mode'], message: `mode "${u.auth.mode}" needs the idp: section (users must log in)` });
+      (Array.isArray(config.upstreams) ? config.upstreams : []).forEach((u: Partial<UpstreamShape> | undefined, index) => {
+        if (typeof u?.name === 'string') {
+          if (seen.has(u.name)) ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'name'], message: `duplicate upstream name "${u.name}"` });
+          seen.add(u.name);
+        }
+        const mode = u?.auth?.mode;
+        if (typeof mode === 'string' && mode !== 'none' && mode !== 'static' && AUTH_MODES.has(mode) && !idp) {
+          ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'auth', 'mode'], message: `mode "${mode}" needs the idp: section (users must log in)` });
         }
       });
-      if (config.storage.kind === 'valkey') {
-        if (!config.storage.valkey) ctx.addIssue({ code: 'custom', path: ['storage', 'valkey'], message: 'is required when kind is valkey' });
-        if (config.storage.encryptionKeys.length === 0 && !config.storage.allowUnencrypted) {
+      const storage = config.storage as Partial<typeof config.storage> | undefined;
+      const encryptionKeys = Array.isArray(storage?.encryptionKeys) ? storage.encryptionKeys : [];
+      if (storage?.kind === 'valkey') {
+        if (!storage.valkey) ctx.addIssue({ code: 'custom', path: ['storage', 'valkey'], message: 'is required when kind is valkey' });
+        if (encryptionKeys.length === 0 && !storage.allowUnencrypted) {
           ctx.addIssue({ code: 'custom', path: ['storage', 'encryptionKeys'], message: 'is required with valkey (tokens are sealed at rest); set allowUnencrypted: true to override' });
         }
       }
       const ids = new Set<string>();
-      config.storage.encryptionKeys.forEach((k, index) => {
-        if (ids.has(k.id)) ctx.addIssue({ code: 'custom', path: ['storage', 'encryptionKeys', index, 'id'], message: 'duplicate key id' });
-        ids.add(k.id);
-        if (Buffer.from(k.key, 'base64').length !== 32) {
+      encryptionKeys.forEach((k: Partial<(typeof encryptionKeys)[number]> | undefined, index) => {
+        if (typeof k?.id === 'string') {
+          if (ids.has(k.id)) ctx.addIssue({ code: 'custom', path: ['storage', 'encryptionKeys', index, 'id'], message: 'duplicate key id' });
+          ids.add(k.id);
+        }
+        if (typeof k?.key === 'string' && Buffer.from(k.key, 'base64').length !== 32) {
           ctx.addIssue({ code: 'custom', path: ['storage', 'encryptionKeys', index, 'key'], message: 'must be 32 bytes, base64-encoded' });
         }
       });
-      if (config.idp && config.authServer.signingKeys.length === 0 && !config.server.devMode) {
+      const signingKeys = (config.authServer as Partial<typeof config.authServer> | undefined)?.signingKeys;
+      if (idp && Array.isArray(signingKeys) && signingKeys.length === 0 && !devMode) {
         ctx.addIssue({ code: 'custom', path: ['authServer', 'signingKeys'], message: 'at least one signing key is required (an ephemeral key is allowed only with devMode: true)' });
       }
-    });
+    }, { when: () => true });
 }
 
 /** The validated configuration, with defaults filled, durations in milliseconds and secrets resolved. */

@@ -1,0 +1,221 @@
+/**
+ * The config file (DESIGN §8): a minimal file is enough, every problem of a bad file is listed
+ * with its path in one error, secrets only by `env:`/`file:` reference, env overrides, durations.
+ */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { ConfigError, loadConfigFile, parseConfig } from '../../src/config/load.ts';
+import type { SecretSources } from '../../src/config/secrets.ts';
+
+/** Secret sources with no process state: an explicit environment and in-memory files. */
+function sources(env: Record<string, string> = {}, files: Record<string, string> = {}): SecretSources {
+  return {
+    env,
+    readFile(path) {
+      if (!(path in files)) throw Object.assign(new Error(`ENOENT: ${path}`), { code: 'ENOENT' });
+      return files[path]!;
+    },
+  };
+}
+
+/** Parses and returns the ConfigError's problems (fails if the text is valid). */
+function problemsOf(text: string, from: SecretSources = sources()): string[] {
+  try {
+    parseConfig(text, 'mcpgate.yaml', from);
+  } catch (error) {
+    assert.ok(error instanceof ConfigError, `expected a ConfigError, got ${String(error)}`);
+    assert.match(error.message, /^invalid configuration in mcpgate\.yaml:/);
+    for (const problem of error.problems) assert.ok(error.message.includes(problem), 'the message lists every problem');
+    return error.problems;
+  }
+  assert.fail('the config was accepted');
+}
+
+const MINIMAL = `
+server:
+  publicUrl: "https://mcp.example.com"
+upstreams:
+  - name: kube
+    url: "http://kube-mcp.tools.svc:8080/mcp"
+`;
+
+describe('config', () => {
+  it('accepts a minimal file (server and upstreams only) and fills the defaults', () => {
+    const config = parseConfig(MINIMAL, 'mcpgate.yaml', sources());
+    assert.equal(config.server.publicUrl, 'https://mcp.example.com');
+    assert.equal(config.server.listen, '127.0.0.1:8080');
+    assert.equal(config.server.devMode, false);
+    assert.deepEqual(config.server.trustedProxies, []);
+    assert.deepEqual(config.server.allowedOrigins, []);
+    assert.equal(config.server.maxBodyBytes, 4194304);
+    assert.equal(config.server.drainTimeout, 25_000);
+    assert.equal(config.server.upstreamTimeout, 30_000);
+    assert.equal(config.idp, undefined, 'no idp: section is needed without login');
+    assert.equal(config.storage.kind, 'memory');
+    assert.deepEqual(config.upstreams, [{ name: 'kube', url: 'http://kube-mcp.tools.svc:8080/mcp', auth: { mode: 'none' } }]);
+  });
+
+  it('accepts the documented example keys', () => {
+    const config = parseConfig(
+      `
+server:
+  listen: "0.0.0.0:8080"
+  publicUrl: "https://mcp.example.com"
+  devMode: false
+  trustedProxies: ["10.0.0.0/8", "fd00::/8", "192.0.2.1"]
+  allowedOrigins: ["https://claude.ai"]
+  maxBodyBytes: 4194304
+upstreams:
+  - name: search
+    url: "https://search.internal/mcp"
+    auth: { mode: static, header: "Authorization", value: "env:SEARCH_TOKEN" }
+`,
+      'mcpgate.yaml',
+      sources({ SEARCH_TOKEN: 'tok' }),
+    );
+    assert.deepEqual(config.server.trustedProxies, ['10.0.0.0/8', 'fd00::/8', '192.0.2.1']);
+    assert.deepEqual(config.upstreams[0]!.auth, { mode: 'static', header: 'Authorization', value: 'tok' });
+  });
+
+  it('lists every problem of a bad file, each with its path, in one error', () => {
+    const problems = problemsOf(`
+server:
+  listen: "nowhere"
+  publicUrl: "http://mcp.example.com"
+  maxBodyBytes: -1
+  trustedProxies: ["10.0.0.0/33", "not-an-ip"]
+  drainTimeout: "soon"
+  colour: blue
+upstreams:
+  - name: "Bad Name"
+    url: "ftp://example.com/mcp"
+  - name: github
+    url: "https://api.githubcopilot.com/mcp/"
+    auth: { mode: oauth }
+  - name: github
+    url: "https://example.com/mcp"
+    auth: { mode: magic }
+`);
+    const expected: Array<[string, RegExp]> = [
+      ['server.listen', /host:port/],
+      ['server.publicUrl', /https/],
+      ['server.maxBodyBytes', /./],
+      ['server.trustedProxies[0]', /CIDR/],
+      ['server.trustedProxies[1]', /CIDR/],
+      ['server.drainTimeout', /duration/],
+      ['server', /colour/],
+      ['upstreams[0].name', /lowercase/],
+      ['upstreams[0].url', /http/],
+      ['upstreams[1].auth.mode', /idp/],
+      ['upstreams[2].auth.mode', /./],
+    ];
+    for (const [path, message] of expected) {
+      assert.ok(
+        problems.some((p) => p.startsWith(`${path}: `) && message.test(p)),
+        `a problem at ${path} matching ${message}; got:\n${problems.join('\n')}`,
+      );
+    }
+  });
+
+  it('names duplicate upstreams, sections of the wrong type, a missing section, and a YAML syntax error', () => {
+    const duplicate = problemsOf(`
+server: { publicUrl: "https://mcp.example.com" }
+upstreams:
+  - { name: a, url: "https://a.example/mcp" }
+  - { name: a, url: "https://b.example/mcp" }
+`);
+    assert.ok(duplicate.some((p) => p.startsWith('upstreams[1].name: ') && /duplicate/.test(p)), duplicate.join('\n'));
+
+    const empty = problemsOf('server: { publicUrl: "https://mcp.example.com" }\nupstreams: []\n');
+    assert.ok(empty.some((p) => p.startsWith('upstreams: ')), empty.join('\n'));
+
+    const missing = problemsOf('upstreams: [{ name: a, url: "https://a.example/mcp" }]\n');
+    assert.ok(missing.some((p) => p.startsWith('server: ')), missing.join('\n'));
+
+    const wrongTypes = problemsOf('server: 5\nupstreams: { a: 1 }\nstorage: { kind: valkey, encryptionKeys: [7] }\n');
+    for (const path of ['server', 'upstreams', 'storage.encryptionKeys[0]', 'storage.valkey']) {
+      assert.ok(wrongTypes.some((p) => p.startsWith(`${path}: `)), `${path}: ${wrongTypes.join('\n')}`);
+    }
+
+    const syntax = problemsOf('server:\n  publicUrl: "https://x\n  listen: [\n');
+    assert.ok(syntax.length > 0 && syntax.every((p) => p.startsWith('yaml: ')), syntax.join('\n'));
+  });
+
+  it('refuses inline secrets, and never repeats them in the error', () => {
+    const problems = problemsOf(`
+server: { publicUrl: "https://mcp.example.com" }
+upstreams:
+  - name: search
+    url: "https://search.internal/mcp"
+    auth: { mode: static, value: "hunter2-inline-secret" }
+`);
+    assert.ok(problems.some((p) => p.startsWith('upstreams[0].auth.value: ') && /env:NAME or file:/.test(p)), problems.join('\n'));
+    assert.ok(!problems.join('\n').includes('hunter2'), 'the inline secret is not echoed');
+  });
+
+  it('resolves env: and file: references, and names the missing ones without their values', () => {
+    const text = `
+server: { publicUrl: "https://mcp.example.com" }
+upstreams:
+  - { name: a, url: "https://a.example/mcp", auth: { mode: static, value: "env:A_TOKEN" } }
+  - { name: b, url: "https://b.example/mcp", auth: { mode: static, header: X-Api-Key, value: "file:/run/secrets/b" } }
+`;
+    const config = parseConfig(text, 'mcpgate.yaml', sources({ A_TOKEN: 'from-env' }, { '/run/secrets/b': 'from-file\n' }));
+    assert.equal(config.upstreams[0]!.auth.mode === 'static' && config.upstreams[0]!.auth.value, 'from-env');
+    assert.equal(config.upstreams[1]!.auth.mode === 'static' && config.upstreams[1]!.auth.value, 'from-file', 'one trailing newline is dropped');
+
+    const problems = problemsOf(text, sources({}, {}));
+    assert.ok(problems.some((p) => p.startsWith('upstreams[0].auth.value: ') && /A_TOKEN is not set/.test(p)), problems.join('\n'));
+    assert.ok(problems.some((p) => p.startsWith('upstreams[1].auth.value: ') && /cannot read \/run\/secrets\/b \(ENOENT\)/.test(p)), problems.join('\n'));
+
+    const emptyFile = problemsOf(text, sources({ A_TOKEN: 'x' }, { '/run/secrets/b': '\n' }));
+    assert.ok(emptyFile.some((p) => p.startsWith('upstreams[1].auth.value: ') && /empty/.test(p)), emptyFile.join('\n'));
+  });
+
+  it('applies the environment overrides over the file', () => {
+    const config = parseConfig(
+      MINIMAL,
+      'mcpgate.yaml',
+      sources({ MCPGATE_LISTEN: '0.0.0.0:9090', MCPGATE_PUBLIC_URL: 'https://gw.example.org', MCPGATE_LOG_LEVEL: 'debug' }),
+    );
+    assert.equal(config.server.listen, '0.0.0.0:9090');
+    assert.equal(config.server.publicUrl, 'https://gw.example.org');
+    assert.equal(config.server.logLevel, 'debug');
+
+    // An override is validated like the file itself.
+    const problems = problemsOf(MINIMAL, sources({ MCPGATE_PUBLIC_URL: 'http://gw.example.org', MCPGATE_LOG_LEVEL: 'loud' }));
+    assert.ok(problems.some((p) => p.startsWith('server.publicUrl: ')), problems.join('\n'));
+    assert.ok(problems.some((p) => p.startsWith('server.logLevel: ')), problems.join('\n'));
+  });
+
+  it('reads durations as strings with units, in milliseconds', () => {
+    const withDurations = (server: string, auth = '{ mode: none }') => `
+server: { publicUrl: "https://mcp.example.com", ${server} }
+upstreams: [{ name: a, url: "https://a.example/mcp", auth: ${auth} }]
+`;
+    const config = parseConfig(withDurations('drainTimeout: "90s", upstreamTimeout: "500ms", sseKeepAlive: "1m"'), 'x', sources());
+    assert.equal(config.server.drainTimeout, 90_000);
+    assert.equal(config.server.upstreamTimeout, 500);
+    assert.equal(config.server.sseKeepAlive, 60_000);
+
+    const ttl = parseConfig(
+      `${withDurations('devMode: true')}authServer: { accessTokenTtl: "10m", refreshTokenTtl: "30d" }\nidp: { issuer: "http://idp.localhost", clientId: gw }\n`,
+      'x',
+      sources(),
+    );
+    assert.equal(ttl.authServer.accessTokenTtl, 600_000);
+    assert.equal(ttl.authServer.refreshTokenTtl, 30 * 86_400_000);
+
+    for (const bad of ['"10 minutes"', '"10"', '"-5s"', '10']) {
+      const problems = problemsOf(withDurations(`drainTimeout: ${bad}`));
+      assert.ok(problems.some((p) => p.startsWith('server.drainTimeout: ')), `${bad}: ${problems.join('\n')}`);
+    }
+  });
+
+  it('reports an unreadable config file as a problem, not a crash', () => {
+    assert.throws(
+      () => loadConfigFile('/nonexistent/mcpgate.yaml', sources()),
+      (error: unknown) => error instanceof ConfigError && error.problems.some((p) => /cannot read \(ENOENT\)/.test(p)),
+    );
+  });
+});
