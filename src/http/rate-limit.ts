@@ -2,6 +2,7 @@
  * Per-client rate limits (DESIGN §8: `/oauth/register`, `/oauth/token`, callbacks): a fixed-window
  * counter kept in the storage port, so every replica shares it once the store is Valkey.
  */
+import { randomBytes } from 'node:crypto';
 import { isIP } from 'node:net';
 import type { Store } from '../store/port.ts';
 import { TooManyRequests } from './errors.ts';
@@ -35,14 +36,14 @@ export interface RateLimiter {
   enforce(key: string, signal?: AbortSignal): Promise<void>;
 }
 
-/** Compare-and-set attempts before a contended counter counts as "over the limit". */
-const CAS_ATTEMPTS = 8;
-
 /**
- * Creates a fixed-window limiter. The counter for a window lives in the store under
- * `ratelimit:{name}:{window}:{key}` and expires with the window. Increments use the port's
- * compare-and-set; if other replicas keep winning the race, the request is refused rather than
- * let through uncounted (heavy contention on one key *is* the flood being limited).
+ * Creates a fixed-window limiter. Each request adds a member to the set
+ * `ratelimit:{name}:{window}:{key}`, which expires with the window. Members sort by arrival
+ * (time, then a per-process sequence, then a random tail), and a request is admitted when its
+ * own member is among the first `limit`: set additions never conflict, so a burst from one client
+ * on several replicas needs no compare-and-set retries and admits exactly `limit` (give or take
+ * the clock skew between replicas at the boundary). The size is checked before adding, so a flood
+ * cannot grow the set much beyond the limit.
  * @throws TypeError for a non-positive `limit` or `windowMs`.
  */
 export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
@@ -51,22 +52,22 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
   if (!Number.isSafeInteger(windowMs) || windowMs <= 0) throw new TypeError('windowMs must be a positive integer (milliseconds)');
   if (!/^[a-z0-9_-]+$/.test(name)) throw new TypeError('name must be lowercase letters, digits, "-" or "_"');
   const now = options.now ?? Date.now;
+  let sequence = 0;
 
   async function hit(key: string, signal?: AbortSignal): Promise<RateLimitDecision> {
     const at = now();
     const window = Math.floor(at / windowMs);
     const retryAfterSeconds = Math.max(1, Math.ceil(((window + 1) * windowMs - at) / 1000));
     const storeKey = `ratelimit:${name}:${window}:${limitKey(key)}`;
-    for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
-      const current = await store.get(storeKey, signal);
-      const count = current === undefined ? 0 : Number(current);
-      if (count >= limit) return { allowed: false, remaining: 0, retryAfterSeconds };
-      // The key outlives its window by a little, never by more than one window.
-      if (await store.compareAndSet(storeKey, current, String(count + 1), windowMs + 1000, signal)) {
-        return { allowed: true, remaining: limit - count - 1, retryAfterSeconds };
-      }
-    }
-    return { allowed: false, remaining: 0, retryAfterSeconds };
+    const refused = { allowed: false, remaining: 0, retryAfterSeconds };
+    if ((await store.members(storeKey, signal)).length >= limit) return refused;
+    sequence = (sequence + 1) % 1e9;
+    const member = `${String(at).padStart(15, '0')}.${String(sequence).padStart(9, '0')}.${randomBytes(6).toString('base64url')}`;
+    // The key outlives its window by a little, never by more than one window.
+    await store.addMembers(storeKey, [member], windowMs + 1000, signal);
+    const members = (await store.members(storeKey, signal)).sort();
+    const rank = members.indexOf(member);
+    return rank < 0 || rank >= limit ? refused : { allowed: true, remaining: Math.max(0, limit - members.length), retryAfterSeconds };
   }
 
   return {
