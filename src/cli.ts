@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createApp } from './app.ts';
+import { generateSigningKeyPem, generateStoreKey } from './authserver/keys.ts';
 import { ConfigError, loadConfigFile } from './config/load.ts';
 
 const USAGE = `mcpgate — OAuth 2.1 gateway for remote MCP servers
@@ -9,6 +10,8 @@ const USAGE = `mcpgate — OAuth 2.1 gateway for remote MCP servers
 Usage:
   mcpgate serve --config FILE     run the gateway
   mcpgate check --config FILE     validate a config file; prints every problem, exits 1 if any
+  mcpgate keys generate [--alg ES256|RS256|EdDSA]
+                                  print a new token-signing key (PKCS#8 PEM) and a store encryption key
   mcpgate --version | --help
 
 Environment overrides: MCPGATE_LISTEN, MCPGATE_PUBLIC_URL, MCPGATE_LOG_LEVEL.
@@ -25,6 +28,7 @@ async function main(argv: string[]): Promise<number> {
     allowPositionals: true,
     options: {
       config: { type: 'string', short: 'c' },
+      alg: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
       version: { type: 'boolean', short: 'v' },
     },
@@ -62,10 +66,33 @@ async function main(argv: string[]): Promise<number> {
       }
       return serve(createApp(config));
     }
+    case 'keys':
+      return keys(positionals[1], values.alg ?? 'ES256');
     default:
       process.stderr.write(`mcpgate: unknown command "${command}"\n\n${USAGE}\n`);
       return 2;
   }
+}
+
+/** `mcpgate keys generate`: key material for `authServer.signingKeys` and `storage.encryptionKeys` (DESIGN §8). */
+function keys(subcommand: string | undefined, alg: string): number {
+  if (subcommand !== 'generate') {
+    process.stderr.write('usage: mcpgate keys generate [--alg ES256|RS256|EdDSA]\n');
+    return 2;
+  }
+  if (alg !== 'ES256' && alg !== 'RS256' && alg !== 'EdDSA') {
+    process.stderr.write(`mcpgate keys generate: --alg must be ES256, RS256 or EdDSA, not "${alg}"\n`);
+    return 2;
+  }
+  process.stdout.write(
+    `# Token-signing key (${alg}). Save the PEM block as a file readable only by mcpgate, e.g.\n` +
+      '# /etc/mcpgate/keys/signing.pem, and list it first: authServer.signingKeys: ["file:/etc/mcpgate/keys/signing.pem"]\n' +
+      generateSigningKeyPem(alg) +
+      '\n# Store encryption key (32 bytes, base64). Keep it in a secret, e.g. the variable MCPGATE_STORE_KEY, and use\n' +
+      '# storage.encryptionKeys: [{ id: "k1", key: "env:MCPGATE_STORE_KEY" }]\n' +
+      `${generateStoreKey()}\n`,
+  );
+  return 0;
 }
 
 async function serve(app: ReturnType<typeof createApp>): Promise<number> {
