@@ -230,12 +230,10 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
   async function revokeAll(row: UpstreamToken): Promise<boolean> {
     const endpoint = row.server.revocationEndpoint;
     if (!endpoint) return false;
-    // Revoking the refresh token ends the grant at most servers (RFC 7009 §2.1); the access token too, for the rest.
-    const results = await Promise.all([
-      row.refreshToken ? revokeToken({ fetch, endpoint, client: row.client, token: row.refreshToken, tokenTypeHint: 'refresh_token' }) : true,
-      revokeToken({ fetch, endpoint, client: row.client, token: row.accessToken, tokenTypeHint: 'access_token' }),
-    ]);
-    return results.every(Boolean);
+    // RFC 7009 §2.1: revoking the refresh token ends the grant, and the server SHOULD invalidate
+    // the access tokens issued under it (a structured JWT access token often cannot be revoked on its own).
+    const [token, tokenTypeHint] = row.refreshToken ? [row.refreshToken, 'refresh_token' as const] : [row.accessToken, 'access_token' as const];
+    return revokeToken({ fetch, endpoint, client: row.client, token, tokenTypeHint });
   }
 
   return {

@@ -41,7 +41,8 @@ export interface ConnectedEvent {
   sessionId: string;
   upstream: string;
   elicitationId: string;
-  mcpSessionId?: string;
+  /** The agent's `Mcp-Session-Id` when the flow started; undefined when there was none. */
+  mcpSessionId: string | undefined;
 }
 
 /** Dependencies of {@link createUpstreamOAuthRoutes}. */
