@@ -104,6 +104,17 @@ function storesSuite(name: string, make: () => Promise<Fixture>): void {
       await assert.rejects(f.stores.idpTokens.get('s-other'), /failed authentication/, "one session's tokens do not open as another's");
     });
 
+    test('IdP tokens written by another replica are seen at once (the in-process open cache checks the bytes)', async () => {
+      const replica = createAuthStores({ store: f.store, sealer, now: f.now });
+      await f.stores.sessions.put(session('s-replica'));
+      await f.stores.idpTokens.put('s-replica', idp, HOUR);
+      assert.equal((await f.stores.idpTokens.get('s-replica'))?.accessToken, idp.accessToken);
+      await replica.idpTokens.put('s-replica', { ...idp, accessToken: 'rotated-elsewhere' }, HOUR);
+      assert.equal((await f.stores.idpTokens.get('s-replica'))?.accessToken, 'rotated-elsewhere');
+      await replica.sessions.revoke('s-replica');
+      assert.equal(await f.stores.idpTokens.get('s-replica'), undefined);
+    });
+
     test('extend slides a live session and never revives a revoked one', async () => {
       await f.stores.sessions.put(session('s-ext'));
       const later = f.now() + 2 * HOUR;
