@@ -32,6 +32,7 @@ import type { IdpClient } from './idp/types.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
 import { createGatewayMetrics, createRegistry } from './observability/metrics.ts';
 import { createMemoryStore } from './store/memory.ts';
+import { createValkeyStore } from './store/valkey.ts';
 import type { Store } from './store/port.ts';
 import { createSealer } from './store/sealed.ts';
 
@@ -74,7 +75,11 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   if (config.server.devMode) logger.warn({ msg: 'devMode is on: http URLs and loopback addresses are allowed; never use it in production' });
 
   // Storage (DESIGN §7) and the authorization server's domain stores above it.
-  const store = options.store ?? storeFor(config, now);
+  if (config.storage.kind === 'valkey' && config.storage.encryptionKeys.length === 0) {
+    // A per-process key would make every value unreadable to the other replicas and after a restart.
+    throw new Error('storage.encryptionKeys: required with valkey in this build (allowUnencrypted is not supported yet)');
+  }
+  const store = options.store ?? storeFor(config, now, logger);
   const sealer = createSealer({
     keys:
       config.storage.encryptionKeys.length > 0
@@ -250,8 +255,15 @@ export function createApp(config: Config, options: AppOptions = {}): App {
 }
 
 /** The storage backend `storage.kind` names. */
-function storeFor(config: Config, now: () => number): Store {
-  if (config.storage.kind === 'memory') return createMemoryStore({ now });
-  // TODO(valkey issue): createValkeyStore from config.storage.valkey once its wiring lands.
-  throw new Error('storage kind "valkey" is not available in this build yet');
+function storeFor(config: Config, now: () => number, logger: Logger): Store {
+  const valkey = config.storage.valkey;
+  if (config.storage.kind === 'memory' || !valkey) return createMemoryStore({ now });
+  return createValkeyStore({
+    url: valkey.url,
+    username: valkey.username,
+    password: valkey.password,
+    keyPrefix: valkey.keyPrefix,
+    // Recurs on every reconnect attempt while Valkey is down; /readyz reports the outage.
+    onError: (error) => logger.warn({ msg: 'valkey connection error', err: error.message }),
+  });
 }

@@ -15,6 +15,7 @@ import type { IdpClient } from '../../src/idp/types.ts';
 import { createMemoryStore } from '../../src/store/memory.ts';
 import type { Store } from '../../src/store/port.ts';
 import { createSealer } from '../../src/store/sealed.ts';
+import { createValkeyStore } from '../../src/store/valkey.ts';
 import { freePort } from '../support/gateway.ts';
 import { captureLogs, type LogCapture } from '../support/logs.ts';
 
@@ -29,6 +30,8 @@ export interface AuthGatewayOptions {
   authServer?: Record<string, unknown>;
   /** Signing key PEMs (default one fresh ES256 key). */
   signingKeys?: string[];
+  /** Use `storage.kind: valkey` at this URL (the gateway builds its own store) instead of an injected memory store. */
+  valkeyUrl?: string;
 }
 
 /** A running gateway with login, and direct access to its stores and clock. */
@@ -59,6 +62,7 @@ export const refusingIdp: IdpClient = {
 /** Starts a gateway with login on a free loopback port. */
 export async function startAuthGateway(options: AuthGatewayOptions): Promise<AuthGateway> {
   const port = await freePort();
+  const keyPrefix = `gw${randomBytes(4).toString('hex')}:`;
   const publicUrl = `http://127.0.0.1:${port}${options.publicPath ?? ''}`;
   const storeKey = generateStoreKey();
   const pems = options.signingKeys ?? [generateSigningKeyPem()];
@@ -67,7 +71,9 @@ export async function startAuthGateway(options: AuthGatewayOptions): Promise<Aut
     server: { listen: `127.0.0.1:${port}`, publicUrl, devMode: true, drainTimeout: '2s' },
     idp: { issuer: 'http://127.0.0.1:9/unused', clientId: 'mcpgate' },
     authServer: { signingKeys: pems.map((_, i) => `file:/keys/${i}.pem`), ...options.authServer },
-    storage: { kind: 'memory', encryptionKeys: [{ id: 'k1', key: 'env:STORE_KEY' }] },
+    storage: options.valkeyUrl
+      ? { kind: 'valkey', valkey: { url: options.valkeyUrl, keyPrefix }, encryptionKeys: [{ id: 'k1', key: 'env:STORE_KEY' }] }
+      : { kind: 'memory', encryptionKeys: [{ id: 'k1', key: 'env:STORE_KEY' }] },
     upstreams: options.upstreams.map((u) => ({ name: u.name, url: String(u.url), auth: u.auth ?? { mode: 'none' } })),
   };
   const config = parseConfig(JSON.stringify(raw), 'test-config', {
@@ -80,11 +86,12 @@ export async function startAuthGateway(options: AuthGatewayOptions): Promise<Aut
   });
   let t = Date.now();
   const now = () => t;
-  const store = createMemoryStore({ now });
+  // With valkey the test seeds through its own connection to the same keys.
+  const store = options.valkeyUrl ? createValkeyStore({ url: options.valkeyUrl, keyPrefix }) : createMemoryStore({ now });
   const sealer = createSealer({ keys: [{ id: 'k1', key: Buffer.from(storeKey, 'base64') }] });
   const logs = captureLogs();
   const idpClient = typeof options.idpClient === 'function' ? options.idpClient(now) : (options.idpClient ?? refusingIdp);
-  const app = createApp(config, { logDestination: logs.destination, store, idpClient, now });
+  const app = createApp(config, { logDestination: logs.destination, store: options.valkeyUrl ? undefined : store, idpClient, now });
   const url = await app.listen({ host: '127.0.0.1', port });
   const issuer = publicUrl;
   return {
@@ -97,7 +104,10 @@ export async function startAuthGateway(options: AuthGatewayOptions): Promise<Aut
     now,
     advance: (ms) => void (t += ms),
     logs,
-    close: () => app.close(),
+    close: async () => {
+      await app.close();
+      if (options.valkeyUrl) await store.close();
+    },
   };
 }
 
