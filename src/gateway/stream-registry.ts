@@ -41,7 +41,7 @@ export interface OpenStream {
 export interface ElicitationCompleted {
   upstream: string;
   /** The agent session the flow was started from; nothing is sent without one. */
-  mcpSessionId: string | undefined;
+  mcpSessionId?: string;
   /** Our session (`sid`) that started the flow: only its own streams hear of it. */
   sessionId: string | undefined;
   elicitationId: string;
