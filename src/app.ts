@@ -8,14 +8,16 @@ import { RESOURCE_SCOPES } from './authserver/scopes.ts';
 import { createAuthStores } from './authserver/stores.ts';
 import { createTokenRoutes } from './authserver/token.ts';
 import { createTokenIssuer } from './authserver/tokens.ts';
+import { createCookieCodec, deriveCookieKey, loginCookie, type CookieCodec } from './authserver/cookies.ts';
 import type { Config, UpstreamConfig } from './config/schema.ts';
 import { createIdTokenCredential } from './credentials/id-token.ts';
 import { createIdpCredential } from './credentials/idp.ts';
 import { createIdpSessionTokens, type IdpSessionTokens } from './credentials/idp-session.ts';
 import { createNoCredential } from './credentials/none.ts';
+import { createOAuthCredential } from './credentials/oauth.ts';
 import { createStaticCredential } from './credentials/static.ts';
 import { createTokenExchangeCredential } from './credentials/token-exchange.ts';
-import type { CredentialSource } from './credentials/types.ts';
+import type { CredentialSource, Principal } from './credentials/types.ts';
 import { openAccess, type Authenticator } from './gateway/authenticate.ts';
 import { createAuthRequiredRenderer } from './gateway/challenge.ts';
 import { createClientCapabilities } from './gateway/client-capabilities.ts';
@@ -24,7 +26,8 @@ import { createStreamRegistry } from './gateway/stream-registry.ts';
 import type { Upstream } from './gateway/upstream.ts';
 import { createJwtAuthenticator } from './gateway/verify-token.ts';
 import { createOpsRoutes } from './http/ops-routes.ts';
-import type { Route } from './http/router.ts';
+import type { RequestContext, Route } from './http/router.ts';
+import { InvalidToken } from './http/errors.ts';
 import { createFrontDoor, type FrontDoor } from './http/server.ts';
 import { createOidcIdpClient } from './idp/oidc.ts';
 import { createGuardedFetch } from './net/guarded-fetch.ts';
@@ -35,6 +38,11 @@ import { createMemoryStore } from './store/memory.ts';
 import { createValkeyStore } from './store/valkey.ts';
 import type { Store } from './store/port.ts';
 import { createSealer } from './store/sealed.ts';
+import { createClientRegistration } from './upstream-oauth/client-registration.ts';
+import { createDiscovery } from './upstream-oauth/discovery.ts';
+import { createUpstreamFlows, type OAuthUpstream } from './upstream-oauth/flow.ts';
+import { createUpstreamOAuthRoutes, type BrowserSession } from './upstream-oauth/routes.ts';
+import { createUpstreamStores } from './upstream-oauth/stores.ts';
 
 /** A running gateway, as the CLI and the tests hold it. */
 export interface App {
@@ -95,6 +103,21 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   // Every server-side fetch (token endpoints, discovery, CIMD) goes through the one SSRF guard (DESIGN §6.1).
   const serverFetch = createGuardedFetch({ allowHttp: config.server.devMode, allowPrivate: config.server.devMode });
 
+  // Upstreams with their own authorization server (DESIGN §6): each session's connection to them.
+  const upstreamStores = createUpstreamStores({ store, sealer, tokenTtlMs: config.authServer.refreshTokenTtl, now });
+  const upstreamClients = createClientRegistration({ fetch: serverFetch, stores: upstreamStores, publicUrl: issuer, now });
+  const upstreamFlows = createUpstreamFlows({
+    stores: upstreamStores,
+    discovery: createDiscovery({ fetch: serverFetch, allowHttp: config.server.devMode, now }),
+    registration: upstreamClients,
+    fetch: serverFetch,
+    publicUrl: issuer,
+    now,
+  });
+  const oauthUpstreams: OAuthUpstream[] = config.upstreams.flatMap((u) =>
+    u.auth.mode === 'oauth' ? [{ name: u.name, url: u.url, scopes: u.auth.scopes, clientId: u.auth.clientId, clientSecret: u.auth.clientSecret }] : [],
+  );
+
   // Login (DESIGN §4, §5): only when the company IdP is configured.
   const login = config.idp ? createLogin(config.idp) : undefined;
 
@@ -137,6 +160,18 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     routes: [
       ...createOpsRoutes({ registry, checks: [{ name: 'store', check: (signal) => store.ping(signal) }], isDraining: () => draining }),
       ...(login?.routes ?? []),
+      ...(login
+        ? createUpstreamOAuthRoutes({
+            flows: upstreamFlows,
+            stores: upstreamStores,
+            registration: upstreamClients,
+            upstreams: oauthUpstreams,
+            browser: login.browser,
+            authenticate: (ctx, name) => authenticateForConnections(login.authenticator, ctx, name),
+            basePath,
+            onConnected: (done) => void streams.notifyElicitationComplete(done),
+          })
+        : []),
       ...createMcpRoutes({
         upstreams,
         authenticator: login?.authenticator ?? openAccess,
@@ -208,8 +243,18 @@ export function createApp(config: Config, options: AppOptions = {}): App {
           fetch: serverFetch,
           logger,
         });
-      default:
-        throw new Error(`auth mode "${u.auth.mode}" of upstream "${u.name}" is not available in this build`);
+      case 'oauth':
+        return createOAuthCredential({
+          upstream: oauthUpstreams.find((o) => o.name === u.name)!,
+          flows: upstreamFlows,
+          refreshMarginMs: u.auth.refreshMargin,
+          now,
+        });
+      default: {
+        // Every mode of the schema is handled above; a new one must be added here.
+        const unhandled: never = u.auth;
+        throw new Error(`auth mode "${(unhandled as { mode: string }).mode}" of upstream "${u.name}" is not available in this build`);
+      }
     }
   }
 
@@ -220,7 +265,31 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   }
 
   /** The embedded authorization server and the JWT check of the gateway path (DESIGN §4, §5.1). */
-  function createLogin(idpConfig: NonNullable<Config['idp']>): { routes: Route[]; authenticator: Authenticator; idpSession: IdpSessionTokens } {
+  /**
+   * `/connections` takes our access token for the named upstream, or (listing) for any upstream in
+   * mode `oauth`: every such token names the session whose connections it may see.
+   */
+  async function authenticateForConnections(authenticator: Authenticator, ctx: RequestContext, name: string | undefined): Promise<Principal> {
+    const candidates = upstreams.filter((u) => (name === undefined ? oauthUpstreams.some((o) => o.name === u.name) : u.name === name));
+    let refusal: unknown = new InvalidToken('an access token for one of the upstreams is required');
+    for (const upstream of candidates) {
+      try {
+        const principal = await authenticator.authenticate(ctx, upstream);
+        if (principal) return principal;
+      } catch (error) {
+        refusal = error;
+      }
+    }
+    throw refusal;
+  }
+
+  function createLogin(idpConfig: NonNullable<Config['idp']>): {
+    routes: Route[];
+    authenticator: Authenticator;
+    idpSession: IdpSessionTokens;
+    cookies: CookieCodec;
+    browser: BrowserSession;
+  } {
     const keys = loadSigningKeys({ pems: config.authServer.signingKeys, devMode: config.server.devMode, warn: (msg) => logger.warn({ msg }) });
     const idpClient =
       options.idpClient ?? createOidcIdpClient({ config: idpConfig, redirectUri: `${issuer}/oauth/callback`, devMode: config.server.devMode, now });
@@ -249,7 +318,21 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       cacheSize: 10_000,
       now,
     });
-    return { routes, authenticator, idpSession: createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now }) };
+    // Our login cookie (DESIGN §4): set by the IdP callback, read wherever a browser must be the
+    // user a flow belongs to (the upstream connect links, DESIGN §6.3).
+    const cookies = createCookieCodec({
+      key: deriveCookieKey({ encryptionKey: config.storage.encryptionKeys[0]?.key, signingKeyPem: config.authServer.signingKeys[0] }).key,
+      secure: publicUrl.protocol === 'https:',
+      now,
+    });
+    const loginCookies = loginCookie(cookies);
+    const browser: BrowserSession = {
+      current(req) {
+        const login = loginCookies.read(req);
+        return login && { subject: login.sub, sessionId: login.sid };
+      },
+    };
+    return { routes, authenticator, idpSession: createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now }), cookies, browser };
   }
 
 }

@@ -53,8 +53,11 @@ export interface UpstreamOAuthRoutesOptions {
   /** The upstreams in mode `oauth`. */
   upstreams: readonly OAuthUpstream[];
   browser: BrowserSession;
-  /** Verifies our bearer token on `/connections` (401/403 as on the gateway path). */
-  authenticate(ctx: RequestContext): Promise<FlowPrincipal>;
+  /**
+   * Verifies our bearer token on `/connections` (401/403 as on the gateway path): a token for
+   * `upstream` when given, else for any upstream of this list.
+   */
+  authenticate(ctx: RequestContext, upstream?: string): Promise<FlowPrincipal>;
   /** Base path of the public URL ('' or '/prefix'). */
   basePath: string;
   onConnected?(event: ConnectedEvent): void;
@@ -191,10 +194,10 @@ export function createUpstreamOAuthRoutes(options: UpstreamOAuthRoutesOptions): 
   }
 
   async function disconnect(ctx: RequestContext): Promise<void> {
-    const principal = await options.authenticate(ctx);
     const upstream = byName.get(ctx.params.name!);
     if (!upstream) throw new NotFound(`no upstream named "${ctx.params.name}" uses its own authorization`);
     ctx.log.upstream = upstream.name;
+    const principal = await options.authenticate(ctx, upstream.name);
     const result = await flows.disconnect(principal.sessionId, upstream.name);
     const body = JSON.stringify({ upstream: upstream.name, disconnected: result.connected, revoked: result.revoked });
     ctx.res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' });
