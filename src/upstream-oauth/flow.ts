@@ -181,8 +181,7 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
     return signal(winner ?? flow);
   }
 
-  async function start(o: StartFlowOptions): Promise<AuthRequired> {
-    const requested = cleanScopes([...o.upstream.scopes, ...(o.challenge?.scope ?? []), ...(o.scopes ?? [])]);
+  async function start(o: StartFlowOptions, requested: string[]): Promise<AuthRequired> {
     const pending = await stores.flows.pending(o.principal.sessionId, o.upstream.name);
     if (pending && requested.every((s) => pending.scopes.includes(s))) return signal(pending);
     return createFlow(o, requested, pending?.flowId);
@@ -238,10 +237,13 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
 
   return {
     startFlow(o) {
-      const key = `${o.principal.sessionId}\n${o.upstream.name}`;
+      // Only a path of ours: the callback redirects there, so anything else would be an open redirect.
+      if (o.returnTo !== undefined && !/^\/(?![/\\])[^\s\\]*$/.test(o.returnTo)) return Promise.reject(new TypeError('returnTo must be a path under our public URL'));
+      const requested = cleanScopes([...o.upstream.scopes, ...(o.challenge?.scope ?? []), ...(o.scopes ?? [])]);
+      const key = [o.principal.sessionId, o.upstream.name, ...[...requested].sort()].join('\n');
       const inFlight = starting.get(key);
       if (inFlight) return inFlight;
-      const promise = start(o).finally(() => starting.delete(key));
+      const promise = start(o, requested).finally(() => starting.delete(key));
       starting.set(key, promise);
       return promise;
     },

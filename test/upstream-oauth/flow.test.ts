@@ -216,6 +216,21 @@ describe('connecting a user to an upstream with its own authorization server', (
     assert.equal((await h.request('/connections/unknown', { method: 'DELETE', user })).status, 404);
   });
 
+  test('a flow started with returnTo (our /oauth/authorize chaining) sends the browser back there; nothing else is accepted', async () => {
+    const alice = sessionOf('alice');
+    const upstream = { name: 'notes', url: h.upstream.mcpUrl, scopes: [] };
+    const required = await h.flows.startFlow({ principal: alice, upstream, returnTo: '/oauth/authorize/resume?request=abc' });
+    const browser = h.browser(alice);
+    const page = await h.connect(browser, required.authUrl, { stopAtCallback: true });
+    const done = await browser.open(new URL(String(page.headers.location), page.url).href, { stopAt: (url) => url.pathname === '/oauth/authorize/resume' });
+    assert.equal(done.status, 303);
+    assert.equal(done.headers.location, '/oauth/authorize/resume?request=abc');
+    assert.ok(await h.flows.token(alice.sessionId, 'notes'));
+    for (const returnTo of ['//evil.example/x', 'https://evil.example/', '/\\evil.example', 'relative']) {
+      await assert.rejects(h.flows.startFlow({ principal: alice, upstream, returnTo }), /returnTo must be a path/);
+    }
+  });
+
   test('our Client ID Metadata Document is served at a stable URL', async () => {
     const res = await h.request('/oauth/client-metadata.json');
     assert.equal(res.status, 200);
