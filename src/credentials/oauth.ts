@@ -1,7 +1,6 @@
 import { InvalidToken } from '../http/errors.ts';
 import { AuthRequiredError } from '../upstream-oauth/auth-required.ts';
 import { RefreshRejectedError, type OAuthUpstream, type StartFlowOptions, type UpstreamFlows } from '../upstream-oauth/flow.ts';
-import type { UpstreamToken } from '../upstream-oauth/records.ts';
 import { bearerChallenge, parseWwwAuthenticate, type BearerChallenge } from '../upstream-oauth/www-authenticate.ts';
 import type { CredentialRequest, CredentialSource, Principal } from './types.ts';
 
@@ -20,10 +19,11 @@ export interface OAuthCredentialOptions {
  * session holds a token from it, obtained through the upstream OAuth flow. The upstream only ever
  * sees that token: never ours, never the company IdP's.
  *
- * - No token yet: the flow starts at once (discovering the upstream's resource metadata from its
- *   well-known URL) and `AuthRequiredError` goes to the agent; when the upstream publishes its
- *   metadata only in its 401, the request is sent without a credential and the 401 starts it.
- * - Token about to expire (`refreshMarginMs`): refreshed first, one refresh per session in flight.
+ * - No token yet: the request goes out without any credential. An upstream that serves it
+ *   anonymously (many let `initialize` through) answers it; otherwise its 401 names its resource
+ *   metadata (RFC 9728 §5.1), the flow starts from there, and `AuthRequiredError` goes to the agent.
+ * - Token about to expire (`refreshMarginMs`): refreshed first, one refresh per session in flight;
+ *   a refresh token the server refuses ends the connection like having none.
  * - Upstream 401: one refresh and one retry when the token is refreshable, else a new flow.
  * - Upstream 403 `insufficient_scope`: a flow for the granted ∪ requested scopes (step-up, §6.7).
  */
@@ -45,40 +45,24 @@ export function createOAuthCredential(options: OAuthCredentialOptions): Credenti
     return new AuthRequiredError(required);
   }
 
-  /** The refreshed token, or the auth_required signal when the refresh token is dead. */
-  async function refreshed(request: CredentialRequest, principal: Principal): Promise<UpstreamToken | AuthRequiredError> {
-    try {
-      return await flows.refresh(principal.sessionId, upstream.name);
-    } catch (err) {
-      if (err instanceof RefreshRejectedError) return authRequired(request);
-      throw err;
-    }
-  }
-
   return {
     mode: 'oauth',
 
     async headers(request): Promise<Record<string, string>> {
       const principal = principalOf(request);
       let token = await flows.token(principal.sessionId, upstream.name);
-      if (!token) {
-        let signal: AuthRequiredError;
-        try {
-          signal = await authRequired(request);
-        } catch (err) {
-          // Metadata only reachable through the upstream's 401 (RFC 9728 §5): let the 401 start the flow.
-          if (isMetadataNotFound(err)) return {};
-          throw err;
-        }
-        throw signal;
-      }
+      if (!token) return {};
       if (token.expiresAt !== undefined && token.expiresAt - margin <= now()) {
         if (token.refreshToken) {
-          const next = await refreshed(request, principal);
-          if (next instanceof AuthRequiredError) throw next;
-          token = next;
+          try {
+            token = await flows.refresh(principal.sessionId, upstream.name);
+          } catch (err) {
+            // The grant is dead and its row gone: as with no token, the upstream's 401 starts a new flow.
+            if (err instanceof RefreshRejectedError) return {};
+            throw err;
+          }
         } else if (token.expiresAt <= now()) {
-          throw await authRequired(request);
+          return {};
         }
       }
       return { authorization: `Bearer ${token.accessToken}` };
@@ -94,8 +78,13 @@ export function createOAuthCredential(options: OAuthCredentialOptions): Credenti
         return { action: 'respond', error: await authRequired(request, { challenge: hint, scopes: token?.scopes ?? [] }) };
       }
       if (attempt === 0 && token?.refreshToken) {
-        const next = await refreshed(request, principal);
-        return next instanceof AuthRequiredError ? { action: 'respond', error: next } : { action: 'retry' };
+        try {
+          await flows.refresh(principal.sessionId, upstream.name);
+          return { action: 'retry' };
+        } catch (err) {
+          if (!(err instanceof RefreshRejectedError)) throw err;
+          // The grant is dead: fall through to a new flow.
+        }
       }
       return { action: 'respond', error: await authRequired(request, { challenge: hint }) };
     },
@@ -104,9 +93,4 @@ export function createOAuthCredential(options: OAuthCredentialOptions): Credenti
 
 function upstreamChallenge(header: string | string[] | undefined): BearerChallenge | undefined {
   return bearerChallenge(parseWwwAuthenticate(header));
-}
-
-function isMetadataNotFound(err: unknown): boolean {
-  const cause = err instanceof Error ? err.cause : undefined;
-  return cause instanceof Error && cause.name === 'DiscoveryError' && (cause as Error & { code?: string }).code === 'not_found';
 }
