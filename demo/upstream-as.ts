@@ -14,13 +14,15 @@
  * The MCP server verifies those JWTs itself (jose, remote JWKS, issuer, audience), answers 401
  * with `WWW-Authenticate: Bearer resource_metadata=…` and 403 `insufficient_scope` for the
  * `write_note` tool without `notes:write`, serves its RFC 9728 metadata naming the authorization
- * server, and records every `Authorization` header it saw.
+ * server, and records every `Authorization` header it saw. An `initialize` opens a session (SSE,
+ * GET streams); other requests without a session are answered statelessly.
  *
  * Run it alone with `node demo/upstream-as.ts [dcr|cimd|preconfigured]`.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import type { AuthInfo } from '@modelcontextprotocol/sdk/server/auth/types.js';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { createRemoteJWKSet, exportJWK, generateKeyPair, jwtVerify, type JWTPayload } from 'jose';
@@ -47,6 +49,8 @@ export interface UpstreamWithAsOptions {
   resolveClientIdUrl?: (url: string) => string;
   /** Consent: `prompt` shows Approve/Deny (default); `auto` approves. */
   consent?: 'prompt' | 'auto';
+  /** Let `initialize` and notifications through without a token (the MCP server still needs one for everything else). Default false. */
+  openHandshake?: boolean;
 }
 
 /** A revocation request the authorization server received (RFC 7009). The token itself is kept only as a digest. */
@@ -236,6 +240,20 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
   // The MCP server: trusts only this authorization server's JWTs, for its own URL.
   const jwks = createRemoteJWKSet(new URL(`${issuer}/jwks`));
   const challenge = (extra: string) => `Bearer resource_metadata="${resourceMetadataUrl}", scope="notes:read"${extra}`;
+  const sessions = new Map<string, StreamableHTTPServerTransport>();
+
+  function newServer(): McpServer {
+    const server = new McpServer({ name: 'upstream-with-own-as', version: '1.0.0' });
+    const subjectOf = (extra: { authInfo?: AuthInfo }) => String(extra.authInfo?.extra?.['sub']);
+    server.registerTool('whoami', { description: 'The upstream account the token belongs to' }, async (extra) => ({
+      content: [{ type: 'text', text: `upstream user ${subjectOf(extra)}` }],
+    }));
+    server.registerTool('write_note', { description: 'Needs notes:write', inputSchema: { text: z.string() } }, async ({ text }, extra) => ({
+      content: [{ type: 'text', text: `saved "${text}" for ${subjectOf(extra)}` }],
+    }));
+    return server;
+  }
+
   mcpServer.handle = async (req, res) => {
     const url = new URL(req.url ?? '/', mcpUrl);
     if (url.pathname === '/.well-known/oauth-protected-resource/mcp' || url.pathname === '/.well-known/oauth-protected-resource') {
@@ -243,36 +261,48 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
     }
     if (url.pathname !== '/mcp') return void res.writeHead(404).end();
     seenAuthorization.push(req.headers.authorization);
-    const match = /^Bearer ([A-Za-z0-9._~+/-]+=*)$/.exec(req.headers.authorization ?? '');
-    let claims: JWTPayload;
-    try {
-      if (!match) throw new Error('no token');
-      ({ payload: claims } = await jwtVerify(match[1]!, jwks, { issuer, audience: mcpUrl, typ: 'at+jwt' }));
-      if (deniedJtis.has(String(claims.jti))) throw new Error('denied');
-    } catch {
-      res.writeHead(401, { 'www-authenticate': challenge(match ? ', error="invalid_token"' : ''), 'content-type': 'application/json' });
-      return void res.end('{"error":"invalid_token"}');
-    }
     const body = req.method === 'POST' ? JSON.parse((await readAll(req)).toString('utf8') || 'null') : undefined;
-    const granted = String(claims['scope'] ?? '').split(' ');
-    if (body?.method === 'tools/call' && body.params?.name === 'write_note' && !granted.includes('notes:write')) {
-      res.writeHead(403, {
-        'www-authenticate': `Bearer error="insufficient_scope", scope="notes:read notes:write", resource_metadata="${resourceMetadataUrl}"`,
-        'content-type': 'application/json',
-      });
-      return void res.end('{"error":"insufficient_scope"}');
+    // `openHandshake`: initialize and notifications need no token (some servers work this way).
+    const handshake = options.openHandshake === true && req.method === 'POST' && (body?.method === 'initialize' || (body !== null && body?.id === undefined));
+    const match = /^Bearer ([A-Za-z0-9._~+/-]+=*)$/.exec(req.headers.authorization ?? '');
+    if (!handshake || match) {
+      let claims: JWTPayload;
+      try {
+        if (!match) throw new Error('no token');
+        ({ payload: claims } = await jwtVerify(match[1]!, jwks, { issuer, audience: mcpUrl, typ: 'at+jwt' }));
+        if (deniedJtis.has(String(claims.jti))) throw new Error('denied');
+      } catch {
+        res.writeHead(401, { 'www-authenticate': challenge(match ? ', error="invalid_token"' : ''), 'content-type': 'application/json' });
+        return void res.end('{"error":"invalid_token"}');
+      }
+      const granted = String(claims['scope'] ?? '').split(' ');
+      if (body?.method === 'tools/call' && body.params?.name === 'write_note' && !granted.includes('notes:write')) {
+        res.writeHead(403, {
+          'www-authenticate': `Bearer error="insufficient_scope", scope="notes:read notes:write", resource_metadata="${resourceMetadataUrl}"`,
+          'content-type': 'application/json',
+        });
+        return void res.end('{"error":"insufficient_scope"}');
+      }
+      acceptedSubjects.push(String(claims.sub));
+      acceptedJtis.add(String(claims.jti));
+      (req as IncomingMessage & { auth?: AuthInfo }).auth = { token: match[1]!, clientId: String(claims['client_id']), scopes: granted, extra: { sub: claims.sub } };
     }
-    acceptedSubjects.push(String(claims.sub));
-    acceptedJtis.add(String(claims.jti));
-    const server = new McpServer({ name: 'upstream-with-own-as', version: '1.0.0' });
-    server.registerTool('whoami', { description: 'The upstream account the token belongs to' }, async () => ({
-      content: [{ type: 'text', text: `upstream user ${String(claims.sub)}` }],
-    }));
-    server.registerTool('write_note', { description: 'Needs notes:write', inputSchema: { text: z.string() } }, async ({ text }) => ({
-      content: [{ type: 'text', text: `saved "${text}" for ${String(claims.sub)}` }],
-    }));
-    const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined, enableJsonResponse: true });
-    res.once('close', () => void transport.close().then(() => server.close()));
+
+    const sessionId = req.headers['mcp-session-id'];
+    if (typeof sessionId === 'string') {
+      const transport = sessions.get(sessionId);
+      if (!transport) return json(res, 404, { jsonrpc: '2.0', id: null, error: { code: -32001, message: 'session not found' } });
+      return transport.handleRequest(req, res, body ?? undefined);
+    }
+    // An initialize opens a session (SSE streams, GET); anything else is answered statelessly.
+    const stateful = body?.method === 'initialize';
+    const transport = new StreamableHTTPServerTransport(
+      stateful
+        ? { sessionIdGenerator: () => randomUUID(), onsessioninitialized: (id) => void sessions.set(id, transport) }
+        : { sessionIdGenerator: undefined, enableJsonResponse: true },
+    );
+    const server = newServer();
+    if (!stateful) res.once('close', () => void transport.close().then(() => server.close()));
     await server.connect(transport);
     await transport.handleRequest(req, res, body ?? undefined);
   };
@@ -297,6 +327,7 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
     },
     digest,
     async close() {
+      await Promise.all([...sessions.values()].map((t) => t.close().catch(() => undefined)));
       await Promise.all([asServer.close(), mcpServer.close()]);
     },
   };
