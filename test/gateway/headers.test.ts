@@ -82,6 +82,12 @@ describe('headers through the gateway', () => {
     assert.match(String(received.headers.traceparent), TRACEPARENT);
     assert.equal(received.headers.accept, MCP_POST_HEADERS.accept);
     assert.equal(received.body.toString('utf8'), body, 'the body is forwarded byte for byte');
+
+    // An upgrade request is answered as a plain request: the upgrade is not passed on.
+    const upgrade = await call('plain', { method: 'POST', headers: { ...MCP_POST_HEADERS, connection: 'Upgrade', upgrade: 'websocket' }, body: rpc(8, 'ping') });
+    assert.equal(upgrade.response.status, 200);
+    assert.equal(upgrade.received.headers.upgrade, undefined);
+    assert.equal(upgrade.received.headers.connection, 'keep-alive');
   });
 
   it('keeps a valid incoming traceparent (with its tracestate) and replaces an invalid one', async () => {
