@@ -1,0 +1,174 @@
+/**
+ * End to end through `createApp`: our JWT from our real token endpoint, our signed login cookie,
+ * the gateway path, the auth_required renderer, the upstream OAuth routes, and the SDK client as
+ * the agent, in front of a real MCP server whose own authorization server is a real
+ * oidc-provider. The only shortcut is the IdP leg of our login (issue 4 tests it): the session and
+ * our code are seeded the way `/oauth/callback` leaves them, and the login cookie is the one it sets.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { ElicitationCompleteNotificationSchema, ErrorCode, McpError } from '@modelcontextprotocol/sdk/types.js';
+import { decodeJwt } from 'jose';
+import { createApp, type App } from '../../src/app.ts';
+import { createCookieCodec, deriveCookieKey, loginCookie } from '../../src/authserver/cookies.ts';
+import { generateSigningKeyPem, generateStoreKey } from '../../src/authserver/keys.ts';
+import { createAuthStores } from '../../src/authserver/stores.ts';
+import { parseConfig } from '../../src/config/load.ts';
+import { createMemoryStore } from '../../src/store/memory.ts';
+import { createSealer } from '../../src/store/sealed.ts';
+import { login, refusingIdp, registerClient, type AuthGateway } from '../authserver/fixture.ts';
+import { freePort } from '../support/gateway.ts';
+import { waitFor } from '../support/mcp-upstream.ts';
+import { captureLogs, type LogCapture } from '../support/logs.ts';
+import { startUpstreamWithAs, type UpstreamWithAs } from '../support/upstream-as.ts';
+import { send } from '../gateway/http-client.ts';
+import { createBrowser, formAction, type Browser } from './browser.ts';
+
+let upstream: UpstreamWithAs;
+let app: App;
+let gw: AuthGateway;
+let base: string;
+let logs: LogCapture;
+let storeKey: string;
+
+before(async () => {
+  upstream = await startUpstreamWithAs({ registration: 'dcr', openHandshake: true });
+  const port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  storeKey = generateStoreKey();
+  const pem = generateSigningKeyPem();
+  const config = parseConfig(
+    JSON.stringify({
+      server: { listen: `127.0.0.1:${port}`, publicUrl: base, devMode: true, drainTimeout: '1s' },
+      idp: { issuer: 'http://127.0.0.1:9/unused', clientId: 'mcpgate' },
+      authServer: { signingKeys: ['file:/keys/signing.pem'] },
+      storage: { kind: 'memory', encryptionKeys: [{ id: 'k1', key: 'env:STORE_KEY' }] },
+      upstreams: [{ name: 'notes', url: upstream.mcpUrl, auth: { mode: 'oauth', scopes: ['notes:read'] } }],
+    }),
+    'test-config',
+    { env: { STORE_KEY: storeKey }, readFile: () => pem },
+  );
+  const now = () => Date.now();
+  const store = createMemoryStore({ now });
+  logs = captureLogs();
+  app = createApp(config, { logDestination: logs.destination, store, idpClient: refusingIdp, now });
+  await app.listen({ host: '127.0.0.1', port });
+  const stores = createAuthStores({ store, sealer: createSealer({ keys: [{ id: 'k1', key: Buffer.from(storeKey, 'base64') }] }), now });
+  gw = { app, url: new URL(base), issuer: base, resource: (name) => `${base}/${name}/mcp`, store, stores, now, advance: () => {}, logs, close: () => app.close() };
+});
+
+after(async () => {
+  await app?.close();
+  await upstream?.close();
+});
+
+/** A user logged in through our token endpoint, and a browser carrying the login cookie our callback sets. */
+async function signIn(subject: string): Promise<{ accessToken: string; sessionId: string; browser: Browser }> {
+  const client = await registerClient(gw);
+  const tokens = await login(gw, client, { resource: gw.resource('notes'), subject });
+  const codec = createCookieCodec({ key: deriveCookieKey({ encryptionKey: storeKey }).key, secure: false });
+  const cookie = loginCookie(codec).issue({ sub: subject, sid: tokens.sessionId });
+  const [name, value] = cookie.split(';')[0]!.split(/=(.*)/s) as [string, string];
+  const browser = createBrowser();
+  browser.setCookie(base, name, value);
+  return { accessToken: tokens.accessToken, sessionId: tokens.sessionId, browser };
+}
+
+/** The user's trip through the upstream's own authorization server: login there, approve. */
+async function authorizeAtUpstream(browser: Browser, url: string, upstreamUser: string) {
+  let page = await browser.open(url);
+  for (let step = 0; step < 4 && page.url.startsWith(upstream.issuer) && page.status === 200; step++) {
+    page = /\/login"/.test(page.body)
+      ? await browser.submit(formAction(page, /\/login$/), { login: upstreamUser })
+      : await browser.submit(formAction(page, /\/approve$/), {});
+  }
+  return page;
+}
+
+function agent(accessToken: string, capabilities: Record<string, unknown>) {
+  const client = new Client({ name: 'e2e-agent', version: '1.0.0' }, { capabilities });
+  const transport = new StreamableHTTPClientTransport(new URL(`${base}/notes/mcp`), { requestInit: { headers: { authorization: `Bearer ${accessToken}` } } });
+  return { client, transport };
+}
+
+describe('mode oauth end to end (createApp, SDK client)', () => {
+  test('URL elicitation: -32042 with our link, the held stream hears elicitation/complete, the retry succeeds', async () => {
+    const alice = await signIn('alice');
+    const { client, transport } = agent(alice.accessToken, { elicitation: { url: {} } });
+    const completed: string[] = [];
+    client.setNotificationHandler(ElicitationCompleteNotificationSchema, (n) => void completed.push(n.params.elicitationId));
+    await client.connect(transport);
+    try {
+      const error = await client.callTool({ name: 'whoami', arguments: {} }).then(
+        () => assert.fail('expected URL elicitation'),
+        (e: unknown) => e,
+      );
+      assert.ok(error instanceof McpError);
+      assert.equal(error.code, ErrorCode.UrlElicitationRequired);
+      const [elicitation] = (error.data as { elicitations: Array<{ mode: string; url: string; elicitationId: string }> }).elicitations;
+      assert.equal(elicitation!.mode, 'url');
+      assert.ok(elicitation!.url.startsWith(`${base}/oauth/upstream/start?flow=`));
+
+      const page = await authorizeAtUpstream(alice.browser, elicitation!.url, 'alice-up');
+      assert.equal(page.status, 200, page.body);
+      assert.match(page.body, /Connected to notes/);
+      await waitFor(() => completed.includes(elicitation!.elicitationId), 'notifications/elicitation/complete');
+
+      const result = await client.callTool({ name: 'whoami', arguments: {} });
+      assert.deepEqual(result.content, [{ type: 'text', text: 'upstream user alice-up' }]);
+    } finally {
+      await client.close();
+    }
+  });
+
+  test('a client without URL elicitation gets the tool result; connect and disconnect through our token', async () => {
+    const bob = await signIn('bob');
+    const { client, transport } = agent(bob.accessToken, {});
+    await client.connect(transport);
+    try {
+      const first = await client.callTool({ name: 'whoami', arguments: {} });
+      assert.equal(first.isError, true);
+      const required = first.structuredContent as { status: string; auth_url: string; server_name: string };
+      assert.equal(required.status, 'auth_required');
+      assert.equal(required.server_name, 'notes');
+
+      // Alice's browser cannot complete Bob's link.
+      const alice = await signIn('alice');
+      const refused = await alice.browser.open(required.auth_url);
+      assert.equal(refused.status, 403);
+
+      assert.equal((await authorizeAtUpstream(bob.browser, required.auth_url, 'bob-up')).status, 200);
+      const second = await client.callTool({ name: 'whoami', arguments: {} });
+      assert.deepEqual(second.content, [{ type: 'text', text: 'upstream user bob-up' }]);
+
+      const auth = { authorization: `Bearer ${bob.accessToken}` };
+      const listed = await send(new URL(`${base}/connections`), { headers: auth });
+      assert.equal(listed.status, 200, listed.body);
+      assert.equal(JSON.parse(listed.body).connections[0].connected, true);
+      assert.equal((await send(new URL(`${base}/connections`), {})).status, 401);
+      const removed = await send(new URL(`${base}/connections/notes`), { method: 'DELETE', headers: auth });
+      assert.deepEqual(JSON.parse(removed.body), { upstream: 'notes', disconnected: true, revoked: true });
+      assert.ok(upstream.revocations.some((r) => r.tokenTypeHint === 'refresh_token'));
+
+      const third = await client.callTool({ name: 'whoami', arguments: {} });
+      assert.equal((third.structuredContent as { status: string }).status, 'auth_required');
+    } finally {
+      await client.close();
+    }
+  });
+
+  test('the upstream saw only tokens of its own authorization server; our JWTs stayed with us; no secret in the logs', async () => {
+    const seen = upstream.seenAuthorization.filter((h): h is string => h !== undefined);
+    assert.ok(seen.length >= 2);
+    for (const header of seen) {
+      const claims = decodeJwt(header.replace(/^Bearer /, ''));
+      assert.equal(claims.iss, upstream.issuer, 'never our token, never the company IdP token');
+      assert.equal(claims.aud, upstream.mcpUrl);
+    }
+    const text = logs.text();
+    for (const header of seen) assert.ok(!text.includes(header.slice(7)), 'an upstream token was logged');
+    assert.ok(!/code=|state=|flow=/.test(text), 'a code, state or flow id was logged');
+  });
+});
