@@ -183,7 +183,6 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         upstreamTimeoutMs: config.server.upstreamTimeout,
         sseKeepAliveMs: config.server.sseKeepAlive,
         basePath,
-        onInitialize: ({ upstream, rpc, mcpSessionId }) => clientCapabilities.recordInitialize({ upstream: upstream.name, mcpSessionId, capabilities: rpc.capabilities }),
         authRequired,
         clientCapabilities,
         streams,

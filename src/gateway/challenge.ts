@@ -73,8 +73,8 @@ export interface ChannelInput {
  * - a GET within a session → `held_stream` (unless the setting is `reauthorize`); a GET without one,
  *   a DELETE, a notification, a response or a batch → `reauthorize` (nothing else can carry it);
  * - `elicitation` / `reauthorize` → themselves; `tool_result` → itself for `tools/call`, else `jsonrpc_error`;
- * - `auto` → `elicitation` when the session's client declared `elicitation.url`, else `tool_result`
- *   for `tools/call`, else `reauthorize` when there is no session yet (initialize), else `jsonrpc_error`.
+ * - `auto` → `reauthorize` for `initialize` (no session yet), else `elicitation` when the session's
+ *   client declared `elicitation.url`, else `tool_result` for `tools/call`, else `jsonrpc_error`.
  */
 export function chooseChannel(input: ChannelInput): ChallengeChannel {
   const { setting, method, rpc, mcpSessionId, session } = input;
@@ -88,9 +88,10 @@ export function chooseChannel(input: ChannelInput): ChallengeChannel {
     case 'tool_result':
       return isToolCall ? 'tool_result' : 'jsonrpc_error';
     case 'auto':
+      // No session yet: the HTTP step-up is the one channel every OAuth client acts on.
+      if (rpc.method === 'initialize') return 'reauthorize';
       if (session?.elicitationUrl) return 'elicitation';
       if (isToolCall) return 'tool_result';
-      if (!mcpSessionId) return 'reauthorize';
       return 'jsonrpc_error';
   }
 }
@@ -203,7 +204,7 @@ export function createAuthRequiredRenderer(options: AuthRequiredRendererOptions)
 
   return {
     render({ ctx, upstream, rpc, mcpSessionId, principal, authRequired }) {
-      const session = mcpSessionId ? options.capabilities.get(upstream.name, mcpSessionId) : undefined;
+      const session = options.capabilities.get({ upstream: upstream.name, mcpSessionId, sessionId: principal?.sessionId });
       const channel = chooseChannel({ setting: options.settingFor(upstream.name), method: ctx.req.method ?? 'GET', rpc, mcpSessionId, session });
       ctx.log.authRequired = channel;
       if (channel === 'held_stream') {

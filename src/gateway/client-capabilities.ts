@@ -1,6 +1,8 @@
 /**
  * What each agent session can understand, remembered per `Mcp-Session-Id` so the gateway can pick
- * the best auth_required channel later in the session (DESIGN §6.4, §6a).
+ * the best auth_required channel later in the session (DESIGN §6.4, §6a). A stateless upstream
+ * issues no `Mcp-Session-Id`; the agent is then known by our session (`sid`, one token family:
+ * one authorization of one client), which every request's verified token carries.
  *
  * Learned from two places: the `initialize` request (`params.capabilities.elicitation.url`,
  * MCP 2025-11-25 client/elicitation "Capabilities") and the `MCP-Protocol-Version` header every
@@ -31,14 +33,25 @@ export interface ClientCapabilitiesOptions {
   now?: () => number;
 }
 
-/** The per-session capability memory. Keys are (upstream, Mcp-Session-Id): sessions are issued by each upstream. */
+/**
+ * Which agent session a fact is about: the upstream's `Mcp-Session-Id` (sessions are issued per
+ * upstream) and our `sid`; either may be absent. Lookups try the MCP session first.
+ */
+export interface AgentSessionKey {
+  upstream: string;
+  mcpSessionId?: string;
+  /** Our session (`sid`) from the verified token; undefined without login. */
+  sessionId?: string;
+}
+
+/** The per-session capability memory. */
 export interface ClientCapabilities {
-  /** Records what an `initialize` request declared, for the session id the upstream assigned. */
-  recordInitialize(info: { upstream: string; mcpSessionId: string; capabilities: Record<string, unknown> | undefined }): void;
+  /** Records what an `initialize` request declared, under the MCP session the upstream assigned and under our `sid`. */
+  recordInitialize(info: AgentSessionKey & { capabilities: Record<string, unknown> | undefined }): void;
   /** Notes the session's protocol version from a later request's `MCP-Protocol-Version` header. No-op for unknown sessions. */
-  noteProtocolVersion(info: { upstream: string; mcpSessionId: string; protocolVersion: string }): void;
+  noteProtocolVersion(info: AgentSessionKey & { protocolVersion: string }): void;
   /** What is known about a session, or undefined (never seen, expired, or evicted). */
-  get(upstream: string, mcpSessionId: string): ClientSessionInfo | undefined;
+  get(key: AgentSessionKey): ClientSessionInfo | undefined;
   /** Entries currently held (for tests and metrics). */
   readonly size: number;
 }
@@ -61,7 +74,11 @@ export function createClientCapabilities(options: ClientCapabilitiesOptions = {}
 
   // A Map iterates in insertion order: deleting and re-inserting on use makes its first key the LRU.
   const entries = new Map<string, Entry>();
-  const keyOf = (upstream: string, mcpSessionId: string) => `${upstream}\n${mcpSessionId}`;
+  /** The map keys a session is known by, most specific first. */
+  const keysOf = (key: AgentSessionKey): string[] => [
+    ...(key.mcpSessionId ? [`${key.upstream}\nm\n${key.mcpSessionId}`] : []),
+    ...(key.sessionId ? [`${key.upstream}\ns\n${key.sessionId}`] : []),
+  ];
 
   function put(key: string, info: ClientSessionInfo): void {
     entries.delete(key);
@@ -80,21 +97,24 @@ export function createClientCapabilities(options: ClientCapabilitiesOptions = {}
   }
 
   return {
-    recordInitialize({ upstream, mcpSessionId, capabilities }) {
-      put(keyOf(upstream, mcpSessionId), { elicitationUrl: declaresUrlElicitation(capabilities) });
+    recordInitialize(info) {
+      for (const key of keysOf(info)) put(key, { elicitationUrl: declaresUrlElicitation(info.capabilities) });
     },
-    noteProtocolVersion({ upstream, mcpSessionId, protocolVersion }) {
-      const key = keyOf(upstream, mcpSessionId);
-      const entry = live(key);
-      if (!entry || !VERSION.test(protocolVersion)) return;
-      put(key, { ...entry.info, protocolVersion });
+    noteProtocolVersion(info) {
+      if (!VERSION.test(info.protocolVersion)) return;
+      for (const key of keysOf(info)) {
+        const entry = live(key);
+        if (entry) put(key, { ...entry.info, protocolVersion: info.protocolVersion });
+      }
     },
-    get(upstream, mcpSessionId) {
-      const key = keyOf(upstream, mcpSessionId);
-      const entry = live(key);
-      if (!entry) return undefined;
-      put(key, entry.info);
-      return { ...entry.info };
+    get(sessionKey) {
+      for (const key of keysOf(sessionKey)) {
+        const entry = live(key);
+        if (!entry) continue;
+        put(key, entry.info);
+        return { ...entry.info };
+      }
+      return undefined;
     },
     get size() {
       return entries.size;

@@ -30,11 +30,11 @@ export interface McpRouteOptions {
   sseKeepAliveMs?: number;
   /** Base path of the public URL ('' or '/prefix'). */
   basePath: string;
-  /** Sees each initialize exchange (client capabilities per Mcp-Session-Id, for auth_required channels). */
+  /** Sees each initialize exchange that opened an MCP session. */
   onInitialize?(info: { upstream: Upstream; rpc: RpcInfo; mcpSessionId: string }): void;
   /** Answers an `AuthRequiredError` from a credential source by channel (DESIGN §6.4); without it, that error is a 500. */
   authRequired?: AuthRequiredRenderer;
-  /** Per-session client facts; the route notes each session's `MCP-Protocol-Version` in it. */
+  /** Per-session client facts for the auth_required channels: the route records each initialize and notes `MCP-Protocol-Version`. */
   clientCapabilities?: ClientCapabilities;
   /** Open GET streams per session, for `notifications/elicitation/complete`. */
   streams?: StreamRegistry;
@@ -97,7 +97,7 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
     if (mcpSessionId) ctx.log.session = sessionTag(mcpSessionId);
     if (principal) ctx.log.sid = sessionTag(principal.sessionId);
     const protocolVersion = headerValue(ctx.req.headers, 'mcp-protocol-version');
-    if (mcpSessionId && protocolVersion) options.clientCapabilities?.noteProtocolVersion({ upstream: upstream.name, mcpSessionId, protocolVersion });
+    if (protocolVersion) options.clientCapabilities?.noteProtocolVersion({ upstream: upstream.name, mcpSessionId, sessionId: principal?.sessionId, protocolVersion });
     const credentialRequest: CredentialRequest = { principal, rpc, mcpSessionId, signal: ctx.signal };
     const path = upstream.url.pathname + upstream.url.search + (upstream.url.search ? ctx.url.search.replace(/^\?/, '&') : ctx.url.search);
 
@@ -138,7 +138,7 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
                   upstream: upstream.name,
                   mcpSessionId: mcpSessionId!,
                   sessionId: principal?.sessionId,
-                  protocolVersion: protocolVersion ?? options.clientCapabilities?.get(upstream.name, mcpSessionId!)?.protocolVersion,
+                  protocolVersion: protocolVersion ?? options.clientCapabilities?.get({ upstream: upstream.name, mcpSessionId })?.protocolVersion,
                   sink: { deliver: (event) => injector.inject(event) },
                 });
               }
@@ -155,9 +155,11 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
           options.metrics.upstreamErrors.inc({ upstream: upstream.name, kind: 'cut' });
           ctx.log.cut = true;
         }
-        if (rpc?.method === 'initialize' && options.onInitialize) {
+        if (rpc?.method === 'initialize' && outcome.status < 300) {
           const sessionId = headerValue(ctx.res.getHeaders() as IncomingHttpHeaders, 'mcp-session-id');
-          if (sessionId) options.onInitialize({ upstream, rpc, mcpSessionId: sessionId });
+          // Also under our sid: a stateless upstream issues no Mcp-Session-Id.
+          options.clientCapabilities?.recordInitialize({ upstream: upstream.name, mcpSessionId: sessionId, sessionId: principal?.sessionId, capabilities: rpc.capabilities });
+          if (sessionId) options.onInitialize?.({ upstream, rpc, mcpSessionId: sessionId });
         }
         return;
       }

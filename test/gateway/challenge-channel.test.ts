@@ -17,6 +17,9 @@ describe('chooseChannel', () => {
     ['auto, plain client, prompts/list', 'auto', 'POST', rpc('prompts/list'), 's', plainSession, 'jsonrpc_error'],
     ['auto, initialize (no session)', 'auto', 'POST', rpc('initialize'), undefined, undefined, 'reauthorize'],
     ['auto, unknown session (other replica), tools/list', 'auto', 'POST', rpc('tools/list'), 's', undefined, 'jsonrpc_error'],
+    ['auto, stateless upstream (no Mcp-Session-Id), resources/list', 'auto', 'POST', rpc('resources/list'), undefined, plainSession, 'jsonrpc_error'],
+    ['auto, stateless upstream, elicitation client known by sid', 'auto', 'POST', rpc('tools/call'), undefined, elicitSession, 'elicitation'],
+    ['auto, re-initialize of a known elicitation client', 'auto', 'POST', rpc('initialize'), undefined, elicitSession, 'reauthorize'],
     ['auto, notification', 'auto', 'POST', rpc('notifications/initialized', null), 's', plainSession, 'reauthorize'],
     ['auto, GET in a session', 'auto', 'GET', undefined, 's', plainSession, 'held_stream'],
     ['auto, GET without session', 'auto', 'GET', undefined, undefined, undefined, 'reauthorize'],
@@ -82,23 +85,34 @@ describe('client capabilities memory', () => {
   test('per (upstream, session), expiring after the TTL since last use, least recently used evicted first', () => {
     let now = 1_000;
     const memory = createClientCapabilities({ maxEntries: 2, ttlMs: 100, now: () => now });
-    memory.recordInitialize({ upstream: 'a', mcpSessionId: 's1', capabilities: { elicitation: { url: {} } } });
-    memory.noteProtocolVersion({ upstream: 'a', mcpSessionId: 's1', protocolVersion: '2025-11-25' });
+    const s1 = { upstream: 'a', mcpSessionId: 's1' };
+    memory.recordInitialize({ ...s1, capabilities: { elicitation: { url: {} } } });
+    memory.noteProtocolVersion({ ...s1, protocolVersion: '2025-11-25' });
     memory.noteProtocolVersion({ upstream: 'a', mcpSessionId: 'nobody', protocolVersion: '2025-11-25' });
-    assert.deepEqual(memory.get('a', 's1'), { elicitationUrl: true, protocolVersion: '2025-11-25' });
-    assert.equal(memory.get('b', 's1'), undefined, 'another upstream does not share the session');
+    assert.deepEqual(memory.get(s1), { elicitationUrl: true, protocolVersion: '2025-11-25' });
+    assert.equal(memory.get({ upstream: 'b', mcpSessionId: 's1' }), undefined, 'another upstream does not share the session');
     assert.equal(memory.size, 1, 'unknown sessions are not created by a header');
 
     memory.recordInitialize({ upstream: 'a', mcpSessionId: 's2', capabilities: {} });
-    memory.get('a', 's1'); // s1 is now the most recently used
+    memory.get(s1); // s1 is now the most recently used
     memory.recordInitialize({ upstream: 'a', mcpSessionId: 's3', capabilities: {} });
-    assert.equal(memory.get('a', 's2'), undefined, 's2 was evicted');
-    assert.ok(memory.get('a', 's1'));
+    assert.equal(memory.get({ upstream: 'a', mcpSessionId: 's2' }), undefined, 's2 was evicted');
+    assert.ok(memory.get(s1));
 
     now += 99;
-    assert.ok(memory.get('a', 's1'), 'use slides the TTL');
+    assert.ok(memory.get(s1), 'use slides the TTL');
     now += 100;
-    assert.equal(memory.get('a', 's1'), undefined);
+    assert.equal(memory.get(s1), undefined);
+  });
+
+  test('a stateless upstream: the agent is known by our sid; the MCP session wins when both are known', () => {
+    const memory = createClientCapabilities();
+    memory.recordInitialize({ upstream: 'a', sessionId: 'sid-1', capabilities: { elicitation: { url: {} } } });
+    memory.noteProtocolVersion({ upstream: 'a', sessionId: 'sid-1', protocolVersion: '2025-11-25' });
+    assert.deepEqual(memory.get({ upstream: 'a', sessionId: 'sid-1' }), { elicitationUrl: true, protocolVersion: '2025-11-25' });
+    assert.equal(memory.get({ upstream: 'a' }), undefined);
+    memory.recordInitialize({ upstream: 'a', mcpSessionId: 'm-1', capabilities: {} });
+    assert.equal(memory.get({ upstream: 'a', mcpSessionId: 'm-1', sessionId: 'sid-1' })?.elicitationUrl, false);
   });
 
   test('options are validated at construction', () => {

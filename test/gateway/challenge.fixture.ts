@@ -161,7 +161,6 @@ export async function startGateway(upstreams: { name: string; url: URL; credenti
     maxBodyBytes: 1 << 20,
     upstreamTimeoutMs: 10_000,
     basePath: '',
-    onInitialize: ({ upstream, rpc, mcpSessionId }) => capabilities.recordInitialize({ upstream: upstream.name, mcpSessionId, capabilities: rpc.capabilities }),
     authRequired: createAuthRequiredRenderer({ capabilities, streams, settingFor: (name) => settings.get(name) ?? 'auto' }),
     clientCapabilities: capabilities,
     streams,
