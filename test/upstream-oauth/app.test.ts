@@ -11,6 +11,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { ElicitationCompleteNotificationSchema, ErrorCode, McpError } from '@modelcontextprotocol/sdk/types.js';
 import { decodeJwt } from 'jose';
+import { chromium } from 'playwright-core';
 import { createApp, type App } from '../../src/app.ts';
 import { createCookieCodec, deriveCookieKey, loginCookie } from '../../src/authserver/cookies.ts';
 import { generateSigningKeyPem, generateStoreKey } from '../../src/authserver/keys.ts';
@@ -34,7 +35,7 @@ let logs: LogCapture;
 let storeKey: string;
 
 before(async () => {
-  upstream = await startUpstreamWithAs({ registration: 'dcr', openHandshake: true });
+  upstream = await startUpstreamWithAs({ registration: 'dcr', openHandshake: true, users: ['alice-up', 'bob-up', 'carol-up'] });
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
   storeKey = generateStoreKey();
@@ -68,12 +69,17 @@ after(async () => {
 async function signIn(subject: string): Promise<{ accessToken: string; sessionId: string; browser: Browser }> {
   const client = await registerClient(gw);
   const tokens = await login(gw, client, { resource: gw.resource('notes'), subject });
-  const codec = createCookieCodec({ key: deriveCookieKey({ encryptionKey: storeKey }).key, secure: false });
-  const cookie = loginCookie(codec).issue({ sub: subject, sid: tokens.sessionId });
-  const [name, value] = cookie.split(';')[0]!.split(/=(.*)/s) as [string, string];
+  const { name, value } = loginCookieFor(subject, tokens.sessionId);
   const browser = createBrowser();
   browser.setCookie(base, name, value);
   return { accessToken: tokens.accessToken, sessionId: tokens.sessionId, browser };
+}
+
+/** The login cookie our callback would set, as a Playwright cookie for the gateway's origin. */
+function loginCookieFor(subject: string, sessionId: string) {
+  const codec = createCookieCodec({ key: deriveCookieKey({ encryptionKey: storeKey }).key, secure: false });
+  const [name, value] = loginCookie(codec).issue({ sub: subject, sid: sessionId }).split(';')[0]!.split(/=(.*)/s) as [string, string];
+  return { name, value, url: base, httpOnly: true, sameSite: 'Lax' as const };
 }
 
 /** The user's trip through the upstream's own authorization server: login there, approve. */
@@ -155,6 +161,40 @@ describe('mode oauth end to end (createApp, SDK client)', () => {
       const third = await client.callTool({ name: 'whoami', arguments: {} });
       assert.equal((third.structuredContent as { status: string }).status, 'auth_required');
     } finally {
+      await client.close();
+    }
+  });
+
+  test('in Chromium: the link from the tool result, the upstream login and consent, our "Connected" page; another user is refused', async () => {
+    const carol = await signIn('carol');
+    const { client, transport } = agent(carol.accessToken, {});
+    await client.connect(transport);
+    const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-background-networking', '--disable-gpu', '--disable-dev-shm-usage'] });
+    try {
+      const required = (await client.callTool({ name: 'whoami', arguments: {} })).structuredContent as { auth_url: string };
+
+      const stranger = await browser.newContext();
+      await stranger.addCookies([loginCookieFor('dave', 'sid-dave')]);
+      const strangerPage = await stranger.newPage();
+      const refused = await strangerPage.goto(required.auth_url);
+      assert.equal(refused?.status(), 403);
+      assert.equal(await strangerPage.locator('h1').textContent(), 'This link is for another user');
+
+      const context = await browser.newContext();
+      await context.addCookies([loginCookieFor('carol', carol.sessionId)]);
+      const page = await context.newPage();
+      await page.goto(required.auth_url);
+      await page.fill('input[name=login]', 'carol-up');
+      await page.click('button[type=submit]');
+      await page.click('button[value=approve]');
+      await page.waitForURL(`${base}/oauth/upstream/callback?**`);
+      assert.equal(await page.locator('h1').textContent(), 'Connected to notes');
+      assert.match((await page.locator('main').textContent()) ?? '', /Return to your agent and retry/);
+
+      const result = await client.callTool({ name: 'whoami', arguments: {} });
+      assert.deepEqual(result.content, [{ type: 'text', text: 'upstream user carol-up' }]);
+    } finally {
+      await browser.close();
       await client.close();
     }
   });
