@@ -28,6 +28,7 @@ import { createJwtAuthenticator } from './gateway/verify-token.ts';
 import { createOpsRoutes } from './http/ops-routes.ts';
 import type { RequestContext, Route } from './http/router.ts';
 import { InvalidToken } from './http/errors.ts';
+import { createRateLimiter } from './http/rate-limit.ts';
 import { createFrontDoor, type FrontDoor } from './http/server.ts';
 import { createOidcIdpClient } from './idp/oidc.ts';
 import { createGuardedFetch } from './net/guarded-fetch.ts';
@@ -170,6 +171,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
             authenticate: (ctx, name) => authenticateForConnections(login.authenticator, ctx, name),
             basePath,
             onConnected: (done) => void streams.notifyElicitationComplete(done),
+            // Each browser leg may cost discovery, a registration or a token request at someone else's server.
+            limiter: createRateLimiter({ store, name: 'upstream-oauth', limit: 60, windowMs: 60_000, now }),
           })
         : []),
       ...createMcpRoutes({

@@ -24,6 +24,7 @@ import type { ClientRegistration } from './client-registration.ts';
 import { sendPage, sendRedirect } from './pages.ts';
 import type { UpstreamFlow } from './records.ts';
 import type { UpstreamStores } from './stores.ts';
+import type { RateLimiter } from '../http/rate-limit.ts';
 
 /** Who is at the browser, according to our login cookie (DESIGN §4). */
 export interface BrowserSession {
@@ -61,7 +62,12 @@ export interface UpstreamOAuthRoutesOptions {
   /** Base path of the public URL ('' or '/prefix'). */
   basePath: string;
   onConnected?(event: ConnectedEvent): void;
+  /** Per-IP limit on the browser legs (`start`, `callback`, `connect`: each may cost discovery, a registration or a token request). */
+  limiter?: RateLimiter;
 }
+
+/** What `createFlow` mints: 24 random bytes, base64url. Anything else is not worth a store lookup. */
+const FLOW_ID = /^[A-Za-z0-9_-]{32}$/;
 
 const START_AGAIN = 'Return to your agent and retry: it will give you a new link.';
 
@@ -105,8 +111,9 @@ export function createUpstreamOAuthRoutes(options: UpstreamOAuthRoutesOptions): 
   }
 
   async function start(ctx: RequestContext): Promise<void> {
+    await options.limiter?.enforce(ctx.clientIp, ctx.signal);
     const flowId = ctx.url.searchParams.get('flow');
-    const flow = flowId ? await stores.flows.get(flowId) : undefined;
+    const flow = flowId && FLOW_ID.test(flowId) ? await stores.flows.get(flowId) : undefined;
     if (!flow) return expired(ctx);
     const who = browser.current(ctx.req);
     if (!who) return signInFirst(ctx);
@@ -116,6 +123,7 @@ export function createUpstreamOAuthRoutes(options: UpstreamOAuthRoutesOptions): 
   }
 
   async function callback(ctx: RequestContext): Promise<void> {
+    await options.limiter?.enforce(ctx.clientIp, ctx.signal);
     const params = ctx.url.searchParams;
     const state = params.get('state');
     if (!state) {
@@ -170,6 +178,7 @@ export function createUpstreamOAuthRoutes(options: UpstreamOAuthRoutesOptions): 
     const upstream = byName.get(ctx.params.name!);
     if (!upstream) return sendPage(ctx.res, 404, { title: 'Unknown server', message: 'No server with that name is connected through its own authorization.' });
     ctx.log.upstream = upstream.name;
+    await options.limiter?.enforce(ctx.clientIp, ctx.signal);
     const who = browser.current(ctx.req);
     if (!who) return signInFirst(ctx);
     let authUrl: string;

@@ -241,6 +241,19 @@ describe('connecting a user to an upstream with its own authorization server', (
     assert.equal(doc.client_name, 'mcpgate');
   });
 
+  test('the browser legs are rate limited per client address, and a malformed flow id costs no lookup', async () => {
+    const limited = await startHarness({ registration: 'dcr', rateLimit: 3 });
+    try {
+      const browser = limited.browser(sessionOf('alice'));
+      for (let i = 0; i < 3; i++) assert.equal((await browser.open(`${limited.publicUrl}/oauth/upstream/start?flow=${'x'.repeat(i)}`)).status, 400);
+      const refused = await browser.open(`${limited.publicUrl}/oauth/upstream/callback?state=abc`);
+      assert.equal(refused.status, 429);
+      assert.ok(Number(refused.headers['retry-after']) >= 1);
+    } finally {
+      await limited.close();
+    }
+  });
+
   test('the upstream only ever saw tokens of its own authorization server, for itself', () => {
     assert.ok(h.upstream.seenAuthorization.length >= 3, String(h.upstream.seenAuthorization.length));
     for (const header of h.upstream.seenAuthorization) {

@@ -20,6 +20,7 @@ import { createMcpRoutes } from '../../src/gateway/mcp-route.ts';
 import { createStreamRegistry } from '../../src/gateway/stream-registry.ts';
 import type { Upstream } from '../../src/gateway/upstream.ts';
 import { InvalidToken } from '../../src/http/errors.ts';
+import { createRateLimiter } from '../../src/http/rate-limit.ts';
 import { createFrontDoor } from '../../src/http/server.ts';
 import { createGuardedFetch, type GuardedFetch } from '../../src/net/guarded-fetch.ts';
 import { createLogger } from '../../src/observability/logger.ts';
@@ -61,6 +62,8 @@ export interface HarnessOptions {
   challenge?: ChallengeSetting;
   /** Upstream access token lifetime, seconds. Default 300. */
   accessTokenTtlSeconds?: number;
+  /** Requests per minute and client address on the browser legs. Default unlimited. */
+  rateLimit?: number;
   /** Extra upstreams served by the same gateway (hostile or broken ones), all in mode `oauth`. */
   extraUpstreams?: Array<{ name: string; url: string; scopes?: string[] }>;
 }
@@ -158,6 +161,7 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
       },
       authenticate: async (ctx) => (await authenticator.authenticate(ctx, gatewayUpstreams[0]!))!,
       basePath: '',
+      limiter: options.rateLimit ? createRateLimiter({ store, name: 'upstream-oauth', limit: options.rateLimit, windowMs: 60_000, now }) : undefined,
       onConnected: (event) => {
         connected.push(event);
         streams.notifyElicitationComplete(event);
