@@ -145,7 +145,9 @@ export function createAuthorizeEndpoint(flow: LoginFlow): Handler {
       throw new AuthorizationError('invalid_scope', 'scope must be space-separated scope tokens');
     }
     const registered = client.scope?.split(' ');
-    const allowed = (s: string) => flow.scopesSupported.includes(s) && (!registered || registered.includes(s));
+    // A connect scope grants only the user's own upstream connection, made by the user in the browser
+    // (the re-challenge chain): any client may ask for it, whatever scope it registered.
+    const allowed = (s: string) => flow.connect?.handles(s) || (flow.scopesSupported.includes(s) && (!registered || registered.includes(s)));
     const requested = scope ? [...new Set(scope.split(' '))] : flow.defaultScopes;
     const granted = requested.filter(allowed);
     if (granted.length === 0) throw new AuthorizationError('invalid_scope', `no requested scope is available; this server offers: ${flow.scopesSupported.join(' ')}`);

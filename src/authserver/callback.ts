@@ -13,7 +13,8 @@ import { InvalidRequest } from '../http/errors.ts';
 import type { Handler } from '../http/router.ts';
 import { describeCause } from '../http/server.ts';
 import { IdpError, type IdpLoginResult } from '../idp/types.ts';
-import { issueAuthorizationCode, sendAuthorizationError, sendRedirect, type AuthorizationErrorCode } from './authorization-response.ts';
+import { sendAuthorizationError, type AuthorizationErrorCode } from './authorization-response.ts';
+import { finishAuthorization } from './connect-chain.ts';
 import { hasConsent, sendConsentPage } from './consent.ts';
 import { loginCookie } from './cookies.ts';
 import { withHtmlErrors } from './html.ts';
@@ -75,7 +76,7 @@ export function createCallbackEndpoint(flow: LoginFlow): Handler {
 
     if (consented) {
       ctx.log.consent = 'remembered';
-      return sendRedirect(ctx.res, await issueAuthorizationCode(flow, pending, { subject, sessionId }), cookies);
+      return finishAuthorization(flow, ctx.res, pending, { subject, sessionId }, cookies);
     }
     const consentId = randomBytes(32).toString('base64url');
     await flow.stores.pending.put(consentId, { ...pending, subject, sessionId }, flow.pendingTtlMs);

@@ -14,7 +14,8 @@ import type { IncomingMessage } from 'node:http';
 import { readForm } from './form.ts';
 import { Forbidden, InvalidRequest } from '../http/errors.ts';
 import type { Handler, RequestContext } from '../http/router.ts';
-import { issueAuthorizationCode, sendAuthorizationError, sendRedirect } from './authorization-response.ts';
+import { sendAuthorizationError } from './authorization-response.ts';
+import { finishAuthorization } from './connect-chain.ts';
 import { escapeHtml, page, sendHtml, withHtmlErrors } from './html.ts';
 import type { LoginFlow } from './login-flow.ts';
 import type { ClientRecord, PendingAuthorization } from './records.ts';
@@ -138,8 +139,7 @@ export function createConsentEndpoint(flow: LoginFlow): Handler {
     const session = await flow.stores.sessions.extend(sessionId, flow.now() + flow.sessionTtlMs);
     if (!session) return sendAuthorizationError(ctx.res, to, 'access_denied', 'the sign-in ended before it was approved');
     ctx.log.consent = 'approved';
-    const location = await issueAuthorizationCode(flow, pending, { subject, sessionId });
-    sendRedirect(ctx.res, location, [rememberInBrowser(flow, ctx.req, subject, pending.clientId), flow.cookies.clear('mcpgate-csrf')]);
+    await finishAuthorization(flow, ctx.res, pending, { subject, sessionId }, [rememberInBrowser(flow, ctx.req, subject, pending.clientId), flow.cookies.clear('mcpgate-csrf')]);
   });
 }
 

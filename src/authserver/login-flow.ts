@@ -20,6 +20,7 @@ import type { IdpClient } from '../idp/types.ts';
 import { createAuthorizeEndpoint } from './authorize.ts';
 import { createCallbackEndpoint } from './callback.ts';
 import type { CimdResolver } from './cimd.ts';
+import { createResumeEndpoint, type ConnectChain } from './connect-chain.ts';
 import { createConsentEndpoint } from './consent.ts';
 import type { CookieCodec } from './cookies.ts';
 import type { AuthStores, ClientRecord } from './records.ts';
@@ -54,6 +55,8 @@ export interface LoginFlow {
   /** Per-IP limit on authorization requests and callbacks (each may cost a fetch or an IdP call). */
   limiter: RateLimiter;
   now: () => number;
+  /** Connects the upstreams a request's `mcpgate:connect:<name>` scopes name before the code is issued (the re-challenge chain). */
+  connect?: ConnectChain;
 }
 
 /** Finds a client by id. @throws InvalidClient when a metadata document cannot be used (the reason is safe to show). */
@@ -94,6 +97,7 @@ export function createLoginRoutes(options: LoginRoutesOptions): Route[] {
     { method: 'GET', path: `${base}/oauth/callback`, name: 'callback', handler: createCallbackEndpoint(flow) },
     { method: 'POST', path: `${base}/oauth/consent`, name: 'consent', handler: createConsentEndpoint(flow) },
   ];
+  if (flow.connect) routes.push({ method: 'GET', path: flow.connect.resumePath, name: 'authorize-resume', handler: createResumeEndpoint(flow) });
   if (options.registration.dynamic) {
     routes.push({
       method: 'POST',
