@@ -33,7 +33,10 @@ export function sendHtml(
     'content-security-policy': contentSecurityPolicy(options.formTargets),
     'x-frame-options': 'DENY',
     'x-content-type-options': 'nosniff',
-    'referrer-policy': 'no-referrer',
+    // Not no-referrer: under it browsers send `Origin: null` with form posts, and the consent
+    // form's Origin check needs the real one. Other sites still get no referrer (the callback's
+    // URL holds the IdP's code).
+    'referrer-policy': 'same-origin',
     'cache-control': 'no-store',
   };
   if (options.setCookie && options.setCookie.length > 0) headers['set-cookie'] = options.setCookie;
