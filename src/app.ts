@@ -9,6 +9,9 @@ import { createAuthStores } from './authserver/stores.ts';
 import { createTokenRoutes } from './authserver/token.ts';
 import { createTokenIssuer } from './authserver/tokens.ts';
 import { createCookieCodec, deriveCookieKey, loginCookie, type CookieCodec } from './authserver/cookies.ts';
+import { createCimdResolver } from './authserver/cimd.ts';
+import { createClientLookup, createLoginRoutes } from './authserver/login-flow.ts';
+import { CLIENT_IDLE_TTL_MS } from './authserver/register.ts';
 import type { Config, UpstreamConfig } from './config/schema.ts';
 import { createIdTokenCredential } from './credentials/id-token.ts';
 import { createIdpCredential } from './credentials/idp.ts';
@@ -297,6 +300,11 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       options.idpClient ?? createOidcIdpClient({ config: idpConfig, redirectUri: `${issuer}/oauth/callback`, devMode: config.server.devMode, now });
     const resources = config.upstreams.map((u) => ({ name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) }));
     const tokenIssuer = createTokenIssuer({ issuer, keys, accessTokenTtlMs: config.authServer.accessTokenTtl, now });
+    // Registered clients, and https client ids fetched as metadata documents when those are on.
+    const clients = createClientLookup({
+      stores: authStores,
+      cimd: config.authServer.clientMetadataDocuments ? createCimdResolver({ fetch: serverFetch, allowHttp: config.server.devMode, now }) : undefined,
+    });
     const routes: Route[] = [
       ...createMetadataRoutes({
         issuer,
@@ -306,11 +314,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         dynamicRegistration: config.authServer.registration.dynamic,
         clientMetadataDocuments: config.authServer.clientMetadataDocuments,
       }),
-      ...createTokenRoutes({ basePath, stores: authStores, issuer: tokenIssuer, refreshTokenTtlMs: config.authServer.refreshTokenTtl, logger, now }),
-      ...createRevocationRoutes({ basePath, stores: authStores, issuer, keys, resources: resources.map((r) => r.resource), logger, now }),
-      // TODO(login, part B): ...createLoginRoutes({ ... idpClient, authStores, tokenIssuer ... }) — /oauth/register,
-      // /oauth/authorize, the consent page and /oauth/callback; metadata-document clients should also be
-      // handed to createTokenRoutes/createRevocationRoutes as `resolveClient`.
+      ...createTokenRoutes({ basePath, stores: authStores, issuer: tokenIssuer, refreshTokenTtlMs: config.authServer.refreshTokenTtl, resolveClient: clients, logger, now }),
+      ...createRevocationRoutes({ basePath, stores: authStores, issuer, keys, resources: resources.map((r) => r.resource), resolveClient: clients, logger, now }),
     ];
     const authenticator = createJwtAuthenticator({
       issuer,
@@ -327,6 +332,32 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       secure: publicUrl.protocol === 'https:',
       now,
     });
+    // The browser leg (DESIGN §4): registration, authorize, the IdP callback and the consent page.
+    routes.push(
+      ...createLoginRoutes({
+        flow: {
+          issuer,
+          stores: authStores,
+          idp: idpClient,
+          clients,
+          resources: resources.map((r) => r.resource),
+          scopesSupported: [...new Set(resources.flatMap((r) => r.scopes))],
+          defaultScopes: RESOURCE_SCOPES,
+          cookies,
+          logger,
+          sessionTtlMs: config.authServer.refreshTokenTtl,
+          codeTtlMs: 120_000,
+          pendingTtlMs: 600_000,
+          consentTtlMs: 90 * 86_400_000,
+          clientIdleTtlMs: CLIENT_IDLE_TTL_MS,
+          // Each authorize may cost a metadata-document fetch, each callback a call to the IdP.
+          limiter: createRateLimiter({ store, name: 'login', limit: 120, windowMs: 60_000, now }),
+          now,
+        },
+        registration: config.authServer.registration,
+        registrationLimiter: createRateLimiter({ store, name: 'register', limit: 30, windowMs: 60_000, now }),
+      }),
+    );
     const loginCookies = loginCookie(cookies);
     const browser: BrowserSession = {
       current(req) {
