@@ -143,6 +143,8 @@ export function createUpstreamOAuthRoutes(options: UpstreamOAuthRoutesOptions): 
     } catch (err) {
       if (!(err instanceof FlowError)) throw err;
       ctx.log.flowError = err.failure;
+      // A chained authorization (our /oauth/authorize) goes on without this connection: it decides what the agent gets.
+      if (flow.returnTo) return sendRedirect(ctx.res, flow.returnTo);
       const page = FAILURE_PAGES[err.failure];
       return sendPage(ctx.res, page.status, { title: page.title, message: err.message, hint: page.hint });
     }

@@ -216,7 +216,7 @@ describe('connecting a user to an upstream with its own authorization server', (
     assert.equal((await h.request('/connections/unknown', { method: 'DELETE', user })).status, 404);
   });
 
-  test('a flow started with returnTo (our /oauth/authorize chaining) sends the browser back there; nothing else is accepted', async () => {
+  test('a flow started with returnTo (our /oauth/authorize chaining) sends the browser back there, connected or not; nothing but our paths is accepted', async () => {
     const alice = sessionOf('alice');
     const upstream = { name: 'notes', url: h.upstream.mcpUrl, scopes: [] };
     const required = await h.flows.startFlow({ principal: alice, upstream, returnTo: '/oauth/authorize/resume?request=abc' });
@@ -226,6 +226,17 @@ describe('connecting a user to an upstream with its own authorization server', (
     assert.equal(done.status, 303);
     assert.equal(done.headers.location, '/oauth/authorize/resume?request=abc');
     assert.ok(await h.flows.token(alice.sessionId, 'notes'));
+
+    // A denial goes back there too: the chained authorization decides what to do without the connection.
+    const bob = sessionOf('bob');
+    const denied = await h.flows.startFlow({ principal: bob, upstream, returnTo: '/oauth/authorize/resume?request=def' });
+    const bobBrowser = h.browser(bob);
+    const back = await h.connect(bobBrowser, denied.authUrl, { decision: 'deny', stopAtCallback: true });
+    const afterDenial = await bobBrowser.open(new URL(String(back.headers.location), back.url).href, { stopAt: (url) => url.pathname === '/oauth/authorize/resume' });
+    assert.equal(afterDenial.status, 303);
+    assert.equal(afterDenial.headers.location, '/oauth/authorize/resume?request=def');
+    assert.equal(await h.flows.token(bob.sessionId, 'notes'), undefined);
+
     for (const returnTo of ['//evil.example/x', 'https://evil.example/', '/\\evil.example', 'relative']) {
       await assert.rejects(h.flows.startFlow({ principal: alice, upstream, returnTo }), /returnTo must be a path/);
     }
