@@ -183,7 +183,8 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
 
   async function start(o: StartFlowOptions, requested: string[]): Promise<AuthRequired> {
     const pending = await stores.flows.pending(o.principal.sessionId, o.upstream.name);
-    if (pending && requested.every((s) => pending.scopes.includes(s))) return signal(pending);
+    // Shared only when it ends the same way: a chained authorization must get its browser back.
+    if (pending && pending.returnTo === o.returnTo && requested.every((s) => pending.scopes.includes(s))) return signal(pending);
     return createFlow(o, requested, pending?.flowId);
   }
 
@@ -240,7 +241,7 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
       // Only a path of ours: the callback redirects there, so anything else would be an open redirect.
       if (o.returnTo !== undefined && !/^\/(?![/\\])[^\s\\]*$/.test(o.returnTo)) return Promise.reject(new TypeError('returnTo must be a path under our public URL'));
       const requested = cleanScopes([...o.upstream.scopes, ...(o.challenge?.scope ?? []), ...(o.scopes ?? [])]);
-      const key = [o.principal.sessionId, o.upstream.name, ...[...requested].sort()].join('\n');
+      const key = [o.principal.sessionId, o.upstream.name, o.returnTo ?? '', ...[...requested].sort()].join('\n');
       const inFlight = starting.get(key);
       if (inFlight) return inFlight;
       const promise = start(o, requested).finally(() => starting.delete(key));

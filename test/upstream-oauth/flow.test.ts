@@ -219,7 +219,9 @@ describe('connecting a user to an upstream with its own authorization server', (
   test('a flow started with returnTo (our /oauth/authorize chaining) sends the browser back there, connected or not; nothing but our paths is accepted', async () => {
     const alice = sessionOf('alice');
     const upstream = { name: 'notes', url: h.upstream.mcpUrl, scopes: [] };
+    const plain = authRequiredOf(await whoami(alice)).auth_url;
     const required = await h.flows.startFlow({ principal: alice, upstream, returnTo: '/oauth/authorize/resume?request=abc' });
+    assert.notEqual(required.authUrl, plain, 'a pending flow that ends elsewhere is not shared');
     const browser = h.browser(alice);
     const page = await h.connect(browser, required.authUrl, { stopAtCallback: true });
     const done = await browser.open(new URL(String(page.headers.location), page.url).href, { stopAt: (url) => url.pathname === '/oauth/authorize/resume' });
