@@ -11,6 +11,7 @@ import type { RateLimiter } from '../http/rate-limit.ts';
 import type { Handler, RequestContext } from '../http/router.ts';
 import { parseClientMetadata } from './client-metadata.ts';
 import type { AuthStores, ClientRecord } from './records.ts';
+import { tokenHash } from './stores.ts';
 
 /** Largest registration request accepted, in bytes: 16 KiB. */
 export const MAX_REGISTRATION_BYTES = 16 * 1024;
@@ -30,11 +31,6 @@ export interface RegistrationEndpointOptions {
   now?: () => number;
 }
 
-/** The SHA-256 (base64url) under which a client secret is stored (ClientRecord.secretHash). */
-export function hashClientSecret(secret: string): string {
-  return createHash('sha256').update(secret).digest('base64url');
-}
-
 /** Creates the handler of `POST /oauth/register`. */
 export function createRegistrationEndpoint(options: RegistrationEndpointOptions): Handler {
   const now = options.now ?? Date.now;
@@ -50,7 +46,8 @@ export function createRegistrationEndpoint(options: RegistrationEndpointOptions)
     const client: ClientRecord = {
       clientId: randomBytes(18).toString('base64url'),
       kind: 'dcr',
-      secretHash: secret === undefined ? undefined : hashClientSecret(secret),
+      // The same hash the token endpoint compares a presented secret with (client-auth.ts).
+      secretHash: secret === undefined ? undefined : tokenHash(secret),
       tokenEndpointAuthMethod: metadata.tokenEndpointAuthMethod,
       redirectUris: metadata.redirectUris,
       grantTypes: metadata.grantTypes,
