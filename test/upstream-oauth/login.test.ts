@@ -1,0 +1,175 @@
+/**
+ * Mode `oauth` after the real login, nothing stubbed: the SDK client is the agent (its own OAuth
+ * against our authorization server), Chromium is the user's browser (our consent page, the company
+ * IdP's login form, then the upstream's own authorization server), `oidc-provider` plays both the
+ * company IdP and — a second, unrelated instance — the upstream's own authorization server.
+ *
+ * What it proves: the login cookie our IdP callback sets is what lets the same browser complete
+ * the upstream link; a browser without it is sent to sign in first; the upstream sees only tokens
+ * of its own authorization server — never ours, never the company IdP's.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { after, before, describe, test } from 'node:test';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { UnauthorizedError, type OAuthClientProvider } from '@modelcontextprotocol/sdk/client/auth.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import type { OAuthClientInformationMixed, OAuthClientMetadata, OAuthTokens } from '@modelcontextprotocol/sdk/shared/auth.js';
+import { decodeJwt } from 'jose';
+import { chromium, type Browser, type BrowserContext } from 'playwright-core';
+import { createApp, type App } from '../../src/app.ts';
+import { createAuthStores } from '../../src/authserver/stores.ts';
+import { parseConfig } from '../../src/config/load.ts';
+import { createMemoryStore } from '../../src/store/memory.ts';
+import { createSealer } from '../../src/store/sealed.ts';
+import { startRecordingServer, type RecordingServer } from '../authserver/login-server.ts';
+import { freePort } from '../support/gateway.ts';
+import { startDevIdp, type DevIdp } from '../support/idp.ts';
+import { captureLogs, type LogCapture } from '../support/logs.ts';
+import { startUpstreamWithAs, type UpstreamWithAs } from '../support/upstream-as.ts';
+
+/** The agent's OAuth, as an SDK-based client implements it; "opening the browser" drives Chromium through our login. */
+class BrowserAgent implements OAuthClientProvider {
+  private info: OAuthClientInformationMixed | undefined;
+  private saved: OAuthTokens | undefined;
+  private verifier = '';
+  code: string | undefined;
+  readonly context: BrowserContext;
+  readonly user: { login: string; password: string };
+  readonly catcher: RecordingServer;
+
+  constructor(context: BrowserContext, user: { login: string; password: string }, catcher: RecordingServer) {
+    this.context = context;
+    this.user = user;
+    this.catcher = catcher;
+  }
+  get redirectUrl(): string {
+    return `${this.catcher.url}/callback`;
+  }
+  get clientMetadata(): OAuthClientMetadata {
+    return { client_name: 'Upstream OAuth e2e agent', redirect_uris: [this.redirectUrl], grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'], token_endpoint_auth_method: 'none' };
+  }
+  clientInformation() {
+    return this.info;
+  }
+  saveClientInformation(info: OAuthClientInformationMixed) {
+    this.info = info;
+  }
+  tokens() {
+    return this.saved;
+  }
+  saveTokens(tokens: OAuthTokens) {
+    this.saved = tokens;
+  }
+  saveCodeVerifier(verifier: string) {
+    this.verifier = verifier;
+  }
+  codeVerifier() {
+    return this.verifier;
+  }
+  async redirectToAuthorization(url: URL): Promise<void> {
+    const page = await this.context.newPage();
+    const arrived = this.catcher.next('/callback');
+    try {
+      await page.goto(url.href);
+      await page.fill('input[name="login"]', this.user.login);
+      await page.fill('input[name="password"]', this.user.password);
+      await page.click('button[type="submit"]');
+      await page.click('button[value="approve"]');
+      this.code = (await arrived).searchParams.get('code') ?? undefined;
+    } finally {
+      await page.close();
+    }
+  }
+}
+
+let idp: DevIdp;
+let upstream: UpstreamWithAs;
+let app: App;
+let gateway: string;
+let browser: Browser;
+let catcher: RecordingServer;
+let logs: LogCapture;
+const storeKey = randomBytes(32);
+const store = createMemoryStore();
+const stores = createAuthStores({ store, sealer: createSealer({ keys: [{ id: 'k1', key: storeKey }] }) });
+
+before(async () => {
+  [idp, upstream, catcher] = await Promise.all([startDevIdp(), startUpstreamWithAs({ registration: 'dcr', openHandshake: true }), startRecordingServer()]);
+  const port = await freePort();
+  gateway = `http://127.0.0.1:${port}`;
+  const config = parseConfig(
+    JSON.stringify({
+      server: { listen: `127.0.0.1:${port}`, publicUrl: gateway, devMode: true, drainTimeout: '1s', logLevel: 'debug' },
+      idp: { issuer: idp.issuer, clientId: idp.clientId, clientSecret: 'env:IDP_SECRET' },
+      storage: { kind: 'memory', encryptionKeys: [{ id: 'k1', key: 'env:STORE_KEY' }] },
+      upstreams: [{ name: 'notes', url: upstream.mcpUrl, auth: { mode: 'oauth', scopes: ['notes:read'], challenge: 'tool_result' } }],
+    }),
+    'e2e-config',
+    { env: { IDP_SECRET: idp.clientSecret, STORE_KEY: storeKey.toString('base64') }, readFile: () => { throw new Error('no files'); } },
+  );
+  logs = captureLogs();
+  app = createApp(config, { logDestination: logs.destination, store });
+  await app.listen({ host: '127.0.0.1', port });
+  // A missing chromium is a failure, not a skip: `apt-get install chromium`.
+  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-background-networking', '--disable-gpu', '--disable-dev-shm-usage'] });
+});
+
+after(async () => {
+  await browser?.close();
+  await app?.close();
+  await Promise.all([upstream?.close(), catcher?.close(), idp?.close()]);
+});
+
+describe('mode oauth after the real login (SDK agent, Chromium, two unrelated OpenID providers)', () => {
+  test('log in through the IdP, get the auth_url, complete it in the same browser, call the upstream as the upstream user', async () => {
+    const user = idp.users.find((u) => u.login === 'alice')!;
+    const context = await browser.newContext();
+    const agent = new BrowserAgent(context, { login: user.login, password: user.password }, catcher);
+    const url = new URL(`${gateway}/notes/mcp`);
+
+    const first = new StreamableHTTPClientTransport(url, { authProvider: agent });
+    await assert.rejects(new Client({ name: 'agent', version: '1.0.0' }).connect(first), UnauthorizedError);
+    await first.finishAuth(agent.code!);
+    const client = new Client({ name: 'agent', version: '1.0.0' });
+    await client.connect(new StreamableHTTPClientTransport(url, { authProvider: agent }));
+    try {
+      const challenged = await client.callTool({ name: 'whoami', arguments: {} });
+      const required = challenged.structuredContent as { status: string; auth_url: string };
+      assert.equal(challenged.isError, true);
+      assert.equal(required.status, 'auth_required');
+
+      // A browser that never signed in to mcpgate is told to sign in first; the flow survives.
+      const stranger = await (await browser.newContext()).newPage();
+      assert.equal((await stranger.goto(required.auth_url))?.status(), 401);
+      assert.equal(await stranger.locator('h1').textContent(), 'Sign in to mcpgate first');
+
+      // The user's own browser carries the login cookie our IdP callback set.
+      const page = await context.newPage();
+      await page.goto(required.auth_url);
+      assert.ok(page.url().startsWith(upstream.issuer), 'sent on to the upstream\'s own authorization server');
+      await page.fill('input[name=login]', 'alice-up');
+      await page.click('button[type=submit]');
+      await page.click('button[value=approve]');
+      await page.waitForURL(`${gateway}/oauth/upstream/callback?**`);
+      assert.equal(await page.locator('h1').textContent(), 'Connected to notes');
+
+      assert.deepEqual((await client.callTool({ name: 'whoami', arguments: {} })).content, [{ type: 'text', text: 'upstream user alice-up' }]);
+    } finally {
+      await client.close();
+    }
+
+    const ours = agent.tokens()!.access_token;
+    const idpTokens = await stores.idpTokens.get(String(decodeJwt(ours).sid));
+    assert.ok(idpTokens, 'the session holds the company IdP tokens');
+    const seen = upstream.seenAuthorization.filter((h): h is string => h !== undefined);
+    assert.ok(seen.length >= 1);
+    for (const header of seen) {
+      assert.notEqual(header, `Bearer ${ours}`);
+      assert.notEqual(header, `Bearer ${idpTokens.accessToken}`);
+      assert.equal(decodeJwt(header.slice('Bearer '.length)).iss, upstream.issuer);
+    }
+    const text = logs.text();
+    for (const secret of [ours, idpTokens.accessToken, ...seen.map((h) => h.slice(7))]) assert.ok(!text.includes(secret), 'a token reached the log');
+  });
+});
