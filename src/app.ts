@@ -4,6 +4,7 @@ import type { DestinationStream } from 'pino';
 import { loadSigningKeys } from './authserver/keys.ts';
 import { createMetadataRoutes } from './authserver/metadata.ts';
 import { createRevocationRoutes } from './authserver/revoke.ts';
+import { createSessionEnding, type SessionEndedHook } from './authserver/session-end.ts';
 import { RESOURCE_SCOPES } from './authserver/scopes.ts';
 import { createAuthStores } from './authserver/stores.ts';
 import { createTokenRoutes } from './authserver/token.ts';
@@ -122,6 +123,11 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     u.auth.mode === 'oauth' ? [{ name: u.name, url: u.url, scopes: u.auth.scopes, clientId: u.auth.clientId, clientSecret: u.auth.clientSecret }] : [],
   );
 
+  // Every way a session ends (logout, revocation, an IdP or upstream that refuses it) also forgets
+  // the session's upstream grants and revokes them at their own authorization servers (DESIGN §4).
+  const onSessionEnded: SessionEndedHook[] = oauthUpstreams.length > 0 ? [(sid) => upstreamFlows.forgetSession(sid)] : [];
+  const endSession = createSessionEnding({ sessions: authStores.sessions, onSessionEnded, logger });
+
   // Login (DESIGN §4, §5): only when the company IdP is configured.
   const login = config.idp ? createLogin(config.idp) : undefined;
 
@@ -227,13 +233,13 @@ export function createApp(config: Config, options: AppOptions = {}): App {
           upstream: { name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) },
           session: idpSession(u),
           refreshMarginMs: u.auth.refreshMargin,
-          endSession: (sid) => authStores.sessions.revoke(sid),
+          endSession,
         });
       case 'id_token':
         return createIdTokenCredential({
           upstream: { name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) },
           session: idpSession(u),
-          endSession: (sid) => authStores.sessions.revoke(sid),
+          endSession,
         });
       case 'token_exchange':
         return createTokenExchangeCredential({
@@ -244,7 +250,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
           clientId: u.auth.clientId,
           clientSecret: u.auth.clientSecret,
           session: idpSession(u),
-          endSession: (sid) => authStores.sessions.revoke(sid),
+          endSession,
           fetch: serverFetch,
           logger,
         });
@@ -315,7 +321,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         clientMetadataDocuments: config.authServer.clientMetadataDocuments,
       }),
       ...createTokenRoutes({ basePath, stores: authStores, issuer: tokenIssuer, refreshTokenTtlMs: config.authServer.refreshTokenTtl, resolveClient: clients, logger, now }),
-      ...createRevocationRoutes({ basePath, stores: authStores, issuer, keys, resources: resources.map((r) => r.resource), resolveClient: clients, logger, now }),
+      ...createRevocationRoutes({ basePath, stores: authStores, issuer, keys, resources: resources.map((r) => r.resource), resolveClient: clients, endSession, logger, now }),
     ];
     const authenticator = createJwtAuthenticator({
       issuer,
@@ -365,7 +371,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         return login && { subject: login.sub, sessionId: login.sid };
       },
     };
-    return { routes, authenticator, idpSession: createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now }), cookies, browser };
+    return { routes, authenticator, idpSession: createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now, endSession }), cookies, browser };
   }
 
 }

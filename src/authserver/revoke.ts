@@ -7,6 +7,9 @@
  * - `POST /oauth/logout/all` — same authentication: ends every session of the token's user
  *   ("sign out everywhere"). A separate path rather than a query flag, so a proxy rule or an
  *   access log can tell the two apart.
+ *
+ * Every ending goes through `endSession` (session-end.ts), so the upstream OAuth grants of the
+ * session are forgotten and revoked at their own authorization servers as well.
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Logger } from '../observability/logger.ts';
@@ -17,6 +20,7 @@ import { authenticateClient, type ClientResolver } from './client-auth.ts';
 import { readForm } from './form.ts';
 import type { SigningKeys } from './keys.ts';
 import type { AuthStores } from './records.ts';
+import type { EndSession } from './session-end.ts';
 import { verifyAccessToken, type AccessTokenClaims } from './tokens.ts';
 
 /** Dependencies of the revocation and logout endpoints. */
@@ -29,6 +33,8 @@ export interface RevocationOptions {
   /** Every upstream resource URL: the audiences our access tokens can carry. */
   resources: readonly string[];
   resolveClient?: ClientResolver;
+  /** Ends a session and whatever else is kept for it (`createSessionEnding`). Default: `stores.sessions.revoke` alone. */
+  endSession?: EndSession;
   logger: Logger;
   now?: () => number;
 }
@@ -37,6 +43,7 @@ export interface RevocationOptions {
 export function createRevocationRoutes(options: RevocationOptions): Route[] {
   const { stores, logger } = options;
   const resolveClient = options.resolveClient ?? ((id: string) => stores.clients.get(id));
+  const endSession = options.endSession ?? ((sessionId: string) => stores.sessions.revoke(sessionId));
   const verifyOptions = { issuer: options.issuer, keys: options.keys, audience: options.resources, now: options.now };
 
   async function ours(token: string): Promise<AccessTokenClaims | undefined> {
@@ -59,7 +66,7 @@ export function createRevocationRoutes(options: RevocationOptions): Route[] {
     for (const lookup of lookups) {
       const sessionId = await lookup(token, client.clientId);
       if (sessionId === undefined) continue;
-      await stores.sessions.revoke(sessionId);
+      await endSession(sessionId);
       logger.info({ msg: 'token revoked: session ended', sid: sessionTag(sessionId), client: client.clientId.slice(0, 64) });
       break;
     }
@@ -93,7 +100,7 @@ export function createRevocationRoutes(options: RevocationOptions): Route[] {
 
   async function logout(ctx: RequestContext): Promise<void> {
     const claims = await bearer(ctx.req.headers);
-    await stores.sessions.revoke(claims.sid);
+    await endSession(claims.sid);
     logger.info({ msg: 'logout: session ended', sid: sessionTag(claims.sid) });
     noContent(ctx);
   }
@@ -102,7 +109,7 @@ export function createRevocationRoutes(options: RevocationOptions): Route[] {
     const claims = await bearer(ctx.req.headers);
     const sessionIds = await stores.sessions.listForUser(claims.sub);
     // The caller's own session is ended even if the index lost it.
-    for (const sessionId of new Set([...sessionIds, claims.sid])) await stores.sessions.revoke(sessionId);
+    for (const sessionId of new Set([...sessionIds, claims.sid])) await endSession(sessionId);
     logger.info({ msg: 'logout everywhere: sessions ended', sid: sessionTag(claims.sid), sessions: sessionIds.length });
     noContent(ctx);
   }

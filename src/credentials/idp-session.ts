@@ -20,6 +20,11 @@ export interface IdpSessionTokensOptions {
   singleFlight?: SingleFlight;
   /** Clock, epoch ms; default `Date.now`. */
   now?: () => number;
+  /**
+   * Ends a session the IdP no longer backs, with everything kept for it (`createSessionEnding`:
+   * the upstream OAuth grants too). Default: `stores.sessions.revoke` alone.
+   */
+  endSession?: (sessionId: string) => Promise<void>;
 }
 
 /** Access to the sessions' IdP tokens; shared by every upstream of the gateway so the single flight spans them. */
@@ -45,6 +50,7 @@ export function createIdpSessionTokens(options: IdpSessionTokensOptions): IdpSes
   const { stores, idp, logger } = options;
   const now = options.now ?? Date.now;
   const singleFlight = options.singleFlight ?? createSingleFlight();
+  const revoke = options.endSession ?? ((sessionId: string) => stores.sessions.revoke(sessionId));
 
   async function load(sessionId: string): Promise<IdpTokens> {
     const tokens = await stores.idpTokens.get(sessionId);
@@ -53,7 +59,7 @@ export function createIdpSessionTokens(options: IdpSessionTokensOptions): IdpSes
   }
 
   async function endSession(sessionId: string, why: string): Promise<never> {
-    await stores.sessions.revoke(sessionId);
+    await revoke(sessionId);
     logger.warn({ msg: 'upstream session ended: sign-in required', sid: sessionTag(sessionId), why });
     throw new IdpSessionEnded(why);
   }

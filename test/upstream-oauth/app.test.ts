@@ -18,8 +18,10 @@ import { generateSigningKeyPem, generateStoreKey } from '../../src/authserver/ke
 import { createAuthStores } from '../../src/authserver/stores.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import { createMemoryStore } from '../../src/store/memory.ts';
+import type { Store } from '../../src/store/port.ts';
 import { createSealer } from '../../src/store/sealed.ts';
-import { login, refusingIdp, registerClient, type AuthGateway } from '../authserver/fixture.ts';
+import { createUpstreamStores, type UpstreamStores } from '../../src/upstream-oauth/stores.ts';
+import { login, postForm, refusingIdp, registerClient, type AuthGateway } from '../authserver/fixture.ts';
 import { freePort } from '../support/gateway.ts';
 import { waitFor } from '../support/mcp-upstream.ts';
 import { captureLogs, type LogCapture } from '../support/logs.ts';
@@ -33,6 +35,9 @@ let gw: AuthGateway;
 let base: string;
 let logs: LogCapture;
 let storeKey: string;
+let store: Store;
+/** The gateway's upstream token rows, read through the same store and sealing key. */
+let upstreamRows: UpstreamStores;
 
 before(async () => {
   upstream = await startUpstreamWithAs({ registration: 'dcr', openHandshake: true, users: ['alice-up', 'bob-up', 'carol-up'] });
@@ -52,11 +57,13 @@ before(async () => {
     { env: { STORE_KEY: storeKey }, readFile: () => pem },
   );
   const now = () => Date.now();
-  const store = createMemoryStore({ now });
+  store = createMemoryStore({ now });
   logs = captureLogs();
   app = createApp(config, { logDestination: logs.destination, store, idpClient: refusingIdp, now });
   await app.listen({ host: '127.0.0.1', port });
-  const stores = createAuthStores({ store, sealer: createSealer({ keys: [{ id: 'k1', key: Buffer.from(storeKey, 'base64') }] }), now });
+  const sealer = createSealer({ keys: [{ id: 'k1', key: Buffer.from(storeKey, 'base64') }] });
+  const stores = createAuthStores({ store, sealer, now });
+  upstreamRows = createUpstreamStores({ store, sealer, now });
   gw = { app, url: new URL(base), issuer: base, resource: (name) => `${base}/${name}/mcp`, store, stores, now, advance: () => {}, logs, close: () => app.close() };
 });
 
@@ -66,13 +73,13 @@ after(async () => {
 });
 
 /** A user logged in through our token endpoint, and a browser carrying the login cookie our callback sets. */
-async function signIn(subject: string): Promise<{ accessToken: string; sessionId: string; browser: Browser }> {
+async function signIn(subject: string): Promise<{ accessToken: string; refreshToken: string; sessionId: string; clientId: string; browser: Browser }> {
   const client = await registerClient(gw);
   const tokens = await login(gw, client, { resource: gw.resource('notes'), subject });
   const { name, value } = loginCookieFor(subject, tokens.sessionId);
   const browser = createBrowser();
   browser.setCookie(base, name, value);
-  return { accessToken: tokens.accessToken, sessionId: tokens.sessionId, browser };
+  return { ...tokens, clientId: client.clientId, browser };
 }
 
 /** The login cookie our callback would set, as a Playwright cookie for the gateway's origin. */
@@ -210,5 +217,62 @@ describe('mode oauth end to end (createApp, SDK client)', () => {
     const text = logs.text();
     for (const header of seen) assert.ok(!text.includes(header.slice(7)), 'an upstream token was logged');
     assert.ok(!/code=|state=|flow=/.test(text), 'a code, state or flow id was logged');
+  });
+});
+
+describe('a session that ends takes its upstream grants with it', () => {
+  /** A signed-in user whose session is connected to the upstream; returns the upstream refresh token the gateway holds. */
+  async function connectedUser(subject: string, upstreamUser: string) {
+    const user = await signIn(subject);
+    const { client, transport } = agent(user.accessToken, {});
+    await client.connect(transport);
+    try {
+      const required = (await client.callTool({ name: 'whoami', arguments: {} })).structuredContent as { auth_url: string };
+      assert.equal((await authorizeAtUpstream(user.browser, required.auth_url, upstreamUser)).status, 200);
+      assert.deepEqual((await client.callTool({ name: 'whoami', arguments: {} })).content, [{ type: 'text', text: `upstream user ${upstreamUser}` }]);
+    } finally {
+      await client.close();
+    }
+    const row = await upstreamRows.tokens.get(user.sessionId, 'notes');
+    assert.ok(row?.refreshToken, 'connected, with a refresh token from the upstream');
+    return { ...user, upstreamRefreshToken: row.refreshToken };
+  }
+
+  /** The upstream's authorization server recorded the revocation of this grant (RFC 7009), and the gateway keeps no row of it. */
+  async function assertForgotten(user: { sessionId: string; accessToken: string; upstreamRefreshToken: string }) {
+    const revoked = upstream.revocations.find((r) => r.tokenSha256 === upstream.digest(user.upstreamRefreshToken));
+    assert.equal(revoked?.tokenTypeHint, 'refresh_token', 'revoked at the upstream');
+    assert.deepEqual(await upstreamRows.tokens.list(user.sessionId), []);
+    assert.equal(await upstreamRows.tokens.get(user.sessionId, 'notes'), undefined);
+    // The session is over: its token no longer lists (or reaches) anything.
+    const listed = await send(new URL(`${base}/connections`), { headers: { authorization: `Bearer ${user.accessToken}` } });
+    assert.equal(listed.status, 401);
+  }
+
+  test('POST /oauth/logout', async () => {
+    const user = await connectedUser('logout-one', 'alice-up');
+    const other = await connectedUser('logout-one', 'bob-up');
+    const res = await send(new URL(`${base}/oauth/logout`), { method: 'POST', headers: { authorization: `Bearer ${user.accessToken}` } });
+    assert.equal(res.status, 204);
+    await assertForgotten(user);
+    // Another session of the same user keeps its connection.
+    const listed = await send(new URL(`${base}/connections`), { headers: { authorization: `Bearer ${other.accessToken}` } });
+    assert.equal(JSON.parse(listed.body).connections[0].connected, true);
+  });
+
+  test('POST /oauth/logout/all: every session of the user', async () => {
+    const first = await connectedUser('logout-all', 'alice-up');
+    const second = await connectedUser('logout-all', 'carol-up');
+    const res = await send(new URL(`${base}/oauth/logout/all`), { method: 'POST', headers: { authorization: `Bearer ${second.accessToken}` } });
+    assert.equal(res.status, 204);
+    await assertForgotten(first);
+    await assertForgotten(second);
+  });
+
+  test('POST /oauth/revoke of our refresh token ends the family and its upstream grant', async () => {
+    const user = await connectedUser('revoker', 'bob-up');
+    const res = await postForm(`${base}/oauth/revoke`, { client_id: user.clientId, token: user.refreshToken, token_type_hint: 'refresh_token' });
+    assert.equal(res.status, 200);
+    await assertForgotten(user);
   });
 });
