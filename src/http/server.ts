@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
-import type { Logger } from '../observability/logger.ts';
+import { REDACT_PATHS, type Logger } from '../observability/logger.ts';
 import type { GatewayMetrics } from '../observability/metrics.ts';
 import { createClientAddressResolver } from './client-address.ts';
 import { MethodNotAllowed, NotFound } from './errors.ts';
@@ -37,11 +37,21 @@ export interface FrontDoor {
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
+/**
+ * Redact paths a flat log line (every value a primitive) can match: the wildcard ones
+ * (`*.token`, `*.headers.authorization`) need a nested object. pino runs every field of a line
+ * through the wildcard redactor (some 40 µs a line, a third of the gateway's CPU per request:
+ * bench/README.md), so flat access lines use a child logger with only these.
+ */
+const TOP_LEVEL_REDACT_PATHS = REDACT_PATHS.filter((path) => !path.includes('.') && !path.includes('['));
+
 /** Creates the one `node:http` server with its route table, error mapper, request ids and access log. */
 export function createFrontDoor(options: FrontDoorOptions): FrontDoor {
   const router = createRouter(options.routes);
   const addresses = createClientAddressResolver(options.trustedProxies);
   const { logger, metrics } = options;
+  // Same censor as createLogger, so a line reads the same whichever logger wrote it.
+  const flatAccessLog = logger.child({}, { redact: { paths: TOP_LEVEL_REDACT_PATHS, censor: '[redacted]' } });
   let active = 0;
   let draining = false;
 
@@ -88,7 +98,9 @@ export function createFrontDoor(options: FrontDoorOptions): FrontDoor {
       const labels = { route: routeName, method: req.method ?? 'UNKNOWN', status: String(status), upstream: String(ctx.log.upstream ?? '') };
       metrics.requests.inc(labels);
       metrics.latency.observe({ route: routeName, upstream: labels.upstream }, seconds);
-      logger.info({
+      if (!logger.isLevelEnabled('info')) return;
+      if (flatAccessLog.level !== logger.level) flatAccessLog.level = logger.level;
+      (isFlat(ctx.log) ? flatAccessLog : logger).info({
         msg: 'request',
         reqId: requestId,
         method: req.method,
@@ -146,6 +158,15 @@ export function createFrontDoor(options: FrontDoorOptions): FrontDoor {
       });
     },
   };
+}
+
+/** True when no value is an object, so only top-level redact paths can apply. */
+function isFlat(fields: Record<string, unknown>): boolean {
+  for (const key in fields) {
+    const value = fields[key];
+    if (typeof value === 'object' && value !== null) return false;
+  }
+  return true;
 }
 
 /** What of an error may be logged: its name, message and cause chain (our errors never hold secrets). */

@@ -9,9 +9,23 @@ interface Metric {
   render(): string;
 }
 
+const NEEDS_ESCAPE = /[\\"\n]/;
+
+/**
+ * A label set as `name="value",…` in name order, escaped per the text format: the series key
+ * and its exposition at once. Called twice per request, so values that need no escaping (all of
+ * ours) skip the replace chain.
+ */
 function labelKey(labels: Labels): string {
-  const keys = Object.keys(labels).sort();
-  return keys.map((k) => `${k}="${String(labels[k]).replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`).join(',');
+  const keys = Object.keys(labels);
+  if (keys.length > 1) keys.sort();
+  let key = '';
+  for (let i = 0; i < keys.length; i++) {
+    const value = String(labels[keys[i]!]);
+    const escaped = NEEDS_ESCAPE.test(value) ? value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n') : value;
+    key += `${i === 0 ? '' : ','}${keys[i]}="${escaped}"`;
+  }
+  return key;
 }
 
 /** A monotonically increasing counter. */
