@@ -13,6 +13,7 @@ import { createCookieCodec, deriveCookieKey, loginCookie, type CookieCodec } fro
 import { createCimdResolver } from './authserver/cimd.ts';
 import { createClientLookup, createLoginRoutes } from './authserver/login-flow.ts';
 import { CLIENT_IDLE_TTL_MS } from './authserver/register.ts';
+import { signInUrl } from './authserver/sign-in.ts';
 import type { Config, UpstreamConfig } from './config/schema.ts';
 import { createIdTokenCredential } from './credentials/id-token.ts';
 import { createIdpCredential } from './credentials/idp.ts';
@@ -369,6 +370,17 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       current(req) {
         const login = loginCookies.read(req);
         return login && { subject: login.sub, sessionId: login.sid };
+      },
+      // A browser without our login cookie signs in through the IdP (/oauth/login) and comes back.
+      loginUrl: (returnTo) => signInUrl(issuer, returnTo),
+      async soleSession(subject) {
+        let sole: string | undefined;
+        for (const sid of await authStores.sessions.listForUser(subject)) {
+          if (!(await authStores.sessions.get(sid))) continue;
+          if (sole !== undefined) return undefined;
+          sole = sid;
+        }
+        return sole;
       },
     };
     return { routes, authenticator, idpSession: createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now, endSession }), cookies, browser };

@@ -19,6 +19,7 @@ import { hasConsent, sendConsentPage } from './consent.ts';
 import { loginCookie } from './cookies.ts';
 import { withHtmlErrors } from './html.ts';
 import type { LoginFlow } from './login-flow.ts';
+import { finishSignIn, isSignInState } from './sign-in.ts';
 
 /** IdP errors that mean "the user did not sign in" (RFC 6749 §4.1.2.1, OIDC Core §3.1.2.6). */
 const USER_DECLINED = new Set(['access_denied', 'login_required', 'consent_required', 'interaction_required', 'account_selection_required']);
@@ -32,6 +33,8 @@ export function createCallbackEndpoint(flow: LoginFlow): Handler {
     const params = ctx.url.searchParams;
     const state = params.get('state');
     if (!state) throw new InvalidRequest('The identity provider answered without the state of a sign-in.');
+    // A browser-only sign-in (`/oauth/login`): our login cookie and back, no session, no code.
+    if (isSignInState(state)) return finishSignIn(flow, ctx, state);
     const pending = await flow.stores.pending.take(state);
     if (!pending || pending.subject !== undefined) {
       throw new InvalidRequest('This sign-in has expired or was already completed.');

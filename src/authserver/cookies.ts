@@ -114,8 +114,11 @@ export function cookieValue(header: string | undefined, name: string): string | 
 export interface LoginCookie {
   /** The user (`userClaim` of the IdP's ID token). */
   sub: string;
-  /** The session created at that login. */
-  sid: string;
+  /**
+   * The session created at that login. Absent after a browser-only sign-in (`/oauth/login`),
+   * which proves who the user is but creates no session.
+   */
+  sid?: string;
 }
 
 /** How long our login cookie vouches for a browser, in seconds: 12 hours. */
@@ -128,12 +131,15 @@ export const LOGIN_COOKIE_SECONDS = 12 * 3600;
  */
 export function loginCookie(codec: CookieCodec) {
   return {
-    /** The `Set-Cookie` value naming `sub` and `sid`. */
-    issue: (login: LoginCookie) => codec.serialize('mcpgate-login', { sub: login.sub, sid: login.sid }, { maxAgeSeconds: LOGIN_COOKIE_SECONDS, session: true }),
+    /** The `Set-Cookie` value naming `sub` and, when there is one, `sid`. */
+    issue: (login: LoginCookie) =>
+      codec.serialize('mcpgate-login', login.sid === undefined ? { sub: login.sub } : { sub: login.sub, sid: login.sid }, { maxAgeSeconds: LOGIN_COOKIE_SECONDS, session: true }),
     /** The user this browser signed in as, or undefined (absent, forged or expired). */
     read(req: IncomingMessage): LoginCookie | undefined {
       const payload = codec.read<{ sub?: unknown; sid?: unknown }>(req, 'mcpgate-login');
-      return typeof payload?.sub === 'string' && typeof payload.sid === 'string' ? { sub: payload.sub, sid: payload.sid } : undefined;
+      if (typeof payload?.sub !== 'string') return undefined;
+      if (payload.sid === undefined) return { sub: payload.sub };
+      return typeof payload.sid === 'string' ? { sub: payload.sub, sid: payload.sid } : undefined;
     },
     clear: () => codec.clear('mcpgate-login'),
   };

@@ -7,6 +7,7 @@
  *                          approved this client yet
  *   POST /oauth/consent    the consent form: approve (remember it, issue the code) or deny
  *   POST /oauth/register   dynamic client registration (only when enabled)
+ *   GET  /oauth/login      a browser-only sign-in that returns to one of our paths (sign-in.ts)
  *
  * Consent comes after the IdP login, not before: the approval is per user and client, and only
  * the IdP tells us reliably who the user is. (Our login cookie could say so earlier, but a
@@ -25,6 +26,7 @@ import { createConsentEndpoint } from './consent.ts';
 import type { CookieCodec } from './cookies.ts';
 import type { AuthStores, ClientRecord } from './records.ts';
 import { createRegistrationEndpoint } from './register.ts';
+import { createSignInEndpoint } from './sign-in.ts';
 
 /** Everything the login endpoints share. Durations in milliseconds. */
 export interface LoginFlow {
@@ -96,6 +98,7 @@ export function createLoginRoutes(options: LoginRoutesOptions): Route[] {
     { method: 'GET', path: `${base}/oauth/authorize`, name: 'authorize', handler: createAuthorizeEndpoint(flow) },
     { method: 'GET', path: `${base}/oauth/callback`, name: 'callback', handler: createCallbackEndpoint(flow) },
     { method: 'POST', path: `${base}/oauth/consent`, name: 'consent', handler: createConsentEndpoint(flow) },
+    { method: 'GET', path: `${base}/oauth/login`, name: 'sign-in', handler: createSignInEndpoint(flow) },
   ];
   if (flow.connect) routes.push({ method: 'GET', path: flow.connect.resumePath, name: 'authorize-resume', handler: createResumeEndpoint(flow) });
   if (options.registration.dynamic) {

@@ -47,6 +47,20 @@ export interface PendingAuthorization {
   sessionId?: string;
 }
 
+/**
+ * A browser sign-in without an authorization request (`GET /oauth/login?return_to=…`), parked
+ * while the browser logs in at the IdP. Single use, 10 min. It ends in our login cookie and a
+ * redirect to `returnTo`: no session and no code.
+ */
+export interface PendingSignIn {
+  /** A path of ours (checked at `/oauth/login`): where the browser goes once signed in. */
+  returnTo: string;
+  /** Our PKCE verifier and nonce towards the IdP (sealed). */
+  idpCodeVerifier: string;
+  idpNonce: string;
+  createdAt: number;
+}
+
 /** Our authorization code, stored under its hash. Single use, bound to everything below. */
 export interface AuthorizationCodeRecord {
   clientId: string;
@@ -115,6 +129,12 @@ export interface AuthStores {
     put(state: string, pending: PendingAuthorization, ttlMs: number): Promise<void>;
     /** Atomic take: a second call with the same state gets undefined. */
     take(state: string): Promise<PendingAuthorization | undefined>;
+  };
+  signIns: {
+    /** Stores under `state` (the value we send to the IdP). */
+    put(state: string, signIn: PendingSignIn, ttlMs: number): Promise<void>;
+    /** Atomic take: a second call with the same state gets undefined. */
+    take(state: string): Promise<PendingSignIn | undefined>;
   };
   codes: {
     /** Stores under the code's hash. */

@@ -6,6 +6,7 @@
  * - `client:<client_id>`                 ClientRecord (holds only a secret's hash)
  * - `consent:<sub>:<client_id>`          ConsentRecord (sub and client_id percent-encoded)
  * - `pending:<state>`                    PendingAuthorization, sealed (our IdP PKCE verifier)
+ * - `signin:<state>`                     PendingSignIn, sealed (our IdP PKCE verifier)
  * - `code:<sha256(code)>`                AuthorizationCodeRecord; once consumed, a "used" marker
  * - `session:{<sid>}`                    SessionRecord
  * - `idp:{<sid>}`                        IdpTokens, sealed
@@ -25,6 +26,7 @@ import type {
   ConsentRecord,
   IdpTokens,
   PendingAuthorization,
+  PendingSignIn,
   RefreshTokenRecord,
   SessionRecord,
 } from './records.ts';
@@ -78,6 +80,7 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
     client: (clientId: string) => `client:${clientId}`,
     consent: (subject: string, clientId: string) => `consent:${encodeURIComponent(subject)}:${encodeURIComponent(clientId)}`,
     pending: (state: string) => `pending:${state}`,
+    signIn: (state: string) => `signin:${state}`,
     code: (code: string) => `code:${tokenHash(code)}`,
     session: (sid: string) => `session:{${sid}}`,
     idp: (sid: string) => `idp:{${sid}}`,
@@ -192,6 +195,17 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
       async take(state) {
         const key = keys.pending(state);
         return readSealed<PendingAuthorization>(key, await store.take(key));
+      },
+    },
+
+    signIns: {
+      async put(state, signIn, ttlMs) {
+        const key = keys.signIn(state);
+        await store.set(key, sealer.seal(key, JSON.stringify(signIn)), ttlMs);
+      },
+      async take(state) {
+        const key = keys.signIn(state);
+        return readSealed<PendingSignIn>(key, await store.take(key));
       },
     },
 

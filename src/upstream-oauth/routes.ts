@@ -28,13 +28,22 @@ import type { RateLimiter } from '../http/rate-limit.ts';
 
 /** Who is at the browser, according to our login cookie (DESIGN §4). */
 export interface BrowserSession {
-  /** The user and the session our login cookie names; undefined when absent, forged or expired. */
-  current(req: IncomingMessage): { subject: string; sessionId: string } | undefined;
+  /**
+   * The user and the session our login cookie names; undefined when absent, forged or expired.
+   * `sessionId` is absent after a browser-only sign-in (it proves the user, and creates no session).
+   */
+  current(req: IncomingMessage): { subject: string; sessionId?: string } | undefined;
   /**
    * A URL that signs the browser in through the IdP and then returns to `returnTo` (a path under
    * our public URL). Undefined when no such login is offered: a "sign in first" page is shown.
    */
   loginUrl?(returnTo: string): string | undefined;
+  /**
+   * For `/connect/{name}` in a browser that signed in without a session: the user's one live
+   * session, which is then the one connected. Undefined when the user has none or several
+   * (nothing tells which one the user means), or when not offered.
+   */
+  soleSession?(subject: string, signal?: AbortSignal): Promise<string | undefined>;
 }
 
 /** Sent when a user finished connecting, so the agent's open stream can be told (`notifications/elicitation/complete`). */
@@ -103,6 +112,14 @@ export function createUpstreamOAuthRoutes(options: UpstreamOAuthRoutesOptions): 
       title: 'This link is for another user',
       message: 'The authorization link was created for a different mcpgate user than the one signed in to this browser. Nothing was connected.',
       hint: 'Open links only from your own agent. If you received this link from someone, do not use it.',
+    });
+  }
+
+  function whichSession(ctx: RequestContext, name: string): void {
+    sendPage(ctx.res, 409, {
+      title: 'Connect from your agent',
+      message: `You are signed in, but this browser did not sign in through your agent, and mcpgate cannot tell which of your agent sessions (if any) to connect to ${name}.`,
+      hint: 'Use the link your agent shows when it needs this server, or sign in through your agent in this browser and open this page again.',
     });
   }
 
@@ -183,9 +200,12 @@ export function createUpstreamOAuthRoutes(options: UpstreamOAuthRoutesOptions): 
     await options.limiter?.enforce(ctx.clientIp, ctx.signal);
     const who = browser.current(ctx.req);
     if (!who) return signInFirst(ctx);
+    // The session to connect: the one this browser signed in with, else the user's only one.
+    const sessionId = who.sessionId ?? (await browser.soleSession?.(who.subject, ctx.signal));
+    if (sessionId === undefined) return whichSession(ctx, upstream.name);
     let authUrl: string;
     try {
-      authUrl = (await flows.startFlow({ principal: who, upstream })).authUrl;
+      authUrl = (await flows.startFlow({ principal: { subject: who.subject, sessionId }, upstream })).authUrl;
     } catch (err) {
       // A browser gets a page, not JSON: discovery and registration errors are ours to word (502).
       if (!(err instanceof HttpError) || err.status !== 502) throw err;

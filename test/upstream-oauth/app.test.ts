@@ -82,8 +82,8 @@ async function signIn(subject: string): Promise<{ accessToken: string; refreshTo
   return { ...tokens, clientId: client.clientId, browser };
 }
 
-/** The login cookie our callback would set, as a Playwright cookie for the gateway's origin. */
-function loginCookieFor(subject: string, sessionId: string) {
+/** The login cookie our callback would set (`/oauth/login` sets one without a session), as a Playwright cookie for the gateway's origin. */
+function loginCookieFor(subject: string, sessionId: string | undefined) {
   const codec = createCookieCodec({ key: deriveCookieKey({ encryptionKey: storeKey }).key, secure: false });
   const [name, value] = loginCookie(codec).issue({ sub: subject, sid: sessionId }).split(';')[0]!.split(/=(.*)/s) as [string, string];
   return { name, value, url: base, httpOnly: true, sameSite: 'Lax' as const };
@@ -274,5 +274,42 @@ describe('a session that ends takes its upstream grants with it', () => {
     const res = await postForm(`${base}/oauth/revoke`, { client_id: user.clientId, token: user.refreshToken, token_type_hint: 'refresh_token' });
     assert.equal(res.status, 200);
     await assertForgotten(user);
+  });
+});
+
+describe('browsers that must sign in first', () => {
+  test('without our login cookie, the connect link and /connect/{name} send the browser to /oauth/login and back', async () => {
+    const frank = await signIn('frank');
+    const { client, transport } = agent(frank.accessToken, {});
+    await client.connect(transport);
+    try {
+      const required = (await client.callTool({ name: 'whoami', arguments: {} })).structuredContent as { auth_url: string };
+      for (const url of [required.auth_url, `${base}/connect/notes`]) {
+        const first = await createBrowser().open(url, { stopAt: (next) => next.pathname === '/oauth/login' });
+        assert.equal(first.status, 303);
+        const to = new URL(String(first.headers.location), url);
+        assert.equal(to.href.startsWith(`${base}/oauth/login?`), true);
+        const target = new URL(url);
+        assert.equal(to.searchParams.get('return_to'), target.pathname + target.search);
+      }
+    } finally {
+      await client.close();
+    }
+  });
+
+  test('/connect/{name} after a sign-in without a session: the user\'s one session is connected; with several, the browser is told to use the agent\'s link', async () => {
+    const grace = await signIn('grace');
+    const browser = createBrowser();
+    const { name, value } = loginCookieFor('grace', undefined);
+    browser.setCookie(base, name, value);
+    const page = await authorizeAtUpstream(browser, `${base}/connect/notes`, 'alice-up');
+    assert.equal(page.status, 200, page.body);
+    assert.match(page.body, /Connected to notes/);
+    assert.ok(await upstreamRows.tokens.get(grace.sessionId, 'notes'), "grace's one session is the one connected");
+
+    await signIn('grace');
+    const several = await browser.open(`${base}/connect/notes`);
+    assert.equal(several.status, 409);
+    assert.match(several.body, /Connect from your agent/);
   });
 });

@@ -5,8 +5,9 @@
  * company IdP and — a second, unrelated instance — the upstream's own authorization server.
  *
  * What it proves: the login cookie our IdP callback sets is what lets the same browser complete
- * the upstream link; a browser without it is sent to sign in first; the upstream sees only tokens
- * of its own authorization server — never ours, never the company IdP's.
+ * the upstream link; a browser without it signs in through the IdP first (`/oauth/login`) and
+ * comes back — refused when it turns out to be another user, connected when it is the user; the
+ * upstream sees only tokens of its own authorization server — never ours, never the company IdP's.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -16,7 +17,7 @@ import { UnauthorizedError, type OAuthClientProvider } from '@modelcontextprotoc
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import type { OAuthClientInformationMixed, OAuthClientMetadata, OAuthTokens } from '@modelcontextprotocol/sdk/shared/auth.js';
 import { decodeJwt } from 'jose';
-import { chromium, type Browser, type BrowserContext } from 'playwright-core';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { createApp, type App } from '../../src/app.ts';
 import { createAuthStores } from '../../src/authserver/stores.ts';
 import { parseConfig } from '../../src/config/load.ts';
@@ -83,6 +84,14 @@ class BrowserAgent implements OAuthClientProvider {
   }
 }
 
+/** Fills the company IdP's login form with a user's name and password. */
+async function signInAtIdp(page: Page, login: string): Promise<void> {
+  const user = idp.users.find((u) => u.login === login)!;
+  await page.fill('input[name="login"]', user.login);
+  await page.fill('input[name="password"]', user.password);
+  await page.click('button[type="submit"]');
+}
+
 let idp: DevIdp;
 let upstream: UpstreamWithAs;
 let app: App;
@@ -139,10 +148,13 @@ describe('mode oauth after the real login (SDK agent, Chromium, two unrelated Op
       assert.equal(challenged.isError, true);
       assert.equal(required.status, 'auth_required');
 
-      // A browser that never signed in to mcpgate is told to sign in first; the flow survives.
+      // A browser that never signed in to mcpgate signs in first; it is Bob's, so it is refused, and the flow survives.
       const stranger = await (await browser.newContext()).newPage();
-      assert.equal((await stranger.goto(required.auth_url))?.status(), 401);
-      assert.equal(await stranger.locator('h1').textContent(), 'Sign in to mcpgate first');
+      await stranger.goto(required.auth_url);
+      assert.ok(stranger.url().startsWith(idp.issuer), 'sent to sign in at the company IdP');
+      await signInAtIdp(stranger, 'bob');
+      await stranger.waitForURL(`${gateway}/oauth/upstream/start?**`);
+      assert.equal(await stranger.locator('h1').textContent(), 'This link is for another user');
 
       // The user's own browser carries the login cookie our IdP callback set.
       const page = await context.newPage();
@@ -154,6 +166,21 @@ describe('mode oauth after the real login (SDK agent, Chromium, two unrelated Op
       await page.waitForURL(`${gateway}/oauth/upstream/callback?**`);
       assert.equal(await page.locator('h1').textContent(), 'Connected to notes');
 
+      assert.deepEqual((await client.callTool({ name: 'whoami', arguments: {} })).content, [{ type: 'text', text: 'upstream user alice-up' }]);
+
+      // Disconnected, then connected again from another browser (no login cookie): /connect signs
+      // it in through the IdP, and connects Alice's one agent session.
+      const removed = await fetch(`${gateway}/connections/notes`, { method: 'DELETE', headers: { authorization: `Bearer ${agent.tokens()!.access_token}` } });
+      assert.equal(removed.status, 200);
+      const elsewhere = await (await browser.newContext()).newPage();
+      await elsewhere.goto(`${gateway}/connect/notes`);
+      await signInAtIdp(elsewhere, 'alice');
+      await elsewhere.waitForURL(`${upstream.issuer}/**`);
+      await elsewhere.fill('input[name=login]', 'alice-up');
+      await elsewhere.click('button[type=submit]');
+      await elsewhere.click('button[value=approve]');
+      await elsewhere.waitForURL(`${gateway}/oauth/upstream/callback?**`);
+      assert.equal(await elsewhere.locator('h1').textContent(), 'Connected to notes');
       assert.deepEqual((await client.callTool({ name: 'whoami', arguments: {} })).content, [{ type: 'text', text: 'upstream user alice-up' }]);
     } finally {
       await client.close();
