@@ -41,6 +41,7 @@ import type { IdpClient } from './idp/types.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
 import { createGatewayMetrics, createRegistry } from './observability/metrics.ts';
 import { createMemoryStore } from './store/memory.ts';
+import { observeStoreFailures } from './store/observed.ts';
 import { createValkeyStore } from './store/valkey.ts';
 import type { Store } from './store/port.ts';
 import { createSealer } from './store/sealed.ts';
@@ -93,7 +94,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     // A per-process key would make every value unreadable to the other replicas and after a restart.
     throw new Error('storage.encryptionKeys: required with valkey in this build (allowUnencrypted is not supported yet)');
   }
-  const store = options.store ?? storeFor(config, now, logger);
+  // Every failed operation is counted, whichever answer (503, an HTML page, /readyz) it ends in.
+  const store = observeStoreFailures(options.store ?? storeFor(config, now, logger), (op) => metrics.storeErrors.inc({ op }));
   const sealer = createSealer({
     keys:
       config.storage.encryptionKeys.length > 0
@@ -119,6 +121,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     fetch: serverFetch,
     publicUrl: issuer,
     now,
+    metrics,
   });
   const oauthUpstreams: OAuthUpstream[] = config.upstreams.flatMap((u) =>
     u.auth.mode === 'oauth' ? [{ name: u.name, url: u.url, scopes: u.auth.scopes, clientId: u.auth.clientId, clientSecret: u.auth.clientSecret }] : [],
@@ -383,7 +386,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         return sole;
       },
     };
-    return { routes, authenticator, idpSession: createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now, endSession }), cookies, browser };
+    return { routes, authenticator, idpSession: createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now, endSession, refreshes: metrics.refreshes }), cookies, browser };
   }
 
 }

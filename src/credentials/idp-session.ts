@@ -8,6 +8,7 @@ import { unauthorized, type ChallengeOptions } from '../authserver/challenge.ts'
 import { TemporarilyUnavailable } from '../http/errors.ts';
 import { IdpError, type IdpClient } from '../idp/types.ts';
 import type { Logger } from '../observability/logger.ts';
+import type { Counter } from '../observability/metrics.ts';
 import { sessionTag } from '../observability/logger.ts';
 import { createSingleFlight, type SingleFlight } from './single-flight.ts';
 
@@ -25,6 +26,11 @@ export interface IdpSessionTokensOptions {
    * the upstream OAuth grants too). Default: `stores.sessions.revoke` alone.
    */
   endSession?: (sessionId: string) => Promise<void>;
+  /**
+   * `mcpgate_token_refreshes_total{kind="idp", outcome}`: `success`, `rejected` (the IdP refused:
+   * the session ends), `unavailable` (the IdP could not be asked: the tokens are kept). Default: not counted.
+   */
+  refreshes?: Counter;
 }
 
 /** Access to the sessions' IdP tokens; shared by every upstream of the gateway so the single flight spans them. */
@@ -50,6 +56,7 @@ export function createIdpSessionTokens(options: IdpSessionTokensOptions): IdpSes
   const { stores, idp, logger } = options;
   const now = options.now ?? Date.now;
   const singleFlight = options.singleFlight ?? createSingleFlight();
+  const refreshes: Counter = options.refreshes ?? { inc: () => undefined };
   const revoke = options.endSession ?? ((sessionId: string) => stores.sessions.revoke(sessionId));
 
   async function load(sessionId: string): Promise<IdpTokens> {
@@ -72,7 +79,9 @@ export function createIdpSessionTokens(options: IdpSessionTokensOptions): IdpSes
     let next: IdpTokens;
     try {
       next = await idp.refresh(current);
+      refreshes.inc({ kind: 'idp', outcome: 'success' });
     } catch (error) {
+      refreshes.inc({ kind: 'idp', outcome: error instanceof IdpError ? error.kind : 'error' });
       if (error instanceof IdpError && error.kind === 'rejected') {
         // invalid_grant and other 4xx: the grant is dead at the IdP; only a new login helps.
         return endSession(sessionId, `the IdP refused the refresh${error.oauthError ? ` (${error.oauthError})` : ''}`);

@@ -123,8 +123,8 @@ export function createGatewayMetrics(registry: Registry) {
     openStreams: registry.gauge('mcpgate_open_streams', 'SSE responses currently open, by upstream'),
     upstreamErrors: registry.counter('mcpgate_upstream_errors_total', 'Upstream failures by upstream and kind'),
     authFlows: registry.counter('mcpgate_auth_flows_total', 'Upstream OAuth flows by upstream and outcome (started, completed, failed)'),
-    refreshes: registry.counter('mcpgate_token_refreshes_total', 'Upstream token refreshes by upstream and outcome'),
-    storeErrors: registry.counter('mcpgate_store_errors_total', 'Storage operations that failed'),
+    refreshes: registry.counter('mcpgate_token_refreshes_total', 'Token refreshes by kind (idp: the company IdP, per session; oauth: an upstream authorization server, with upstream) and outcome'),
+    storeErrors: registry.counter('mcpgate_store_errors_total', 'Storage operations that failed (the backend unavailable), by operation'),
   };
 }
 export type GatewayMetrics = ReturnType<typeof createGatewayMetrics>;

@@ -14,6 +14,7 @@
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { BadGateway, ServiceUnavailable } from '../http/errors.ts';
+import type { Counter } from '../observability/metrics.ts';
 import { connectScopeFor, type AuthRequired } from './auth-required.ts';
 import type { ClientRegistration } from './client-registration.ts';
 import type { Discovery } from './discovery.ts';
@@ -84,7 +85,20 @@ export interface UpstreamFlowsOptions {
   flowTtlMs?: number;
   /** The clock, epoch milliseconds. Default `Date.now`. */
   now?: () => number;
+  /**
+   * `mcpgate_auth_flows_total{upstream, outcome}` (started, completed, failed) and
+   * `mcpgate_token_refreshes_total{kind="oauth", upstream, outcome}` (see {@link RefreshOutcome}).
+   * Default: not counted.
+   */
+  metrics?: { authFlows: Counter; refreshes: Counter };
 }
+
+/**
+ * How a refresh at an upstream's token endpoint ended: `success`; `rejected` (4xx: the row is
+ * dropped); `superseded` (refused, but another replica had already rotated it: its successor is
+ * used); `unavailable` (5xx or transport: the row is kept); `error` (anything else, e.g. the store).
+ */
+export type RefreshOutcome = 'success' | 'rejected' | 'superseded' | 'unavailable' | 'error';
 
 /** See {@link createUpstreamFlows}. */
 export interface UpstreamFlows {
@@ -122,6 +136,8 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
   const now = options.now ?? Date.now;
   const flowTtlMs = options.flowTtlMs ?? FLOW_TTL_MS;
   if (!Number.isSafeInteger(flowTtlMs) || flowTtlMs <= 0) throw new TypeError('upstream flows: flowTtlMs must be a positive integer');
+  const NOT_COUNTED: Counter = { inc: () => undefined };
+  const { authFlows, refreshes } = options.metrics ?? { authFlows: NOT_COUNTED, refreshes: NOT_COUNTED };
   const starting = new Map<string, Promise<AuthRequired>>();
   const refreshing = new Map<string, Promise<UpstreamToken>>();
 
@@ -170,12 +186,17 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
       };
     } catch (err) {
       if (err instanceof Error && (err.name === 'DiscoveryError' || err.name === 'ClientRegistrationError')) {
+        // A flow that cannot even start (its server cannot be discovered or registered at) has failed.
+        authFlows.inc({ upstream: upstream.name, outcome: 'failed' });
         throw new BadGateway(`upstream "${upstream.name}" needs authorization at its own server, but ${err.message}`, { cause: err });
       }
       throw err;
     }
     await stores.flows.put(flow);
-    if (await stores.flows.claimPending(flow, replacing)) return signal(flow);
+    if (await stores.flows.claimPending(flow, replacing)) {
+      authFlows.inc({ upstream: upstream.name, outcome: 'started' });
+      return signal(flow);
+    }
     // Another request (maybe on another replica) started one first: share it.
     const winner = await stores.flows.pending(principal.sessionId, upstream.name);
     return signal(winner ?? flow);
@@ -192,17 +213,28 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
     const row = await stores.tokens.get(sessionId, upstream);
     if (!row) throw new RefreshRejectedError(`no token for upstream "${upstream}"`);
     if (!row.refreshToken) throw new RefreshRejectedError(`the token for upstream "${upstream}" cannot be refreshed`);
+    const counted = { outcome: 'error' as RefreshOutcome };
+    try {
+      return await refreshRow(sessionId, upstream, row, counted);
+    } finally {
+      refreshes.inc({ kind: 'oauth', upstream, outcome: counted.outcome });
+    }
+  }
+
+  /** The token request of a refresh; sets `counted.outcome` as it learns how it ended. */
+  async function refreshRow(sessionId: string, upstream: string, row: UpstreamToken, counted: { outcome: RefreshOutcome }): Promise<UpstreamToken> {
     let response: TokenResponse;
     try {
       response = await requestToken({
         fetch,
         endpoint: row.server.tokenEndpoint,
         client: row.client,
-        params: { grant_type: 'refresh_token', refresh_token: row.refreshToken, resource: row.resource },
+        params: { grant_type: 'refresh_token', refresh_token: row.refreshToken!, resource: row.resource },
       });
     } catch (err) {
       if (!(err instanceof TokenEndpointError)) throw err;
       if (err.kind === 'unavailable') {
+        counted.outcome = 'unavailable';
         throw new ServiceUnavailable(`the authorization server of upstream "${upstream}" is unavailable; retry shortly`, {
           headers: { 'retry-after': '5' },
           cause: err,
@@ -210,8 +242,12 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
       }
       // Another replica may have refreshed (and rotated) first: its successor token is in the store.
       const current = await stores.tokens.get(sessionId, upstream);
-      if (current && current.refreshToken !== row.refreshToken) return current;
+      if (current && current.refreshToken !== row.refreshToken) {
+        counted.outcome = 'superseded';
+        return current;
+      }
       await stores.tokens.take(sessionId, upstream);
+      counted.outcome = 'rejected';
       throw new RefreshRejectedError(`the authorization server of upstream "${upstream}" refused the refresh token (${err.oauthError ?? 'rejected'})`, { cause: err });
     }
     const refreshed: UpstreamToken = {
@@ -224,6 +260,7 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
       obtainedAt: now(),
     };
     await stores.tokens.put(sessionId, refreshed);
+    counted.outcome = 'success';
     return refreshed;
   }
 
@@ -234,6 +271,57 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
     // the access tokens issued under it (a structured JWT access token often cannot be revoked on its own).
     const [token, tokenTypeHint] = row.refreshToken ? [row.refreshToken, 'refresh_token' as const] : [row.accessToken, 'access_token' as const];
     return revokeToken({ fetch, endpoint, client: row.client, token, tokenTypeHint });
+  }
+
+  /** The callback's checks and the code exchange of `complete`, uncounted. */
+  async function exchangeCode(flow: UpstreamFlow, params: URLSearchParams, abort: AbortSignal | undefined): Promise<UpstreamToken> {
+    const iss = params.get('iss');
+    // RFC 9207 §2.4: an `iss` that differs means the response came from another server (mix-up).
+    if (iss !== null && iss !== flow.server.issuer) {
+      throw new FlowError('iss_mismatch', 'the authorization response came from a different authorization server than the one this flow was started with');
+    }
+    if (iss === null && flow.server.issParameterSupported) {
+      throw new FlowError('iss_missing', 'the authorization server promises an "iss" parameter in its responses, and this response has none');
+    }
+    const error = params.get('error');
+    if (error !== null) {
+      if (error === 'access_denied') throw new FlowError('access_denied', `access to "${flow.upstream}" was not granted`);
+      throw new FlowError('authorization_error', `the authorization server of "${flow.upstream}" answered with the error "${error.replace(/[^A-Za-z0-9_.-]/g, '').slice(0, 64)}"`);
+    }
+    const code = params.get('code');
+    if (!code) throw new FlowError('invalid_response', 'the authorization response has no code');
+    let response: TokenResponse;
+    try {
+      response = await requestToken({
+        fetch,
+        endpoint: flow.server.tokenEndpoint,
+        client: flow.client,
+        params: {
+          grant_type: 'authorization_code',
+          code,
+          redirect_uri: registration.redirectUri,
+          code_verifier: flow.codeVerifier,
+          resource: flow.resource,
+        },
+        signal: abort,
+      });
+    } catch (err) {
+      if (err instanceof TokenEndpointError) throw new FlowError('exchange_failed', `the code could not be exchanged: ${err.message}`, { cause: err });
+      throw err;
+    }
+    const token: UpstreamToken = {
+      upstream: flow.upstream,
+      resource: flow.resource,
+      server: flow.server,
+      client: flow.client,
+      scopes: response.scopes ?? flow.scopes,
+      accessToken: response.accessToken,
+      refreshToken: response.refreshToken,
+      expiresAt: response.expiresIn === undefined ? undefined : now() + response.expiresIn * 1000,
+      obtainedAt: now(),
+    };
+    await stores.tokens.put(flow.sessionId, token);
+    return token;
   }
 
   return {
@@ -264,53 +352,14 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
     },
 
     async complete(flow, params, abort) {
-      const iss = params.get('iss');
-      // RFC 9207 §2.4: an `iss` that differs means the response came from another server (mix-up).
-      if (iss !== null && iss !== flow.server.issuer) {
-        throw new FlowError('iss_mismatch', 'the authorization response came from a different authorization server than the one this flow was started with');
-      }
-      if (iss === null && flow.server.issParameterSupported) {
-        throw new FlowError('iss_missing', 'the authorization server promises an "iss" parameter in its responses, and this response has none');
-      }
-      const error = params.get('error');
-      if (error !== null) {
-        if (error === 'access_denied') throw new FlowError('access_denied', `access to "${flow.upstream}" was not granted`);
-        throw new FlowError('authorization_error', `the authorization server of "${flow.upstream}" answered with the error "${error.replace(/[^A-Za-z0-9_.-]/g, '').slice(0, 64)}"`);
-      }
-      const code = params.get('code');
-      if (!code) throw new FlowError('invalid_response', 'the authorization response has no code');
-      let response: TokenResponse;
       try {
-        response = await requestToken({
-          fetch,
-          endpoint: flow.server.tokenEndpoint,
-          client: flow.client,
-          params: {
-            grant_type: 'authorization_code',
-            code,
-            redirect_uri: registration.redirectUri,
-            code_verifier: flow.codeVerifier,
-            resource: flow.resource,
-          },
-          signal: abort,
-        });
+        const token = await exchangeCode(flow, params, abort);
+        authFlows.inc({ upstream: flow.upstream, outcome: 'completed' });
+        return token;
       } catch (err) {
-        if (err instanceof TokenEndpointError) throw new FlowError('exchange_failed', `the code could not be exchanged: ${err.message}`, { cause: err });
+        authFlows.inc({ upstream: flow.upstream, outcome: 'failed' });
         throw err;
       }
-      const token: UpstreamToken = {
-        upstream: flow.upstream,
-        resource: flow.resource,
-        server: flow.server,
-        client: flow.client,
-        scopes: response.scopes ?? flow.scopes,
-        accessToken: response.accessToken,
-        refreshToken: response.refreshToken,
-        expiresAt: response.expiresIn === undefined ? undefined : now() + response.expiresIn * 1000,
-        obtainedAt: now(),
-      };
-      await stores.tokens.put(flow.sessionId, token);
-      return token;
     },
 
     token: (sessionId, upstream) => stores.tokens.get(sessionId, upstream),

@@ -8,6 +8,7 @@ import { after, before, test } from 'node:test';
 import { login, postForm, registerClient, startAuthGateway, type AuthGateway } from './fixture.ts';
 import { startRedis, type RedisServer } from '../support/redis.ts';
 import { startRawUpstream, type RawUpstream } from '../support/mcp-upstream.ts';
+import { metricValue, scrapeMetrics } from '../support/metrics.ts';
 
 let redis: RedisServer;
 let upstream: RawUpstream;
@@ -30,6 +31,8 @@ test('login, refresh and the gateway path on Valkey; an outage is a 503, not a l
   const call = () => fetch(`${gw.url}kube/mcp`, { method: 'POST', headers: { authorization: `Bearer ${tokens.accessToken}`, 'content-type': 'application/json', accept: 'application/json' }, body: '{"jsonrpc":"2.0","id":1,"method":"ping"}' });
   assert.equal((await call()).status, 200);
 
+  const failedGets = async () => metricValue(await scrapeMetrics(gw.url), 'mcpgate_store_errors_total', { op: 'get' });
+  const getsBefore = await failedGets();
   redis.pause();
   try {
     const ready = await fetch(`${gw.url}readyz`);
@@ -39,6 +42,8 @@ test('login, refresh and the gateway path on Valkey; an outage is a 503, not a l
     assert.equal(refresh.body.error, 'temporarily_unavailable');
     assert.ok(Number(refresh.headers.get('retry-after')) > 0);
     assert.equal((await call()).status, 503, 'the gateway path cannot check the session: 503, not 401');
+    // Counted per failed operation, whatever answer it ended in (here the token endpoint's and the gateway path's).
+    assert.ok((await failedGets()) - getsBefore >= 2);
   } finally {
     redis.resume();
   }

@@ -13,6 +13,7 @@ import { createOidcIdpClient } from '../../src/idp/oidc.ts';
 import type { IdpClient } from '../../src/idp/types.ts';
 import { login, registerClient, startAuthGateway, type AuthGateway } from '../authserver/fixture.ts';
 import { startDevIdp, type DevIdp } from '../support/idp.ts';
+import { metricValue, scrapeMetrics } from '../support/metrics.ts';
 import { answerLikeMcp, startRawUpstream, type RawUpstream } from '../support/mcp-upstream.ts';
 import { createBrowser, formAction } from '../upstream-oauth/browser.ts';
 
@@ -94,6 +95,11 @@ async function call(name: string, accessToken: string): Promise<Response> {
 
 const seen = () => upstream.requests.map((r) => String(r.headers.authorization ?? ''));
 
+/** `mcpgate_token_refreshes_total{kind="idp", outcome}` as /metrics shows it now. */
+async function idpRefreshes(outcome: 'success' | 'rejected' | 'unavailable'): Promise<number> {
+  return metricValue(await scrapeMetrics(gw.url), 'mcpgate_token_refreshes_total', { kind: 'idp', outcome });
+}
+
 /** Moves the gateway clock to `msBefore` ms before the session's IdP access token expires. */
 async function nearExpiry(sessionId: string, msBefore = 30_000): Promise<void> {
   const tokens = (await gw.stores.idpTokens.get(sessionId))!;
@@ -127,11 +133,13 @@ describe('mode idp: the IdP access token replaces ours', () => {
     const alice = await session('alice');
     await nearExpiry(alice.sessionId);
     const refreshesBefore = idp.refreshCount();
+    const countedBefore = await idpRefreshes('success');
     const from = upstream.requests.length;
     const responses = await Promise.all(Array.from({ length: 50 }, () => call('kube', alice.accessToken)));
     assert.deepEqual(responses.map((r) => r.status), Array(50).fill(200));
     await Promise.all(responses.map((r) => r.text()));
     assert.equal(idp.refreshCount() - refreshesBefore, 1);
+    assert.equal((await idpRefreshes('success')) - countedBefore, 1, 'the one refresh is counted once');
     const stored = (await gw.stores.idpTokens.get(alice.sessionId))!;
     secrets.push(stored.accessToken, stored.refreshToken!);
     assert.notEqual(stored.accessToken, alice.idpTokens.accessToken);
@@ -167,9 +175,11 @@ describe('mode idp: the IdP access token replaces ours', () => {
     const alice = await session('alice');
     await nearExpiry(alice.sessionId);
     idp.failRefresh('invalid_grant');
+    const rejectedBefore = await idpRefreshes('rejected');
     try {
       const res = await call('kube', alice.accessToken);
       assert.equal(res.status, 401);
+      assert.equal((await idpRefreshes('rejected')) - rejectedBefore, 1);
       const challenge = res.headers.get('www-authenticate') ?? '';
       assert.match(challenge, new RegExp(`resource_metadata="${gw.url}.well-known/oauth-protected-resource/kube/mcp"`));
       assert.match(challenge, /error="invalid_token"/);
@@ -185,6 +195,7 @@ describe('mode idp: the IdP access token replaces ours', () => {
     const alice = await session('alice');
     await nearExpiry(alice.sessionId);
     const before = await gw.stores.idpTokens.get(alice.sessionId);
+    const unavailableBefore = await idpRefreshes('unavailable');
     idp.failRefresh('down');
     const answered503 = await call('kube', alice.accessToken);
     assert.equal(answered503.status, 503);
@@ -198,6 +209,7 @@ describe('mode idp: the IdP access token replaces ours', () => {
     }
     assert.ok(await gw.stores.sessions.get(alice.sessionId));
     assert.deepEqual(await gw.stores.idpTokens.get(alice.sessionId), before);
+    assert.equal((await idpRefreshes('unavailable')) - unavailableBefore, 2, 'a 503 from the IdP and a refused connection');
     const recovered = await call('kube', alice.accessToken);
     assert.equal(recovered.status, 200, await recovered.text());
     secrets.push((await gw.stores.idpTokens.get(alice.sessionId))!.accessToken);

@@ -25,6 +25,7 @@ import { login, postForm, refusingIdp, registerClient, type AuthGateway } from '
 import { freePort } from '../support/gateway.ts';
 import { waitFor } from '../support/mcp-upstream.ts';
 import { captureLogs, type LogCapture } from '../support/logs.ts';
+import { metricValue, scrapeMetrics } from '../support/metrics.ts';
 import { startUpstreamWithAs, type UpstreamWithAs } from '../support/upstream-as.ts';
 import { send } from '../gateway/http-client.ts';
 import { createBrowser, formAction, type Browser } from './browser.ts';
@@ -36,6 +37,8 @@ let base: string;
 let logs: LogCapture;
 let storeKey: string;
 let store: Store;
+/** How far the gateway's clock runs ahead of the real one (the upstream's authorization server keeps real time). */
+let skew = 0;
 /** The gateway's upstream token rows, read through the same store and sealing key. */
 let upstreamRows: UpstreamStores;
 
@@ -49,14 +52,15 @@ before(async () => {
     JSON.stringify({
       server: { listen: `127.0.0.1:${port}`, publicUrl: base, devMode: true, drainTimeout: '1s' },
       idp: { issuer: 'http://127.0.0.1:9/unused', clientId: 'mcpgate' },
-      authServer: { signingKeys: ['file:/keys/signing.pem'] },
+      // Our access tokens outlive the clock moves below (an upstream token "expiring" is a clock move).
+      authServer: { signingKeys: ['file:/keys/signing.pem'], accessTokenTtl: '1h' },
       storage: { kind: 'memory', encryptionKeys: [{ id: 'k1', key: 'env:STORE_KEY' }] },
       upstreams: [{ name: 'notes', url: upstream.mcpUrl, auth: { mode: 'oauth', scopes: ['notes:read'] } }],
     }),
     'test-config',
     { env: { STORE_KEY: storeKey }, readFile: () => pem },
   );
-  const now = () => Date.now();
+  const now = () => Date.now() + skew;
   store = createMemoryStore({ now });
   logs = captureLogs();
   app = createApp(config, { logDestination: logs.destination, store, idpClient: refusingIdp, now });
@@ -311,5 +315,55 @@ describe('browsers that must sign in first', () => {
     const several = await browser.open(`${base}/connect/notes`);
     assert.equal(several.status, 409);
     assert.match(several.body, /Connect from your agent/);
+  });
+});
+
+describe('metrics', () => {
+  const flows = (text: string, outcome: string) => metricValue(text, 'mcpgate_auth_flows_total', { upstream: 'notes', outcome });
+  const refreshes = (text: string, outcome: string) => metricValue(text, 'mcpgate_token_refreshes_total', { kind: 'oauth', upstream: 'notes', outcome });
+
+  test('/metrics counts upstream flows started, completed and failed, and upstream token refreshes; no label holds a secret', async () => {
+    const before = await scrapeMetrics(base);
+    const henry = await signIn('henry');
+
+    // A flow the user declines at the upstream: started, then failed.
+    const declined = await henry.browser.open(`${base}/connect/notes`);
+    assert.ok(declined.url.startsWith(upstream.issuer));
+    let page = await henry.browser.submit(formAction(declined, /\/login$/), { login: 'alice-up' });
+    page = await henry.browser.submit(formAction(page, /\/deny$/), {});
+    assert.equal(page.status, 403, page.body);
+    assert.match(page.body, /Access not granted/);
+
+    // One that completes.
+    assert.equal((await authorizeAtUpstream(henry.browser, `${base}/connect/notes`, 'alice-up')).status, 200);
+    const connected = (await upstreamRows.tokens.get(henry.sessionId, 'notes'))!;
+
+    // The upstream token about to expire (by the gateway's clock): the next call refreshes it first.
+    const refreshesAtUpstream = upstream.refreshCount();
+    skew += connected.expiresAt! - Date.now() - 30_000;
+    try {
+      const { client, transport } = agent(henry.accessToken, {});
+      await client.connect(transport);
+      try {
+        assert.deepEqual((await client.callTool({ name: 'whoami', arguments: {} })).content, [{ type: 'text', text: 'upstream user alice-up' }]);
+      } finally {
+        await client.close();
+      }
+    } finally {
+      skew = 0;
+    }
+    assert.equal(upstream.refreshCount() - refreshesAtUpstream, 1);
+
+    const after = await scrapeMetrics(base);
+    assert.equal(flows(after, 'started') - flows(before, 'started'), 2);
+    assert.equal(flows(after, 'completed') - flows(before, 'completed'), 1);
+    assert.equal(flows(after, 'failed') - flows(before, 'failed'), 1);
+    assert.equal(refreshes(after, 'success') - refreshes(before, 'success'), 1);
+    assert.match(after, /^# TYPE mcpgate_store_errors_total counter$/m);
+
+    const refreshed = (await upstreamRows.tokens.get(henry.sessionId, 'notes'))!;
+    for (const secret of [henry.accessToken, henry.refreshToken, henry.sessionId, henry.sessionId.slice(0, 8), connected.accessToken, connected.refreshToken!, refreshed.accessToken]) {
+      assert.ok(!after.includes(secret), 'a token or session id reached /metrics');
+    }
   });
 });
