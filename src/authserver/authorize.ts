@@ -168,10 +168,10 @@ function toAuthorizationError(flow: LoginFlow, ctx: RequestContext, error: unkno
   }
   if (error instanceof IdpError) {
     ctx.log.error = `idp_${error.kind}`;
-    flow.logger.warn({ msg: 'identity provider unavailable', reqId: ctx.requestId, err: describeCause(error) });
+    flow.logger.warn({ msg: 'identity provider unavailable', reqId: ctx.requestId, failure: describeCause(error) });
     return { code: 'temporarily_unavailable', description: 'the identity provider cannot be reached; try again shortly' };
   }
-  flow.logger.error({ msg: 'authorization request failed', reqId: ctx.requestId, err: describeCause(error) });
+  flow.logger.error({ msg: 'authorization request failed', reqId: ctx.requestId, failure: describeCause(error) });
   if (error instanceof Error && error.name === 'StoreUnavailableError') {
     ctx.log.error = 'temporarily_unavailable';
     return { code: 'temporarily_unavailable', description: 'the service is temporarily unavailable; try again shortly' };

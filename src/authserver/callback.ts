@@ -59,7 +59,7 @@ export function createCallbackEndpoint(flow: LoginFlow): Handler {
     } catch (error) {
       if (!(error instanceof IdpError)) throw error;
       ctx.log.error = `idp_${error.kind}`;
-      flow.logger.warn({ msg: 'identity provider login failed', reqId: ctx.requestId, kind: error.kind, oauthError: error.oauthError, err: describeCause(error) });
+      flow.logger.warn({ msg: 'identity provider login failed', reqId: ctx.requestId, kind: error.kind, oauthError: error.oauthError, failure: describeCause(error) });
       return error.kind === 'unavailable'
         ? sendAuthorizationError(ctx.res, to, 'temporarily_unavailable', 'the identity provider cannot be reached; try again shortly')
         : sendAuthorizationError(ctx.res, to, 'access_denied', 'the identity provider did not confirm the sign-in');

@@ -108,7 +108,7 @@ export function withHtmlErrors(logger: Logger, handler: Handler): Handler {
       await handler(ctx);
     } catch (thrown) {
       const error = toHttpError(thrown);
-      if (error.status >= 500) logger.error({ msg: 'request failed', reqId: ctx.requestId, err: describeCause(thrown) });
+      if (error.status >= 500) logger.error({ msg: 'request failed', reqId: ctx.requestId, failure: describeCause(thrown) });
       ctx.log.error = error.code;
       if (ctx.res.headersSent) {
         ctx.res.destroy();

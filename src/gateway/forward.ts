@@ -22,6 +22,12 @@ export interface ForwardRequest {
   sseKeepAliveMs?: number;
   /** Called when an SSE response starts and when it ends (open-stream gauge). */
   onStream?(open: boolean): void;
+  /**
+   * Called when the upstream broke off a response already under way (the agent's response is then
+   * ended or cut), before the agent's response ends: its access-log line is written when it closes,
+   * which can be before `forward` resolves.
+   */
+  onCut?(): void;
   /** Called when an SSE response starts, with a way to add our own events to it (notifications/elicitation/complete). */
   onSse?(injector: SseInjector): void;
 }
@@ -160,11 +166,13 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
         // Headers were sent: the agent already has a status. End an SSE stream cleanly at the
         // transport level (it will reconnect with Last-Event-ID); cut anything else so a
         // truncated JSON body is never mistaken for a complete one.
+        const cut = !signal.aborted;
+        if (cut) request.onCut?.();
         if (!res.writableEnded && !res.destroyed) {
           if (stream) res.end();
           else res.destroy();
         }
-        finish({ kind: 'sent', status, stream, bytes, cut: !signal.aborted });
+        finish({ kind: 'sent', status, stream, bytes, cut });
       },
     };
 

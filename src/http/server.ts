@@ -126,7 +126,8 @@ export function createFrontDoor(options: FrontDoorOptions): FrontDoor {
       await match.route.handler(ctx);
     } catch (error) {
       const sent = sendError(res, error, ctx.errorStyle, ctx.rpcId);
-      if (sent.status >= 500) logger.error({ msg: 'request failed', reqId: requestId, err: describeCause(error) });
+      // Not under `err`: pino's error serializer would fold the causes into one message and drop them.
+      if (sent.status >= 500) logger.error({ msg: 'request failed', reqId: requestId, failure: describeCause(error) });
       else ctx.log.error = sent.code;
       if (res.headersSent && !res.writableEnded) res.destroy();
     }
@@ -169,11 +170,16 @@ function isFlat(fields: Record<string, unknown>): boolean {
   return true;
 }
 
-/** What of an error may be logged: its name, message and cause chain (our errors never hold secrets). */
+/**
+ * What of an error may be logged: its name, message, code and cause chain (our errors never hold
+ * secrets). Log it under a key of its own (`failure`), not `err`, whose pino serializer folds the
+ * chain into one message. The code is `errorCode`: the logger redacts every `*.code` (an OAuth
+ * authorization code), which would blank an error code such as `ECONNREFUSED` too.
+ */
 export function describeCause(error: unknown): Record<string, unknown> {
   if (!(error instanceof Error)) return { message: String(error) };
   const out: Record<string, unknown> = { name: error.name, message: error.message };
-  if ('code' in error && typeof error.code === 'string') out.code = error.code;
+  if ('code' in error && typeof error.code === 'string') out.errorCode = error.code;
   if (error.cause !== undefined) out.cause = describeCause(error.cause);
   return out;
 }

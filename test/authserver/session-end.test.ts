@@ -36,6 +36,7 @@ test('ends the session, then runs every hook in order; a failing hook is logged 
   const failure = line?.failure as Record<string, unknown>;
   assert.equal(failure.name, 'Error');
   assert.equal(failure.message, 'upstream store unreachable');
+  assert.equal(failure.errorCode, 'ECONNREFUSED', 'the error code is not blanked by the redaction of *.code');
   await store.close();
 });
 

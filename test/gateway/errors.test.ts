@@ -135,6 +135,19 @@ describe('errors through the gateway', () => {
     const body = rpcError(res.body);
     assert.equal(body.id, 'req-7');
     assert.equal(body.error.code, -32000);
+
+    // The log line of the 5xx names what failed, its code and its whole cause chain (nothing blanked or folded).
+    const reqId = res.headers['x-request-id'];
+    const line = gateway.logs.records().find((r) => r.msg === 'request failed' && r.reqId === reqId);
+    assert.ok(line, 'the 5xx was logged');
+    assert.equal(line.err, undefined);
+    const failure = line.failure as { name: string; message: string; errorCode: string; cause: { name: string; message: string; cause: { errorCode?: string } } };
+    assert.equal(failure.name, 'HttpError');
+    assert.equal(failure.message, 'upstream "down" is unreachable');
+    assert.equal(failure.errorCode, 'bad_gateway');
+    assert.equal(failure.cause.name, 'UpstreamError');
+    assert.equal(failure.cause.message, 'upstream request failed: unreachable');
+    assert.equal(failure.cause.cause.errorCode, 'ECONNREFUSED', 'the transport error code survives the redaction of *.code');
   });
 
   it('answers an upstream that sends no headers within upstreamTimeout with 504 carrying the request id', async () => {
@@ -167,6 +180,8 @@ describe('errors through the gateway', () => {
     });
     assert.ok(complete, 'the response ended with a proper terminating chunk, not a reset');
     assert.match(body, /^id: 1\n/, 'the event sent before the cut arrived whole');
+    const line = gateway.logs.records().find((r) => r.msg === 'request' && r.upstream === 'cut');
+    assert.equal(line?.cut, true, 'the access-log line says the upstream cut the stream');
     const metrics = await (await fetch(new URL('/metrics', gateway.url))).text();
     assert.match(metrics, /mcpgate_upstream_errors_total\{[^}]*upstream="cut"[^}]*\} 1/);
   });
