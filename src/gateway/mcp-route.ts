@@ -131,6 +131,8 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
           headersTimeoutMs: options.upstreamTimeoutMs,
           sseKeepAliveMs: options.sseKeepAliveMs,
           hold: (status, headers) => isAuthRejection(status, headers),
+          // Before the response ends: the access-log line is written on 'close'.
+          onCut: () => void (ctx.log.cut = true),
           onStream: (open) => (open ? options.metrics.openStreams.inc({ upstream: upstream.name }) : options.metrics.openStreams.dec({ upstream: upstream.name })),
           onSse: streams
             ? (injector) => {
@@ -151,10 +153,7 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
         unregisterStream?.();
       }
       if (outcome.kind === 'sent') {
-        if (outcome.cut) {
-          options.metrics.upstreamErrors.inc({ upstream: upstream.name, kind: 'cut' });
-          ctx.log.cut = true;
-        }
+        if (outcome.cut) options.metrics.upstreamErrors.inc({ upstream: upstream.name, kind: 'cut' });
         if (rpc?.method === 'initialize' && outcome.status < 300) {
           const sessionId = headerValue(ctx.res.getHeaders() as IncomingHttpHeaders, 'mcp-session-id');
           // Also under our sid: a stateless upstream issues no Mcp-Session-Id.
