@@ -11,6 +11,8 @@ import { createTokenRoutes } from './authserver/token.ts';
 import { createTokenIssuer } from './authserver/tokens.ts';
 import { createCookieCodec, deriveCookieKey, loginCookie, type CookieCodec } from './authserver/cookies.ts';
 import { createCimdResolver } from './authserver/cimd.ts';
+import { createConnectChain } from './authserver/connect-chain.ts';
+import { createStepUpMarks } from './authserver/step-up.ts';
 import { createClientLookup, createLoginRoutes } from './authserver/login-flow.ts';
 import { CLIENT_IDLE_TTL_MS } from './authserver/register.ts';
 import { signInUrl } from './authserver/sign-in.ts';
@@ -104,6 +106,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
           [{ id: 'ephemeral', key: randomBytes(32) }],
   });
   const authStores = createAuthStores({ store, sealer, now });
+  // Sessions answered with the HTTP re-challenge: their next refresh is refused so the agent re-authorizes (step-up.ts).
+  const stepUp = createStepUpMarks({ store });
   // Every upstream asks for the base scope (scopes.ts); per-upstream scopes would be decided here.
   const scopesFor = (_name: string): readonly string[] => (config.idp ? RESOURCE_SCOPES : []);
   const resourceOf = (name: string) => `${issuer}/${name}/mcp`;
@@ -164,6 +168,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     streams,
     settingFor: (name) => challengeSettings.get(name) ?? 'auto',
     sseKeepAliveMs: config.server.sseKeepAlive,
+    onReauthorize: (principal, scopes) => stepUp.mark(principal.sessionId, scopes),
   });
 
   const frontDoor = createFrontDoor({
@@ -324,7 +329,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         dynamicRegistration: config.authServer.registration.dynamic,
         clientMetadataDocuments: config.authServer.clientMetadataDocuments,
       }),
-      ...createTokenRoutes({ basePath, stores: authStores, issuer: tokenIssuer, refreshTokenTtlMs: config.authServer.refreshTokenTtl, resolveClient: clients, logger, now }),
+      ...createTokenRoutes({ basePath, stores: authStores, issuer: tokenIssuer, refreshTokenTtlMs: config.authServer.refreshTokenTtl, resolveClient: clients, logger, now, stepUp }),
       ...createRevocationRoutes({ basePath, stores: authStores, issuer, keys, resources: resources.map((r) => r.resource), resolveClient: clients, endSession, logger, now }),
     ];
     const authenticator = createJwtAuthenticator({
@@ -363,6 +368,11 @@ export function createApp(config: Config, options: AppOptions = {}): App {
           // Each authorize may cost a metadata-document fetch, each callback a call to the IdP.
           limiter: createRateLimiter({ store, name: 'login', limit: 120, windowMs: 60_000, now }),
           now,
+          // The re-challenge chain (DESIGN §6.4): `mcpgate:connect:<name>` connects that upstream before our code is issued.
+          connect:
+            oauthUpstreams.length > 0
+              ? createConnectChain({ upstreams: oauthUpstreams, flows: upstreamFlows, stores: authStores, basePath, pendingTtlMs: 600_000, logger })
+              : undefined,
         },
         registration: config.authServer.registration,
         registrationLimiter: createRateLimiter({ store, name: 'register', limit: 30, windowMs: 60_000, now }),

@@ -25,7 +25,7 @@ import type { Logger } from '../observability/logger.ts';
 import type { FlowPrincipal, OAuthUpstream, UpstreamFlows } from '../upstream-oauth/flow.ts';
 import { issueAuthorizationCode, sendRedirect, type IssueCodeOptions } from './authorization-response.ts';
 import { loginCookie, type CookieCodec } from './cookies.ts';
-import { withHtmlErrors } from './html.ts';
+import { escapeHtml, sendHtml, withHtmlErrors } from './html.ts';
 import type { AuthStores, PendingAuthorization } from './records.ts';
 
 /** Options of {@link createConnectChain}. */
@@ -42,7 +42,7 @@ export interface ConnectChainOptions {
 }
 
 /** What to do where our code would be issued. */
-export type ChainStep = { detour: string } | { pending: PendingAuthorization };
+export type ChainStep = { detour: string; upstream: string } | { pending: PendingAuthorization };
 
 /** See the module comment. */
 export interface ConnectChain {
@@ -97,7 +97,7 @@ export function createConnectChain(options: ConnectChainOptions): ConnectChain {
           continue;
         }
         await options.stores.pending.put(id, { ...pending, scopes, subject: login.subject, sessionId: login.sessionId }, options.pendingTtlMs);
-        return { detour: authUrl };
+        return { detour: authUrl, upstream: upstream.name };
       }
       return { pending: scopes === pending.scopes ? pending : { ...pending, scopes } };
     },
@@ -123,8 +123,36 @@ export async function finishAuthorization(
   tried?: string,
 ): Promise<void> {
   const step = flow.connect ? await flow.connect.next({ pending, login, tried }) : { pending };
-  if ('detour' in step) return sendRedirect(res, step.detour, setCookie);
+  if ('detour' in step) return sendDetour(res, step, setCookie);
   sendRedirect(res, await issueAuthorizationCode(flow, step.pending, login), setCookie);
+}
+
+/**
+ * A page that moves the browser on to the upstream's authorization, instead of a redirect: this
+ * may answer the consent form, and browsers apply the form's `form-action` to every redirect of
+ * its submission — the upstream's authorization server is not among its targets, and cannot be
+ * (it is discovered only now). A new navigation starts outside the form's policy.
+ */
+function sendDetour(res: ServerResponse, step: { detour: string; upstream: string }, setCookie: string[]): void {
+  const url = escapeHtml(step.detour);
+  const name = escapeHtml(step.upstream);
+  const html = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="refresh" content="0;url=${url}">
+<meta name="robots" content="noindex">
+<title>Connecting to ${name}</title>
+</head>
+<body>
+<main>
+<h1>Connecting to ${name}</h1>
+<p>${name} has its own sign-in. You are being sent there to allow mcpgate to use it for you; you will then return to your application.</p>
+<p><a href="${url}">Continue to ${name}</a></p>
+</main>
+</body>
+</html>`;
+  sendHtml(res, 200, html, { setCookie });
 }
 
 /** `GET /oauth/authorize/resume?c=…&u=…`: back from an upstream's authorization server. */

@@ -12,6 +12,7 @@ import { authenticateClient, type ClientResolver } from './client-auth.ts';
 import { readForm } from './form.ts';
 import type { AuthStores, ClientRecord, RefreshTokenRecord } from './records.ts';
 import { isPkceVerifier, newRefreshToken, pkceChallenge, safeEqual, type TokenIssuer } from './tokens.ts';
+import type { StepUpMarks } from './step-up.ts';
 
 /** Dependencies of the token endpoint. */
 export interface TokenEndpointOptions {
@@ -26,6 +27,8 @@ export interface TokenEndpointOptions {
   logger: Logger;
   /** Clock, epoch ms; default `Date.now`. */
   now?: () => number;
+  /** Sessions the gateway challenged for a scope their grant lacks: their next refresh is refused (step-up.ts). */
+  stepUp?: Pick<StepUpMarks, 'take'>;
 }
 
 /** The successful token response (RFC 6749 §5.1). */
@@ -130,6 +133,8 @@ export function createTokenRoutes(options: TokenEndpointOptions): Route[] {
     const requestedScopes = narrowScopes(params.get('scope'), peeked);
     const resource = params.get('resource');
     if (resource !== undefined && resource !== peeked.resource) throw new InvalidTarget('resource does not match the refresh token');
+    // Before rotation: refused for a step-up, the refresh token stays as it was.
+    if (await options.stepUp?.take(peeked.sessionId)) throw new InvalidGrant('a new authorization is needed for the scope the resource asked for');
 
     const rotated = await stores.refreshTokens.rotate(presented);
     if (!rotated) throw new InvalidGrant('the refresh token is invalid or expired');

@@ -179,6 +179,11 @@ export interface AuthRequiredRendererOptions {
   heldStreamMs?: number;
   /** SSE comment interval on held streams, in milliseconds; off when absent. */
   sseKeepAliveMs?: number;
+  /**
+   * Called before a `reauthorize` answer goes out for a signed-in session, with the connect scope
+   * it asks for (the app marks the session so its next refresh is refused: step-up.ts).
+   */
+  onReauthorize?(principal: Principal, scopes: string[]): Promise<void>;
 }
 
 /** What the gateway path hands the renderer. */
@@ -194,7 +199,7 @@ export interface RenderInput {
 /** Renders auth_required on the agent's response. */
 export interface AuthRequiredRenderer {
   /** Writes the answer (the chosen channel is also put in the access log as `authRequired`); resolves when written. */
-  render(input: RenderInput): ChallengeChannel;
+  render(input: RenderInput): Promise<ChallengeChannel>;
 }
 
 /** Builds the renderer; see the module comment for the channels. */
@@ -203,7 +208,7 @@ export function createAuthRequiredRenderer(options: AuthRequiredRendererOptions)
   if (!Number.isSafeInteger(heldStreamMs) || heldStreamMs <= 0) throw new TypeError('heldStreamMs must be a positive integer');
 
   return {
-    render({ ctx, upstream, rpc, mcpSessionId, principal, authRequired }) {
+    async render({ ctx, upstream, rpc, mcpSessionId, principal, authRequired }) {
       const session = options.capabilities.get({ upstream: upstream.name, mcpSessionId, sessionId: principal?.sessionId });
       const channel = chooseChannel({ setting: options.settingFor(upstream.name), method: ctx.req.method ?? 'GET', rpc, mcpSessionId, session });
       ctx.log.authRequired = channel;
@@ -222,6 +227,9 @@ export function createAuthRequiredRenderer(options: AuthRequiredRendererOptions)
         });
         return channel;
       }
+      // Even when the grant already has the connect scope (the upstream token was lost since):
+      // only a new authorization, chained through the upstream, connects the session again.
+      if (channel === 'reauthorize' && principal) await options.onReauthorize?.(principal, [authRequired.connectScope]);
       const reply = authRequiredReply({ channel, upstream, rpcId: rpc?.id, principal, authRequired });
       ctx.res.writeHead(reply.status, { ...reply.headers, 'content-length': Buffer.byteLength(reply.body) });
       ctx.res.end(reply.body);

@@ -102,9 +102,9 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
     const path = upstream.url.pathname + upstream.url.search + (upstream.url.search ? ctx.url.search.replace(/^\?/, '&') : ctx.url.search);
 
     /** auth_required goes to the agent by channel; anything else is thrown as it was. */
-    const answerAuthRequired = (error: unknown): void => {
+    const answerAuthRequired = async (error: unknown): Promise<void> => {
       if (!(error instanceof AuthRequiredError) || !options.authRequired) throw error;
-      options.authRequired.render({ ctx, upstream, rpc, mcpSessionId, principal, authRequired: error.authRequired });
+      await options.authRequired.render({ ctx, upstream, rpc, mcpSessionId, principal, authRequired: error.authRequired });
     };
     // A GET stream of a session can carry our notifications/elicitation/complete.
     let unregisterStream: (() => void) | undefined;
