@@ -31,6 +31,11 @@ const RPC_HEADERS = {
   'mcp-session-id': '3f2c9a7e-bench-session-0001',
 };
 
+/** `extra` plus the `authorization` argument (idp mode: our access token), when the parent passed one. */
+function withAuth(args: Record<string, unknown>, extra: Record<string, string>): Record<string, string> {
+  return typeof args.authorization === 'string' ? { ...extra, authorization: args.authorization } : extra;
+}
+
 /** Throughput at saturation: what autocannon gets through in `duration` seconds with `connections` open. */
 async function saturate(args: Record<string, unknown>) {
   const result = await autocannon({
@@ -39,7 +44,7 @@ async function saturate(args: Record<string, unknown>) {
     duration: Number(args.duration),
     pipelining: 1,
     method: 'POST',
-    headers: RPC_HEADERS,
+    headers: withAuth(args, RPC_HEADERS),
     body: RPC_BODY,
   });
   const ok = result['2xx'];
@@ -56,6 +61,7 @@ async function fixedRate(args: Record<string, unknown>) {
   const rate = Number(args.rate);
   const durationMs = Number(args.duration) * 1000;
   const pool = new Pool(url.origin, { connections: 64, keepAliveTimeout: 30_000 });
+  const headers = withAuth(args, RPC_HEADERS);
   const latencies: number[] = [];
   let errors = 0;
   let sent = 0;
@@ -66,7 +72,7 @@ async function fixedRate(args: Record<string, unknown>) {
   const one = async () => {
     const t0 = performance.now();
     try {
-      const res = await pool.request({ method: 'POST', path: url.pathname, headers: RPC_HEADERS, body: RPC_BODY });
+      const res = await pool.request({ method: 'POST', path: url.pathname, headers, body: RPC_BODY });
       await res.body.dump({ limit: Infinity });
       if (res.statusCode === 200) latencies.push(performance.now() - t0);
       else errors++;
@@ -104,7 +110,7 @@ async function sseFirst(args: Record<string, unknown>) {
   const times: number[] = [];
   for (let i = 0; i < count + 20; i++) {
     const t0 = performance.now();
-    const res = await pool.request({ method: 'GET', path: url.pathname, headers: { accept: 'text/event-stream', 'mcp-protocol-version': '2025-06-18' } });
+    const res = await pool.request({ method: 'GET', path: url.pathname, headers: withAuth(args, { accept: 'text/event-stream', 'mcp-protocol-version': '2025-06-18' }) });
     let first = 0;
     let text = '';
     for await (const chunk of res.body as AsyncIterable<Buffer>) {
@@ -128,15 +134,15 @@ async function openStreams(args: Record<string, unknown>) {
   const count = Number(args.count);
   for (let opened = 0; opened < count; ) {
     const batch = Math.min(100, count - opened);
-    await Promise.all(Array.from({ length: batch }, () => openOne(url)));
+    await Promise.all(Array.from({ length: batch }, () => openOne(url, withAuth(args, { accept: 'text/event-stream' }))));
     opened += batch;
   }
   return { open: streams.length };
 }
 
-function openOne(url: URL): Promise<void> {
+function openOne(url: URL, headers: Record<string, string>): Promise<void> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest(url, { method: 'GET', agent, headers: { accept: 'text/event-stream' } }, (res) => {
+    const req = httpRequest(url, { method: 'GET', agent, headers }, (res) => {
       if (res.statusCode !== 200) return reject(new Error(`stream answered ${res.statusCode}`));
       res.once('data', () => resolve());
       res.on('error', () => undefined);
