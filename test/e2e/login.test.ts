@@ -12,20 +12,18 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { after, before, describe, test } from 'node:test';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { UnauthorizedError, type OAuthClientProvider } from '@modelcontextprotocol/sdk/client/auth.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
-import type { OAuthClientInformationMixed, OAuthClientMetadata, OAuthTokens } from '@modelcontextprotocol/sdk/shared/auth.js';
 import { createRemoteJWKSet, decodeJwt, jwtVerify } from 'jose';
-import { chromium, type Browser, type BrowserContext } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { createApp, type App } from '../../src/app.ts';
 import { createAuthStores } from '../../src/authserver/stores.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import { createMemoryStore } from '../../src/store/memory.ts';
 import { createSealer } from '../../src/store/sealed.ts';
 import { startRecordingServer, type RecordingServer } from '../authserver/login-server.ts';
+import { closeChromium, connectWithLogin, createBrowserAgent, launchChromium, newBrowserContext, type BrowserAgent } from '../support/browser-agent.ts';
 import { freePort } from '../support/gateway.ts';
 import { startDevIdp, type DevIdp } from '../support/idp.ts';
 import { captureLogs, type LogCapture } from '../support/logs.ts';
@@ -74,110 +72,6 @@ async function startJwtUpstream(idp: DevIdp): Promise<JwtUpstream> {
   };
 }
 
-/**
- * The agent's side of OAuth, as an MCP client implements `OAuthClientProvider`: it registers by
- * DCR, keeps its tokens in memory, and "opens the browser" by driving Chromium through our
- * consent page and the IdP's login form, catching the code on its loopback redirect.
- */
-class BrowserAgent implements OAuthClientProvider {
-  private info: OAuthClientInformationMixed | undefined;
-  private saved: OAuthTokens | undefined;
-  private verifier = '';
-  code: string | undefined;
-  consentPagesSeen = 0;
-  readonly requests: string[] = [];
-  readonly context: BrowserContext;
-  readonly user: { login: string; password: string };
-  readonly catcher: RecordingServer;
-
-  constructor(context: BrowserContext, user: { login: string; password: string }, catcher: RecordingServer) {
-    this.context = context;
-    this.user = user;
-    this.catcher = catcher;
-  }
-
-  get redirectUrl(): string {
-    return `${this.catcher.url}/callback`;
-  }
-  get clientMetadata(): OAuthClientMetadata {
-    return {
-      client_name: `E2E Agent of ${this.user.login}`,
-      redirect_uris: [this.redirectUrl],
-      grant_types: ['authorization_code', 'refresh_token'],
-      response_types: ['code'],
-      token_endpoint_auth_method: 'none',
-    };
-  }
-  clientInformation() {
-    return this.info;
-  }
-  saveClientInformation(info: OAuthClientInformationMixed) {
-    this.info = info;
-  }
-  tokens() {
-    return this.saved;
-  }
-  saveTokens(tokens: OAuthTokens) {
-    this.saved = tokens;
-  }
-  saveCodeVerifier(verifier: string) {
-    this.verifier = verifier;
-  }
-  codeVerifier() {
-    return this.verifier;
-  }
-
-  async redirectToAuthorization(url: URL): Promise<void> {
-    const page = await this.context.newPage();
-    const arrived = this.catcher.next('/callback');
-    try {
-      await page.goto(url.href);
-      if ((await page.locator('input[name="login"]').count()) > 0) {
-        await page.fill('input[name="login"]', this.user.login);
-        await page.fill('input[name="password"]', this.user.password);
-        await page.click('button[type="submit"]');
-      }
-      const next = await Promise.race([page.waitForSelector('button[value="approve"]').then(() => 'consent' as const), arrived.then(() => 'done' as const)]);
-      if (next === 'consent') {
-        this.consentPagesSeen++;
-        await page.click('button[value="approve"]');
-      }
-      const callback = await arrived;
-      assert.equal(callback.searchParams.get('error'), null, callback.searchParams.get('error_description') ?? '');
-      this.code = callback.searchParams.get('code') ?? undefined;
-    } finally {
-      await page.close();
-    }
-  }
-
-  /** A fetch that notes "METHOD path status" for every request the SDK makes (its OAuth included). */
-  readonly fetch = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
-    const response = await fetch(input, init);
-    const url = new URL(input instanceof Request ? input.url : input);
-    this.requests.push(`${(init?.method ?? 'GET').toUpperCase()} ${url.pathname} ${response.status}`);
-    return response;
-  };
-}
-
-/** Connects the SDK client, running the OAuth dance when the gateway says 401 (as SDK-based agents do). */
-async function connect(agent: BrowserAgent, url: URL): Promise<Client> {
-  const open = async () => {
-    const client = new Client({ name: 'e2e-agent', version: '1.0.0' });
-    await client.connect(new StreamableHTTPClientTransport(url, { authProvider: agent, fetch: agent.fetch }));
-    return client;
-  };
-  const transport = new StreamableHTTPClientTransport(url, { authProvider: agent, fetch: agent.fetch });
-  try {
-    await new Client({ name: 'e2e-agent', version: '1.0.0' }).connect(transport);
-    throw new Error('the gateway let an agent without a token in');
-  } catch (error) {
-    if (!(error instanceof UnauthorizedError)) throw error;
-  }
-  assert.ok(agent.code, 'the browser leg delivered a code');
-  await transport.finishAuth(agent.code);
-  return open();
-}
-
 let idp: DevIdp;
 let kube: JwtUpstream;
 let search: JwtUpstream;
@@ -213,15 +107,10 @@ before(async () => {
   logs = captureLogs();
   app = createApp(config, { logDestination: logs.destination, store });
   await app.listen({ host: '127.0.0.1', port });
-  // A missing chromium is a failure, not a skip: `apt-get install chromium`.
-  browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    args: ['--no-sandbox', '--disable-background-networking', '--disable-gpu', '--disable-dev-shm-usage'],
-  });
+  browser = await launchChromium();
 });
 after(async () => {
-  await browser?.close();
+  await closeChromium(browser);
   await app?.close();
   await kube?.close();
   await search?.close();
@@ -241,8 +130,8 @@ describe('SDK agent → gateway → IdP login → upstream that trusts only the 
   let bobClient: Client;
 
   test('alice: 401, discovery, DCR, authorize, consent, IdP login, callback, token, initialize, tools/call', async () => {
-    alice = new BrowserAgent(await browser.newContext(), userOf('alice'), catcher);
-    aliceClient = await connect(alice, new URL(`${gateway}/kube/mcp`));
+    alice = createBrowserAgent({ context: await newBrowserContext(browser), user: userOf('alice'), redirectUri: `${catcher.url}/callback` });
+    ({ client: aliceClient } = await connectWithLogin(alice, new URL(`${gateway}/kube/mcp`)));
     const result = await aliceClient.callTool({ name: 'whoami', arguments: {} });
     assert.deepEqual(result.content, [{ type: 'text', text: 'alice' }]);
 
@@ -279,9 +168,9 @@ describe('SDK agent → gateway → IdP login → upstream that trusts only the 
   });
 
   test("bob logs in with his own account and never sees alice's upstream token", async () => {
-    bob = new BrowserAgent(await browser.newContext(), userOf('bob'), catcher);
+    bob = createBrowserAgent({ context: await newBrowserContext(browser), user: userOf('bob'), redirectUri: `${catcher.url}/callback` });
     const before = kube.seen.length;
-    bobClient = await connect(bob, new URL(`${gateway}/kube/mcp`));
+    ({ client: bobClient } = await connectWithLogin(bob, new URL(`${gateway}/kube/mcp`)));
     assert.deepEqual((await bobClient.callTool({ name: 'whoami', arguments: {} })).content, [{ type: 'text', text: 'bob' }]);
     assert.deepEqual((await aliceClient.callTool({ name: 'whoami', arguments: {} })).content, [{ type: 'text', text: 'alice' }]);
     assert.deepEqual((await bobClient.callTool({ name: 'whoami', arguments: {} })).content, [{ type: 'text', text: 'bob' }]);

@@ -12,85 +12,19 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { UnauthorizedError, type OAuthClientProvider } from '@modelcontextprotocol/sdk/client/auth.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import type { OAuthClientInformationMixed, OAuthClientMetadata, OAuthTokens } from '@modelcontextprotocol/sdk/shared/auth.js';
 import { decodeJwt } from 'jose';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { createApp, type App } from '../../src/app.ts';
 import { createAuthStores } from '../../src/authserver/stores.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import { createMemoryStore } from '../../src/store/memory.ts';
 import { createSealer } from '../../src/store/sealed.ts';
 import { startRecordingServer, type RecordingServer } from '../authserver/login-server.ts';
+import { approveAtUpstream, closeChromium, connectWithLogin, createBrowserAgent, launchChromium, newBrowserContext, signInAtIdp } from '../support/browser-agent.ts';
 import { freePort } from '../support/gateway.ts';
 import { startDevIdp, type DevIdp } from '../support/idp.ts';
 import { captureLogs, type LogCapture } from '../support/logs.ts';
 import { startUpstreamWithAs, type UpstreamWithAs } from '../support/upstream-as.ts';
-
-/** The agent's OAuth, as an SDK-based client implements it; "opening the browser" drives Chromium through our login. */
-class BrowserAgent implements OAuthClientProvider {
-  private info: OAuthClientInformationMixed | undefined;
-  private saved: OAuthTokens | undefined;
-  private verifier = '';
-  code: string | undefined;
-  readonly context: BrowserContext;
-  readonly user: { login: string; password: string };
-  readonly catcher: RecordingServer;
-
-  constructor(context: BrowserContext, user: { login: string; password: string }, catcher: RecordingServer) {
-    this.context = context;
-    this.user = user;
-    this.catcher = catcher;
-  }
-  get redirectUrl(): string {
-    return `${this.catcher.url}/callback`;
-  }
-  get clientMetadata(): OAuthClientMetadata {
-    return { client_name: 'Upstream OAuth e2e agent', redirect_uris: [this.redirectUrl], grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'], token_endpoint_auth_method: 'none' };
-  }
-  clientInformation() {
-    return this.info;
-  }
-  saveClientInformation(info: OAuthClientInformationMixed) {
-    this.info = info;
-  }
-  tokens() {
-    return this.saved;
-  }
-  saveTokens(tokens: OAuthTokens) {
-    this.saved = tokens;
-  }
-  saveCodeVerifier(verifier: string) {
-    this.verifier = verifier;
-  }
-  codeVerifier() {
-    return this.verifier;
-  }
-  async redirectToAuthorization(url: URL): Promise<void> {
-    const page = await this.context.newPage();
-    const arrived = this.catcher.next('/callback');
-    try {
-      await page.goto(url.href);
-      await page.fill('input[name="login"]', this.user.login);
-      await page.fill('input[name="password"]', this.user.password);
-      await page.click('button[type="submit"]');
-      await page.click('button[value="approve"]');
-      this.code = (await arrived).searchParams.get('code') ?? undefined;
-    } finally {
-      await page.close();
-    }
-  }
-}
-
-/** Fills the company IdP's login form with a user's name and password. */
-async function signInAtIdp(page: Page, login: string): Promise<void> {
-  const user = idp.users.find((u) => u.login === login)!;
-  await page.fill('input[name="login"]', user.login);
-  await page.fill('input[name="password"]', user.password);
-  await page.click('button[type="submit"]');
-}
 
 let idp: DevIdp;
 let upstream: UpstreamWithAs;
@@ -120,28 +54,27 @@ before(async () => {
   logs = captureLogs();
   app = createApp(config, { logDestination: logs.destination, store });
   await app.listen({ host: '127.0.0.1', port });
-  // A missing chromium is a failure, not a skip: `apt-get install chromium`.
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-background-networking', '--disable-gpu', '--disable-dev-shm-usage'] });
+  browser = await launchChromium();
 });
 
 after(async () => {
-  await browser?.close();
+  await closeChromium(browser);
   await app?.close();
   await Promise.all([upstream?.close(), catcher?.close(), idp?.close()]);
 });
 
+const userOf = (login: string) => {
+  const user = idp.users.find((u) => u.login === login)!;
+  return { login: user.login, password: user.password };
+};
+
 describe('mode oauth after the real login (SDK agent, Chromium, two unrelated OpenID providers)', () => {
   test('log in through the IdP, get the auth_url, complete it in the same browser, call the upstream as the upstream user', async () => {
-    const user = idp.users.find((u) => u.login === 'alice')!;
-    const context = await browser.newContext();
-    const agent = new BrowserAgent(context, { login: user.login, password: user.password }, catcher);
-    const url = new URL(`${gateway}/notes/mcp`);
-
-    const first = new StreamableHTTPClientTransport(url, { authProvider: agent });
-    await assert.rejects(new Client({ name: 'agent', version: '1.0.0' }).connect(first), UnauthorizedError);
-    await first.finishAuth(agent.code!);
-    const client = new Client({ name: 'agent', version: '1.0.0' });
-    await client.connect(new StreamableHTTPClientTransport(url, { authProvider: agent }));
+    const context = await newBrowserContext(browser);
+    const agent = createBrowserAgent({ context, user: userOf('alice'), redirectUri: `${catcher.url}/callback`, clientName: 'Upstream OAuth e2e agent' });
+    const { client } = await connectWithLogin(agent, new URL(`${gateway}/notes/mcp`));
+    assert.equal(agent.loginFormsSeen, 1);
+    assert.equal(agent.consentPagesSeen, 1);
     try {
       const challenged = await client.callTool({ name: 'whoami', arguments: {} });
       const required = challenged.structuredContent as { status: string; auth_url: string };
@@ -149,10 +82,10 @@ describe('mode oauth after the real login (SDK agent, Chromium, two unrelated Op
       assert.equal(required.status, 'auth_required');
 
       // A browser that never signed in to mcpgate signs in first; it is Bob's, so it is refused, and the flow survives.
-      const stranger = await (await browser.newContext()).newPage();
+      const stranger = await (await newBrowserContext(browser)).newPage();
       await stranger.goto(required.auth_url);
       assert.ok(stranger.url().startsWith(idp.issuer), 'sent to sign in at the company IdP');
-      await signInAtIdp(stranger, 'bob');
+      await signInAtIdp(stranger, userOf('bob'));
       await stranger.waitForURL(`${gateway}/oauth/upstream/start?**`);
       assert.equal(await stranger.locator('h1').textContent(), 'This link is for another user');
 
@@ -160,9 +93,7 @@ describe('mode oauth after the real login (SDK agent, Chromium, two unrelated Op
       const page = await context.newPage();
       await page.goto(required.auth_url);
       assert.ok(page.url().startsWith(upstream.issuer), 'sent on to the upstream\'s own authorization server');
-      await page.fill('input[name=login]', 'alice-up');
-      await page.click('button[type=submit]');
-      await page.click('button[value=approve]');
+      await approveAtUpstream(page, 'alice-up');
       await page.waitForURL(`${gateway}/oauth/upstream/callback?**`);
       assert.equal(await page.locator('h1').textContent(), 'Connected to notes');
 
@@ -172,13 +103,11 @@ describe('mode oauth after the real login (SDK agent, Chromium, two unrelated Op
       // it in through the IdP, and connects Alice's one agent session.
       const removed = await fetch(`${gateway}/connections/notes`, { method: 'DELETE', headers: { authorization: `Bearer ${agent.tokens()!.access_token}` } });
       assert.equal(removed.status, 200);
-      const elsewhere = await (await browser.newContext()).newPage();
+      const elsewhere = await (await newBrowserContext(browser)).newPage();
       await elsewhere.goto(`${gateway}/connect/notes`);
-      await signInAtIdp(elsewhere, 'alice');
+      await signInAtIdp(elsewhere, userOf('alice'));
       await elsewhere.waitForURL(`${upstream.issuer}/**`);
-      await elsewhere.fill('input[name=login]', 'alice-up');
-      await elsewhere.click('button[type=submit]');
-      await elsewhere.click('button[value=approve]');
+      await approveAtUpstream(elsewhere, 'alice-up');
       await elsewhere.waitForURL(`${gateway}/oauth/upstream/callback?**`);
       assert.equal(await elsewhere.locator('h1').textContent(), 'Connected to notes');
       assert.deepEqual((await client.callTool({ name: 'whoami', arguments: {} })).content, [{ type: 'text', text: 'upstream user alice-up' }]);
