@@ -6,7 +6,8 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
+import { closeChromium, launchChromium, newBrowserContext, signInAtIdp, within } from '../support/browser-agent.ts';
 import { startDevIdp, type DevIdp } from '../support/idp.ts';
 import { pkcePair, registerClient, startLoginServer, startRecordingServer, type LoginServer, type RecordingServer } from '../authserver/login-server.ts';
 
@@ -36,15 +37,10 @@ before(async () => {
     res.end(JSON.stringify({ client_id: `${docs.url}${url.pathname}`, client_name: 'Doc Agent', redirect_uris: ['http://127.0.0.1/callback'] }));
   });
   clientId = (await registerClient(server.issuer, { redirect_uris: ['http://127.0.0.1/callback'], client_name: 'Test Agent' })).client_id;
-  // A missing chromium is a failure, not a skip: `apt-get install chromium`.
-  browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    args: ['--no-sandbox', '--disable-background-networking', '--disable-gpu', '--disable-dev-shm-usage'],
-  });
+  browser = await launchChromium();
 });
 after(async () => {
-  await browser?.close();
+  await closeChromium(browser);
   await server?.close();
   await agent?.close();
   await docs?.close();
@@ -69,12 +65,19 @@ function authorizeUrl(state: string, id = clientId): string {
 async function signIn(page: Page, url: string, login?: { user: string; password: string }) {
   const callback = page.waitForResponse((r) => r.url().startsWith(`${server.issuer}/oauth/callback`));
   await page.goto(url);
-  if (login) {
-    await page.fill('input[name="login"]', login.user);
-    await page.fill('input[name="password"]', login.password);
-    await page.click('button[type="submit"]');
-  }
+  if (login) await signInAtIdp(page, { login: login.user, password: login.password });
   return callback;
+}
+
+/**
+ * Clicks a consent button and resolves with the request the client's redirect URI received, once
+ * the tab has loaded it (a tab or context closed mid-navigation can hang Chromium's close).
+ */
+async function answerConsent(page: Page, button: 'approve' | 'deny'): Promise<URL> {
+  const arrived = agent.next('/callback');
+  await page.click(`button[value="${button}"]`);
+  await page.waitForURL((u) => u.href.startsWith(`${agent.url}/callback`));
+  return within("the client's redirect URI to be called", arrived);
 }
 
 const alice = () => ({ user: 'alice', password: idp.users.find((u) => u.login === 'alice')!.password });
@@ -84,10 +87,10 @@ describe('consent in a real browser', () => {
   let context: BrowserContext;
   let page: Page;
   before(async () => {
-    context = await browser.newContext();
+    context = await newBrowserContext(browser);
     page = await context.newPage();
   });
-  after(() => context?.close());
+  after(() => (context ? within('a browser context to close', context.close()) : undefined));
 
   test('the IdP login leads to a consent page naming the client, its redirect host and the loopback warning', async () => {
     const response = await signIn(page, authorizeUrl('state-approve'), alice());
@@ -158,14 +161,13 @@ describe('consent in a real browser', () => {
     await attacker.goto(`${agent.url}/forge?id=${encodeURIComponent(consentId)}`);
     assert.equal((await forged).status(), 403);
     assert.match(await attacker.locator('main').innerText(), /another site/);
+    await attacker.waitForLoadState('load'); // never close a tab mid-navigation
     await attacker.close();
     assert.equal(agent.requests.filter((u) => u.pathname === '/callback').length, 0, 'no code was sent anywhere');
   });
 
   test('approving sends the code, the state and iss to the client; the code is bound to the request', async () => {
-    const arrived = agent.next('/callback');
-    await page.click('button[value="approve"]');
-    const callback = await arrived;
+    const callback = await answerConsent(page, 'approve');
     assert.equal(callback.searchParams.get('state'), 'state-approve');
     assert.equal(callback.searchParams.get('iss'), server.issuer);
     assert.equal(callback.searchParams.get('error'), null);
@@ -192,7 +194,8 @@ describe('consent in a real browser', () => {
     const arrived = agent.next('/callback');
     const response = await signIn(page, authorizeUrl('state-again')); // the IdP session skips its form too
     assert.equal(response.status(), 303);
-    const callback = await arrived;
+    await page.waitForURL((u) => u.href.startsWith(`${agent.url}/callback`));
+    const callback = await within("the client's redirect URI to be called", arrived);
     assert.equal(callback.searchParams.get('state'), 'state-again');
     assert.ok(callback.searchParams.get('code'));
   });
@@ -206,6 +209,7 @@ describe('consent in a real browser', () => {
     const frame = attacker.frames().find((f) => f !== attacker.mainFrame())!;
     await frame.waitForLoadState();
     assert.ok(!(await frame.content()).includes('Sign-in failed'), 'the browser refused to render the framed page');
+    await attacker.waitForLoadState('load'); // never close a tab mid-navigation
     await attacker.close();
   });
 
@@ -219,18 +223,16 @@ describe('per user, denial, metadata documents', () => {
   let context: BrowserContext;
   let page: Page;
   before(async () => {
-    context = await browser.newContext();
+    context = await newBrowserContext(browser);
     page = await context.newPage();
   });
-  after(() => context?.close());
+  after(() => (context ? within('a browser context to close', context.close()) : undefined));
 
   test("another user must consent on their own, and a denial returns access_denied to the client", async () => {
     const response = await signIn(page, authorizeUrl('state-deny'), bob());
     assert.equal(response.status(), 200, 'bob sees the consent page although alice approved this client');
     assert.match(await page.locator('main').innerText(), /signed in as Bob/);
-    const arrived = agent.next('/callback');
-    await page.click('button[value="deny"]');
-    const callback = await arrived;
+    const callback = await answerConsent(page, 'deny');
     assert.equal(callback.searchParams.get('error'), 'access_denied');
     assert.equal(callback.searchParams.get('state'), 'state-deny');
     assert.equal(callback.searchParams.get('iss'), server.issuer);
@@ -247,9 +249,7 @@ describe('per user, denial, metadata documents', () => {
     const text = await page.locator('main').innerText();
     assert.match(text, /“Doc Agent”/);
     assert.match(text, new RegExp(docClient.replace(/[.]/g, '\\.')));
-    const arrived = agent.next('/callback');
-    await page.click('button[value="approve"]');
-    assert.ok((await arrived).searchParams.get('code'));
+    assert.ok((await answerConsent(page, 'approve')).searchParams.get('code'));
   });
 
   test('nothing secret reached the log, and nothing answered 500', () => {

@@ -12,11 +12,11 @@ import { createHash } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { decodeJwt } from 'jose';
-import { chromium, type Browser, type BrowserContext } from 'playwright-core';
+import type { Browser, BrowserContext } from 'playwright-core';
 import { startDemo, type Demo, type WhoamiResult } from '../../demo/start.ts';
 import { startRecordingServer, type RecordingServer } from '../authserver/login-server.ts';
 import { captureLogs } from '../support/logs.ts';
-import { BrowserAgent, connectWithLogin } from './browser-agent.ts';
+import { approveAtUpstream, closeChromium, connectWithLogin, createBrowserAgent, launchChromium, newBrowserContext, type BrowserUser } from '../support/browser-agent.ts';
 
 let demo: Demo;
 let browser: Browser;
@@ -26,28 +26,27 @@ const clients: Client[] = [];
 
 before(async () => {
   [demo, catcher] = await Promise.all([startDemo({ port: 0, logLevel: 'info', logDestination: logs.destination }), startRecordingServer()]);
-  // A missing chromium is a failure, not a skip: `apt-get install chromium`.
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-background-networking', '--disable-gpu', '--disable-dev-shm-usage'] });
+  browser = await launchChromium();
 });
 
 after(async () => {
   await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
-  await browser?.close();
+  await closeChromium(browser);
   await demo?.close();
   await catcher?.close();
 });
 
 describe('the demo: IdP login, token swap, and an upstream with its own OAuth', () => {
   let context: BrowserContext;
-  let alice: { login: string; password: string };
+  let alice: BrowserUser;
   const ourTokens: string[] = [];
 
   test('demo: log in through the IdP and the consent page in Chromium; whoami shows the IdP user; the upstream never sees our token', async () => {
-    context = await browser.newContext();
+    context = await newBrowserContext(browser);
     const user = demo.idp.users.find((u) => u.login === 'alice')!;
     alice = { login: user.login, password: user.password };
-    const agent = new BrowserAgent(context, alice, catcher);
-    const client = await connectWithLogin(agent, demo.mcpUrls.demo);
+    const agent = createBrowserAgent({ context, user: alice, redirectUri: `${catcher.url}/callback` });
+    const { client } = await connectWithLogin(agent, demo.mcpUrls.demo);
     clients.push(client);
     assert.equal(agent.loginFormsSeen, 1);
     assert.equal(agent.consentPagesSeen, 1);
@@ -77,8 +76,8 @@ describe('the demo: IdP login, token swap, and an upstream with its own OAuth', 
 
   test('notes: the first tool call answers auth_required; the link opened in the same browser connects notes; the retry succeeds', async () => {
     // The same browser: the IdP session is there, so only mcpgate's consent (a new client) is shown.
-    const agent = new BrowserAgent(context, alice, catcher);
-    const client = await connectWithLogin(agent, demo.mcpUrls.notes);
+    const agent = createBrowserAgent({ context, user: alice, redirectUri: `${catcher.url}/callback` });
+    const { client } = await connectWithLogin(agent, demo.mcpUrls.notes);
     clients.push(client);
     assert.equal(agent.loginFormsSeen, 0);
     ourTokens.push(agent.tokens()!.access_token);
@@ -93,9 +92,7 @@ describe('the demo: IdP login, token swap, and an upstream with its own OAuth', 
     const page = await context.newPage();
     await page.goto(required.auth_url);
     assert.ok(page.url().startsWith(demo.notes.issuer), "sent on to the notes server's own authorization server");
-    await page.fill('input[name=login]', 'alice-up');
-    await page.click('button[type=submit]');
-    await page.click('button[value=approve]');
+    await approveAtUpstream(page, 'alice-up');
     await page.waitForURL(`${demo.publicUrl.origin}/oauth/upstream/callback?**`);
     assert.equal(await page.locator('h1').textContent(), 'Connected to notes');
     await page.close();
@@ -108,8 +105,8 @@ describe('the demo: IdP login, token swap, and an upstream with its own OAuth', 
 
   test('open: the same login, and the demo server receives no credential', async () => {
     const before = demo.upstream.seenRequests.length;
-    const agent = new BrowserAgent(context, alice, catcher);
-    const client = await connectWithLogin(agent, demo.mcpUrls.open);
+    const agent = createBrowserAgent({ context, user: alice, redirectUri: `${catcher.url}/callback` });
+    const { client } = await connectWithLogin(agent, demo.mcpUrls.open);
     clients.push(client);
     ourTokens.push(agent.tokens()!.access_token);
     const who = (await client.callTool({ name: 'whoami', arguments: {} })).structuredContent as unknown as WhoamiResult;

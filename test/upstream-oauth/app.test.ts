@@ -11,7 +11,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { ElicitationCompleteNotificationSchema, ErrorCode, McpError } from '@modelcontextprotocol/sdk/types.js';
 import { decodeJwt } from 'jose';
-import { chromium } from 'playwright-core';
+import type { Browser as Chromium } from 'playwright-core';
 import { createApp, type App } from '../../src/app.ts';
 import { createCookieCodec, deriveCookieKey, loginCookie } from '../../src/authserver/cookies.ts';
 import { generateSigningKeyPem, generateStoreKey } from '../../src/authserver/keys.ts';
@@ -22,6 +22,7 @@ import type { Store } from '../../src/store/port.ts';
 import { createSealer } from '../../src/store/sealed.ts';
 import { createUpstreamStores, type UpstreamStores } from '../../src/upstream-oauth/stores.ts';
 import { login, postForm, refusingIdp, registerClient, type AuthGateway } from '../authserver/fixture.ts';
+import { approveAtUpstream, closeChromium, launchChromium, newBrowserContext } from '../support/browser-agent.ts';
 import { freePort } from '../support/gateway.ts';
 import { waitFor } from '../support/mcp-upstream.ts';
 import { captureLogs, type LogCapture } from '../support/logs.ts';
@@ -41,6 +42,8 @@ let store: Store;
 let skew = 0;
 /** The gateway's upstream token rows, read through the same store and sealing key. */
 let upstreamRows: UpstreamStores;
+/** Launched by the one test that needs a real browser; closed in `after()` whatever that test did. */
+let chromium: Chromium | undefined;
 
 before(async () => {
   upstream = await startUpstreamWithAs({ registration: 'dcr', openHandshake: true, users: ['alice-up', 'bob-up', 'carol-up'] });
@@ -72,6 +75,7 @@ before(async () => {
 });
 
 after(async () => {
+  await closeChromium(chromium);
   await app?.close();
   await upstream?.close();
 });
@@ -180,24 +184,23 @@ describe('mode oauth end to end (createApp, SDK client)', () => {
     const carol = await signIn('carol');
     const { client, transport } = agent(carol.accessToken, {});
     await client.connect(transport);
-    const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-background-networking', '--disable-gpu', '--disable-dev-shm-usage'] });
+    chromium = await launchChromium();
+    const browser = chromium;
     try {
       const required = (await client.callTool({ name: 'whoami', arguments: {} })).structuredContent as { auth_url: string };
 
-      const stranger = await browser.newContext();
+      const stranger = await newBrowserContext(browser);
       await stranger.addCookies([loginCookieFor('dave', 'sid-dave')]);
       const strangerPage = await stranger.newPage();
       const refused = await strangerPage.goto(required.auth_url);
       assert.equal(refused?.status(), 403);
       assert.equal(await strangerPage.locator('h1').textContent(), 'This link is for another user');
 
-      const context = await browser.newContext();
+      const context = await newBrowserContext(browser);
       await context.addCookies([loginCookieFor('carol', carol.sessionId)]);
       const page = await context.newPage();
       await page.goto(required.auth_url);
-      await page.fill('input[name=login]', 'carol-up');
-      await page.click('button[type=submit]');
-      await page.click('button[value=approve]');
+      await approveAtUpstream(page, 'carol-up');
       await page.waitForURL(`${base}/oauth/upstream/callback?**`);
       assert.equal(await page.locator('h1').textContent(), 'Connected to notes');
       assert.match((await page.locator('main').textContent()) ?? '', /Return to your agent and retry/);
@@ -205,7 +208,6 @@ describe('mode oauth end to end (createApp, SDK client)', () => {
       const result = await client.callTool({ name: 'whoami', arguments: {} });
       assert.deepEqual(result.content, [{ type: 'text', text: 'upstream user carol-up' }]);
     } finally {
-      await browser.close();
       await client.close();
     }
   });
