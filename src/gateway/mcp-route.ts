@@ -99,7 +99,9 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
     const protocolVersion = headerValue(ctx.req.headers, 'mcp-protocol-version');
     if (protocolVersion) options.clientCapabilities?.noteProtocolVersion({ upstream: upstream.name, mcpSessionId, sessionId: principal?.sessionId, protocolVersion });
     const credentialRequest: CredentialRequest = { principal, rpc, mcpSessionId, signal: ctx.signal };
-    const path = upstream.url.pathname + upstream.url.search + (upstream.url.search ? ctx.url.search.replace(/^\?/, '&') : ctx.url.search);
+    // ctx.url is parsed on first use: only a target with a query needs it.
+    const search = ctx.req.url?.includes('?') ? ctx.url.search : '';
+    const path = upstream.url.pathname + upstream.url.search + (upstream.url.search ? search.replace(/^\?/, '&') : search);
 
     /** auth_required goes to the agent by channel; anything else is thrown as it was. */
     const answerAuthRequired = async (error: unknown): Promise<void> => {
