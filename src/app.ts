@@ -329,7 +329,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         dynamicRegistration: config.authServer.registration.dynamic,
         clientMetadataDocuments: config.authServer.clientMetadataDocuments,
       }),
-      ...createTokenRoutes({ basePath, stores: authStores, issuer: tokenIssuer, refreshTokenTtlMs: config.authServer.refreshTokenTtl, resolveClient: clients, logger, now, stepUp }),
+      ...createTokenRoutes({ basePath, stores: authStores, issuer: tokenIssuer, refreshTokenTtlMs: config.authServer.refreshTokenTtl, resolveClient: clients, endSession, logger, now, stepUp }),
       ...createRevocationRoutes({ basePath, stores: authStores, issuer, keys, resources: resources.map((r) => r.resource), resolveClient: clients, endSession, logger, now }),
     ];
     const authenticator = createJwtAuthenticator({

@@ -13,6 +13,7 @@ import { readForm } from './form.ts';
 import type { AuthStores, ClientRecord, RefreshTokenRecord } from './records.ts';
 import { isPkceVerifier, newRefreshToken, pkceChallenge, safeEqual, type TokenIssuer } from './tokens.ts';
 import type { StepUpMarks } from './step-up.ts';
+import type { EndSession } from './session-end.ts';
 
 /** Dependencies of the token endpoint. */
 export interface TokenEndpointOptions {
@@ -29,6 +30,8 @@ export interface TokenEndpointOptions {
   now?: () => number;
   /** Sessions the gateway challenged for a scope their grant lacks: their next refresh is refused (step-up.ts). */
   stepUp?: Pick<StepUpMarks, 'take'>;
+  /** The one session-ending path (session-end.ts): a reused code or refresh token ends the session and its upstream grants. */
+  endSession: EndSession;
 }
 
 /** The successful token response (RFC 6749 §5.1). */
@@ -56,7 +59,8 @@ interface Grant {
 
 /** The route of the token endpoint (plus its CORS preflight: browser-based agents call it directly). */
 export function createTokenRoutes(options: TokenEndpointOptions): Route[] {
-  const { stores, logger } = options;
+  const { stores, logger, endSession } = options;
+  if (typeof endSession !== 'function') throw new TypeError('endSession must be a function');
   const now = options.now ?? Date.now;
   const resolveClient = options.resolveClient ?? ((id: string) => stores.clients.get(id));
   if (!Number.isSafeInteger(options.refreshTokenTtlMs) || options.refreshTokenTtlMs <= 0) throw new TypeError('refreshTokenTtlMs must be a positive integer');
@@ -89,14 +93,15 @@ export function createTokenRoutes(options: TokenEndpointOptions): Route[] {
     if (!consumed) throw new InvalidGrant('the authorization code is invalid or expired');
     if (consumed.reused) {
       // RFC 6749 §4.1.2: a code used twice may have been stolen; everything issued from it dies.
-      await stores.sessions.revoke(consumed.sessionId);
+      await endSession(consumed.sessionId);
       logger.warn({ msg: 'authorization code reused: session revoked', sid: sessionTag(consumed.sessionId) });
       throw new InvalidGrant('the authorization code was already used');
     }
     const record = consumed.record;
     const refuse = async (error: Error): Promise<never> => {
-      // The session was created for this code alone; it will never get tokens now.
-      await stores.sessions.revoke(record.sessionId);
+      // The session was created for this code alone; it will never get tokens now (a chained
+      // authorization may already have connected it upstream, so through the whole path).
+      await endSession(record.sessionId);
       throw error;
     };
     if (record.clientId !== client.clientId) return refuse(new InvalidGrant('the authorization code was issued to another client'));
@@ -140,7 +145,7 @@ export function createTokenRoutes(options: TokenEndpointOptions): Route[] {
     if (!rotated) throw new InvalidGrant('the refresh token is invalid or expired');
     if (rotated.reused) {
       // OAuth 2.1 §4.3.1: a rotated token presented again means one of the two holders is an attacker.
-      await stores.sessions.revoke(rotated.record.sessionId);
+      await endSession(rotated.record.sessionId);
       logger.warn({ msg: 'refresh token reused: session revoked', sid: sessionTag(rotated.record.sessionId) });
       throw new InvalidGrant('the refresh token was already used');
     }

@@ -275,6 +275,16 @@ describe('a session that ends takes its upstream grants with it', () => {
     await assertForgotten(second);
   });
 
+  test('a reused refresh token (OAuth 2.1 §4.3.1) ends the family and its upstream grant', async () => {
+    const user = await connectedUser('reuser', 'carol-up');
+    const rotated = await postForm(`${base}/oauth/token`, { grant_type: 'refresh_token', client_id: user.clientId, refresh_token: user.refreshToken });
+    assert.equal(rotated.status, 200);
+    const reused = await postForm(`${base}/oauth/token`, { grant_type: 'refresh_token', client_id: user.clientId, refresh_token: user.refreshToken });
+    assert.equal(reused.status, 400);
+    assert.equal(reused.body.error, 'invalid_grant');
+    await assertForgotten(user);
+  });
+
   test('POST /oauth/revoke of our refresh token ends the family and its upstream grant', async () => {
     const user = await connectedUser('revoker', 'bob-up');
     const res = await postForm(`${base}/oauth/revoke`, { client_id: user.clientId, token: user.refreshToken, token_type_hint: 'refresh_token' });
