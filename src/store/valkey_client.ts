@@ -3,7 +3,16 @@
  * validating them first so a bad configuration fails at start-up, not at the first request.
  */
 import type { ConnectionOptions } from 'node:tls';
-import { Cluster, Redis, type RedisOptions } from 'iovalkey';
+import { createRequire } from 'node:module';
+import type { Cluster, Redis, RedisOptions } from 'iovalkey';
+
+/**
+ * iovalkey, loaded when the first client is made (it is CommonJS, so a synchronous require keeps
+ * this factory synchronous): a gateway on memory storage never pays its 5–6 MB of idle RSS.
+ */
+function iovalkey(): typeof import('iovalkey') {
+  return createRequire(import.meta.url)('iovalkey') as typeof import('iovalkey');
+}
 
 /** Where the Valkey servers are and how to reach them; see `ValkeyStoreOptions`. */
 export interface ValkeyConnectionOptions {
@@ -47,6 +56,7 @@ function reconnectDelay(attempt: number): number {
  * as soon as the connection closes.
  */
 export function createValkeyClient(options: ValkeyConnectionOptions): ValkeyClient {
+  const { Cluster: ClusterClient, Redis: RedisClient } = iovalkey();
   const url = parseUrl(options.url);
   if (options.cluster !== undefined && options.sentinel !== undefined) {
     throw new TypeError('valkey: choose cluster or sentinel, not both');
@@ -68,7 +78,7 @@ export function createValkeyClient(options: ValkeyConnectionOptions): ValkeyClie
   if (options.cluster !== undefined) {
     if (url.db !== 0) throw new TypeError('valkey: a cluster has only database 0');
     const nodes = [url.node, ...(options.cluster.nodes ?? []).map((n) => parseNode(n, 'cluster.nodes'))];
-    return new Cluster(nodes, {
+    return new ClusterClient(nodes, {
       enableOfflineQueue: false,
       clusterRetryStrategy: reconnectDelay,
       redisOptions: common,
@@ -80,7 +90,7 @@ export function createValkeyClient(options: ValkeyConnectionOptions): ValkeyClie
     if (typeof masterName !== 'string' || masterName.length === 0) {
       throw new TypeError('valkey: sentinel.masterName is required');
     }
-    return new Redis({
+    return new RedisClient({
       ...common,
       name: masterName,
       sentinels: [url.node, ...nodes.map((n) => parseNode(n, 'sentinel.nodes'))],
@@ -94,7 +104,7 @@ export function createValkeyClient(options: ValkeyConnectionOptions): ValkeyClie
     });
   }
 
-  return new Redis({
+  return new RedisClient({
     ...common,
     ...url.node,
     db: url.db,
