@@ -15,6 +15,7 @@ import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { exportJWK, generateKeyPair } from 'jose';
 import Provider, { errors, type InteractionDetails } from 'oidc-provider';
+import { createMemoryAdapter, readAll, replayBody } from './oidc-plumbing.ts';
 
 /** A user of the development IdP. `sub` is the subject the IdP asserts (default: the login). */
 export interface DevIdpUser {
@@ -114,7 +115,8 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
       },
     ],
     jwks: { keys: [{ ...(await exportJWK(privateKey)), alg: 'RS256', use: 'sig', kid: 'dev-idp-1' }] },
-    cookies: { keys: [randomBytes(32).toString('base64url')] },
+    // Cookies ignore ports: on 127.0.0.1 the default names would clobber another provider's (the upstreams' own).
+    cookies: { keys: [randomBytes(32).toString('base64url')], names: { session: 'dev_idp_session', interaction: 'dev_idp_interaction', resume: 'dev_idp_interaction_resume' } },
     claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name', 'preferred_username'] },
     // Put profile and email claims into the ID token, so `userClaim: email` works without userinfo.
     conformIdTokenClaims: false,
@@ -193,7 +195,7 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
       }
     }
     if (url.pathname === '/token' && req.method === 'POST' && refreshFailure !== null) {
-      const body = await readAll(req);
+      const body = await readAll(req, 64 * 1024);
       if (new URLSearchParams(body.toString('utf8')).get('grant_type') === 'refresh_token') {
         if (refreshFailure === 'invalid_grant') {
           res.writeHead(400, { 'content-type': 'application/json', 'cache-control': 'no-store' });
@@ -204,8 +206,7 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
         }
         return;
       }
-      // Already read: oidc-provider takes a parsed body from req.body.
-      (req as IncomingMessage & { body?: Buffer }).body = body;
+      replayBody(req, body);
     }
     providerCallback(req, res);
   }
@@ -219,7 +220,7 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
     }
     if (details.prompt.name === 'login') {
       if (!isLoginPost || req.method !== 'POST') return sendHtml(res, 200, loginForm(details.uid));
-      const form = new URLSearchParams((await readAll(req)).toString('utf8'));
+      const form = new URLSearchParams((await readAll(req, 64 * 1024)).toString('utf8'));
       const user = users.find((u) => u.login === form.get('login') && u.password === form.get('password'));
       if (!user) return sendHtml(res, 401, loginForm(details.uid, 'Wrong user name or password.'));
       return provider.interactionFinished(req, res, { login: { accountId: user.sub } }, { mergeWithLastSubmission: false });
@@ -272,57 +273,6 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
   };
 }
 
-interface StoredModel {
-  payload: Record<string, unknown>;
-  expiresAt: number;
-}
-
-/**
- * Storage for the provider's models (sessions, grants, codes, tokens), private to one IdP: the
- * library's built-in one is shared by every provider in the process and warns on each start.
- */
-function createMemoryAdapter() {
-  const models = new Map<string, StoredModel>();
-  const live = (key: string) => {
-    const entry = models.get(key);
-    if (entry && entry.expiresAt <= Date.now()) models.delete(key);
-    return entry && entry.expiresAt > Date.now() ? entry : undefined;
-  };
-  return class MemoryAdapter {
-    readonly name: string;
-    constructor(name: string) {
-      this.name = name;
-    }
-    key(id: string) {
-      return `${this.name}:${id}`;
-    }
-    async upsert(id: string, payload: Record<string, unknown>, expiresIn?: number) {
-      models.set(this.key(id), { payload, expiresAt: expiresIn ? Date.now() + expiresIn * 1000 : Infinity });
-    }
-    async find(id: string) {
-      return live(this.key(id))?.payload;
-    }
-    async findByUid(uid: string) {
-      for (const [key, entry] of models) if (key.startsWith(`${this.name}:`) && entry.payload['uid'] === uid) return live(key)?.payload;
-      return undefined;
-    }
-    async findByUserCode(userCode: string) {
-      for (const [key, entry] of models) if (key.startsWith(`${this.name}:`) && entry.payload['userCode'] === userCode) return live(key)?.payload;
-      return undefined;
-    }
-    async consume(id: string) {
-      const entry = live(this.key(id));
-      if (entry) entry.payload['consumed'] = Math.floor(Date.now() / 1000);
-    }
-    async destroy(id: string) {
-      models.delete(this.key(id));
-    }
-    async revokeByGrantId(grantId: string) {
-      for (const [key, entry] of models) if (entry.payload['grantId'] === grantId) models.delete(key);
-    }
-  };
-}
-
 function loginForm(uid: string, error?: string): string {
   return page(
     'Sign in to the development IdP',
@@ -348,17 +298,6 @@ function sendHtml(res: ServerResponse, status: number, html: string): void {
 
 function escapeHtml(text: string): string {
   return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-}
-
-async function readAll(req: IncomingMessage): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > 64 * 1024) throw new Error('request body too large');
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks);
 }
 
 function listen(server: Server, port: number): Promise<number> {

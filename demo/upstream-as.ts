@@ -27,6 +27,7 @@ import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { createRemoteJWKSet, exportJWK, generateKeyPair, jwtVerify, type JWTPayload } from 'jose';
 import Provider, { errors, type InteractionDetails } from 'oidc-provider';
+import { createMemoryAdapter, readAll, replayBody } from './oidc-plumbing.ts';
 import { z } from 'zod';
 
 /** How mcpgate gets a client at the upstream's authorization server. */
@@ -129,7 +130,9 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
         }]
       : [],
     jwks: { keys: [{ ...(await exportJWK(privateKey)), alg: 'ES256', use: 'sig', kid: 'upstream-as-1' }] },
-    cookies: { keys: [randomBytes(32).toString('base64url')] },
+    adapter: createMemoryAdapter(),
+    // Cookies ignore ports: on 127.0.0.1 the default names would clobber another provider's (the company IdP's).
+    cookies: { keys: [randomBytes(32).toString('base64url')], names: { session: 'upstream_as_session', interaction: 'upstream_as_interaction', resume: 'upstream_as_interaction_resume' } },
     // Its one signing key is ES256; clients that never asked for ID tokens still get a default alg.
     clientDefaults: { grant_types: ['authorization_code'], response_types: ['code'], id_token_signed_response_alg: 'ES256', token_endpoint_auth_method: 'client_secret_basic' },
     scopes: [...SCOPES, 'offline_access'],
@@ -192,8 +195,7 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
         res.writeHead(503, { 'content-type': 'text/html' }).end('<!doctype html><title>503</title>');
         return;
       }
-      // Already read: oidc-provider takes a parsed body from req.body.
-      (req as IncomingMessage & { body?: Buffer }).body = body;
+      replayBody(req, body);
     }
     providerCallback(req, res);
   };
@@ -387,17 +389,6 @@ function sendHtml(res: ServerResponse, status: number, html: string): void {
 
 function escapeHtml(text: string): string {
   return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-}
-
-async function readAll(req: IncomingMessage): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > 256 * 1024) throw new Error('request body too large');
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks);
 }
 
 if (import.meta.main) {
