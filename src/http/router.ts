@@ -40,7 +40,8 @@ export interface Route {
 
 export type Match =
   | { kind: 'found'; route: Route; params: Record<string, string> }
-  | { kind: 'method_not_allowed'; allow: string[] }
+  /** `errorStyle`: that of the path's routes, so a 405 on the MCP path is a JSON-RPC error like its other refusals. */
+  | { kind: 'method_not_allowed'; allow: string[]; errorStyle?: ErrorStyle }
   | { kind: 'not_found' };
 
 interface Compiled {
@@ -69,11 +70,13 @@ export function createRouter(routes: Route[]): { match(method: string, pathname:
   return {
     match(method, pathname) {
       const allow: string[] = [];
+      let errorStyle: ErrorStyle | undefined;
       const byPath = exact.get(pathname);
       if (byPath) {
         for (const c of byPath) {
           if (c.methods.has(method)) return { kind: 'found', route: c.route, params: {} };
           allow.push(...c.methods);
+          errorStyle ??= c.route.errorStyle;
         }
       }
       const parts = pathname.split('/');
@@ -82,8 +85,9 @@ export function createRouter(routes: Route[]): { match(method: string, pathname:
         if (!params) continue;
         if (c.methods.has(method)) return { kind: 'found', route: c.route, params };
         allow.push(...c.methods);
+        errorStyle ??= c.route.errorStyle;
       }
-      return allow.length > 0 ? { kind: 'method_not_allowed', allow: [...new Set(allow)] } : { kind: 'not_found' };
+      return allow.length > 0 ? { kind: 'method_not_allowed', allow: [...new Set(allow)], errorStyle } : { kind: 'not_found' };
     },
   };
 }

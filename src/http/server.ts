@@ -124,6 +124,8 @@ export function createFrontDoor(options: FrontDoorOptions): FrontDoor {
       const match = router.match(req.method ?? 'GET', pathname);
       if (match.kind === 'not_found') throw new NotFound(`no route for ${pathname}`);
       if (match.kind === 'method_not_allowed') {
+        // PUT /{name}/mcp is refused as a JSON-RPC error, like every other refusal on the MCP path.
+        ctx.errorStyle = match.errorStyle ?? 'oauth';
         throw new MethodNotAllowed(`method ${req.method} is not allowed here`, { headers: { allow: match.allow.join(', ') } });
       }
       routeName = match.route.name ?? match.route.path;
