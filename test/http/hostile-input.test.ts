@@ -24,6 +24,7 @@ import { createSealer } from '../../src/store/sealed.ts';
 import { login, refusingIdp, registerClient, type AuthGateway } from '../authserver/fixture.ts';
 import { send, type RawResponse } from '../gateway/http-client.ts';
 import { freePort } from '../support/gateway.ts';
+import { startRawUpstream, type RawUpstream } from '../support/mcp-upstream.ts';
 import { captureLogs, type LogCapture } from '../support/logs.ts';
 import { startUpstreamWithAs, type UpstreamWithAs } from '../support/upstream-as.ts';
 
@@ -32,6 +33,10 @@ const MARK = `hostile${randomBytes(6).toString('hex')}`;
 const secret = (what: string) => `${MARK}-${what}`;
 
 let upstream: UpstreamWithAs;
+/** A plain MCP-shaped upstream in mode `none`, so hostile requests with a valid token are forwarded. */
+let open: RawUpstream;
+/** A valid access token for `open`. */
+let openToken: string;
 let app: App;
 let base: URL;
 let logs: LogCapture;
@@ -46,6 +51,7 @@ let sourceCounter = 0;
 
 before(async () => {
   upstream = await startUpstreamWithAs({ registration: 'dcr', openHandshake: true });
+  open = await startRawUpstream();
   const port = await freePort();
   const issuer = `http://127.0.0.1:${port}`;
   base = new URL(issuer);
@@ -57,7 +63,10 @@ before(async () => {
       idp: { issuer: 'http://127.0.0.1:9/unused', clientId: 'mcpgate' },
       authServer: { signingKeys: ['file:/keys/signing.pem'], accessTokenTtl: '1h' },
       storage: { kind: 'memory', encryptionKeys: [{ id: 'k1', key: 'env:STORE_KEY' }] },
-      upstreams: [{ name: 'notes', url: upstream.mcpUrl, auth: { mode: 'oauth', scopes: ['notes:read'] } }],
+      upstreams: [
+        { name: 'notes', url: upstream.mcpUrl, auth: { mode: 'oauth', scopes: ['notes:read'] } },
+        { name: 'open', url: open.url.href, auth: { mode: 'none' } },
+      ],
     }),
     'test-config',
     { env: { STORE_KEY: storeKey }, readFile: () => pem },
@@ -78,12 +87,15 @@ before(async () => {
 beforeEach(async () => {
   const tokens = await login(gw, client, { resource: gw.resource('notes'), subject: 'alice' });
   accessToken = tokens.accessToken;
-  issued.push(tokens.accessToken, tokens.refreshToken, tokens.sessionId);
+  const forOpen = await login(gw, client, { resource: gw.resource('open'), subject: 'alice' });
+  openToken = forOpen.accessToken;
+  issued.push(tokens.accessToken, tokens.refreshToken, tokens.sessionId, forOpen.accessToken, forOpen.refreshToken, forOpen.sessionId);
 });
 
 after(async () => {
   await app?.close();
   await upstream?.close();
+  await open?.close();
 });
 
 /** What a refusal on this route must look like. */
@@ -108,19 +120,33 @@ function hit(request: HostileRequest): Promise<RawResponse> {
   return send(new URL(request.target, base), { method: request.method, headers: request.headers, body: request.body, localAddress: nextSource() });
 }
 
+function show(request: HostileRequest): string {
+  return `${request.method} ${request.target.slice(0, 100)} ${JSON.stringify(request.headers ?? {}).slice(0, 300)}`;
+}
+
 /** Sends one request with its target verbatim: `new URL` would resolve `..`, `//` and re-encode the path. */
 function sendRaw(request: HostileRequest): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
     const req = httpRequest(
       { host: '127.0.0.1', port: Number(base.port), path: request.target, method: request.method, headers: request.headers, localAddress: nextSource(), agent: false },
       (res) => {
+        if (String(res.headers['content-type']).startsWith('text/event-stream')) {
+          // A GET stream held open (DESIGN §5.3) is an answer: take its head and hang up.
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: '' });
+          res.destroy();
+          return;
+        }
         const chunks: Buffer[] = [];
         res.on('data', (chunk: Buffer) => chunks.push(chunk));
         res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
         res.on('error', reject);
+        // A response cut mid-body: say so rather than wait forever.
+        res.on('close', () => (res.complete ? undefined : reject(new Error(`response ${res.statusCode} cut before its end: ${show(request)}`))));
       },
     );
-    req.on('error', reject);
+    req.on('error', (error) => reject(new Error(show(request), { cause: error })));
+    // No answer at all is the one failure a status check cannot see.
+    req.setTimeout(5000, () => req.destroy(new Error(`no answer within 5 s`)));
     req.end(request.body);
   });
 }
@@ -185,6 +211,7 @@ const ROUTES: Array<{ path: string; methods: string[]; kind: Kind; bodies?: 'for
   { path: '/connections', methods: ['GET'], kind: 'oauth' },
   { path: '/connections/notes', methods: ['DELETE'], kind: 'oauth' },
   { path: '/notes/mcp', methods: ['POST', 'GET', 'DELETE', 'OPTIONS'], kind: 'jsonrpc', bodies: 'json' },
+  { path: '/open/mcp', methods: ['POST', 'GET', 'DELETE', 'OPTIONS'], kind: 'jsonrpc', bodies: 'json' },
   { path: '/healthz', methods: ['GET'], kind: 'ops' },
   { path: '/readyz', methods: ['GET'], kind: 'ops' },
   { path: '/metrics', methods: ['GET'], kind: 'ops' },
@@ -261,7 +288,20 @@ describe('hostile requests on every route', () => {
         cases.push({ method, target: route.path, headers: { 'content-type': 'application/json' }, body: '{}' });
       }
       for (const method of route.methods) {
-        const withToken = { authorization: `Bearer ${accessToken}` };
+        const withToken = { authorization: `Bearer ${route.path === '/open/mcp' ? openToken : accessToken}` };
+        const ping = '{"jsonrpc":"2.0","id":1,"method":"ping"}';
+        // Headers the gateway forwards upstream: bytes undici refuses, huge values, duplicates.
+        for (const headers of [
+          { 'mcp-session-id': '\xff\xfe\x80' },
+          { 'mcp-session-id': 's'.repeat(8000) },
+          { 'mcp-protocol-version': '\x80\x81', 'last-event-id': '\xff' },
+          { 'last-event-id': 'e'.repeat(8000) },
+          { accept: 'text/event-stream, \xff', 'content-type': 'application/json; charset=\xff' },
+          { 'mcp-method': '\xff', 'mcp-name': 'n'.repeat(8000) },
+          { 'x-forwarded-for': '1.2.3.4, \xff', 'x-request-id': '\xff' },
+        ]) {
+          cases.push({ method, target: route.path, headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream', ...withToken, ...headers }, body: method === 'POST' ? ping : undefined });
+        }
         cases.push({ method, target: `${route.path}?${GARBAGE_QUERY}&${GARBAGE_QUERY}` });
         cases.push({ method, target: `${route.path}?%` });
         cases.push({ method, target: `${route.path}?name=${'%00'.repeat(2000)}` });
