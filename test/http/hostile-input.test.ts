@@ -291,7 +291,7 @@ describe('hostile requests on every route', () => {
         const withToken = { authorization: `Bearer ${route.path === '/open/mcp' ? openToken : accessToken}` };
         const ping = '{"jsonrpc":"2.0","id":1,"method":"ping"}';
         // Headers the gateway forwards upstream: bytes undici refuses, huge values, duplicates.
-        for (const headers of [
+        const forwarded: Array<Record<string, string>> = [
           { 'mcp-session-id': '\xff\xfe\x80' },
           { 'mcp-session-id': 's'.repeat(8000) },
           { 'mcp-protocol-version': '\x80\x81', 'last-event-id': '\xff' },
@@ -299,7 +299,8 @@ describe('hostile requests on every route', () => {
           { accept: 'text/event-stream, \xff', 'content-type': 'application/json; charset=\xff' },
           { 'mcp-method': '\xff', 'mcp-name': 'n'.repeat(8000) },
           { 'x-forwarded-for': '1.2.3.4, \xff', 'x-request-id': '\xff' },
-        ]) {
+        ];
+        for (const headers of forwarded) {
           cases.push({ method, target: route.path, headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream', ...withToken, ...headers }, body: method === 'POST' ? ping : undefined });
         }
         cases.push({ method, target: `${route.path}?${GARBAGE_QUERY}&${GARBAGE_QUERY}` });
