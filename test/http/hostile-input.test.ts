@@ -386,6 +386,75 @@ describe('hostile requests on every route', () => {
     await assertStillServing();
   });
 
+  test('hostile parameters next to a real client id: authorize, token, revoke, register', async () => {
+    const redirect = encodeURIComponent(client.redirectUri);
+    const id = client.clientId;
+    const authorize = [
+      `client_id=${id}&redirect_uri=${redirect}`,
+      `client_id=${id}&redirect_uri=${redirect}&response_type=code&response_type=code`,
+      `client_id=${id}&client_id=${id}&redirect_uri=${redirect}&response_type=code`,
+      `client_id=${id}&redirect_uri=${redirect}&redirect_uri=${redirect}&response_type=code`,
+      `client_id=${id}&redirect_uri=${redirect}&response_type=token`,
+      `client_id=${id}&redirect_uri=${redirect}&response_type=code&code_challenge=%E0%A4%A&code_challenge_method=S256`,
+      `client_id=${id}&redirect_uri=${redirect}&response_type=code&code_challenge=${'a'.repeat(43)}&code_challenge_method=S256&resource=%00`,
+      `client_id=${id}&redirect_uri=${redirect}&response_type=code&code_challenge=${'a'.repeat(43)}&code_challenge_method=S256&resource=${encodeURIComponent(`${base.origin}/notes/mcp`)}&resource=${encodeURIComponent(`${base.origin}/open/mcp`)}`,
+      `client_id=${id}&redirect_uri=${redirect}&response_type=code&code_challenge=${'a'.repeat(43)}&code_challenge_method=S256&scope=${encodeURIComponent('mcp mcpgate:connect:%00 mcpgate:connect:__proto__ ' + 'x'.repeat(3000))}`,
+      `client_id=${id}&redirect_uri=${redirect}&response_type=code&code_challenge=${'a'.repeat(43)}&code_challenge_method=S256&state=${'%FF'.repeat(1000)}`,
+      `client_id=${id}&redirect_uri=${redirect}&response_type=code&code_challenge=${'a'.repeat(43)}&code_challenge_method=S256&prompt=none&prompt=login&max_age=-1`,
+      `client_id=${id}&redirect_uri=${encodeURIComponent(client.redirectUri + '/../evil')}&response_type=code`,
+      `client_id=${id}&redirect_uri=${encodeURIComponent(client.redirectUri + '?x=1#f')}&response_type=code`,
+      `client_id=${id}&redirect_uri=${encodeURIComponent(client.redirectUri.toUpperCase())}&response_type=code`,
+      `client_id=${id}&request=${secret('jar')}&request_uri=urn:x`,
+    ];
+    for (const query of authorize) {
+      const request: HostileRequest = { method: 'GET', target: `/oauth/authorize?${query}`, headers: { cookie: `mcpgate_login=${secret('ck')}` } };
+      const res = await sendRaw(request);
+      assertWellFormed('browser', request, res);
+      // A redirect goes only to the registered redirect URI (RFC 6749 §4.1.2.1) or to our own sign-in.
+      const location = res.headers.location;
+      if (location) assert.ok(location.startsWith(`${client.redirectUri}?`) || location.startsWith(base.origin) || location.startsWith('http://127.0.0.1:9/'), `${query} → ${location}`);
+    }
+    const form = { 'content-type': 'application/x-www-form-urlencoded' };
+    const tokenBodies = [
+      `grant_type=authorization_code&client_id=${id}&code=${secret('code')}&redirect_uri=${redirect}&code_verifier=${'v'.repeat(43)}`,
+      `grant_type=authorization_code&client_id=${id}&code=${secret('code')}&code=${secret('code')}&redirect_uri=${redirect}&code_verifier=%E0%A4%A`,
+      `grant_type=refresh_token&client_id=${id}&refresh_token=${secret('rt')}&resource=%00&scope=${'x'.repeat(10_000)}`,
+      `grant_type=refresh_token&client_id=${id}&refresh_token=&refresh_token=${secret('rt2')}`,
+      `grant_type=client_credentials&client_id=${id}&client_secret=${secret('cs')}`,
+      `grant_type=urn:ietf:params:oauth:grant-type:token-exchange&client_id=${id}&subject_token=${secret('st')}&subject_token_type=urn:ietf:params:oauth:token-type:access_token`,
+      `grant_type=password&client_id=${id}&username=alice&password=${secret('pw')}`,
+      `grant_type=authorization_code&client_id=${id}&code=${secret('code')}&redirect_uri=${redirect}&code_verifier=${'v'.repeat(43)}&resource=http://%5B::1`,
+    ];
+    for (const body of tokenBodies) {
+      for (const headers of [form, { ...form, authorization: `Basic ${Buffer.from(`${id}:${secret('basic')}`).toString('base64')}` }, { ...form, authorization: `Basic ${Buffer.from(`%E0%A4%A:${secret('b2')}`).toString('base64')}` }]) {
+        const request: HostileRequest = { method: 'POST', target: '/oauth/token', headers, body };
+        assertWellFormed('oauth', request, await sendRaw(request));
+        const revoke: HostileRequest = { method: 'POST', target: '/oauth/revoke', headers, body: `${body}&token=${secret('rv')}&token_type_hint=%00` };
+        assertWellFormed('oauth', revoke, await sendRaw(revoke));
+      }
+    }
+    const json = { 'content-type': 'application/json' };
+    const registrations = [
+      { redirect_uris: Array.from({ length: 10_000 }, (_, i) => `http://127.0.0.1:${i}/cb`) },
+      { redirect_uris: ['javascript:alert(1)'] },
+      { redirect_uris: ['http://127.0.0.1/cb#frag'] },
+      { redirect_uris: ['http://127.0.0.1/cb'], client_name: 'x'.repeat(100_000) },
+      { redirect_uris: ['http://127.0.0.1/cb'], client_name: '<script>\u0000\u202e' },
+      { redirect_uris: ['http://127.0.0.1/cb'], token_endpoint_auth_method: 'private_key_jwt', jwks_uri: 'http://169.254.169.254/' },
+      { redirect_uris: ['http://127.0.0.1/cb'], grant_types: ['implicit', 'password'], response_types: ['token'] },
+      { redirect_uris: ['http://127.0.0.1/cb'], scope: 'x '.repeat(10_000) },
+      { redirect_uris: ['http://127.0.0.1/cb'], client_id: 'chosen', client_secret: secret('reg') },
+      { redirect_uris: ['http://[::1/cb'] },
+      { redirect_uris: 'http://127.0.0.1/cb' },
+      { redirect_uris: [] },
+    ];
+    for (const registration of registrations) {
+      const request: HostileRequest = { method: 'POST', target: '/oauth/register', headers: json, body: JSON.stringify(registration) };
+      assertWellFormed('oauth', request, await sendRaw(request));
+    }
+    await assertStillServing();
+  });
+
   test('no token, secret, code or cookie sent is in the log', async () => {
     await assertStillServing();
     const text = logs.text();
