@@ -16,6 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { createApp, type App } from '../../src/app.ts';
+import { createCookieCodec, deriveCookieKey, loginCookie } from '../../src/authserver/cookies.ts';
 import { generateSigningKeyPem, generateStoreKey } from '../../src/authserver/keys.ts';
 import { createAuthStores } from '../../src/authserver/stores.ts';
 import { parseConfig } from '../../src/config/load.ts';
@@ -46,6 +47,9 @@ let accessToken: string;
 const issued: string[] = [];
 let gw: AuthGateway;
 let client: { clientId: string; redirectUri: string };
+let storeKey: string;
+/** The session of the current test's login, for a valid login cookie. */
+let sessionId: string;
 /** Each request from its own loopback address: the per-IP rate limits must not turn the sweep into 429s. */
 let sourceCounter = 0;
 
@@ -55,7 +59,7 @@ before(async () => {
   const port = await freePort();
   const issuer = `http://127.0.0.1:${port}`;
   base = new URL(issuer);
-  const storeKey = generateStoreKey();
+  storeKey = generateStoreKey();
   const pem = generateSigningKeyPem();
   const config = parseConfig(
     JSON.stringify({
@@ -87,6 +91,7 @@ before(async () => {
 beforeEach(async () => {
   const tokens = await login(gw, client, { resource: gw.resource('notes'), subject: 'alice' });
   accessToken = tokens.accessToken;
+  sessionId = tokens.sessionId;
   const forOpen = await login(gw, client, { resource: gw.resource('open'), subject: 'alice' });
   openToken = forOpen.accessToken;
   issued.push(tokens.accessToken, tokens.refreshToken, tokens.sessionId, forOpen.accessToken, forOpen.refreshToken, forOpen.sessionId);
@@ -169,6 +174,8 @@ function assertWellFormed(kind: Kind, request: HostileRequest, res: RawResponse,
   if (type.startsWith('text/html')) {
     assert.ok(kind === 'browser' || kind === 'any', `HTML refusal on a ${kind} route: ${what}`);
     assert.match(res.body, /<html/i, what);
+    // Whatever the page reflects is escaped (the sweep sends script and img tags in every parameter).
+    assert.doesNotMatch(res.body, /<script>alert|<img src=x/i, `unescaped reflection: ${what}`);
     return;
   }
   assert.match(type, /^application\/json/, `refusal without a JSON body: ${what}`);
@@ -222,7 +229,8 @@ const GARBAGE_QUERY = [
   'client_id=%E0%A4%A', 'client_id=x%00y', 'redirect_uri=javascript:alert(1)', 'redirect_uri=http://[::1', 'response_type=code&response_type=token',
   `code=${secret('code')}`, `code=${secret('code2')}`, 'state=%FF%FE', `flow=${secret('flow')}`, 'flow=%', 'return_to=//evil.example/',
   'code_challenge=' + 'A'.repeat(300), 'code_challenge_method=plain', 'scope=%20%20', 'resource=notes', 'resource=http://x/../notes/mcp', 'error=access_denied',
-  `id_token_hint=${secret('idt')}`, 'return=%0d%0aSet-Cookie:%20x=y',
+  `id_token_hint=${secret('idt')}`, 'return=%0d%0aSet-Cookie:%20x=y', 'error_description=%3Cscript%3Ealert(1)%3C/script%3E', 'error=%3Cimg%20src=x%20onerror=alert(1)%3E',
+  'error_uri=javascript:alert(1)', 'iss=%3Cscript%3Ealert(1)%3C/script%3E',
 ].join('&');
 
 const GARBAGE_AUTH = ['Bearer', 'Bearer ', 'Bearer a b', `Bearer ${secret('big')}${'x'.repeat(10 * 1024)}`, 'Basic !!!', `Basic ${Buffer.from(`${secret('id')}:${secret('pw')}`).toString('base64')}`, 'Basic Og==', `bearer ${secret('lower')}`, 'Negotiate YII=', `Bearer ${secret('dot')}.eyJ.x`];
@@ -451,6 +459,65 @@ describe('hostile requests on every route', () => {
     for (const registration of registrations) {
       const request: HostileRequest = { method: 'POST', target: '/oauth/register', headers: json, body: JSON.stringify(registration) };
       assertWellFormed('oauth', request, await sendRaw(request));
+    }
+    await assertStillServing();
+  });
+
+  test('browser endpoints with a valid login cookie and hostile parameters', async () => {
+    const codec = createCookieCodec({ key: deriveCookieKey({ encryptionKey: storeKey }).key, secure: false });
+    const cookie = loginCookie(codec).issue({ sub: 'alice', sid: sessionId }).split(';')[0]!;
+    const targets = [
+      '/connect/notes', '/connect/notes?return_to=//evil.example/&return_to=javascript:alert(1)', '/connect/open', '/connect/%E0%A4%A',
+      `/oauth/upstream/start?flow=${secret('flow')}`, '/oauth/upstream/start?flow=&flow=%00', '/oauth/upstream/start',
+      `/oauth/upstream/callback?state=${secret('st')}&code=${secret('code')}`, '/oauth/upstream/callback?state=%E0%A4%A&error=access_denied&error_description=%3Cscript%3Ealert(1)%3C/script%3E',
+      `/oauth/upstream/callback?state=&state=${secret('st2')}&iss=http://evil.example`, '/oauth/upstream/callback?error=%00',
+      '/oauth/login?return_to=//evil.example/', '/oauth/login?return_to=https://evil.example/&return_to=/ok', '/oauth/login?return_to=%2F%2Fevil.example',
+      '/oauth/login?return_to=/%0d%0aSet-Cookie:x=y', '/oauth/login?return_to=javascript:alert(1)', '/oauth/login?return_to=%5C%5Cevil.example',
+      `/oauth/callback?state=${secret('cb')}&code=${secret('cbc')}`, '/oauth/callback?error=login_required&error_description=%3Cscript%3Ealert(1)%3C/script%3E',
+      `/oauth/authorize/resume?pending=${secret('p')}&state=%00`,
+    ];
+    for (const target of targets) {
+      for (const extra of [{}, { cookie: `${cookie}; ${cookie}x` }, { cookie: `${cookie}; mcpgate_login=${secret('dup')}` }]) {
+        const request: HostileRequest = { method: 'GET', target, headers: { cookie, ...extra } };
+        const res = await sendRaw(request);
+        assertWellFormed('browser', request, res, [502, 503]);
+        // A redirect never leaves for a host the request named (open redirect).
+        const location = res.headers.location ?? '';
+        assert.doesNotMatch(location, /^(?:https?:)?\/\/evil\.example|^javascript:|^\/\\|^\\\\/i, `${target} → ${location}`);
+        assert.equal(String(res.headers['set-cookie'] ?? '').includes('x=y'), false, `header injection: ${target}`);
+      }
+    }
+    // A real upstream flow: its start link with hostile company, then the callback with its real state and a forged code.
+    const connect = await sendRaw({ method: 'GET', target: '/connect/notes', headers: { cookie } });
+    const start = new URL(connect.headers.location!);
+    const flow = start.searchParams.get('flow')!;
+    for (const target of [`/oauth/upstream/start?flow=${flow}&flow=${secret('f2')}`, `/oauth/upstream/start?flow=${flow}%00`]) {
+      assertWellFormed('browser', { method: 'GET', target }, await sendRaw({ method: 'GET', target, headers: { cookie } }));
+    }
+    // Someone else's browser (no cookie, a garbage one) is refused without burning the flow.
+    for (const headers of [{}, { cookie: `mcpgate_login=${secret('other')}` }]) {
+      const target = `/oauth/upstream/start?flow=${flow}`;
+      assertWellFormed('browser', { method: 'GET', target }, await sendRaw({ method: 'GET', target, headers }));
+    }
+    const toAs = await sendRaw({ method: 'GET', target: `/oauth/upstream/start?flow=${flow}`, headers: { cookie } });
+    assert.ok(toAs.status >= 300 && toAs.status < 400 && toAs.headers.location?.startsWith(upstream.issuer), `${toAs.status} ${toAs.headers.location}`);
+    const state = new URL(toAs.headers.location!).searchParams.get('state')!;
+    // The first one spends the single-use state on a forged code the upstream's token endpoint refuses; the rest find it spent.
+    for (const query of [
+      `state=${state}&code=${secret('c5')}&code=${secret('c6')}&iss=${encodeURIComponent(upstream.issuer)}`,
+      `state=${state}&state=${state}&code=${secret('c1')}`,
+      `state=${state}&code=${secret('c2')}&iss=${encodeURIComponent('http://evil.example')}`,
+      `state=${state}&code=${secret('c3')}&code=${secret('c4')}&iss=${encodeURIComponent(upstream.issuer)}`,
+      `state=${state}&error=%3Cscript%3Ealert(1)%3C/script%3E&error_description=%00&iss=${encodeURIComponent(upstream.issuer)}`,
+    ]) {
+      const request: HostileRequest = { method: 'GET', target: `/oauth/upstream/callback?${query}`, headers: { cookie } };
+      // 502: the upstream's token endpoint refused the forged code (the dependency is the issue).
+      assertWellFormed('browser', request, await sendRaw(request), [502]);
+    }
+    const consent = ['', 'decision=approve', `decision=approve&pending=${secret('pend')}&csrf=${secret('csrf')}`, 'decision=%00&pending=%E0%A4%A', 'decision=deny&decision=approve&pending=a&pending=b'];
+    for (const body of consent) {
+      const request: HostileRequest = { method: 'POST', target: '/oauth/consent', headers: { cookie, 'content-type': 'application/x-www-form-urlencoded', origin: base.origin }, body };
+      assertWellFormed('browser', request, await sendRaw(request));
     }
     await assertStillServing();
   });
