@@ -495,7 +495,7 @@ describe('hostile requests on every route', () => {
       assertWellFormed('browser', { method: 'GET', target }, await sendRaw({ method: 'GET', target, headers: { cookie } }));
     }
     // Someone else's browser (no cookie, a garbage one) is refused without burning the flow.
-    for (const headers of [{}, { cookie: `mcpgate_login=${secret('other')}` }]) {
+    for (const headers of [{}, { cookie: `mcpgate_login=${secret('other')}` }] as Array<Record<string, string>>) {
       const target = `/oauth/upstream/start?flow=${flow}`;
       assertWellFormed('browser', { method: 'GET', target }, await sendRaw({ method: 'GET', target, headers }));
     }
