@@ -1,4 +1,4 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { REDACT_PATHS, type Logger } from '../observability/logger.ts';
 import type { GatewayMetrics } from '../observability/metrics.ts';
@@ -66,6 +66,23 @@ export function createFrontDoor(options: FrontDoorOptions): FrontDoor {
     (req, res) => void handle(req, res),
   );
   server.timeout = 0;
+  // Requests Node's parser refuses (a malformed request line or header, headers over 16 KB, a
+  // client still sending headers at headersTimeout) never reach a route: Node would answer them
+  // with a bare status line. Same status, plus the RFC 6749 error body every other refusal has.
+  server.on('clientError', (error: NodeJS.ErrnoException, socket) => {
+    const status = error.code === 'HPE_HEADER_OVERFLOW' ? 431 : error.code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW' ? 413 : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+    // As Node does: answer only if no response on this connection has started (else the bytes would interleave).
+    const inFlight = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+    if (socket.writable && !inFlight?.headersSent) {
+      const description = status === 431 ? 'request headers too large' : status === 408 ? 'request headers not received in time' : 'malformed HTTP request';
+      const body = JSON.stringify({ error: 'invalid_request', error_description: description });
+      socket.write(
+        `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+          `cache-control: no-store\r\nconnection: close\r\n\r\n${body}`,
+      );
+    }
+    socket.destroy();
+  });
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const started = process.hrtime.bigint();
