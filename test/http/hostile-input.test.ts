@@ -523,6 +523,18 @@ describe('hostile requests on every route', () => {
     await assertStillServing();
   });
 
+  test('hostile paths and names do not become metric labels', async () => {
+    const metrics = (await hit({ method: 'GET', target: '/metrics' })).body;
+    // Routes and upstreams are labelled by the configured names only: a client cannot grow the series.
+    for (const line of metrics.split('\n').filter((l) => !l.startsWith('#'))) {
+      for (const [, name, value] of line.matchAll(/(route|upstream)="([^"]*)"/g)) {
+        if (name === 'upstream') assert.ok(['', 'notes', 'open'].includes(value!), line.slice(0, 200));
+        else assert.ok(value === 'unmatched' || value!.startsWith('/') || /^[a-z-]+$/.test(value!), line.slice(0, 200));
+      }
+      assert.doesNotMatch(line, /__proto__|nnnnnnnn|no such|evil|%E0|\.\./, line.slice(0, 200));
+    }
+  });
+
   test('no token, secret, code or cookie sent is in the log', async () => {
     await assertStillServing();
     const text = logs.text();
