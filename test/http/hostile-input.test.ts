@@ -535,13 +535,6 @@ describe('hostile requests on every route', () => {
     }
   });
 
-  test('no token, secret, code or cookie sent is in the log', async () => {
-    await assertStillServing();
-    const text = logs.text();
-    assert.ok(logs.lines.length > 100, 'the sweep was logged');
-    assert.equal(text.includes(MARK), false, `a sent secret reached the log: ${text.slice(Math.max(0, text.indexOf(MARK) - 300), text.indexOf(MARK) + 100)}`);
-    for (const value of issued) assert.equal(text.includes(value), false, 'an issued token or full session id reached the log');
-  });
 });
 
 /** Writes raw bytes on a fresh connection; resolves with everything read until the server closes. */
@@ -587,6 +580,29 @@ describe('malformed HTTP on a raw socket', () => {
     await assertStillServing();
   });
 
+  test('repeated headers on every POST route: refused or answered, never a 5xx', async () => {
+    const repeats = [
+      'Content-Type: application/json\r\nContent-Type: application/x-www-form-urlencoded',
+      `Authorization: Bearer ${secret('r1')}\r\nAuthorization: Basic ${secret('r2')}`,
+      'Host: a\r\nHost: b',
+      `Cookie: mcpgate_login=${secret('r3')}\r\nCookie: mcpgate_login=${secret('r4')}`,
+      'Origin: http://evil.example\r\nOrigin: null',
+      'Accept: application/json\r\nAccept: text/event-stream',
+      'Mcp-Session-Id: a\r\nMcp-Session-Id: b\r\nMcp-Protocol-Version: 1\r\nMcp-Protocol-Version: 2',
+      'X-Request-Id: a\r\nX-Request-Id: b\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2',
+    ];
+    const body = 'grant_type=refresh_token&refresh_token=x';
+    for (const route of ROUTES.filter((r) => r.methods.includes('POST'))) {
+      for (const headers of repeats) {
+        const withHost = headers.startsWith('Host:') ? headers : `Host: 127.0.0.1\r\n${headers}`;
+        const answer = await rawExchange(`POST ${route.path} HTTP/1.1\r\n${withHost}\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
+        const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(answer)?.[1] ?? 0);
+        assert.ok(status >= 200 && status < 500, `${route.path} ${headers.slice(0, 60)} → ${answer.slice(0, 200)}`);
+      }
+    }
+    await assertStillServing();
+  });
+
   test('a client that sends headers slowly and stops is cut by headersTimeout; the server keeps serving', async () => {
     const server = app.frontDoor.server;
     const saved = server.headersTimeout;
@@ -611,5 +627,16 @@ describe('malformed HTTP on a raw socket', () => {
       socket?.destroy();
     }
     await assertStillServing();
+  });
+});
+
+// Last, so it sees every line the sweep above caused (the raw-socket cases included).
+describe('the log after the sweep', () => {
+  test('no token, secret, code or cookie sent is in the log', async () => {
+    await assertStillServing();
+    const text = logs.text();
+    assert.ok(logs.lines.length > 100, 'the sweep was logged');
+    assert.equal(text.includes(MARK), false, `a sent secret reached the log: ${text.slice(Math.max(0, text.indexOf(MARK) - 300), text.indexOf(MARK) + 100)}`);
+    for (const value of issued) assert.equal(text.includes(value), false, 'an issued token or full session id reached the log');
   });
 });
