@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import { PayloadTooLarge } from './errors.ts';
+import { InvalidRequest, PayloadTooLarge } from './errors.ts';
 
 /**
  * Reads a request body whole, refusing more than `limit` bytes with 413 (checked against
@@ -29,14 +29,16 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
       done();
       resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
     };
+    // A client that hangs up mid-body ('aborted' error, or a close before the end) is the client's
+    // doing, not a server failure: a 4xx, so the front door does not log it as an error
+    // (a POST /{name}/mcp cut after its headers was logged 'request failed' at level error).
     const onError = (error: Error) => {
       done();
-      reject(error);
+      reject(new InvalidRequest('the request body ended early', { cause: error }));
     };
-    // A request that closes before its end (the client went away) never ends: fail like the iterator did.
     const onClose = () => {
       done();
-      reject(Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+      reject(new InvalidRequest('the request body ended early', { cause: Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }) }));
     };
     const done = () => {
       req.off('data', onData);

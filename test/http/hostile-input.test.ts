@@ -603,6 +603,20 @@ describe('malformed HTTP on a raw socket', () => {
     await assertStillServing();
   });
 
+  test('clients that hang up mid-body on every POST route leave the server serving', async () => {
+    for (const route of ROUTES.filter((r) => r.methods.includes('POST'))) {
+      await new Promise<void>((resolve) => {
+        const socket = connect(Number(base.port), '127.0.0.1', () => {
+          socket.write(`POST ${route.path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${openToken}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"jsonrpc":"2.0",`);
+          setTimeout(() => socket.destroy(), 20);
+        });
+        socket.on('error', () => undefined);
+        socket.on('close', () => resolve());
+      });
+    }
+    await assertStillServing();
+  });
+
   test('a client that sends headers slowly and stops is cut by headersTimeout; the server keeps serving', async () => {
     const server = app.frontDoor.server;
     const saved = server.headersTimeout;
@@ -638,5 +652,8 @@ describe('the log after the sweep', () => {
     assert.ok(logs.lines.length > 100, 'the sweep was logged');
     assert.equal(text.includes(MARK), false, `a sent secret reached the log: ${text.slice(Math.max(0, text.indexOf(MARK) - 300), text.indexOf(MARK) + 100)}`);
     for (const value of issued) assert.equal(text.includes(value), false, 'an issued token or full session id reached the log');
+    // No request of the sweep was a server failure, except the upstream refusing a forged code (502).
+    const failures = logs.records().filter((r) => r.level === 'error' || r.level === 'fatal' || (r.msg === 'request' && Number(r.status) >= 500 && !(r.route === '/oauth/upstream/callback' && r.status === 502)));
+    assert.deepEqual(failures, []);
   });
 });
