@@ -523,6 +523,27 @@ describe('hostile requests on every route', () => {
     await assertStillServing();
   });
 
+  test('a burst of hostile requests at once: every one answered, none a 5xx', async () => {
+    const burst: HostileRequest[] = [];
+    for (let i = 0; i < 160; i++) {
+      const route = ROUTES[i % ROUTES.length]!;
+      const method = route.methods[i % route.methods.length]!;
+      const json = jsonBodies()[i % 8]!;
+      burst.push({
+        method,
+        target: `${route.path}?${i % 2 ? GARBAGE_QUERY : '%'}`,
+        headers: { ...json.headers, authorization: i % 3 ? GARBAGE_AUTH[i % GARBAGE_AUTH.length]! : `Bearer ${openToken}`, cookie: GARBAGE_COOKIES[i % GARBAGE_COOKIES.length]! },
+        body: method === 'POST' ? json.body : undefined,
+      });
+    }
+    const answers = await Promise.all(burst.map((request) => sendRaw(request).then((res) => ({ request, res }))));
+    for (const { request, res } of answers) {
+      const route = ROUTES.find((r) => request.target.startsWith(`${r.path}?`))!;
+      assertWellFormed(route.kind, request, res, route.path === '/readyz' ? [503] : [502, 503]);
+    }
+    await assertStillServing();
+  });
+
   test('hostile paths and names do not become metric labels', async () => {
     const metrics = (await hit({ method: 'GET', target: '/metrics' })).body;
     // Routes and upstreams are labelled by the configured names only: a client cannot grow the series.
