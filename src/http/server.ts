@@ -1,5 +1,6 @@
 import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
+import type { Duplex } from 'node:stream';
 import { REDACT_PATHS, type Logger } from '../observability/logger.ts';
 import type { GatewayMetrics } from '../observability/metrics.ts';
 import { createClientAddressResolver } from './client-address.ts';
@@ -75,12 +76,13 @@ export function createFrontDoor(options: FrontDoorOptions): FrontDoor {
     const inFlight = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage;
     if (socket.writable && !inFlight?.headersSent) {
       const description = status === 431 ? 'request headers too large' : status === 408 ? 'request headers not received in time' : 'malformed HTTP request';
-      const body = JSON.stringify({ error: 'invalid_request', error_description: description });
-      socket.write(
-        `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
-          `cache-control: no-store\r\nconnection: close\r\n\r\n${body}`,
-      );
+      writeRawRefusal(socket, status, 'invalid_request', description);
     }
+    socket.destroy();
+  });
+  // CONNECT (a tunnel request) bypasses the request handler; without this Node drops the socket silently.
+  server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
+    writeRawRefusal(socket, 405, 'method_not_allowed', 'method CONNECT is not allowed here');
     socket.destroy();
   });
 
@@ -184,6 +186,15 @@ export function createFrontDoor(options: FrontDoorOptions): FrontDoor {
       });
     },
   };
+}
+
+/** Writes a whole `connection: close` response with an RFC 6749 error body on a socket no ServerResponse owns. */
+function writeRawRefusal(socket: Duplex, status: number, code: string, description: string): void {
+  const body = JSON.stringify({ error: code, error_description: description });
+  socket.write(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+      `cache-control: no-store\r\nconnection: close\r\n\r\n${body}`,
+  );
 }
 
 /** A request target parsed against our origin; one that cannot be parsed counts as `/`. */

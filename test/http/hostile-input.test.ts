@@ -589,6 +589,20 @@ describe('malformed HTTP on a raw socket', () => {
       'GET /healthz HTTP/1.1\r\nHost: x\r\n' + 'X-Many: 1\r\n'.repeat(3000) + '\r\n',
       Buffer.from([0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03]), // a TLS ClientHello on the plain port
     ];
+    assert.match(await rawExchange('CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n'), /^HTTP\/1\.1 405 [^]*\{"error":"method_not_allowed"/);
+    // Upgrade and Expect headers are ignored or answered (100 Continue), never a 5xx or a hang.
+    for (const input of [
+      'GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: x\r\n\r\n',
+      'GET /open/mcp HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n',
+      'POST /oauth/token HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\nConnection: close\r\n\r\na=b',
+      'POST /oauth/token HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Length: 0\r\nConnection: close\r\n\r\n',
+      'GET /healthz HTTP/1.0\r\n\r\n',
+      'GET http://evil.example/healthz HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n',
+    ]) {
+      const answer = await rawExchange(input);
+      const status = Number(/HTTP\/1\.1 (?!100)(\d{3})/.exec(answer)?.[1] ?? 0);
+      assert.ok(status >= 200 && status < 500, `${JSON.stringify(input.slice(0, 60))} → ${answer.slice(0, 200)}`);
+    }
     // Empty lines before a request line are ignored (RFC 9112 §2.2): only the hang-up ends this one.
     assert.equal(await rawExchange('\r\n\r\n\r\n'), '');
     for (const input of inputs) {
