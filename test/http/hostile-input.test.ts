@@ -544,6 +544,21 @@ describe('hostile requests on every route', () => {
     await assertStillServing();
   });
 
+  test('a forged Host or X-Forwarded-Host never shows in an answer (no trusted proxy is configured)', async () => {
+    for (const route of ROUTES) {
+      for (const method of route.methods) {
+        const request: HostileRequest = {
+          method,
+          target: route.path,
+          headers: { host: 'evil.example', 'x-forwarded-host': 'evil.example', 'x-forwarded-proto': 'https', forwarded: 'host=evil.example;proto=https', cookie: `mcpgate_login=${secret('fh')}` },
+        };
+        const res = await sendRaw(request);
+        assertWellFormed(route.kind, request, res, route.path === '/readyz' ? [503] : [502, 503]);
+        assert.doesNotMatch(`${JSON.stringify(res.headers)}${res.body}`, /evil\.example/, `${method} ${route.path} reflected the forged host`);
+      }
+    }
+  });
+
   test('hostile paths and names do not become metric labels', async () => {
     const metrics = (await hit({ method: 'GET', target: '/metrics' })).body;
     // Routes and upstreams are labelled by the configured names only: a client cannot grow the series.
