@@ -4,7 +4,7 @@ import type { Duplex } from 'node:stream';
 import { REDACT_PATHS, type Logger } from '../observability/logger.ts';
 import type { GatewayMetrics } from '../observability/metrics.ts';
 import { createClientAddressResolver } from './client-address.ts';
-import { MethodNotAllowed, NotFound } from './errors.ts';
+import { HttpError, MethodNotAllowed, NotFound } from './errors.ts';
 import { createRouter, type RequestContext, type Route } from './router.ts';
 import { sendError } from './send-error.ts';
 
@@ -79,6 +79,10 @@ export function createFrontDoor(options: FrontDoorOptions): FrontDoor {
       writeRawRefusal(socket, status, 'invalid_request', description);
     }
     socket.destroy();
+  });
+  // An Expect other than 100-continue (RFC 9110 §10.1.1): Node's default 417 has an empty body.
+  server.on('checkExpectation', (_req: IncomingMessage, res: ServerResponse) => {
+    sendError(res, new HttpError(417, 'expectation_failed', { description: 'only Expect: 100-continue is supported', headers: { connection: 'close' } }), 'oauth');
   });
   // CONNECT (a tunnel request) bypasses the request handler; without this Node drops the socket silently.
   server.on('connect', (_req: IncomingMessage, socket: Duplex) => {

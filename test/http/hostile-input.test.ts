@@ -605,12 +605,15 @@ describe('malformed HTTP on a raw socket', () => {
       Buffer.from([0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03]), // a TLS ClientHello on the plain port
     ];
     assert.match(await rawExchange('CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n'), /^HTTP\/1\.1 405 [^]*\{"error":"method_not_allowed"/);
+    assert.match(
+      await rawExchange('POST /oauth/token HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Length: 0\r\nConnection: close\r\n\r\n'),
+      /^HTTP\/1\.1 417 [^]*\{"error":"expectation_failed"/,
+    );
     // Upgrade and Expect headers are ignored or answered (100 Continue), never a 5xx or a hang.
     for (const input of [
       'GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: x\r\n\r\n',
       'GET /open/mcp HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n',
       'POST /oauth/token HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\nConnection: close\r\n\r\na=b',
-      'POST /oauth/token HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Length: 0\r\nConnection: close\r\n\r\n',
       'GET /healthz HTTP/1.0\r\n\r\n',
       'GET http://evil.example/healthz HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n',
     ]) {
