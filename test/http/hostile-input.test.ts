@@ -1,14 +1,18 @@
 /**
- * The robustness sweep: every route of the whole app (`createApp` with login and an upstream in
- * mode `oauth` in front of a real MCP server with its own authorization server) gets a table of
- * hostile requests: wrong methods, garbage and duplicated parameters, invalid percent-encoding,
- * huge queries and bodies, wrong content types, JSON that is not an object or is nested 10 000
- * deep, garbage `Authorization` and `Cookie` headers, path traversal, odd upstream names; and on a
- * raw socket, malformed request lines and a client that stalls mid-headers.
+ * The robustness sweep: every route of the whole app (`createApp` with login, an upstream in mode
+ * `oauth` in front of a real MCP server with its own authorization server, and one in mode `none`
+ * so hostile requests with a valid token are forwarded) gets a table of hostile requests: wrong
+ * methods, garbage and duplicated parameters, invalid percent-encoding, huge queries and bodies,
+ * wrong content types, JSON that is not an object or is nested 10 000 deep, garbage
+ * `Authorization` and `Cookie` headers, forged Host, path traversal, odd upstream names, the same
+ * next to a real client id and a valid login cookie, and a burst of them at once; on a raw
+ * socket, malformed request lines, repeated headers, CONNECT/Upgrade/Expect, clients that hang
+ * up mid-body, and one that stalls mid-headers.
  *
  * Each answer must be a clear refusal: below 500, a body of the route's kind (RFC 6749 JSON with
- * `error`, a JSON-RPC error on the MCP path, an HTML page or a redirect on browser endpoints),
- * the server answers /healthz afterwards, and no token, secret, code or cookie sent is logged.
+ * `error`, a JSON-RPC error on the MCP path, an HTML page with escaped reflections or a redirect
+ * on browser endpoints), the server answers /healthz afterwards, /metrics gains no client-chosen
+ * label, and at the end the log holds no token, secret, code or cookie sent and no error line.
  */
 import { after, before, beforeEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
