@@ -12,6 +12,12 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   if (Number.isFinite(declared) && declared > limit) return Promise.reject(tooLarge(limit));
   // 'data'/'end' listeners rather than `for await`: an async iterator per request costs more
   // than the rest of the read (bench/README.md).
+  // A request destroyed before this call (the client left while an earlier step awaited) emits
+  // nothing more: refuse it now, as the iterator did, instead of waiting for ever.
+  if (req.destroyed) {
+    const cause = Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
+    return Promise.reject(new InvalidRequest('the request body ended early', { cause }));
+  }
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
