@@ -90,7 +90,8 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
       body = await readBody(ctx.req, options.maxBodyBytes);
       rpc = inspectRpc(body);
       ctx.rpcId = rpc.id;
-      if (rpc.method) ctx.log.rpc = rpc.method;
+      // Cut: the method is the client's text, read before authentication (a 500 KB method was a 500 KB log line).
+      if (rpc.method) ctx.log.rpc = rpc.method.length > 128 ? `${rpc.method.slice(0, 128)}…` : rpc.method;
     }
     const principal = await options.authenticator.authenticate(ctx, upstream);
     const mcpSessionId = headerValue(ctx.req.headers, 'mcp-session-id');

@@ -563,6 +563,22 @@ describe('hostile requests on every route', () => {
     }
   });
 
+  test('a huge JSON-RPC method name is not copied into the log', async () => {
+    const before = logs.lines.length;
+    for (const authorization of ['Bearer nope', `Bearer ${openToken}`]) {
+      const request: HostileRequest = {
+        method: 'POST',
+        target: '/open/mcp',
+        headers: { authorization, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+        body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'm'.repeat(500_000), params: { name: 'n'.repeat(100_000) } }),
+      };
+      assertWellFormed('jsonrpc', request, await sendRaw(request));
+    }
+    // One request, one access line of bounded size: a client cannot write half a megabyte into the log per request.
+    const longest = Math.max(...logs.lines.slice(before).map((line) => line.length));
+    assert.ok(longest < 4096, `a log line of ${longest} characters`);
+  });
+
   test('hostile paths and names do not become metric labels', async () => {
     const metrics = (await hit({ method: 'GET', target: '/metrics' })).body;
     // Routes and upstreams are labelled by the configured names only: a client cannot grow the series.
