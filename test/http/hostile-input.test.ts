@@ -727,6 +727,8 @@ describe('the log after the sweep', () => {
     assert.ok(logs.lines.length > 100, 'the sweep was logged');
     assert.equal(text.includes(MARK), false, `a sent secret reached the log: ${text.slice(Math.max(0, text.indexOf(MARK) - 300), text.indexOf(MARK) + 100)}`);
     for (const value of issued) assert.equal(text.includes(value), false, 'an issued token or full session id reached the log');
+    // Every line is bounded: what a client can put in one (the path) is capped by the 16 KB header limit.
+    assert.ok(Math.max(...logs.lines.map((line) => line.length)) < 20_000);
     // No request of the sweep was a server failure, except the upstream refusing a forged code (502).
     const failures = logs.records().filter((r) => r.level === 'error' || r.level === 'fatal' || (r.msg === 'request' && Number(r.status) >= 500 && !(r.route === '/oauth/upstream/callback' && r.status === 502)));
     assert.deepEqual(failures, []);
