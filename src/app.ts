@@ -284,7 +284,6 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     return login.idpSession;
   }
 
-  /** The embedded authorization server and the JWT check of the gateway path (DESIGN §4, §5.1). */
   /**
    * `/connections` takes our access token for the named upstream, or (listing) for any upstream in
    * mode `oauth`: every such token names the session whose connections it may see.

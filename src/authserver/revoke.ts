@@ -22,6 +22,7 @@ import type { SigningKeys } from './keys.ts';
 import type { AuthStores } from './records.ts';
 import type { EndSession } from './session-end.ts';
 import { verifyAccessToken, type AccessTokenClaims } from './tokens.ts';
+import { answerOAuthPreflight } from '../http/cors.ts';
 
 /** Dependencies of the revocation and logout endpoints. */
 export interface RevocationOptions {
@@ -114,20 +115,11 @@ export function createRevocationRoutes(options: RevocationOptions): Route[] {
     noContent(ctx);
   }
 
-  function preflight(ctx: RequestContext): void {
-    ctx.res.writeHead(204, {
-      'access-control-allow-origin': '*',
-      'access-control-allow-methods': 'POST',
-      'access-control-allow-headers': 'authorization, content-type',
-      'access-control-max-age': '600',
-    });
-    ctx.res.end();
-  }
 
   const base = options.basePath;
   return [
     { method: 'POST', path: `${base}/oauth/revoke`, handler: revoke, name: '/oauth/revoke' },
-    { method: 'OPTIONS', path: `${base}/oauth/revoke`, handler: preflight, name: '/oauth/revoke' },
+    { method: 'OPTIONS', path: `${base}/oauth/revoke`, handler: answerOAuthPreflight, name: '/oauth/revoke' },
     { method: 'POST', path: `${base}/oauth/logout`, handler: logout, name: '/oauth/logout' },
     { method: 'POST', path: `${base}/oauth/logout/all`, handler: logoutEverywhere, name: '/oauth/logout/all' },
   ];

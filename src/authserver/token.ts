@@ -14,6 +14,7 @@ import type { AuthStores, ClientRecord, RefreshTokenRecord } from './records.ts'
 import { isPkceVerifier, newRefreshToken, pkceChallenge, safeEqual, type TokenIssuer } from './tokens.ts';
 import type { StepUpMarks } from './step-up.ts';
 import type { EndSession } from './session-end.ts';
+import { answerOAuthPreflight } from '../http/cors.ts';
 
 /** Dependencies of the token endpoint. */
 export interface TokenEndpointOptions {
@@ -190,20 +191,11 @@ export function createTokenRoutes(options: TokenEndpointOptions): Route[] {
     return response;
   }
 
-  function preflight(ctx: RequestContext): void {
-    ctx.res.writeHead(204, {
-      'access-control-allow-origin': '*',
-      'access-control-allow-methods': 'POST',
-      'access-control-allow-headers': 'authorization, content-type',
-      'access-control-max-age': '600',
-    });
-    ctx.res.end();
-  }
 
   const path = `${options.basePath}/oauth/token`;
   return [
     { method: 'POST', path, handler: token, name: '/oauth/token' },
-    { method: 'OPTIONS', path, handler: preflight, name: '/oauth/token' },
+    { method: 'OPTIONS', path, handler: answerOAuthPreflight, name: '/oauth/token' },
   ];
 }
 
