@@ -7,8 +7,7 @@
 import { decodeJwt } from 'jose';
 import { unauthorized, type ChallengeOptions } from '../authserver/challenge.ts';
 import type { IdpTokens } from '../authserver/records.ts';
-import { Forbidden } from '../http/errors.ts';
-import { idpFailure, type IdpSessionTokens } from './idp-session.ts';
+import { answerSessionTokenRejection, idpFailure, type IdpSessionTokens } from './idp-session.ts';
 import { requirePrincipal } from './idp.ts';
 import type { CredentialRequest, CredentialSource } from './types.ts';
 
@@ -56,16 +55,15 @@ export function createIdTokenCredential(options: IdTokenCredentialOptions): Cred
     },
     async rejected(request, rejection, attempt) {
       const principal = requirePrincipal(request, challenge);
-      if (rejection.status === 403) {
-        return { action: 'respond', error: new Forbidden(`upstream "${options.upstream.name}" needs a scope the sign-in did not grant`) };
-      }
-      if (attempt === 0) {
-        const rejectedToken = sent.get(request);
-        await idToken(request, (tokens) => tokens.idToken === rejectedToken || expiring(tokens));
-        return { action: 'retry' };
-      }
-      await options.endSession(principal.sessionId);
-      return { action: 'respond', error: unauthorized({ ...challenge, tokenSent: true, description: 'the upstream refused the sign-in; sign in again' }) };
+      const rejectedToken = sent.get(request);
+      return answerSessionTokenRejection({
+        upstream: options.upstream.name,
+        challenge,
+        status: rejection.status,
+        attempt,
+        renew: () => idToken(request, (tokens) => tokens.idToken === rejectedToken || expiring(tokens)),
+        endSession: () => options.endSession(principal.sessionId),
+      });
     },
   };
 }

@@ -5,12 +5,13 @@
  */
 import type { AuthStores, IdpTokens } from '../authserver/records.ts';
 import { unauthorized, type ChallengeOptions } from '../authserver/challenge.ts';
-import { TemporarilyUnavailable } from '../http/errors.ts';
+import { Forbidden, TemporarilyUnavailable } from '../http/errors.ts';
 import { IdpError, type IdpClient } from '../idp/types.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Counter } from '../observability/metrics.ts';
 import { sessionTag } from '../observability/logger.ts';
 import { createSingleFlight, type SingleFlight } from './single-flight.ts';
+import type { RejectionOutcome } from './types.ts';
 
 /** Options of {@link createIdpSessionTokens}. */
 export interface IdpSessionTokensOptions {
@@ -126,4 +127,30 @@ export function idpFailure(error: unknown, challenge: ChallengeOptions): unknown
     return new TemporarilyUnavailable('the identity provider is unavailable; retry shortly', { headers: { 'retry-after': '5' }, cause: error });
   }
   return error;
+}
+
+/**
+ * How a credential made of the session's IdP tokens (modes `idp`, `id_token`) answers an upstream
+ * 401/403: a 403 cannot be helped by a step-up (the IdP token's scopes were fixed at login); the
+ * first 401 renews the token unless another request already did, then retries once; a second 401
+ * ends the session so the agent signs in again.
+ */
+export async function answerSessionTokenRejection(options: {
+  upstream: string;
+  challenge: ChallengeOptions;
+  status: number;
+  attempt: number;
+  /** Renews the token the upstream refused (a no-op when it was already replaced). */
+  renew(): Promise<unknown>;
+  endSession(): Promise<void>;
+}): Promise<RejectionOutcome> {
+  if (options.status === 403) {
+    return { action: 'respond', error: new Forbidden(`upstream "${options.upstream}" needs a scope the sign-in did not grant`) };
+  }
+  if (options.attempt === 0) {
+    await options.renew();
+    return { action: 'retry' };
+  }
+  await options.endSession();
+  return { action: 'respond', error: unauthorized({ ...options.challenge, tokenSent: true, description: 'the upstream refused the sign-in; sign in again' }) };
 }

@@ -6,8 +6,7 @@
  */
 import { unauthorized, type ChallengeOptions } from '../authserver/challenge.ts';
 import type { IdpTokens } from '../authserver/records.ts';
-import { Forbidden } from '../http/errors.ts';
-import { idpFailure, type IdpSessionTokens } from './idp-session.ts';
+import { answerSessionTokenRejection, idpFailure, type IdpSessionTokens } from './idp-session.ts';
 import type { CredentialRequest, CredentialSource, Principal } from './types.ts';
 
 /** Options of {@link createIdpCredential}. */
@@ -47,17 +46,15 @@ export function createIdpCredential(options: IdpCredentialOptions): CredentialSo
     },
     async rejected(request, rejection, attempt) {
       const principal = requirePrincipal(request, challenge);
-      if (rejection.status === 403) {
-        // Step-up cannot help: the IdP token's scopes are fixed at login by the gateway's IdP client.
-        return { action: 'respond', error: new Forbidden(`upstream "${options.upstream.name}" needs a scope the sign-in did not grant`) };
-      }
-      if (attempt === 0) {
-        const rejectedToken = sent.get(request);
-        await tokensFor(principal, (tokens) => tokens.accessToken === rejectedToken || expiring(tokens));
-        return { action: 'retry' };
-      }
-      await options.endSession(principal.sessionId);
-      return { action: 'respond', error: unauthorized({ ...challenge, tokenSent: true, description: 'the upstream refused the sign-in; sign in again' }) };
+      const rejectedToken = sent.get(request);
+      return answerSessionTokenRejection({
+        upstream: options.upstream.name,
+        challenge,
+        status: rejection.status,
+        attempt,
+        renew: () => tokensFor(principal, (tokens) => tokens.accessToken === rejectedToken || expiring(tokens)),
+        endSession: () => options.endSession(principal.sessionId),
+      });
     },
   };
 }
