@@ -17,16 +17,15 @@ import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { createRemoteJWKSet, decodeJwt, jwtVerify } from 'jose';
 import type { Browser } from 'playwright-core';
-import { createApp, type App } from '../../src/app.ts';
 import { createAuthStores } from '../../src/authserver/stores.ts';
-import { parseConfig } from '../../src/config/load.ts';
 import { createMemoryStore } from '../../src/store/memory.ts';
 import { createSealer } from '../../src/store/sealed.ts';
 import { startRecordingServer, type RecordingServer } from '../authserver/login-server.ts';
 import { closeChromium, connectWithLogin, createBrowserAgent, launchChromium, newBrowserContext, type BrowserAgent } from '../support/browser-agent.ts';
-import { freePort } from '../support/gateway.ts';
+import { startGateway } from '../support/gateway.ts';
+import type { App } from '../../src/app.ts';
+import type { LogCapture } from '../support/logs.ts';
 import { startDevIdp, type DevIdp } from '../support/idp.ts';
-import { captureLogs, type LogCapture } from '../support/logs.ts';
 
 /** An MCP server that trusts only the IdP, with a `whoami` tool answering the verified token's subject. */
 interface JwtUpstream {
@@ -89,24 +88,18 @@ before(async () => {
   kube = await startJwtUpstream(idp);
   search = await startJwtUpstream(idp);
   catcher = await startRecordingServer();
-  const port = await freePort();
-  gateway = `http://127.0.0.1:${port}`;
-  const config = parseConfig(
-    JSON.stringify({
-      server: { listen: `127.0.0.1:${port}`, publicUrl: gateway, devMode: true, drainTimeout: '2s', logLevel: 'debug' },
-      idp: { issuer: idp.issuer, clientId: idp.clientId, clientSecret: 'env:IDP_SECRET' },
-      storage: { kind: 'memory', encryptionKeys: [{ id: 'k1', key: 'env:STORE_KEY' }] },
-      upstreams: [
-        { name: 'kube', url: kube.url, auth: { mode: 'idp' } },
-        { name: 'search', url: search.url, auth: { mode: 'idp' } },
-      ],
-    }),
-    'e2e-config',
-    { env: { IDP_SECRET: idp.clientSecret, STORE_KEY: storeKey.toString('base64') }, readFile: () => { throw new Error('no files'); } },
-  );
-  logs = captureLogs();
-  app = createApp(config, { logDestination: logs.destination, store });
-  await app.listen({ host: '127.0.0.1', port });
+  const started = await startGateway({
+    idp,
+    storeKey,
+    store,
+    server: { logLevel: 'debug' },
+    upstreams: [
+      { name: 'kube', url: kube.url, auth: { mode: 'idp' } },
+      { name: 'search', url: search.url, auth: { mode: 'idp' } },
+    ],
+  });
+  ({ app, logs } = started);
+  gateway = started.url.origin;
   browser = await launchChromium();
 });
 after(async () => {

@@ -17,13 +17,11 @@ import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
 import { StreamableHTTPError, type StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { decodeJwt } from 'jose';
 import type { Browser } from 'playwright-core';
-import { createApp, type App } from '../../src/app.ts';
-import { parseConfig } from '../../src/config/load.ts';
 import { startRecordingServer, type RecordingServer } from '../authserver/login-server.ts';
 import { closeChromium, connectWithLogin, createBrowserAgent, launchChromium, newBrowserContext, type BrowserAgent } from '../support/browser-agent.ts';
-import { freePort } from '../support/gateway.ts';
+import { startGateway } from '../support/gateway.ts';
+import type { App } from '../../src/app.ts';
 import { startDevIdp, type DevIdp } from '../support/idp.ts';
-import { captureLogs } from '../support/logs.ts';
 import { startUpstreamWithAs, type UpstreamWithAs } from '../support/upstream-as.ts';
 
 let idp: DevIdp;
@@ -35,21 +33,14 @@ let catcher: RecordingServer;
 
 before(async () => {
   [idp, upstream, catcher] = await Promise.all([startDevIdp(), startUpstreamWithAs({ registration: 'dcr', openHandshake: true }), startRecordingServer()]);
-  const port = await freePort();
-  gateway = `http://127.0.0.1:${port}`;
-  const storeKey = randomBytes(32).toString('base64');
-  const config = parseConfig(
-    JSON.stringify({
-      server: { listen: `127.0.0.1:${port}`, publicUrl: gateway, devMode: true, drainTimeout: '1s' },
-      idp: { issuer: idp.issuer, clientId: idp.clientId, clientSecret: 'env:IDP_SECRET' },
-      storage: { kind: 'memory', encryptionKeys: [{ id: 'k1', key: 'env:STORE_KEY' }] },
-      upstreams: [{ name: 'notes', url: upstream.mcpUrl, auth: { mode: 'oauth', scopes: ['notes:read'], challenge: 'reauthorize' } }],
-    }),
-    'chain-config',
-    { env: { IDP_SECRET: idp.clientSecret, STORE_KEY: storeKey }, readFile: () => { throw new Error('no files'); } },
-  );
-  app = createApp(config, { logDestination: captureLogs().destination });
-  await app.listen({ host: '127.0.0.1', port });
+  const started = await startGateway({
+    idp,
+    storeKey: randomBytes(32),
+    server: { drainTimeout: '1s' },
+    upstreams: [{ name: 'notes', url: upstream.mcpUrl, auth: { mode: 'oauth', scopes: ['notes:read'], challenge: 'reauthorize' } }],
+  });
+  app = started.app;
+  gateway = started.url.origin;
   browser = await launchChromium();
 });
 

@@ -5,6 +5,7 @@
 import { createServer } from 'node:net';
 import { createApp, type App } from '../../src/app.ts';
 import { parseConfig } from '../../src/config/load.ts';
+import type { Store } from '../../src/store/port.ts';
 import { captureLogs, type LogCapture } from './logs.ts';
 
 /** Options of {@link startGateway}. */
@@ -17,6 +18,12 @@ export interface TestGatewayOptions {
   env?: Record<string, string>;
   /** Files `file:` references resolve against, by path. */
   files?: Record<string, string>;
+  /** The company IdP (e.g. the dev IdP): adds the `idp:` section, its secret passed by `env:`. */
+  idp?: { issuer: string; clientId: string; clientSecret: string };
+  /** The store encryption key (32 bytes): adds `storage.encryptionKeys`, so tests can open what the app sealed. */
+  storeKey?: Buffer;
+  /** The storage backend handed to `createApp` (default: the one the config names). */
+  store?: Store;
 }
 
 /** A running gateway. */
@@ -46,20 +53,29 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
 export async function startGateway(options: TestGatewayOptions): Promise<TestGateway> {
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
-  const raw = {
+  const env = { ...options.env };
+  const raw: Record<string, unknown> = {
     server: { listen: `127.0.0.1:${port}`, publicUrl: base, devMode: true, drainTimeout: '2s', ...options.server },
     upstreams: options.upstreams.map((u) => ({ name: u.name, url: String(u.url), auth: u.auth ?? { mode: 'none' } })),
   };
+  if (options.idp) {
+    raw.idp = { issuer: options.idp.issuer, clientId: options.idp.clientId, clientSecret: 'env:TEST_IDP_SECRET' };
+    env.TEST_IDP_SECRET = options.idp.clientSecret;
+  }
+  if (options.storeKey) {
+    raw.storage = { kind: 'memory', encryptionKeys: [{ id: 'k1', key: 'env:TEST_STORE_KEY' }] };
+    env.TEST_STORE_KEY = options.storeKey.toString('base64');
+  }
   const files = options.files ?? {};
   const config = parseConfig(JSON.stringify(raw), 'test-config', {
-    env: options.env ?? {},
+    env,
     readFile(path) {
       if (!(path in files)) throw Object.assign(new Error(`no such file ${path}`), { code: 'ENOENT' });
       return files[path]!;
     },
   });
   const logs = captureLogs();
-  const app = createApp(config, { logDestination: logs.destination });
+  const app = createApp(config, { logDestination: logs.destination, store: options.store });
   const url = await app.listen({ host: '127.0.0.1', port });
   return {
     app,

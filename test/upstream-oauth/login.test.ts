@@ -14,16 +14,15 @@ import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { decodeJwt } from 'jose';
 import type { Browser } from 'playwright-core';
-import { createApp, type App } from '../../src/app.ts';
 import { createAuthStores } from '../../src/authserver/stores.ts';
-import { parseConfig } from '../../src/config/load.ts';
 import { createMemoryStore } from '../../src/store/memory.ts';
 import { createSealer } from '../../src/store/sealed.ts';
 import { startRecordingServer, type RecordingServer } from '../authserver/login-server.ts';
 import { approveAtUpstream, closeChromium, connectWithLogin, createBrowserAgent, launchChromium, newBrowserContext, signInAtIdp } from '../support/browser-agent.ts';
-import { freePort } from '../support/gateway.ts';
+import { startGateway } from '../support/gateway.ts';
+import type { App } from '../../src/app.ts';
+import type { LogCapture } from '../support/logs.ts';
 import { startDevIdp, type DevIdp } from '../support/idp.ts';
-import { captureLogs, type LogCapture } from '../support/logs.ts';
 import { startUpstreamWithAs, type UpstreamWithAs } from '../support/upstream-as.ts';
 
 let idp: DevIdp;
@@ -39,21 +38,15 @@ const stores = createAuthStores({ store, sealer: createSealer({ keys: [{ id: 'k1
 
 before(async () => {
   [idp, upstream, catcher] = await Promise.all([startDevIdp(), startUpstreamWithAs({ registration: 'dcr', openHandshake: true }), startRecordingServer()]);
-  const port = await freePort();
-  gateway = `http://127.0.0.1:${port}`;
-  const config = parseConfig(
-    JSON.stringify({
-      server: { listen: `127.0.0.1:${port}`, publicUrl: gateway, devMode: true, drainTimeout: '1s', logLevel: 'debug' },
-      idp: { issuer: idp.issuer, clientId: idp.clientId, clientSecret: 'env:IDP_SECRET' },
-      storage: { kind: 'memory', encryptionKeys: [{ id: 'k1', key: 'env:STORE_KEY' }] },
-      upstreams: [{ name: 'notes', url: upstream.mcpUrl, auth: { mode: 'oauth', scopes: ['notes:read'], challenge: 'tool_result' } }],
-    }),
-    'e2e-config',
-    { env: { IDP_SECRET: idp.clientSecret, STORE_KEY: storeKey.toString('base64') }, readFile: () => { throw new Error('no files'); } },
-  );
-  logs = captureLogs();
-  app = createApp(config, { logDestination: logs.destination, store });
-  await app.listen({ host: '127.0.0.1', port });
+  const started = await startGateway({
+    idp,
+    storeKey,
+    store,
+    server: { drainTimeout: '1s', logLevel: 'debug' },
+    upstreams: [{ name: 'notes', url: upstream.mcpUrl, auth: { mode: 'oauth', scopes: ['notes:read'], challenge: 'tool_result' } }],
+  });
+  ({ app, logs } = started);
+  gateway = started.url.origin;
   browser = await launchChromium();
 });
 
