@@ -117,6 +117,20 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
   }
 
   /** A deadline turned into a TTL; a deadline already passed means "do not store". */
+  /** A sealed record parked under a random state and taken at most once (pending logins, sign-ins). */
+  function singleUseSealed<T>(keyOf: (state: string) => string) {
+    return {
+      async put(state: string, record: T, ttlMs: number): Promise<void> {
+        const key = keyOf(state);
+        await store.set(key, sealer.seal(key, JSON.stringify(record)), ttlMs);
+      },
+      async take(state: string): Promise<T | undefined> {
+        const key = keyOf(state);
+        return readSealed<T>(key, await store.take(key));
+      },
+    };
+  }
+
   function ttlUntil(deadline: number): number {
     return Math.ceil(deadline - now());
   }
@@ -187,27 +201,8 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
       },
     },
 
-    pending: {
-      async put(state, pending, ttlMs) {
-        const key = keys.pending(state);
-        await store.set(key, sealer.seal(key, JSON.stringify(pending)), ttlMs);
-      },
-      async take(state) {
-        const key = keys.pending(state);
-        return readSealed<PendingAuthorization>(key, await store.take(key));
-      },
-    },
-
-    signIns: {
-      async put(state, signIn, ttlMs) {
-        const key = keys.signIn(state);
-        await store.set(key, sealer.seal(key, JSON.stringify(signIn)), ttlMs);
-      },
-      async take(state) {
-        const key = keys.signIn(state);
-        return readSealed<PendingSignIn>(key, await store.take(key));
-      },
-    },
+    pending: singleUseSealed<PendingAuthorization>(keys.pending),
+    signIns: singleUseSealed<PendingSignIn>(keys.signIn),
 
     codes: {
       async put(code, record, ttlMs) {
