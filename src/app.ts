@@ -9,7 +9,7 @@ import { RESOURCE_SCOPES } from './authserver/scopes.ts';
 import { createAuthStores } from './authserver/stores.ts';
 import { createTokenRoutes } from './authserver/token.ts';
 import { createTokenIssuer } from './authserver/tokens.ts';
-import { createCookieCodec, deriveCookieKey, loginCookie, type CookieCodec } from './authserver/cookies.ts';
+import { createCookieCodec, deriveCookieKey, formTokens, loginCookie, type CookieCodec } from './authserver/cookies.ts';
 import { createCimdResolver } from './authserver/cimd.ts';
 import { createConnectChain } from './authserver/connect-chain.ts';
 import { createStepUpMarks } from './authserver/step-up.ts';
@@ -378,6 +378,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       }),
     );
     const loginCookies = loginCookie(cookies);
+    const forms = formTokens(cookies);
     const browser: BrowserSession = {
       current(req) {
         const login = loginCookies.read(req);
@@ -385,15 +386,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       },
       // A browser without our login cookie signs in through the IdP (/oauth/login) and comes back.
       loginUrl: (returnTo) => signInUrl(issuer, returnTo),
-      async soleSession(subject) {
-        let sole: string | undefined;
-        for (const sid of await authStores.sessions.listForUser(subject)) {
-          if (!(await authStores.sessions.get(sid))) continue;
-          if (sole !== undefined) return undefined;
-          sole = sid;
-        }
-        return sole;
-      },
+      formToken: (req, ...bind) => forms.issue(req, 600, ...bind),
+      checkFormToken: (req, token, ...bind) => forms.verify(req, token, ...bind),
     };
     return { routes, authenticator, idpSession: createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now, endSession, refreshes: metrics.refreshes }), cookies, browser };
   }

@@ -7,7 +7,6 @@
  * an error is an HTML page (redirecting to an unverified URI would make us an open redirector);
  * afterwards it goes back to the client as `error`, `state` and `iss` on its redirect URI.
  */
-import { randomBytes } from 'node:crypto';
 import { InvalidClient, InvalidRequest } from '../http/errors.ts';
 import { describeCause } from '../http/server.ts';
 import type { Handler, RequestContext } from '../http/router.ts';
@@ -18,6 +17,7 @@ import { withHtmlErrors } from './html.ts';
 import type { LoginFlow } from './login-flow.ts';
 import type { ClientRecord, PendingAuthorization } from './records.ts';
 import { matchRedirectUri } from './redirect-uri.ts';
+import { idpRoundTrip } from './cookies.ts';
 
 /** A refusal to send back to the client's redirect URI. */
 class AuthorizationError extends Error {
@@ -57,12 +57,13 @@ export function createAuthorizeEndpoint(flow: LoginFlow): Handler {
     try {
       if (rawState !== undefined && state === undefined) throw new AuthorizationError('invalid_request', `state must be at most ${MAX_STATE} characters`);
       const request = checkRequest(client, params, redirectUri, state);
-      const ourState = randomBytes(32).toString('base64url');
+      // Bound to this browser (cookies.ts idpRoundTrip): the callback refuses it from any other.
+      const { state: ourState, setCookie } = idpRoundTrip(flow.cookies, flow.pendingTtlMs).start(ctx.req);
       const login = await flow.idp.startLogin(ourState);
       const pending: PendingAuthorization = { ...request, idpCodeVerifier: login.codeVerifier, idpNonce: login.nonce, createdAt: flow.now() };
       await flow.stores.pending.put(ourState, pending, flow.pendingTtlMs);
       await touch(client);
-      ctx.res.writeHead(302, { location: login.url, 'cache-control': 'no-store', 'referrer-policy': 'no-referrer' });
+      ctx.res.writeHead(302, { location: login.url, 'set-cookie': [setCookie], 'cache-control': 'no-store', 'referrer-policy': 'no-referrer' });
       ctx.res.end();
     } catch (error) {
       const { code, description } = toAuthorizationError(flow, ctx, error);

@@ -1,5 +1,5 @@
 /**
- * `GET /oauth/callback`: the company IdP's answer (DESIGN §4). Takes the parked request
+ * `GET /oauth/callback`: the company IdP's answer. Takes the parked request
  * atomically (a replayed callback finds nothing), exchanges the IdP's code and validates its ID
  * token (openid-client: issuer, audience, nonce, PKCE), creates a session (`sid`) holding the
  * IdP's tokens, sets our login cookie, and then either issues our code to the client or, when
@@ -9,14 +9,14 @@
  * page, so an abandoned page leaves nothing behind for long.
  */
 import { randomBytes } from 'node:crypto';
-import { InvalidRequest } from '../http/errors.ts';
+import { Forbidden, InvalidRequest } from '../http/errors.ts';
 import type { Handler } from '../http/router.ts';
 import { describeCause } from '../http/server.ts';
 import { IdpError, type IdpLoginResult } from '../idp/types.ts';
 import { sendAuthorizationError, type AuthorizationErrorCode } from './authorization-response.ts';
 import { finishAuthorization } from './connect-chain.ts';
 import { hasConsent, sendConsentPage } from './consent.ts';
-import { loginCookie } from './cookies.ts';
+import { idpRoundTrip, loginCookie } from './cookies.ts';
 import { withHtmlErrors } from './html.ts';
 import type { LoginFlow } from './login-flow.ts';
 import { finishSignIn, isSignInState } from './sign-in.ts';
@@ -27,12 +27,21 @@ const USER_DECLINED = new Set(['access_denied', 'login_required', 'consent_requi
 /** Creates the handler of `GET /oauth/callback`. */
 export function createCallbackEndpoint(flow: LoginFlow): Handler {
   const login = loginCookie(flow.cookies);
+  const roundTrip = idpRoundTrip(flow.cookies, flow.pendingTtlMs);
 
   return withHtmlErrors(flow.logger, async function callback(ctx) {
     await flow.limiter.enforce(ctx.clientIp, ctx.signal);
     const params = ctx.url.searchParams;
     const state = params.get('state');
     if (!state) throw new InvalidRequest('The identity provider answered without the state of a sign-in.');
+    // Login CSRF: a callback URL is accepted only in the browser that started its sign-in, checked
+    // before the parked request is taken (a stranger's browser must not burn the user's sign-in).
+    if (!roundTrip.startedHere(ctx.req, state)) {
+      ctx.log.error = 'foreign_callback';
+      throw new Forbidden(
+        'This sign-in was not started in this browser, so it was not completed. If you did not just sign in yourself, someone may have sent you this link: close this page. Otherwise start the sign-in again from your application, in this browser.',
+      );
+    }
     // A browser-only sign-in (`/oauth/login`): our login cookie and back, no session, no code.
     if (isSignInState(state)) return finishSignIn(flow, ctx, state);
     const pending = await flow.stores.pending.take(state);

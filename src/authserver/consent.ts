@@ -9,9 +9,8 @@
  * An approval is remembered per user and client, both in this browser (a signed cookie) and
  * server-side (`consents`); the page is skipped only when both remember it for the scopes asked.
  */
-import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import { readForm } from './form.ts';
+import { readForm, refuseCrossSitePost } from '../http/form.ts';
 import { Forbidden, InvalidRequest } from '../http/errors.ts';
 import type { Handler, RequestContext } from '../http/router.ts';
 import { sendAuthorizationError } from './authorization-response.ts';
@@ -20,6 +19,7 @@ import { escapeHtml, page, sendHtml, withHtmlErrors } from './html.ts';
 import type { LoginFlow } from './login-flow.ts';
 import type { ClientRecord, PendingAuthorization } from './records.ts';
 import { isLoopbackRedirect } from './redirect-uri.ts';
+import { formTokens } from './cookies.ts';
 
 /** Remembered approvals kept in the consent cookie (the most recent first). */
 const MAX_COOKIE_CONSENTS = 20;
@@ -57,11 +57,7 @@ export interface ConsentPageInput {
 /** Writes the consent page; also sets (or keeps) this browser's CSRF cookie. */
 export function sendConsentPage(flow: LoginFlow, ctx: RequestContext, input: ConsentPageInput): void {
   const { client, pending } = input;
-  // Keep an existing CSRF cookie: a second consent page in another tab must not break the first.
-  const existing = flow.cookies.read<{ n?: unknown }>(ctx.req, 'mcpgate-csrf')?.n;
-  const nonce = typeof existing === 'string' ? existing : randomBytes(16).toString('base64url');
-  const csrfCookie = flow.cookies.serialize('mcpgate-csrf', { n: nonce }, { maxAgeSeconds: Math.ceil(flow.pendingTtlMs / 1000) });
-  const csrf = flow.cookies.mac('csrf', input.consentId, nonce);
+  const { token: csrf, setCookie: csrfCookie } = formTokens(flow.cookies).issue(ctx.req, Math.ceil(flow.pendingTtlMs / 1000), 'csrf', input.consentId);
 
   const redirect = new URL(pending.redirectUri);
   const redirectHost = redirect.protocol === 'http:' || redirect.protocol === 'https:' ? redirect.host : redirect.protocol.slice(0, -1);
@@ -101,7 +97,7 @@ export function createConsentEndpoint(flow: LoginFlow): Handler {
   const origin = new URL(flow.issuer).origin;
 
   return withHtmlErrors(flow.logger, async function consent(ctx) {
-    checkSameOrigin(ctx, origin);
+    refuseCrossSitePost(ctx.req, origin);
     let form: Map<string, string>;
     try {
       form = await readForm(ctx.req, 8 * 1024);
@@ -110,9 +106,8 @@ export function createConsentEndpoint(flow: LoginFlow): Handler {
     }
     const consentId = form.get('consent_id') ?? '';
     const token = form.get('csrf') ?? '';
-    const nonce = flow.cookies.read<{ n?: unknown }>(ctx.req, 'mcpgate-csrf')?.n;
     // Checked before the parked request is taken: a forged post must not consume the real one.
-    if (!consentId || !token || typeof nonce !== 'string' || !flow.cookies.verifyMac(token, 'csrf', consentId, nonce)) {
+    if (!consentId || !formTokens(flow.cookies).verify(ctx.req, token, 'csrf', consentId)) {
       throw new Forbidden('This form did not come from this sign-in page, or it has expired. Start the sign-in again from your application.');
     }
 
@@ -149,17 +144,4 @@ function rememberInBrowser(flow: LoginFlow, req: IncomingMessage, subject: strin
   const current = flow.cookies.read<{ g?: unknown }>(req, 'mcpgate-consent')?.g;
   const kept = Array.isArray(current) ? current.filter((e): e is string => typeof e === 'string' && e !== entry) : [];
   return flow.cookies.serialize('mcpgate-consent', { g: [entry, ...kept].slice(0, MAX_COOKIE_CONSENTS) }, { maxAgeSeconds: Math.ceil(flow.consentTtlMs / 1000) });
-}
-
-/**
- * Refuses a post another site made the browser send: `Origin`, when sent, must be ours, and
- * Fetch Metadata, when sent, must say same-origin. Neither replaces the CSRF token (old browsers
- * send neither); both stop a forged post before it costs a store read.
- */
-function checkSameOrigin(ctx: RequestContext, origin: string): void {
-  const sentOrigin = ctx.req.headers.origin;
-  const site = ctx.req.headers['sec-fetch-site'];
-  if ((sentOrigin !== undefined && sentOrigin !== origin) || (site !== undefined && site !== 'same-origin')) {
-    throw new Forbidden('This form was sent from another site.');
-  }
 }

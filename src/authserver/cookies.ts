@@ -1,6 +1,7 @@
 /**
- * The browser cookies of our authorization server (DESIGN §4): our login cookie (who this
- * browser signed in as), the remembered consents, and the consent form's CSRF binding.
+ * The browser cookies of our authorization server: our login cookie (who this browser signed in
+ * as), the remembered consents, the CSRF binding of our forms, and the nonce that binds an IdP
+ * round trip to the browser that started it.
  *
  * Values are `base64url(JSON).base64url(HMAC-SHA256)`; the MAC covers the cookie's name too, so
  * one cookie's value cannot be replayed as another. Payloads carry their own expiry (`exp`,
@@ -14,7 +15,7 @@ import { createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto'
 import type { IncomingMessage } from 'node:http';
 
 /** The cookies we set, by base name. */
-export type CookieName = 'mcpgate-login' | 'mcpgate-consent' | 'mcpgate-csrf';
+export type CookieName = 'mcpgate-login' | 'mcpgate-consent' | 'mcpgate-csrf' | 'mcpgate-idp';
 
 /** Options of {@link createCookieCodec}. */
 export interface CookieCodecOptions {
@@ -142,6 +143,63 @@ export function loginCookie(codec: CookieCodec) {
       return typeof payload.sid === 'string' ? { sub: payload.sub, sid: payload.sid } : undefined;
     },
     clear: () => codec.clear('mcpgate-login'),
+  };
+}
+
+/**
+ * The CSRF binding of our forms (the consent page, the upstream connect confirmation): a random
+ * nonce in a cookie of this browser (`mcpgate-csrf`), and in the form a MAC over the nonce and
+ * what the form acts on. A site that makes the browser post the form knows neither. An existing
+ * nonce is kept, so a second form in another tab does not break the first.
+ */
+export function formTokens(codec: CookieCodec) {
+  const nonceOf = (req: IncomingMessage) => {
+    const n = codec.read<{ n?: unknown }>(req, 'mcpgate-csrf')?.n;
+    return typeof n === 'string' ? n : undefined;
+  };
+  return {
+    /** The token for a form acting on `parts` under `purpose`, and the cookie (valid `maxAgeSeconds`) to set with the page. */
+    issue(req: IncomingMessage, maxAgeSeconds: number, purpose: string, ...parts: string[]): { token: string; setCookie: string } {
+      const nonce = nonceOf(req) ?? randomBytes(16).toString('base64url');
+      return { token: codec.mac(purpose, ...parts, nonce), setCookie: codec.serialize('mcpgate-csrf', { n: nonce }, { maxAgeSeconds }) };
+    },
+    /** True when `token` was issued to this browser for `parts` under `purpose` (constant time). */
+    verify(req: IncomingMessage, token: string, purpose: string, ...parts: string[]): boolean {
+      const nonce = nonceOf(req);
+      return token !== '' && nonce !== undefined && codec.verifyMac(token, purpose, ...parts, nonce);
+    },
+  };
+}
+
+/**
+ * Binds each round trip through the company IdP to the browser that started it (login CSRF,
+ * RFC 6749 §10.12): without it, anyone could start a sign-in, stop before the IdP's redirect back
+ * and send that callback URL to a victim, whose browser would then be signed in to mcpgate as
+ * the attacker (and could, for example, connect the victim's upstream account to the attacker's
+ * session). The start sets a short-lived nonce cookie (`__Host-mcpgate-idp`, as long as the
+ * parked request) and puts a MAC over the nonce into the IdP `state`; the callback accepts the
+ * state only from a browser whose cookie holds that nonce. An existing nonce is kept, so sign-ins
+ * in several tabs each complete.
+ */
+export function idpRoundTrip(codec: CookieCodec, ttlMs: number) {
+  const maxAgeSeconds = Math.max(1, Math.ceil(ttlMs / 1000));
+  const nonceOf = (req: IncomingMessage) => {
+    const n = codec.read<{ n?: unknown }>(req, 'mcpgate-idp')?.n;
+    return typeof n === 'string' ? n : undefined;
+  };
+  return {
+    /** A fresh IdP `state` starting with `prefix`, and the cookie to set with the redirect to the IdP. */
+    start(req: IncomingMessage, prefix = ''): { state: string; setCookie: string } {
+      const nonce = nonceOf(req) ?? randomBytes(32).toString('base64url');
+      const random = `${prefix}${randomBytes(32).toString('base64url')}`;
+      return { state: `${random}.${codec.mac('idp-state', random, nonce)}`, setCookie: codec.serialize('mcpgate-idp', { n: nonce }, { maxAgeSeconds }) };
+    },
+    /** True when `state` was started by this browser (its nonce cookie is present and matches). */
+    startedHere(req: IncomingMessage, state: string): boolean {
+      const dot = state.lastIndexOf('.');
+      const nonce = nonceOf(req);
+      return dot > 0 && nonce !== undefined && codec.verifyMac(state.slice(dot + 1), 'idp-state', state.slice(0, dot), nonce);
+    },
   };
 }
 

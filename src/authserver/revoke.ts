@@ -17,7 +17,7 @@ import { sessionTag } from '../observability/logger.ts';
 import { InvalidRequest, InvalidToken } from '../http/errors.ts';
 import type { RequestContext, Route } from '../http/router.ts';
 import { authenticateClient, type ClientResolver } from './client-auth.ts';
-import { readForm } from './form.ts';
+import { readForm } from '../http/form.ts';
 import type { SigningKeys } from './keys.ts';
 import type { AuthStores } from './records.ts';
 import type { EndSession } from './session-end.ts';

@@ -1,5 +1,5 @@
 /**
- * Sign in and come back (DESIGN §6.3: "our login cookie, or a fresh login through our IdP"):
+ * Sign in and come back (an upstream connect link needs "our login cookie, or a fresh login through our IdP"):
  *
  *   GET /oauth/login?return_to=<a path of ours>   park the return path, send the browser to the IdP
  *   GET /oauth/callback (state `si.…`)            the IdP's answer: set our login cookie, go back
@@ -14,12 +14,11 @@
  * starts with one `/` (not `//`, which browsers read as another host), has no backslash (which
  * some browsers read as `/`), no control or space characters, and resolves to our own origin.
  */
-import { randomBytes } from 'node:crypto';
 import { AccessDenied, InvalidRequest, TemporarilyUnavailable } from '../http/errors.ts';
 import type { Handler, RequestContext } from '../http/router.ts';
 import { describeCause } from '../http/server.ts';
 import { IdpError, type IdpLoginResult } from '../idp/types.ts';
-import { loginCookie } from './cookies.ts';
+import { idpRoundTrip, loginCookie } from './cookies.ts';
 import { withHtmlErrors } from './html.ts';
 import type { LoginFlow } from './login-flow.ts';
 
@@ -64,7 +63,8 @@ export function createSignInEndpoint(flow: LoginFlow): Handler {
     if (params.getAll('return_to').length > 1) throw new InvalidRequest('The sign-in link repeats return_to.');
     const returnTo = ourReturnPath(params.get('return_to'), flow.issuer);
     if (!returnTo) throw new InvalidRequest('The sign-in link does not say where to return, or names a place outside this service.');
-    const state = `${SIGN_IN_STATE_PREFIX}${randomBytes(32).toString('base64url')}`;
+    // Bound to this browser (cookies.ts idpRoundTrip): the callback refuses it from any other.
+    const { state, setCookie } = idpRoundTrip(flow.cookies, flow.pendingTtlMs).start(ctx.req, SIGN_IN_STATE_PREFIX);
     let login;
     try {
       login = await flow.idp.startLogin(state);
@@ -73,7 +73,7 @@ export function createSignInEndpoint(flow: LoginFlow): Handler {
     }
     await flow.stores.signIns.put(state, { returnTo, idpCodeVerifier: login.codeVerifier, idpNonce: login.nonce, createdAt: flow.now() }, flow.pendingTtlMs);
     ctx.log.signIn = 'started';
-    ctx.res.writeHead(302, { location: login.url, 'cache-control': 'no-store', 'referrer-policy': 'no-referrer' });
+    ctx.res.writeHead(302, { location: login.url, 'set-cookie': [setCookie], 'cache-control': 'no-store', 'referrer-policy': 'no-referrer' });
     ctx.res.end();
   });
 }

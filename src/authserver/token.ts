@@ -9,7 +9,7 @@ import { sessionTag } from '../observability/logger.ts';
 import { InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget, UnauthorizedClient, UnsupportedGrantType } from '../http/errors.ts';
 import type { RequestContext, Route } from '../http/router.ts';
 import { authenticateClient, type ClientResolver } from './client-auth.ts';
-import { readForm } from './form.ts';
+import { readForm } from '../http/form.ts';
 import type { AuthStores, ClientRecord, RefreshTokenRecord } from './records.ts';
 import { isPkceVerifier, newRefreshToken, pkceChallenge, safeEqual, type TokenIssuer } from './tokens.ts';
 import type { StepUpMarks } from './step-up.ts';

@@ -9,6 +9,8 @@ export interface AuthRequired {
   upstream: string;
   /** Where the user must go: our `/oauth/upstream/start?…` URL (never the upstream AS directly). */
   authUrl: string;
+  /** The pending flow's id (the `flow` parameter of `authUrl`). */
+  flowId: string;
   /** Identifies the pending flow for URL elicitation (`elicitationId`) and `notifications/elicitation/complete`. */
   elicitationId: string;
   /** A sentence for the user, e.g. "Authorize access to github, then retry." */

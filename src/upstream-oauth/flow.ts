@@ -145,6 +145,7 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
     return {
       upstream: flow.upstream,
       authUrl: `${base}/oauth/upstream/start?flow=${encodeURIComponent(flow.flowId)}`,
+      flowId: flow.flowId,
       elicitationId: flow.elicitationId,
       message: `Authorization is needed to use "${flow.upstream}": open the link, approve access, then retry.`,
       connectScope: connectScopeFor(flow.upstream),

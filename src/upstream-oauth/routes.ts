@@ -1,12 +1,14 @@
 /**
- * The HTTP side of the upstream OAuth flow (DESIGN §6.3, §6.5, §6.8):
+ * The HTTP side of the upstream OAuth flow:
  *
  * | method | path                             | who                | what |
  * |--------|----------------------------------|--------------------|------|
- * | GET    | /oauth/upstream/start?flow=…     | browser (cookie)   | same user? then on to the upstream's authorization endpoint |
+ * | GET    | /oauth/upstream/start?flow=…     | browser (cookie)   | same user? then "Connect X to your account?" |
+ * | POST   | /oauth/upstream/start            | browser (cookie)   | the confirmation (CSRF token): on to the upstream's authorization endpoint |
  * | GET    | /oauth/upstream/callback         | browser (cookie)   | single-use state, RFC 9207 `iss`, code exchange, "Connected" page |
  * | GET    | /oauth/client-metadata.json      | upstream AS        | our Client ID Metadata Document |
- * | GET    | /connect/{name}                  | browser (cookie)   | starts a flow without waiting for a 401 |
+ * | GET    | /connect/{name}                  | browser (cookie)   | "Connect X to your account?" without waiting for a 401 |
+ * | POST   | /connect/{name}                  | browser (cookie)   | the confirmation (CSRF token): starts a flow, on to the upstream |
  * | GET    | /connections                     | agent (our bearer) | the upstreams this session is connected to |
  * | DELETE | /connections/{name}              | agent (our bearer) | forget the token, revoke it at the upstream (RFC 7009) |
  *
@@ -14,19 +16,27 @@
  * flow id; whoever opens it must be signed in to mcpgate as the user the flow belongs to, both
  * when it is opened and when the upstream sends the browser back. Otherwise a user could be
  * lured into connecting their upstream account to someone else's session.
+ *
+ * Connecting from a browser also needs a click on a page that names the mcpgate account it
+ * connects to (a form with a CSRF token, posted back here): a link alone never moves a signed-in
+ * browser on to an upstream that may approve silently. The exception is a flow our own
+ * `/oauth/authorize` chains (it has `returnTo`): that browser has just signed in and approved.
+ * A browser whose login cookie names no session (a sign-in through `/oauth/login`) cannot connect
+ * from `/connect/{name}`: nothing tells which of the user's agent sessions is meant.
  */
 import type { IncomingMessage } from 'node:http';
 import { HttpError, NotFound } from '../http/errors.ts';
+import { readForm, refuseCrossSitePost } from '../http/form.ts';
 import type { RequestContext, Route } from '../http/router.ts';
 import type { FlowPrincipal, OAuthUpstream, UpstreamFlows } from './flow.ts';
 import { FlowError, type FlowFailure } from './flow.ts';
 import type { ClientRegistration } from './client-registration.ts';
-import { sendPage, sendRedirect } from './pages.ts';
+import { sendConfirmPage, sendOnward, sendPage, sendRedirect } from './pages.ts';
 import type { UpstreamFlow } from './records.ts';
 import type { UpstreamStores } from './stores.ts';
 import type { RateLimiter } from '../http/rate-limit.ts';
 
-/** Who is at the browser, according to our login cookie (DESIGN §4). */
+/** Who is at the browser, according to our login cookie. */
 export interface BrowserSession {
   /**
    * The user and the session our login cookie names; undefined when absent, forged or expired.
@@ -39,12 +49,16 @@ export interface BrowserSession {
    */
   loginUrl?(returnTo: string): string | undefined;
   /**
-   * For `/connect/{name}` in a browser that signed in without a session: the user's one live
-   * session, which is then the one connected. Undefined when the user has none or several
-   * (nothing tells which one the user means), or when not offered.
+   * The CSRF token of a form acting on `parts` (see `formTokens` of our cookies), and the cookie to
+   * set with the page that holds it.
    */
-  soleSession?(subject: string, signal?: AbortSignal): Promise<string | undefined>;
+  formToken(req: IncomingMessage, ...bind: FormBinding): { token: string; setCookie: string };
+  /** True when `token` was issued by {@link formToken} to this browser for the same binding. */
+  checkFormToken(req: IncomingMessage, token: string, ...bind: FormBinding): boolean;
 }
+
+/** What a form token is bound to: a purpose, then the values the form acts on. */
+export type FormBinding = [purpose: string, ...parts: string[]];
 
 /** Sent when a user finished connecting, so the agent's open stream can be told (`notifications/elicitation/complete`). */
 export interface ConnectedEvent {
@@ -127,16 +141,77 @@ export function createUpstreamOAuthRoutes(options: UpstreamOAuthRoutesOptions): 
     sendPage(ctx.res, 400, { title: 'This link has expired', message: 'The authorization link has expired or was already used.', hint: START_AGAIN });
   }
 
+  /** The flow a start link or its confirmation names, when it still exists. */
+  async function flowNamed(flowId: string | undefined | null): Promise<UpstreamFlow | undefined> {
+    return flowId && FLOW_ID.test(flowId) ? stores.flows.get(flowId) : undefined;
+  }
+
   async function start(ctx: RequestContext): Promise<void> {
     await options.limiter?.enforce(ctx.clientIp, ctx.signal);
-    const flowId = ctx.url.searchParams.get('flow');
-    const flow = flowId && FLOW_ID.test(flowId) ? await stores.flows.get(flowId) : undefined;
+    const flow = await flowNamed(ctx.url.searchParams.get('flow'));
     if (!flow) return expired(ctx);
     const who = browser.current(ctx.req);
     if (!who) return signInFirst(ctx);
     if (who.subject !== flow.subject) return wrongUser(ctx);
     ctx.log.upstream = flow.upstream;
-    sendRedirect(ctx.res, flows.authorizationUrl(flow), 302);
+    // Chained by our own authorization in this browser, which the user has just signed in to and approved.
+    if (flow.returnTo) return sendRedirect(ctx.res, flows.authorizationUrl(flow), 302);
+    confirm(ctx, { upstream: flow.upstream, subject: who.subject, action: `${ctx.url.origin}${basePath}/oauth/upstream/start`, fields: { flow: flow.flowId }, bind: ['upstream-start', flow.flowId] });
+  }
+
+  async function confirmStart(ctx: RequestContext): Promise<void> {
+    await options.limiter?.enforce(ctx.clientIp, ctx.signal);
+    const form = await confirmation(ctx, (f) => ['upstream-start', f.get('flow') ?? '']);
+    if (!form) return;
+    const flow = await flowNamed(form.get('flow'));
+    if (!flow) return expired(ctx);
+    const who = browser.current(ctx.req);
+    if (!who) return signInFirst(ctx);
+    if (who.subject !== flow.subject) return wrongUser(ctx);
+    ctx.log.upstream = flow.upstream;
+    sendOnward(ctx.res, { url: flows.authorizationUrl(flow), upstream: flow.upstream });
+  }
+
+  /** The "Connect X to your account?" page: one button, a form posted back to `action` with a CSRF token bound to `bind`. */
+  function confirm(ctx: RequestContext, page: { upstream: string; subject: string; action: string; fields: Record<string, string>; bind: FormBinding }): void {
+    const { token, setCookie } = browser.formToken(ctx.req, ...page.bind);
+    sendConfirmPage(ctx.res, {
+      title: `Connect ${page.upstream} to your mcpgate account?`,
+      message: `You are signed in to mcpgate as ${page.subject}. Continuing lets mcpgate use your ${page.upstream} account on behalf of that mcpgate account, for the agent session that asked for it.`,
+      hint: `If ${page.subject} is not you, or you did not just ask your agent to use ${page.upstream}, close this page: someone may have sent you this link.`,
+      action: page.action,
+      fields: { ...page.fields, csrf: token },
+      button: `Connect ${page.upstream}`,
+      setCookie: [setCookie],
+    });
+  }
+
+  /**
+   * The confirmation form, when it came from our page in this browser: a post another site made
+   * the browser send, an unreadable form or a token not issued here for `bind(form)` get a page.
+   */
+  async function confirmation(ctx: RequestContext, bind: (form: Map<string, string>) => FormBinding | undefined): Promise<Map<string, string> | undefined> {
+    let form: Map<string, string>;
+    try {
+      refuseCrossSitePost(ctx.req, ctx.url.origin);
+      form = await readForm(ctx.req, 8 * 1024);
+    } catch (error) {
+      if (!(error instanceof HttpError) || error.status >= 500) throw error;
+      ctx.log.error = 'bad_confirmation';
+      sendPage(ctx.res, error.status === 403 ? 403 : 400, { title: 'Not connected', message: 'This confirmation was sent from another site, or could not be read. Nothing was connected.', hint: 'Open the link again.' });
+      return undefined;
+    }
+    const parts = bind(form);
+    if (!parts || !browser.checkFormToken(ctx.req, form.get('csrf') ?? '', ...parts)) {
+      ctx.log.error = 'bad_confirmation';
+      sendPage(ctx.res, 403, {
+        title: 'Not connected',
+        message: 'This confirmation did not come from the page mcpgate showed in this browser, or it has expired. Nothing was connected.',
+        hint: 'Open the link again.',
+      });
+      return undefined;
+    }
+    return form;
   }
 
   async function callback(ctx: RequestContext): Promise<void> {
@@ -193,25 +268,51 @@ export function createUpstreamOAuthRoutes(options: UpstreamOAuthRoutesOptions): 
     ctx.res.end(body);
   }
 
-  async function connect(ctx: RequestContext): Promise<void> {
+  /** The upstream `/connect/{name}` names, and the session this browser signed in with (pages answer otherwise). */
+  async function connectTarget(ctx: RequestContext): Promise<{ upstream: OAuthUpstream; subject: string; sessionId: string } | undefined> {
     const upstream = byName.get(ctx.params.name!);
-    if (!upstream) return sendPage(ctx.res, 404, { title: 'Unknown server', message: 'No server with that name is connected through its own authorization.' });
+    if (!upstream) {
+      sendPage(ctx.res, 404, { title: 'Unknown server', message: 'No server with that name is connected through its own authorization.' });
+      return undefined;
+    }
     ctx.log.upstream = upstream.name;
     await options.limiter?.enforce(ctx.clientIp, ctx.signal);
     const who = browser.current(ctx.req);
-    if (!who) return signInFirst(ctx);
-    // The session to connect: the one this browser signed in with, else the user's only one.
-    const sessionId = who.sessionId ?? (await browser.soleSession?.(who.subject, ctx.signal));
-    if (sessionId === undefined) return whichSession(ctx, upstream.name);
-    let authUrl: string;
+    if (!who) {
+      signInFirst(ctx);
+      return undefined;
+    }
+    // Only the session this browser signed in with: never one picked for it (see the module comment).
+    if (who.sessionId === undefined) {
+      whichSession(ctx, upstream.name);
+      return undefined;
+    }
+    return { upstream, subject: who.subject, sessionId: who.sessionId };
+  }
+
+  async function connect(ctx: RequestContext): Promise<void> {
+    const target = await connectTarget(ctx);
+    if (!target) return;
+    const { upstream, subject, sessionId } = target;
+    confirm(ctx, { upstream: upstream.name, subject, action: `${ctx.url.origin}${basePath}/connect/${upstream.name}`, fields: {}, bind: ['connect', upstream.name, sessionId] });
+  }
+
+  async function confirmConnect(ctx: RequestContext): Promise<void> {
+    const target = await connectTarget(ctx);
+    if (!target) return;
+    const { upstream, subject, sessionId } = target;
+    if (!(await confirmation(ctx, () => ['connect', upstream.name, sessionId]))) return;
+    let flowId: string;
     try {
-      authUrl = (await flows.startFlow({ principal: { subject: who.subject, sessionId }, upstream })).authUrl;
+      flowId = (await flows.startFlow({ principal: { subject, sessionId }, upstream })).flowId;
     } catch (err) {
       // A browser gets a page, not JSON: discovery and registration errors are ours to word (502).
       if (!(err instanceof HttpError) || err.status !== 502) throw err;
       return sendPage(ctx.res, 502, { title: `Cannot connect to ${upstream.name}`, message: err.message, hint: 'Tell your administrator if this keeps happening.' });
     }
-    sendRedirect(ctx.res, authUrl);
+    const flow = await flowNamed(flowId);
+    if (!flow) return expired(ctx);
+    sendOnward(ctx.res, { url: flows.authorizationUrl(flow), upstream: upstream.name });
   }
 
   async function list(ctx: RequestContext): Promise<void> {
@@ -237,9 +338,11 @@ export function createUpstreamOAuthRoutes(options: UpstreamOAuthRoutesOptions): 
 
   return [
     { method: 'GET', path: `${basePath}/oauth/upstream/start`, handler: start },
+    { method: 'POST', path: `${basePath}/oauth/upstream/start`, handler: confirmStart },
     { method: 'GET', path: `${basePath}/oauth/upstream/callback`, handler: callback },
     { method: 'GET', path: `${basePath}/oauth/client-metadata.json`, handler: clientMetadata },
     { method: 'GET', path: `${basePath}/connect/:name`, handler: connect, name: '/connect/{name}' },
+    { method: 'POST', path: `${basePath}/connect/:name`, handler: confirmConnect, name: '/connect/{name}' },
     { method: 'GET', path: `${basePath}/connections`, handler: list },
     { method: 'DELETE', path: `${basePath}/connections/:name`, handler: disconnect, name: '/connections/{name}' },
   ];

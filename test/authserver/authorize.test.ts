@@ -211,33 +211,54 @@ describe('callback', () => {
     fresh = (await registerClient(one.issuer, { redirect_uris: [redirectUri] })).client_id;
   });
 
-  async function callback(query: string) {
-    const res = await fetch(`${one.issuer}/oauth/callback?${query}`, { redirect: 'manual' });
+  /** The callback as the browser that started the authorization sends it: with the IdP nonce cookie its answer set. */
+  async function callback(query: string, started?: Awaited<ReturnType<typeof authorize>>) {
+    const cookie = started?.headers.getSetCookie().map((c) => c.split(';')[0]!).join('; ');
+    const res = await fetch(`${one.issuer}/oauth/callback?${query}`, { redirect: 'manual', headers: cookie ? { cookie } : {} });
     return { status: res.status, headers: res.headers, location: res.headers.get('location'), text: await res.text() };
   }
 
   test('without state, or with an unknown one: an HTML page', async () => {
     assertErrorPage(await callback('code=abc'), 400, /without the state/);
-    assertErrorPage(await callback('code=abc&state=unknown'), 400, /expired or was already completed/);
+    assertErrorPage(await callback('code=abc&state=unknown'), 403, /not started in this browser/);
+    const started = await authorize(validParams({}, fresh));
+    const ourState = new URL(started.location!).searchParams.get('state')!;
+    assertErrorPage(await callback(`code=abc&state=${ourState}x`, started), 403, /not started in this browser/);
+  });
+
+  test('login CSRF: a callback URL opened in a browser that did not start the sign-in is refused, and the sign-in survives', async () => {
+    const started = await authorize(validParams({}, fresh));
+    const ourState = new URL(started.location!).searchParams.get('state')!;
+    const nonceCookie = started.headers.getSetCookie().find((c) => c.startsWith('mcpgate-idp='));
+    assert.ok(nonceCookie, 'the authorize answer binds the IdP round trip to this browser');
+    assert.match(nonceCookie, /HttpOnly/);
+    assert.match(nonceCookie, /Max-Age=600\b/, 'as short-lived as the parked request');
+    const query = `error=access_denied&state=${ourState}&iss=${encodeURIComponent(idp.issuer)}`;
+    // The victim's browser: no nonce cookie, or another browser's.
+    assertErrorPage(await callback(query), 403, /not started in this browser/);
+    const other = await authorize(validParams({}, fresh));
+    assertErrorPage(await callback(query, other), 403, /not started in this browser/);
+    // Neither consumed the parked request: the browser that started it still finishes.
+    assertErrorRedirect(await callback(query, started), 'access_denied');
   });
 
   test('the IdP refused: access_denied back to the client, and the parked request is gone', async () => {
     const res = await authorize(validParams({}, fresh));
     const ourState = new URL(res.location!).searchParams.get('state')!;
-    assertErrorRedirect(await callback(`error=access_denied&state=${ourState}&iss=${encodeURIComponent(idp.issuer)}`), 'access_denied');
-    assertErrorPage(await callback(`error=access_denied&state=${ourState}`), 400, /expired or was already completed/);
+    assertErrorRedirect(await callback(`error=access_denied&state=${ourState}&iss=${encodeURIComponent(idp.issuer)}`, res), 'access_denied');
+    assertErrorPage(await callback(`error=access_denied&state=${ourState}`, res), 400, /expired or was already completed/);
   });
 
   test('the IdP reported an outage: temporarily_unavailable', async () => {
     const res = await authorize(validParams({}, fresh));
     const ourState = new URL(res.location!).searchParams.get('state')!;
-    assertErrorRedirect(await callback(`error=temporarily_unavailable&state=${ourState}`), 'temporarily_unavailable');
+    assertErrorRedirect(await callback(`error=temporarily_unavailable&state=${ourState}`, res), 'temporarily_unavailable');
   });
 
   test('a forged code: the IdP refuses the exchange → access_denied, no session', async () => {
     const res = await authorize(validParams({}, fresh));
     const ourState = new URL(res.location!).searchParams.get('state')!;
-    assertErrorRedirect(await callback(`code=forged&state=${ourState}&iss=${encodeURIComponent(idp.issuer)}`), 'access_denied');
+    assertErrorRedirect(await callback(`code=forged&state=${ourState}&iss=${encodeURIComponent(idp.issuer)}`, res), 'access_denied');
   });
 
   test('nothing secret reached the log', () => {

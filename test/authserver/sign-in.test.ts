@@ -79,10 +79,13 @@ describe('GET /oauth/login', () => {
     assert.equal(payload.sid, undefined, 'a sign-in creates no session');
     assert.deepEqual(await server.stores.sessions.listForUser('alice'), []);
 
-    // The callback URL cannot be used twice.
-    const replay = await createBrowser().open(back.url);
+    // The callback URL cannot be used twice, and is refused outright in a browser that did not start it.
+    const replay = await browser.open(back.url);
     assert.equal(replay.status, 400);
     assert.match(replay.body, /expired or was already completed/);
+    const elsewhere = await createBrowser().open(back.url);
+    assert.equal(elsewhere.status, 403);
+    assert.match(elsewhere.body, /not started in this browser/);
   });
 
   test('a sign-in declined at the IdP ends on an error page, not at return_to', async () => {
@@ -90,7 +93,8 @@ describe('GET /oauth/login', () => {
     assert.equal(start.status, 302);
     const state = new URL(start.headers.get('location')!).searchParams.get('state')!;
     assert.ok(state.startsWith('si.'));
-    const denied = await fetch(`${server.issuer}/oauth/callback?${new URLSearchParams({ state, error: 'access_denied', iss: idp.issuer })}`, { redirect: 'manual' });
+    const cookie = start.headers.getSetCookie().map((c) => c.split(';')[0]!).join('; ');
+    const denied = await fetch(`${server.issuer}/oauth/callback?${new URLSearchParams({ state, error: 'access_denied', iss: idp.issuer })}`, { redirect: 'manual', headers: { cookie } });
     assert.equal(denied.status, 403);
     assert.equal(denied.headers.get('location'), null);
     assert.equal(denied.headers.get('set-cookie'), null);

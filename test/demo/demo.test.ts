@@ -16,7 +16,7 @@ import type { Browser, BrowserContext } from 'playwright-core';
 import { startDemo, type Demo, type WhoamiResult } from '../../demo/start.ts';
 import { startRecordingServer, type RecordingServer } from '../authserver/login-server.ts';
 import { captureLogs } from '../support/logs.ts';
-import { approveAtUpstream, closeChromium, connectWithLogin, createBrowserAgent, launchChromium, newBrowserContext, type BrowserUser } from '../support/browser-agent.ts';
+import { approveAtUpstream, closeChromium, confirmConnect, connectWithLogin, createBrowserAgent, launchChromium, newBrowserContext, type BrowserUser } from '../support/browser-agent.ts';
 
 let demo: Demo;
 let browser: Browser;
@@ -91,6 +91,8 @@ describe('the demo: IdP login, token swap, and an upstream with its own OAuth', 
 
     const page = await context.newPage();
     await page.goto(required.auth_url);
+    await confirmConnect(page, 'alice');
+    await page.waitForURL(`${demo.notes.issuer}/**`);
     assert.ok(page.url().startsWith(demo.notes.issuer), "sent on to the notes server's own authorization server");
     await approveAtUpstream(page, 'alice-up');
     await page.waitForURL(`${demo.publicUrl.origin}/oauth/upstream/callback?**`);

@@ -36,7 +36,7 @@ describe('chooseChannel', () => {
 });
 
 describe('authRequiredReply', () => {
-  const authRequired = { upstream: 'gh', authUrl: 'https://gw.example.com/oauth/upstream/start?f=1', elicitationId: 'e1', message: 'Authorize access to gh, then retry.', connectScope: 'mcpgate:connect:gh' };
+  const authRequired = { upstream: 'gh', authUrl: 'https://gw.example.com/oauth/upstream/start?f=1', flowId: '1', elicitationId: 'e1', message: 'Authorize access to gh, then retry.', connectScope: 'mcpgate:connect:gh' };
   const upstream = { name: 'gh', resource: 'https://gw.example.com/base/gh/mcp' };
 
   test('the re-challenge keeps granted scopes once and points at the RFC 9728 path-inserted metadata', () => {

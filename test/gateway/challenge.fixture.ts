@@ -113,6 +113,7 @@ export function testCredential(upstream: string, baseUrl: () => string, throwing
         elicitationId,
         message: `Authorize access to ${upstream}, then retry.`,
         connectScope: connectScopeFor(upstream),
+        flowId: elicitationId,
       };
     },
     async headers(): Promise<Record<string, string>> {

@@ -216,10 +216,10 @@ const ROUTES: Array<{ path: string; methods: string[]; kind: Kind; bodies?: 'for
   { path: '/oauth/logout', methods: ['POST'], kind: 'oauth', bodies: 'form' },
   { path: '/oauth/logout/all', methods: ['POST'], kind: 'oauth', bodies: 'form' },
   { path: '/oauth/login', methods: ['GET'], kind: 'browser' },
-  { path: '/oauth/upstream/start', methods: ['GET'], kind: 'browser' },
+  { path: '/oauth/upstream/start', methods: ['GET', 'POST'], kind: 'browser', bodies: 'form' },
   { path: '/oauth/upstream/callback', methods: ['GET'], kind: 'browser' },
   { path: '/oauth/client-metadata.json', methods: ['GET'], kind: 'oauth' },
-  { path: '/connect/notes', methods: ['GET'], kind: 'browser' },
+  { path: '/connect/notes', methods: ['GET', 'POST'], kind: 'browser', bodies: 'form' },
   { path: '/connections', methods: ['GET'], kind: 'oauth' },
   { path: '/connections/notes', methods: ['DELETE'], kind: 'oauth' },
   { path: '/notes/mcp', methods: ['POST', 'GET', 'DELETE', 'OPTIONS'], kind: 'jsonrpc', bodies: 'json' },
@@ -493,9 +493,14 @@ describe('hostile requests on every route', () => {
       }
     }
     // A real upstream flow: its start link with hostile company, then the callback with its real state and a forged code.
-    const connect = await sendRaw({ method: 'GET', target: '/connect/notes', headers: { cookie } });
-    const start = new URL(connect.headers.location!);
-    const flow = start.searchParams.get('flow')!;
+    const call = await sendRaw({
+      method: 'POST',
+      target: '/notes/mcp',
+      headers: { authorization: `Bearer ${accessToken}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+      body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'whoami', arguments: {} } }),
+    });
+    const flow = /\/oauth\/upstream\/start\?flow=([A-Za-z0-9_-]+)/.exec(call.body)?.[1];
+    assert.ok(flow, `an auth_required link: ${call.body.slice(0, 300)}`);
     for (const target of [`/oauth/upstream/start?flow=${flow}&flow=${secret('f2')}`, `/oauth/upstream/start?flow=${flow}%00`]) {
       assertWellFormed('browser', { method: 'GET', target }, await sendRaw({ method: 'GET', target, headers: { cookie } }));
     }
@@ -504,9 +509,24 @@ describe('hostile requests on every route', () => {
       const target = `/oauth/upstream/start?flow=${flow}`;
       assertWellFormed('browser', { method: 'GET', target }, await sendRaw({ method: 'GET', target, headers }));
     }
-    const toAs = await sendRaw({ method: 'GET', target: `/oauth/upstream/start?flow=${flow}`, headers: { cookie } });
-    assert.ok(toAs.status >= 300 && toAs.status < 400 && toAs.headers.location?.startsWith(upstream.issuer), `${toAs.status} ${toAs.headers.location}`);
-    const state = new URL(toAs.headers.location!).searchParams.get('state')!;
+    // Confirmations forged without the page's token (or with another browser's) connect nothing.
+    const form = { cookie, 'content-type': 'application/x-www-form-urlencoded', origin: base.origin };
+    for (const body of ['', `flow=${flow}`, `flow=${flow}&csrf=${secret('csrf')}`, `flow=${flow}&flow=${flow}&csrf=x`, 'csrf=%00&flow=%E0%A4%A']) {
+      for (const target of ['/oauth/upstream/start', '/connect/notes']) {
+        const request: HostileRequest = { method: 'POST', target, headers: form, body };
+        const res = await sendRaw(request);
+        assertWellFormed('browser', request, res);
+        assert.ok(res.status === 400 || res.status === 403, `${target} ${body} → ${res.status}`);
+      }
+    }
+    const confirmation = await sendRaw({ method: 'GET', target: `/oauth/upstream/start?flow=${flow}`, headers: { cookie } });
+    assert.equal(confirmation.status, 200);
+    const csrf = /name="csrf" value="([^"]+)"/.exec(confirmation.body)![1]!;
+    const csrfCookie = String(confirmation.headers['set-cookie']).split(';')[0]!;
+    const toAs = await sendRaw({ method: 'POST', target: '/oauth/upstream/start', headers: { ...form, cookie: `${cookie}; ${csrfCookie}` }, body: `flow=${flow}&csrf=${encodeURIComponent(csrf)}` });
+    const onward = /content="0;url=([^"]+)"/.exec(toAs.body)?.[1]?.replace(/&amp;/g, '&');
+    assert.ok(toAs.status === 200 && onward?.startsWith(upstream.issuer), `${toAs.status} ${toAs.body.slice(0, 300)}`);
+    const state = new URL(onward!).searchParams.get('state')!;
     // The first one spends the single-use state on a forged code the upstream's token endpoint refuses; the rest find it spent.
     for (const query of [
       `state=${state}&code=${secret('c5')}&code=${secret('c6')}&iss=${encodeURIComponent(upstream.issuer)}`,

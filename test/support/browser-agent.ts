@@ -88,6 +88,17 @@ export async function signInAtIdp(page: Page, user: BrowserUser): Promise<void> 
   await page.click('button[type="submit"]');
 }
 
+/**
+ * Clicks "Connect" on mcpgate's confirmation page (shown before a browser goes on to an upstream's
+ * own authorization server), after checking that it names the expected mcpgate account.
+ */
+export async function confirmConnect(page: Page, account: string): Promise<void> {
+  await page.waitForSelector('form button[value="connect"]');
+  const text = (await page.locator('main').textContent()) ?? '';
+  if (!text.includes(`signed in to mcpgate as ${account}`)) throw new Error(`the confirmation does not name ${account}: ${text}`);
+  await page.click('button[value="connect"]');
+}
+
 /** Signs in at an upstream's own authorization server (`demo/upstream-as.ts`: a name, no password) and approves its consent page. */
 export async function approveAtUpstream(page: Page, login: string): Promise<void> {
   await page.fill('input[name="login"]', login);

@@ -22,14 +22,14 @@ import type { Store } from '../../src/store/port.ts';
 import { createSealer } from '../../src/store/sealed.ts';
 import { createUpstreamStores, type UpstreamStores } from '../../src/upstream-oauth/stores.ts';
 import { login, postForm, refusingIdp, registerClient, type AuthGateway } from '../authserver/fixture.ts';
-import { approveAtUpstream, closeChromium, launchChromium, newBrowserContext } from '../support/browser-agent.ts';
+import { approveAtUpstream, closeChromium, confirmConnect, launchChromium, newBrowserContext } from '../support/browser-agent.ts';
 import { freePort } from '../support/gateway.ts';
 import { waitFor } from '../support/mcp-upstream.ts';
 import { captureLogs, type LogCapture } from '../support/logs.ts';
 import { metricValue, scrapeMetrics } from '../support/metrics.ts';
 import { startUpstreamWithAs, type UpstreamWithAs } from '../support/upstream-as.ts';
 import { send } from '../gateway/http-client.ts';
-import { createBrowser, formAction, type Browser } from './browser.ts';
+import { confirmConnect as clickConnect, createBrowser, formAction, isConnectConfirmation, type Browser } from './browser.ts';
 
 let upstream: UpstreamWithAs;
 let app: App;
@@ -100,6 +100,7 @@ function loginCookieFor(subject: string, sessionId: string | undefined) {
 /** The user's trip through the upstream's own authorization server: login there, approve. */
 async function authorizeAtUpstream(browser: Browser, url: string, upstreamUser: string) {
   let page = await browser.open(url);
+  if (isConnectConfirmation(page)) page = await clickConnect(browser, page);
   for (let step = 0; step < 4 && page.url.startsWith(upstream.issuer) && page.status === 200; step++) {
     page = /\/login"/.test(page.body)
       ? await browser.submit(formAction(page, /\/login$/), { login: upstreamUser })
@@ -200,6 +201,8 @@ describe('mode oauth end to end (createApp, SDK client)', () => {
       await context.addCookies([loginCookieFor('carol', carol.sessionId)]);
       const page = await context.newPage();
       await page.goto(required.auth_url);
+      assert.equal(await page.locator('h1').textContent(), 'Connect notes to your mcpgate account?');
+      await confirmConnect(page, 'carol');
       await approveAtUpstream(page, 'carol-up');
       await page.waitForURL(`${base}/oauth/upstream/callback?**`);
       assert.equal(await page.locator('h1').textContent(), 'Connected to notes');
@@ -313,20 +316,21 @@ describe('browsers that must sign in first', () => {
     }
   });
 
-  test('/connect/{name} after a sign-in without a session: the user\'s one session is connected; with several, the browser is told to use the agent\'s link', async () => {
+  test('/connect/{name} connects only the session this browser signed in with: after a sign-in without a session the browser is told to use the agent\'s link', async () => {
     const grace = await signIn('grace');
     const browser = createBrowser();
     const { name, value } = loginCookieFor('grace', undefined);
     browser.setCookie(base, name, value);
-    const page = await authorizeAtUpstream(browser, `${base}/connect/notes`, 'alice-up');
-    assert.equal(page.status, 200, page.body);
-    assert.match(page.body, /Connected to notes/);
-    assert.ok(await upstreamRows.tokens.get(grace.sessionId, 'notes'), "grace's one session is the one connected");
+    const page = await browser.open(`${base}/connect/notes`);
+    assert.equal(page.status, 409);
+    assert.match(page.body, /Connect from your agent/);
+    assert.equal(await upstreamRows.tokens.get(grace.sessionId, 'notes'), undefined, 'no session was picked for the browser');
 
-    await signIn('grace');
-    const several = await browser.open(`${base}/connect/notes`);
-    assert.equal(several.status, 409);
-    assert.match(several.body, /Connect from your agent/);
+    // The agent's own browser (its login cookie names the session) connects, after one click.
+    const page2 = await authorizeAtUpstream(grace.browser, `${base}/connect/notes`, 'alice-up');
+    assert.equal(page2.status, 200, page2.body);
+    assert.match(page2.body, /Connected to notes/);
+    assert.ok(await upstreamRows.tokens.get(grace.sessionId, 'notes'));
   });
 });
 
@@ -339,7 +343,7 @@ describe('metrics', () => {
     const henry = await signIn('henry');
 
     // A flow the user declines at the upstream: started, then failed.
-    const declined = await henry.browser.open(`${base}/connect/notes`);
+    const declined = await clickConnect(henry.browser, await henry.browser.open(`${base}/connect/notes`));
     assert.ok(declined.url.startsWith(upstream.issuer));
     let page = await henry.browser.submit(formAction(declined, /\/login$/), { login: 'alice-up' });
     page = await henry.browser.submit(formAction(page, /\/deny$/), {});

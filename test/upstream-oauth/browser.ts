@@ -89,6 +89,14 @@ export function createBrowser(options: { hosts?: Record<string, string> } = {}):
   async function follow(first: Page, stopAt?: (url: URL) => boolean): Promise<Page> {
     let page = first;
     for (let hop = 0; hop < 20; hop++) {
+      // A page that moves on at once (`<meta http-equiv="refresh" content="0;url=…">`) is followed as a browser would.
+      const refresh = page.status === 200 ? /<meta http-equiv="refresh" content="0;url=([^"]+)">/.exec(page.body)?.[1] : undefined;
+      if (refresh) {
+        const next = new URL(refresh.replace(/&amp;/g, '&'), page.url);
+        if (stopAt?.(next)) return page;
+        page = await fetchOnce(next, 'GET');
+        continue;
+      }
       const location = page.headers.location;
       if (page.status < 300 || page.status >= 400 || typeof location !== 'string') return page;
       const next = new URL(location, page.url);
@@ -124,4 +132,20 @@ export function formAction(page: Page, pattern: RegExp): string {
     if (pattern.test(action)) return new URL(action, page.url).href;
   }
   throw new Error(`no form matching ${pattern} on ${page.url} (status ${page.status}): ${page.body.slice(0, 300)}`);
+}
+
+/** True for mcpgate's "Connect X to your mcpgate account?" page (a form with a CSRF token). */
+export function isConnectConfirmation(page: Page): boolean {
+  return page.status === 200 && /<form method="post" action="[^"]*\/(?:oauth\/upstream\/start|connect\/[^"/]+)"/.test(page.body) && /name="csrf"/.test(page.body);
+}
+
+/** Clicks "Connect" on mcpgate's confirmation page: posts its form with its hidden fields, as a browser would. */
+export async function confirmConnect(browser: Browser, page: Page, options: { stopAt?: (url: URL) => boolean } = {}): Promise<Page> {
+  if (!isConnectConfirmation(page)) throw new Error(`not the connect confirmation: ${page.url} (status ${page.status}): ${page.body.slice(0, 300)}`);
+  const fields: Record<string, string> = {};
+  for (const match of page.body.matchAll(/<input type="hidden" name="([^"]+)" value="([^"]*)">/g)) {
+    fields[match[1]!] = match[2]!.replace(/&amp;/g, '&').replace(/&quot;/g, '"').replace(/&#39;/g, "'").replace(/&lt;/g, '<').replace(/&gt;/g, '>');
+  }
+  fields.decision = 'connect';
+  return browser.submit(formAction(page, /\/(?:oauth\/upstream\/start|connect\/[^/]+)$/), fields, options);
 }

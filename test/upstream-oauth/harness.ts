@@ -8,7 +8,7 @@
  * `gw-test.<sub>.<sid>` (instead of our signed JWT) and the browser's login cookie is
  * `test-login=<sub>.<sid>` (instead of our signed login cookie). Neither is the code under test.
  */
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { Writable } from 'node:stream';
 import { Pool } from 'undici';
 import { createOAuthCredential } from '../../src/credentials/oauth.ts';
@@ -36,7 +36,8 @@ import { createUpstreamStores, type UpstreamStores } from '../../src/upstream-oa
 import { freePort } from '../support/gateway.ts';
 import { startUpstreamWithAs, type UpstreamRegistration, type UpstreamWithAs } from '../support/upstream-as.ts';
 import { send, type RawResponse } from '../gateway/http-client.ts';
-import { createBrowser, formAction, type Browser, type Page } from './browser.ts';
+import { confirmConnect, createBrowser, formAction, isConnectConfirmation, type Browser, type Page } from './browser.ts';
+import { createCookieCodec, formTokens } from '../../src/authserver/cookies.ts';
 
 /** A user of the gateway: who they are at our IdP, and their session. */
 export interface TestUser {
@@ -147,6 +148,7 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
       return principalOf({ subject: match[1]!, sessionId: match[2]! });
     },
   };
+  const forms = formTokens(createCookieCodec({ key: randomBytes(32), secure: false }));
   const routes = [
     ...createUpstreamOAuthRoutes({
       flows,
@@ -158,6 +160,8 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
           const value = /(?:^|;\s*)test-login=([a-z]+)\.([A-Za-z0-9-]+)/.exec(req.headers.cookie ?? '');
           return value ? { subject: value[1]!, sessionId: value[2]! } : undefined;
         },
+        formToken: (req, ...bind) => forms.issue(req, 600, ...bind),
+        checkFormToken: (req, token, ...bind) => forms.verify(req, token, ...bind),
       },
       authenticate: async (ctx) => (await authenticator.authenticate(ctx, gatewayUpstreams[0]!))!,
       basePath: '',
@@ -227,6 +231,8 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
     async connect(browser, authUrl, o = {}) {
       const atCallback = (url: URL) => url.href.startsWith(`${publicUrl}/oauth/upstream/callback`);
       let page = await browser.open(authUrl, o.stopAtCallback ? { stopAt: atCallback } : {});
+      // The user confirms which mcpgate account the upstream is connected to.
+      if (isConnectConfirmation(page)) page = await confirmConnect(browser, page, o.stopAtCallback ? { stopAt: atCallback } : {});
       for (let step = 0; step < 4 && page.url.startsWith(upstream.issuer) && page.status === 200; step++) {
         const stopAt = o.stopAtCallback ? { stopAt: atCallback } : {};
         if (/\/login"/.test(page.body)) page = await browser.submit(formAction(page, /\/login$/), { login: o.login ?? 'alice-up' }, stopAt);

@@ -17,8 +17,9 @@ import type { Browser } from 'playwright-core';
 import { createAuthStores } from '../../src/authserver/stores.ts';
 import { createMemoryStore } from '../../src/store/memory.ts';
 import { createSealer } from '../../src/store/sealed.ts';
-import { startRecordingServer, type RecordingServer } from '../authserver/login-server.ts';
-import { approveAtUpstream, closeChromium, connectWithLogin, createBrowserAgent, launchChromium, newBrowserContext, signInAtIdp } from '../support/browser-agent.ts';
+import { pkcePair, registerClient, startRecordingServer, type RecordingServer } from '../authserver/login-server.ts';
+import { createBrowser, formAction } from './browser.ts';
+import { approveAtUpstream, closeChromium, confirmConnect, connectWithLogin, createBrowserAgent, launchChromium, newBrowserContext, signInAtIdp } from '../support/browser-agent.ts';
 import { startGateway } from '../support/gateway.ts';
 import type { App } from '../../src/app.ts';
 import type { LogCapture } from '../support/logs.ts';
@@ -85,6 +86,8 @@ describe('mode oauth after the real login (SDK agent, Chromium, two unrelated Op
       // The user's own browser carries the login cookie our IdP callback set.
       const page = await context.newPage();
       await page.goto(required.auth_url);
+      await confirmConnect(page, 'alice');
+      await page.waitForURL(`${upstream.issuer}/**`);
       assert.ok(page.url().startsWith(upstream.issuer), 'sent on to the upstream\'s own authorization server');
       await approveAtUpstream(page, 'alice-up');
       await page.waitForURL(`${gateway}/oauth/upstream/callback?**`);
@@ -92,17 +95,25 @@ describe('mode oauth after the real login (SDK agent, Chromium, two unrelated Op
 
       assert.deepEqual((await client.callTool({ name: 'whoami', arguments: {} })).content, [{ type: 'text', text: 'upstream user alice-up' }]);
 
-      // Disconnected, then connected again from another browser (no login cookie): /connect signs
-      // it in through the IdP, and connects Alice's one agent session.
+      // Disconnected; another browser (no login cookie) that opens /connect signs in through the
+      // IdP, but its sign-in names no agent session, so none is picked for it: nothing connected.
       const removed = await fetch(`${gateway}/connections/notes`, { method: 'DELETE', headers: { authorization: `Bearer ${agent.tokens()!.access_token}` } });
       assert.equal(removed.status, 200);
       const elsewhere = await (await newBrowserContext(browser)).newPage();
       await elsewhere.goto(`${gateway}/connect/notes`);
       await signInAtIdp(elsewhere, userOf('alice'));
-      await elsewhere.waitForURL(`${upstream.issuer}/**`);
-      await approveAtUpstream(elsewhere, 'alice-up');
-      await elsewhere.waitForURL(`${gateway}/oauth/upstream/callback?**`);
-      assert.equal(await elsewhere.locator('h1').textContent(), 'Connected to notes');
+      await elsewhere.waitForURL(`${gateway}/connect/notes`);
+      assert.equal(await elsewhere.locator('h1').textContent(), 'Connect from your agent');
+      // The browser the agent signed in with connects again through /connect, after one click.
+      const again = await context.newPage();
+      await again.goto(`${gateway}/connect/notes`);
+      await confirmConnect(again, 'alice');
+      // This browser still has its session at the upstream's server: it may skip the login form there.
+      const atUpstream = await again.waitForSelector(`input[name="login"], button[value="approve"], h1:text("Connected to notes")`);
+      if ((await atUpstream.getAttribute('name')) === 'login') await approveAtUpstream(again, 'alice-up');
+      else if ((await atUpstream.getAttribute('value')) === 'approve') await again.click('button[value="approve"]');
+      await again.waitForURL(`${gateway}/oauth/upstream/callback?**`);
+      assert.equal(await again.locator('h1').textContent(), 'Connected to notes');
       assert.deepEqual((await client.callTool({ name: 'whoami', arguments: {} })).content, [{ type: 'text', text: 'upstream user alice-up' }]);
     } finally {
       await client.close();
@@ -120,5 +131,47 @@ describe('mode oauth after the real login (SDK agent, Chromium, two unrelated Op
     }
     const text = logs.text();
     for (const secret of [ours, idpTokens.accessToken, ...seen.map((h) => h.slice(7))]) assert.ok(!text.includes(secret), 'a token reached the log');
+  });
+
+  test('login CSRF: a callback URL the attacker stopped at is refused in the victim\'s browser, which is never signed in as the attacker', async () => {
+    // The attacker starts a sign-in that would return to /connect/notes (and, the second time,
+    // an authorization of his own client), signs in at the IdP as himself, and stops before the
+    // IdP's redirect back reaches the gateway: he keeps the callback URL.
+    const attacker = createBrowser();
+    const atCallback = { stopAt: (url: URL) => url.pathname === '/oauth/callback' };
+    const stolenFrom = async (url: string): Promise<string> => {
+      let page = await attacker.open(url, atCallback);
+      if (page.status === 200) page = await attacker.submit(formAction(page, /\/login$/), userOf('bob'), atCallback);
+      assert.ok(page.status >= 300 && page.status < 400, `stopped before the callback: ${page.status} ${page.url}`);
+      const callback = new URL(String(page.headers.location), page.url);
+      assert.equal(callback.pathname, '/oauth/callback');
+      return callback.href;
+    };
+    const stolen = [await stolenFrom(`${gateway}/oauth/login?return_to=${encodeURIComponent('/connect/notes')}`)];
+
+    // The victim, signed in at the upstream's own server (it would approve silently), opens the link.
+    const victimContext = await newBrowserContext(browser);
+    const victim = await victimContext.newPage();
+    const answer = await victim.goto(stolen[0]!);
+    assert.equal(answer?.status(), 403);
+    assert.match((await victim.locator('main').textContent()) ?? '', /not started in this browser/);
+    assert.equal(victim.url().startsWith(`${gateway}/oauth/callback`), true, 'the browser went nowhere else');
+    const cookies = await victimContext.cookies(gateway);
+    assert.deepEqual(cookies.filter((c) => c.name.includes('mcpgate-login')), [], 'never signed in as the attacker');
+    assert.deepEqual(await stores.sessions.listForUser('bob'), [], 'no session of the attacker holds anything');
+
+    // The same holds for the callback of an authorization request (our /oauth/authorize) of the attacker's own client.
+    const client = await registerClient(gateway, { redirect_uris: [`${catcher.url}/attacker`], token_endpoint_auth_method: 'none', client_name: 'Attacker' });
+    const authorize = new URL(`${gateway}/oauth/authorize`);
+    for (const [k, v] of Object.entries({ response_type: 'code', client_id: client.client_id, redirect_uri: `${catcher.url}/attacker`, code_challenge: pkcePair().challenge, code_challenge_method: 'S256', resource: `${gateway}/notes/mcp`, state: 'x' })) {
+      authorize.searchParams.set(k, v);
+    }
+    stolen.push(await stolenFrom(authorize.href));
+    const second = await victim.goto(stolen[1]!);
+    assert.equal(second?.status(), 403);
+    assert.match((await victim.locator('main').textContent()) ?? '', /not started in this browser/);
+    assert.deepEqual((await victimContext.cookies(gateway)).filter((c) => c.name.includes('mcpgate-login')), []);
+    assert.equal(catcher.requests.filter((u) => u.pathname === '/attacker').length, 0, 'no code was issued for the victim\'s browser');
+    await victimContext.close();
   });
 });
