@@ -62,6 +62,8 @@ export interface DevIdp {
   failRefresh(kind: RefreshFailure): void;
   /** Refresh-token grants answered successfully so far. */
   refreshCount(): number;
+  /** Refresh-token grants the provider refused with `invalid_grant` (a replayed rotated token: the grant is revoked). */
+  refreshRejections(): number;
   /** Stops answering (connections refused) without forgetting sessions or grants. */
   stop(): Promise<void>;
   /** Answers again on the same port. */
@@ -89,6 +91,7 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
   const clientSecret = randomBytes(24).toString('base64url');
   let refreshFailure: RefreshFailure = null;
   let refreshes = 0;
+  let refreshRejections = 0;
 
   // Listen first: the provider needs its issuer (with the port) when it is constructed.
   let handler: (req: IncomingMessage, res: ServerResponse) => void = (_req, res) => res.writeHead(503).end();
@@ -171,6 +174,9 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
   };
   provider.on('grant.success', (ctx) => {
     if (ctx.oidc.params?.['grant_type'] === 'refresh_token') refreshes++;
+  });
+  provider.on('grant.error', (ctx, error) => {
+    if (ctx.oidc.params?.['grant_type'] === 'refresh_token' && (error as { error?: string }).error === 'invalid_grant') refreshRejections++;
   });
 
   const providerCallback = provider.callback();
@@ -256,6 +262,7 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
       refreshFailure = kind;
     },
     refreshCount: () => refreshes,
+    refreshRejections: () => refreshRejections,
     async stop() {
       if (stopped) return;
       stopped = true;

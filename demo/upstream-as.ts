@@ -82,6 +82,8 @@ export interface UpstreamWithAs {
   metadataFetches(): number;
   /** Refresh-token grants answered successfully. */
   refreshCount(): number;
+  /** Refresh-token grants the provider refused with `invalid_grant` (a replayed rotated token: the grant is revoked). */
+  refreshRejections(): number;
   /** Makes the MCP server answer 401 `invalid_token` to every access token it has accepted so far (as after a key rotation). */
   rejectIssuedTokens(): void;
   /** Makes refresh-token grants fail (`invalid_grant`, or `down`: HTTP 503) until called with `null`. */
@@ -104,6 +106,7 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
   let registrations = 0;
   let metadataFetches = 0;
   let refreshes = 0;
+  let refreshRejections = 0;
   let refreshFailure: 'invalid_grant' | 'down' | null = null;
   const acceptedJtis = new Set<string>();
   const deniedJtis = new Set<string>();
@@ -178,6 +181,9 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
   provider.on('registration_create.success', () => void registrations++);
   provider.on('grant.success', (ctx) => {
     if (ctx.oidc.params?.['grant_type'] === 'refresh_token') refreshes++;
+  });
+  provider.on('grant.error', (ctx, error) => {
+    if (ctx.oidc.params?.['grant_type'] === 'refresh_token' && (error as { error?: string }).error === 'invalid_grant') refreshRejections++;
   });
   const providerCallback = provider.callback();
 
@@ -321,6 +327,7 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
     registrations: () => registrations,
     metadataFetches: () => metadataFetches,
     refreshCount: () => refreshes,
+    refreshRejections: () => refreshRejections,
     rejectIssuedTokens() {
       for (const jti of acceptedJtis) deniedJtis.add(jti);
     },
