@@ -60,6 +60,8 @@ export interface DevIdp {
   users: DevIdpUser[];
   /** Makes refresh-token grants fail until called again with `null`. */
   failRefresh(kind: RefreshFailure): void;
+  /** Awaits `hook` before answering each refresh-token grant (to line something up with the moment it is granted), until called with `null`. */
+  beforeRefreshGrant(hook: (() => Promise<void>) | null): void;
   /** Refresh-token grants answered successfully so far. */
   refreshCount(): number;
   /** Refresh-token grants the provider refused with `invalid_grant` (a replayed rotated token: the grant is revoked). */
@@ -90,6 +92,7 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
   const clientId = 'mcpgate';
   const clientSecret = randomBytes(24).toString('base64url');
   let refreshFailure: RefreshFailure = null;
+  let beforeRefresh: (() => Promise<void>) | null = null;
   let refreshes = 0;
   let refreshRejections = 0;
 
@@ -200,7 +203,11 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
         req.url = url.pathname + url.search;
       }
     }
-    if (url.pathname === '/token' && req.method === 'POST' && refreshFailure !== null) {
+    if (url.pathname === '/token' && req.method === 'POST' && beforeRefresh !== null) {
+      const body = await readAll(req, 64 * 1024);
+      if (new URLSearchParams(body.toString('utf8')).get('grant_type') === 'refresh_token') await beforeRefresh();
+      replayBody(req, body);
+    } else if (url.pathname === '/token' && req.method === 'POST' && refreshFailure !== null) {
       const body = await readAll(req, 64 * 1024);
       if (new URLSearchParams(body.toString('utf8')).get('grant_type') === 'refresh_token') {
         if (refreshFailure === 'invalid_grant') {
@@ -260,6 +267,9 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
     users,
     failRefresh(kind) {
       refreshFailure = kind;
+    },
+    beforeRefreshGrant(hook) {
+      beforeRefresh = hook;
     },
     refreshCount: () => refreshes,
     refreshRejections: () => refreshRejections,

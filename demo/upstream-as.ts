@@ -88,6 +88,8 @@ export interface UpstreamWithAs {
   rejectIssuedTokens(): void;
   /** Makes refresh-token grants fail (`invalid_grant`, or `down`: HTTP 503) until called with `null`. */
   failRefresh(kind: 'invalid_grant' | 'down' | null): void;
+  /** Awaits `hook` before answering each refresh-token grant (to line something up with the moment it is granted), until called with `null`. */
+  beforeRefreshGrant(hook: (() => Promise<void>) | null): void;
   /** SHA-256 (hex) of a token, to compare with `revocations`. */
   digest(token: string): string;
   close(): Promise<void>;
@@ -108,6 +110,7 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
   let refreshes = 0;
   let refreshRejections = 0;
   let refreshFailure: 'invalid_grant' | 'down' | null = null;
+  let beforeRefresh: (() => Promise<void>) | null = null;
   const acceptedJtis = new Set<string>();
   const deniedJtis = new Set<string>();
 
@@ -200,6 +203,8 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
         if (refreshFailure === 'invalid_grant') return json(res, 400, { error: 'invalid_grant', error_description: 'grant request is invalid' });
         res.writeHead(503, { 'content-type': 'text/html' }).end('<!doctype html><title>503</title>');
         return;
+      } else if (form.get('grant_type') === 'refresh_token' && beforeRefresh !== null) {
+        await beforeRefresh();
       }
       replayBody(req, body);
     }
@@ -333,6 +338,9 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
     },
     failRefresh(kind) {
       refreshFailure = kind;
+    },
+    beforeRefreshGrant(hook) {
+      beforeRefresh = hook;
     },
     digest,
     async close() {

@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
+import { Redis } from 'iovalkey';
 import type { IdpTokens } from '../../src/authserver/records.ts';
 import { lockKey } from '../../src/credentials/single-flight.ts';
 import { createOidcIdpClient } from '../../src/idp/oidc.ts';
@@ -182,6 +183,61 @@ describe('two replicas, one Valkey, providers that rotate refresh tokens', () =>
     assert.equal(idp.refreshCount() - grants, 1);
     assert.ok(took >= 1000, 'nobody refreshed while the dead winner\'s lock stood');
     assert.ok(await fleet.stores.sessions.get(carol.sessionId));
+  });
+
+  /** `CLIENT PAUSE … WRITE`: Valkey holds every write for `ms` (longer than the gateway's 2 s command timeout), reads go on. */
+  async function pauseWrites(ms: number): Promise<void> {
+    const admin = new Redis(redis.url);
+    try {
+      await admin.call('CLIENT', 'PAUSE', String(ms), 'WRITE');
+    } finally {
+      admin.disconnect();
+    }
+  }
+
+  test('a store hiccup right after the IdP rotated: the save is retried, the agent gets its answer, the new refresh token is kept', async () => {
+    const alice = await sessionNearExpiry('alice');
+    const [grants, rejections] = [idp.refreshCount(), idp.refreshRejections()];
+    idp.beforeRefreshGrant(() => pauseWrites(2500));
+    let answer;
+    try {
+      answer = await call(0, 'kube', alice.accessToken);
+    } finally {
+      idp.beforeRefreshGrant(null);
+    }
+    assert.equal(answer.status, 200, answer.body.slice(0, 300));
+    assert.equal(idp.refreshCount() - grants, 1);
+    const stored = (await fleet.stores.idpTokens.get(alice.sessionId))!;
+    assert.notEqual(stored.refreshToken, alice.idpTokens.refreshToken, 'the rotated refresh token was saved');
+    // The next refresh uses the saved token: no replay, the grant lives.
+    await fleet.stores.idpTokens.put(alice.sessionId, { ...stored, expiresAt: Date.now() + 30_000 }, 30 * DAY);
+    assert.equal((await call(1, 'kube', alice.accessToken)).status, 200);
+    assert.equal(idp.refreshCount() - grants, 2);
+    assert.equal(idp.refreshRejections() - rejections, 0);
+  });
+
+  test('the same for an upstream OAuth refresh', async () => {
+    const bob = await fleet.login({ subject: 'bob', resource: `${fleet.publicUrl}/notes/mcp` });
+    const required = toolResult(await whoami(1, 'notes', bob.accessToken)).structuredContent!;
+    assert.match((await completeConnect(required.auth_url!, 'bob', notes)).body, /Connected to notes/);
+    assert.equal(toolResult(await whoami(0, 'notes', bob.accessToken)).content?.[0]?.text, 'upstream user bob-up');
+    const before = (await fleet.upstreamStores.tokens.get(bob.sessionId, 'notes'))!;
+    const [grants, rejections] = [notes.refreshCount(), notes.refreshRejections()];
+    notes.rejectIssuedTokens();
+    notes.beforeRefreshGrant(() => pauseWrites(2500));
+    let answer;
+    try {
+      answer = await whoami(0, 'notes', bob.accessToken);
+    } finally {
+      notes.beforeRefreshGrant(null);
+    }
+    assert.equal(toolResult(answer).content?.[0]?.text, 'upstream user bob-up');
+    const after = (await fleet.upstreamStores.tokens.get(bob.sessionId, 'notes'))!;
+    assert.notEqual(after.refreshToken, before.refreshToken, 'the rotated refresh token was saved');
+    notes.rejectIssuedTokens();
+    assert.equal(toolResult(await whoami(1, 'notes', bob.accessToken)).content?.[0]?.text, 'upstream user bob-up');
+    assert.equal(notes.refreshCount() - grants, 2);
+    assert.equal(notes.refreshRejections() - rejections, 0);
   });
 
   test('the time one uncontended refresh takes through a replica (reported, not asserted)', async (t) => {
