@@ -60,8 +60,12 @@ export interface DevIdp {
   users: DevIdpUser[];
   /** Makes refresh-token grants fail until called again with `null`. */
   failRefresh(kind: RefreshFailure): void;
+  /** Awaits `hook` before answering each refresh-token grant (to line something up with the moment it is granted), until called with `null`. */
+  beforeRefreshGrant(hook: (() => Promise<void>) | null): void;
   /** Refresh-token grants answered successfully so far. */
   refreshCount(): number;
+  /** Refresh-token grants the provider refused with `invalid_grant` (a replayed rotated token: the grant is revoked). */
+  refreshRejections(): number;
   /** Stops answering (connections refused) without forgetting sessions or grants. */
   stop(): Promise<void>;
   /** Answers again on the same port. */
@@ -88,7 +92,9 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
   const clientId = 'mcpgate';
   const clientSecret = randomBytes(24).toString('base64url');
   let refreshFailure: RefreshFailure = null;
+  let beforeRefresh: (() => Promise<void>) | null = null;
   let refreshes = 0;
+  let refreshRejections = 0;
 
   // Listen first: the provider needs its issuer (with the port) when it is constructed.
   let handler: (req: IncomingMessage, res: ServerResponse) => void = (_req, res) => res.writeHead(503).end();
@@ -172,6 +178,9 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
   provider.on('grant.success', (ctx) => {
     if (ctx.oidc.params?.['grant_type'] === 'refresh_token') refreshes++;
   });
+  provider.on('grant.error', (ctx, error) => {
+    if (ctx.oidc.params?.['grant_type'] === 'refresh_token' && (error as { error?: string }).error === 'invalid_grant') refreshRejections++;
+  });
 
   const providerCallback = provider.callback();
   handler = (req, res) => {
@@ -194,7 +203,11 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
         req.url = url.pathname + url.search;
       }
     }
-    if (url.pathname === '/token' && req.method === 'POST' && refreshFailure !== null) {
+    if (url.pathname === '/token' && req.method === 'POST' && beforeRefresh !== null) {
+      const body = await readAll(req, 64 * 1024);
+      if (new URLSearchParams(body.toString('utf8')).get('grant_type') === 'refresh_token') await beforeRefresh();
+      replayBody(req, body);
+    } else if (url.pathname === '/token' && req.method === 'POST' && refreshFailure !== null) {
       const body = await readAll(req, 64 * 1024);
       if (new URLSearchParams(body.toString('utf8')).get('grant_type') === 'refresh_token') {
         if (refreshFailure === 'invalid_grant') {
@@ -255,7 +268,11 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
     failRefresh(kind) {
       refreshFailure = kind;
     },
+    beforeRefreshGrant(hook) {
+      beforeRefresh = hook;
+    },
     refreshCount: () => refreshes,
+    refreshRejections: () => refreshRejections,
     async stop() {
       if (stopped) return;
       stopped = true;

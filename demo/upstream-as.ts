@@ -82,10 +82,14 @@ export interface UpstreamWithAs {
   metadataFetches(): number;
   /** Refresh-token grants answered successfully. */
   refreshCount(): number;
+  /** Refresh-token grants the provider refused with `invalid_grant` (a replayed rotated token: the grant is revoked). */
+  refreshRejections(): number;
   /** Makes the MCP server answer 401 `invalid_token` to every access token it has accepted so far (as after a key rotation). */
   rejectIssuedTokens(): void;
   /** Makes refresh-token grants fail (`invalid_grant`, or `down`: HTTP 503) until called with `null`. */
   failRefresh(kind: 'invalid_grant' | 'down' | null): void;
+  /** Awaits `hook` before answering each refresh-token grant (to line something up with the moment it is granted), until called with `null`. */
+  beforeRefreshGrant(hook: (() => Promise<void>) | null): void;
   /** SHA-256 (hex) of a token, to compare with `revocations`. */
   digest(token: string): string;
   close(): Promise<void>;
@@ -104,7 +108,9 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
   let registrations = 0;
   let metadataFetches = 0;
   let refreshes = 0;
+  let refreshRejections = 0;
   let refreshFailure: 'invalid_grant' | 'down' | null = null;
+  let beforeRefresh: (() => Promise<void>) | null = null;
   const acceptedJtis = new Set<string>();
   const deniedJtis = new Set<string>();
 
@@ -179,6 +185,9 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
   provider.on('grant.success', (ctx) => {
     if (ctx.oidc.params?.['grant_type'] === 'refresh_token') refreshes++;
   });
+  provider.on('grant.error', (ctx, error) => {
+    if (ctx.oidc.params?.['grant_type'] === 'refresh_token' && (error as { error?: string }).error === 'invalid_grant') refreshRejections++;
+  });
   const providerCallback = provider.callback();
 
   asServer.handle = async (req, res) => {
@@ -194,6 +203,8 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
         if (refreshFailure === 'invalid_grant') return json(res, 400, { error: 'invalid_grant', error_description: 'grant request is invalid' });
         res.writeHead(503, { 'content-type': 'text/html' }).end('<!doctype html><title>503</title>');
         return;
+      } else if (form.get('grant_type') === 'refresh_token' && beforeRefresh !== null) {
+        await beforeRefresh();
       }
       replayBody(req, body);
     }
@@ -321,11 +332,15 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
     registrations: () => registrations,
     metadataFetches: () => metadataFetches,
     refreshCount: () => refreshes,
+    refreshRejections: () => refreshRejections,
     rejectIssuedTokens() {
       for (const jti of acceptedJtis) deniedJtis.add(jti);
     },
     failRefresh(kind) {
       refreshFailure = kind;
+    },
+    beforeRefreshGrant(hook) {
+      beforeRefresh = hook;
     },
     digest,
     async close() {

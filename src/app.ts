@@ -21,6 +21,7 @@ import { createIdTokenCredential } from './credentials/id-token.ts';
 import { createIdpCredential } from './credentials/idp.ts';
 import { createIdpSessionTokens, type IdpSessionTokens } from './credentials/idp-session.ts';
 import { createNoCredential } from './credentials/none.ts';
+import { createFleetSingleFlight, createSingleFlight } from './credentials/single-flight.ts';
 import { createOAuthCredential } from './credentials/oauth.ts';
 import { createStaticCredential } from './credentials/static.ts';
 import { createTokenExchangeCredential } from './credentials/token-exchange.ts';
@@ -117,7 +118,10 @@ export function createApp(config: Config, options: AppOptions = {}): App {
 
   // Upstreams with their own authorization server (DESIGN §6): each session's connection to them.
   const upstreamStores = createUpstreamStores({ store, sealer, tokenTtlMs: config.authServer.refreshTokenTtl, now });
-  const upstreamClients = createClientRegistration({ fetch: serverFetch, stores: upstreamStores, publicUrl: issuer, now });
+  // What consumes a one-time value (a rotating refresh token, a registration) runs once at a time:
+  // across every replica when they share Valkey, in this process with memory storage.
+  const singleFlight = config.storage.kind === 'valkey' ? createFleetSingleFlight({ store }) : createSingleFlight();
+  const upstreamClients = createClientRegistration({ fetch: serverFetch, stores: upstreamStores, publicUrl: issuer, now, singleFlight });
   const upstreamFlows = createUpstreamFlows({
     stores: upstreamStores,
     discovery: createDiscovery({ fetch: serverFetch, allowHttp: config.server.devMode, now }),
@@ -126,6 +130,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     publicUrl: issuer,
     now,
     metrics,
+    singleFlight,
   });
   const oauthUpstreams: OAuthUpstream[] = config.upstreams.flatMap((u) =>
     u.auth.mode === 'oauth' ? [{ name: u.name, url: u.url, scopes: u.auth.scopes, clientId: u.auth.clientId, clientSecret: u.auth.clientSecret }] : [],
@@ -389,7 +394,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       formToken: (req, ...bind) => forms.issue(req, 600, ...bind),
       checkFormToken: (req, token, ...bind) => forms.verify(req, token, ...bind),
     };
-    return { routes, authenticator, idpSession: createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now, endSession, refreshes: metrics.refreshes }), cookies, browser };
+    return { routes, authenticator, idpSession: createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now, endSession, refreshes: metrics.refreshes, singleFlight }), cookies, browser };
   }
 
 }

@@ -92,6 +92,8 @@ export interface RefreshTokenRecord {
   subject: string;
   createdAt: number;
   rotatedAt?: number;
+  /** Once rotated: the hash of the refresh token issued in its place (tells the previous token from older ones). */
+  successorHash?: string;
 }
 
 /** The company IdP's tokens for one session, kept server-side (sealed). */
@@ -162,10 +164,12 @@ export interface AuthStores {
   refreshTokens: {
     put(token: string, record: RefreshTokenRecord, ttlMs: number): Promise<void>;
     /**
-     * Rotates atomically: marks the token used and returns its record; `reused` when it had been
-     * used already (the caller revokes the family); undefined when unknown or expired.
+     * Rotates atomically: marks the token used (recording `successor`, the token issued in its
+     * place) and returns its record; `reused` when it had been used already, with
+     * `successorUnused` true when the token issued in its place has not been used yet, or is not
+     * stored yet (this was the immediately previous token of the family); undefined when unknown or expired.
      */
-    rotate(token: string): Promise<{ record: RefreshTokenRecord; reused: boolean } | undefined>;
+    rotate(token: string, successor?: string): Promise<{ record: RefreshTokenRecord; reused: boolean; successorUnused?: boolean } | undefined>;
     /** Revokes one token (RFC 7009). */
     delete(token: string): Promise<void>;
     /** The record without consuming it (revocation looks up the family). */

@@ -234,18 +234,26 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
         const stored: StoredRefreshToken = { record, expiresAt: now() + ttlMs };
         await store.set(keys.refreshToken(token), JSON.stringify(stored), ttlMs);
       },
-      async rotate(token) {
+      async rotate(token, successor) {
         const key = keys.refreshToken(token);
         for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
           const text = await store.get(key);
           if (text === undefined) return undefined;
           const stored = JSON.parse(text) as StoredRefreshToken;
-          if (stored.record.rotatedAt !== undefined) return { record: stored.record, reused: true };
+          if (stored.record.rotatedAt !== undefined) {
+            const { successorHash } = stored.record;
+            // The successor may not be stored yet: the concurrent rotation that issued it is still answering.
+            const next = successorHash === undefined ? undefined : await readJson<StoredRefreshToken>(`rt:${successorHash}`);
+            return { record: stored.record, reused: true, successorUnused: successorHash !== undefined && next?.record.rotatedAt === undefined };
+          }
           // A token of a revoked family is dead: its session is gone (DESIGN §4 logout).
           if (!(await sessions.get(stored.record.sessionId))) return undefined;
           const ttl = ttlUntil(stored.expiresAt);
           if (ttl <= 0) return undefined;
-          const rotated: StoredRefreshToken = { ...stored, record: { ...stored.record, rotatedAt: now() } };
+          const rotated: StoredRefreshToken = {
+            ...stored,
+            record: { ...stored.record, rotatedAt: now(), ...(successor === undefined ? {} : { successorHash: tokenHash(successor) }) },
+          };
           // Kept, marked used, until it would have expired: presenting it again is then a reuse.
           if (await store.compareAndSet(key, text, JSON.stringify(rotated), ttl)) return { record: stored.record, reused: false };
         }

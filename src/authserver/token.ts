@@ -1,7 +1,9 @@
 /**
  * `POST /oauth/token` (RFC 6749 §3.2, OAuth 2.1 §3.2): the `authorization_code` grant with PKCE
  * (RFC 7636) and resource binding (RFC 8707), and the `refresh_token` grant with rotation
- * (OAuth 2.1 §4.3.1). A reused code or refresh token revokes the whole session (token family).
+ * (OAuth 2.1 §4.3.1). A reused code or refresh token revokes the whole session (token family),
+ * except the immediately previous refresh token presented again by its client within a short
+ * grace (`reuseGraceMs`): refused, without revoking anything.
  * Every failure is an RFC 6749 §5.2 error carried by the thrown HttpError.
  */
 import type { Logger } from '../observability/logger.ts';
@@ -33,6 +35,12 @@ export interface TokenEndpointOptions {
   stepUp?: Pick<StepUpMarks, 'take'>;
   /** The one session-ending path (session-end.ts): a reused code or refresh token ends the session and its upstream grants. */
   endSession: EndSession;
+  /**
+   * How long after a rotation the immediately previous refresh token, presented again by its
+   * client while the token issued in its place is still unused, is refused without revoking the
+   * family (an agent's two concurrent refreshes, not a theft), in milliseconds. Default 30000.
+   */
+  reuseGraceMs?: number;
 }
 
 /** The successful token response (RFC 6749 §5.1). */
@@ -56,6 +64,8 @@ interface Grant {
   grantedScopes: string[];
   /** The session's end: a new refresh token lives until then. */
   sessionExpiresAt: number;
+  /** The refresh token to issue, when it was chosen before (a rotation records its successor). */
+  refreshToken?: string;
 }
 
 /** The route of the token endpoint (plus its CORS preflight: browser-based agents call it directly). */
@@ -65,6 +75,8 @@ export function createTokenRoutes(options: TokenEndpointOptions): Route[] {
   const now = options.now ?? Date.now;
   const resolveClient = options.resolveClient ?? ((id: string) => stores.clients.get(id));
   if (!Number.isSafeInteger(options.refreshTokenTtlMs) || options.refreshTokenTtlMs <= 0) throw new TypeError('refreshTokenTtlMs must be a positive integer');
+  const reuseGraceMs = options.reuseGraceMs ?? 30_000;
+  if (!Number.isSafeInteger(reuseGraceMs) || reuseGraceMs < 0) throw new TypeError('reuseGraceMs must be a non-negative integer');
 
   async function token(ctx: RequestContext): Promise<void> {
     ctx.res.setHeader('access-control-allow-origin', '*');
@@ -142,8 +154,17 @@ export function createTokenRoutes(options: TokenEndpointOptions): Route[] {
     // Before rotation: refused for a step-up, the refresh token stays as it was.
     if (await options.stepUp?.take(peeked.sessionId)) throw new InvalidGrant('a new authorization is needed for the scope the resource asked for');
 
-    const rotated = await stores.refreshTokens.rotate(presented);
+    const successor = newRefreshToken();
+    const rotated = await stores.refreshTokens.rotate(presented, successor);
     if (!rotated) throw new InvalidGrant('the refresh token is invalid or expired');
+    if (rotated.reused && rotated.successorUnused && now() - (rotated.record.rotatedAt ?? 0) <= reuseGraceMs) {
+      // The same client presenting the token it just rotated, whose successor nobody has used
+      // yet: one agent's two concurrent refreshes (the other one already got the new pair). A
+      // thief gains nothing here either (no tokens are issued), and any later or older reuse
+      // still revokes the family.
+      logger.info({ msg: 'refresh token presented again within the reuse grace: refused, session kept', sid: sessionTag(rotated.record.sessionId) });
+      throw new InvalidGrant('the refresh token was already used; use the refresh token issued in its place');
+    }
     if (rotated.reused) {
       // OAuth 2.1 §4.3.1: a rotated token presented again means one of the two holders is an attacker.
       await endSession(rotated.record.sessionId);
@@ -161,6 +182,7 @@ export function createTokenRoutes(options: TokenEndpointOptions): Route[] {
       scopes: requestedScopes,
       grantedScopes: record.scopes,
       sessionExpiresAt: session.expiresAt,
+      refreshToken: successor,
     };
   }
 
@@ -176,7 +198,7 @@ export function createTokenRoutes(options: TokenEndpointOptions): Route[] {
     const ttl = Math.min(options.refreshTokenTtlMs, grant.sessionExpiresAt - now());
     // A client that did not register the refresh_token grant gets none (RFC 7591 §2 grant_types).
     if (grant.client.grantTypes.includes('refresh_token') && ttl > 0) {
-      const refreshToken = newRefreshToken();
+      const refreshToken = grant.refreshToken ?? newRefreshToken();
       const record: RefreshTokenRecord = {
         sessionId: grant.sessionId,
         clientId: grant.client.clientId,

@@ -1,7 +1,7 @@
 /**
  * The company IdP's tokens of one login session, as the `idp` and `id_token` credential sources
- * use them (DESIGN §5.2): read from the store, refreshed before they expire with one refresh per
- * session in flight, persisted before anyone uses them, and classified when the IdP says no.
+ * use them: read from the store, refreshed before they expire with one refresh per session in
+ * flight across the fleet, persisted before anyone uses them, and classified when the IdP says no.
  */
 import type { AuthStores, IdpTokens } from '../authserver/records.ts';
 import { unauthorized, type ChallengeOptions } from '../authserver/challenge.ts';
@@ -10,6 +10,7 @@ import { IdpError, type IdpClient } from '../idp/types.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Counter } from '../observability/metrics.ts';
 import { sessionTag } from '../observability/logger.ts';
+import { retryOnOutage } from '../store/retry.ts';
 import { createSingleFlight, type SingleFlight } from './single-flight.ts';
 import type { RejectionOutcome } from './types.ts';
 
@@ -18,7 +19,11 @@ export interface IdpSessionTokensOptions {
   stores: Pick<AuthStores, 'sessions' | 'idpTokens'>;
   idp: IdpClient;
   logger: Logger;
-  /** Default: in-process (`createSingleFlight()`); see `single-flight.ts` for the multi-replica seam. */
+  /**
+   * One refresh per session in flight. Default in-process (`createSingleFlight()`); several
+   * replicas on one Valkey need `createFleetSingleFlight`, or two of them refresh with the same
+   * rotating refresh token and the IdP revokes the grant.
+   */
   singleFlight?: SingleFlight;
   /** Clock, epoch ms; default `Date.now`. */
   now?: () => number;
@@ -84,6 +89,10 @@ export function createIdpSessionTokens(options: IdpSessionTokensOptions): IdpSes
     } catch (error) {
       refreshes.inc({ kind: 'idp', outcome: error instanceof IdpError ? error.kind : 'error' });
       if (error instanceof IdpError && error.kind === 'rejected') {
+        // A refresh on another replica that outlived its lock may have rotated the token first:
+        // its successor is in the store, and the session is alive.
+        const latest = await stores.idpTokens.get(sessionId);
+        if (latest && latest.refreshToken !== current.refreshToken) return latest;
         // invalid_grant and other 4xx: the grant is dead at the IdP; only a new login helps.
         return endSession(sessionId, `the IdP refused the refresh${error.oauthError ? ` (${error.oauthError})` : ''}`);
       }
@@ -99,8 +108,9 @@ export function createIdpSessionTokens(options: IdpSessionTokensOptions): IdpSes
     };
     const session = await stores.sessions.get(sessionId);
     if (!session) throw new IdpSessionEnded('the session ended during the refresh');
-    // Persisted before anyone uses them: the IdP may already have retired the old refresh token.
-    await stores.idpTokens.put(sessionId, merged, Math.max(1, Math.ceil(session.expiresAt - now())));
+    // Persisted before anyone uses them: the IdP may already have retired the old refresh token, so
+    // the new one exists only here; a store hiccup is retried (the next refresh would be a replay).
+    await retryOnOutage(() => stores.idpTokens.put(sessionId, merged, Math.max(1, Math.ceil(session.expiresAt - now()))));
     logger.info({ msg: 'IdP tokens refreshed', sid: sessionTag(sessionId) });
     return merged;
   }
@@ -109,7 +119,7 @@ export function createIdpSessionTokens(options: IdpSessionTokensOptions): IdpSes
     async current(sessionId, stale) {
       const tokens = await load(sessionId);
       if (!stale(tokens)) return tokens;
-      return singleFlight(sessionId, () => refresh(sessionId, stale));
+      return singleFlight(`refresh:idp:${sessionId}`, () => refresh(sessionId, stale));
     },
     now,
   };

@@ -1,6 +1,7 @@
 import { InvalidToken } from '../http/errors.ts';
 import { AuthRequiredError } from '../upstream-oauth/auth-required.ts';
 import { RefreshRejectedError, type OAuthUpstream, type StartFlowOptions, type UpstreamFlows } from '../upstream-oauth/flow.ts';
+import type { UpstreamToken } from '../upstream-oauth/records.ts';
 import { bearerChallenge, parseWwwAuthenticate, type BearerChallenge } from '../upstream-oauth/www-authenticate.ts';
 import type { CredentialRequest, CredentialSource, Principal } from './types.ts';
 
@@ -32,6 +33,9 @@ export function createOAuthCredential(options: OAuthCredentialOptions): Credenti
   const now = options.now ?? Date.now;
   const margin = options.refreshMarginMs ?? 60_000;
   if (!Number.isSafeInteger(margin) || margin < 0) throw new TypeError('oauth credential: refreshMarginMs must be a non-negative integer');
+  // The token each request sent, so a 401 refreshes only if nobody (on any replica) has replaced it yet.
+  const sent = new WeakMap<CredentialRequest, string>();
+  const expiring = (token: UpstreamToken) => token.expiresAt !== undefined && token.expiresAt - margin <= now();
 
   function principalOf(request: CredentialRequest): Principal {
     // The config schema requires login for this mode; a request without a principal is a wiring bug or an anonymous caller.
@@ -52,19 +56,20 @@ export function createOAuthCredential(options: OAuthCredentialOptions): Credenti
       const principal = principalOf(request);
       let token = await flows.token(principal.sessionId, upstream.name);
       if (!token) return {};
-      if (token.expiresAt !== undefined && token.expiresAt - margin <= now()) {
+      if (expiring(token)) {
         if (token.refreshToken) {
           try {
-            token = await flows.refresh(principal.sessionId, upstream.name);
+            token = await flows.refresh(principal.sessionId, upstream.name, expiring);
           } catch (err) {
             // The grant is dead and its row gone: as with no token, the upstream's 401 starts a new flow.
             if (err instanceof RefreshRejectedError) return {};
             throw err;
           }
-        } else if (token.expiresAt <= now()) {
+        } else if (token.expiresAt !== undefined && token.expiresAt <= now()) {
           return {};
         }
       }
+      sent.set(request, token.accessToken);
       return { authorization: `Bearer ${token.accessToken}` };
     },
 
@@ -79,7 +84,8 @@ export function createOAuthCredential(options: OAuthCredentialOptions): Credenti
       }
       if (attempt === 0 && token?.refreshToken) {
         try {
-          await flows.refresh(principal.sessionId, upstream.name);
+          const refused = sent.get(request);
+          await flows.refresh(principal.sessionId, upstream.name, (row) => row.accessToken === refused || expiring(row));
           return { action: 'retry' };
         } catch (err) {
           if (!(err instanceof RefreshRejectedError)) throw err;

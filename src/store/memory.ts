@@ -48,7 +48,7 @@ const SWEEP_INTERVAL_MS = 60_000;
  * - Bounded by `maxEntries`. When full, it evicts the keys **closest to expiring**, not the least
  *   recently used: a flood of short-lived entries (pending authorizations, codes) then evicts its
  *   own kind, not the 30-day refresh tokens of users who are simply idle.
- * - Every method body runs without awaiting, so `take`, `setIfAbsent` and `compareAndSet` are
+ * - Every method body runs without awaiting, so `take`, `setIfAbsent`, `compareAndSet` and `deleteIfEquals` are
  *   atomic with respect to each other.
  * - Using one key as both a value and a set is a bug; it throws a `TypeError` (Valkey answers
  *   WRONGTYPE).
@@ -175,6 +175,14 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Store {
       assertTtl(ttlMs);
       if (liveValue(key)?.value !== expected) return false;
       put(key, { kind: 'value', value, expiresAt: now() + ttlMs });
+      return true;
+    },
+
+    async deleteIfEquals(key, expected, signal) {
+      enter(signal);
+      assertKey(key);
+      if (liveValue(key)?.value !== expected) return false;
+      entries.delete(key);
       return true;
     },
 

@@ -29,6 +29,7 @@ export function observeStoreFailures(store: Store, onFailure: (operation: StoreO
     take: (key, signal) => observed('take', store.take(key, signal)),
     delete: (keys, signal) => observed('delete', store.delete(keys, signal)),
     compareAndSet: (key, expected, value, ttlMs, signal) => observed('compareAndSet', store.compareAndSet(key, expected, value, ttlMs, signal)),
+    deleteIfEquals: (key, expected, signal) => observed('deleteIfEquals', store.deleteIfEquals(key, expected, signal)),
     addMembers: (key, members, ttlMs, signal) => observed('addMembers', store.addMembers(key, members, ttlMs, signal)),
     removeMembers: (key, members, signal) => observed('removeMembers', store.removeMembers(key, members, signal)),
     members: (key, signal) => observed('members', store.members(key, signal)),

@@ -25,6 +25,12 @@ export interface Store {
    * True when the swap happened. The TTL is reset to `ttlMs`.
    */
   compareAndSet(key: string, expected: string | undefined, value: string, ttlMs: number, signal?: AbortSignal): Promise<boolean>;
+  /**
+   * Deletes `key` only when its value equals `expected`; true when it was deleted. The release of
+   * a lock taken with `setIfAbsent` and an owner token: a holder whose lock expired and was taken
+   * by another must not delete the new holder's lock.
+   */
+  deleteIfEquals(key: string, expected: string, signal?: AbortSignal): Promise<boolean>;
   /** Adds members to the set at `key` and extends the set's TTL to at least `ttlMs` (never shortens it). No members: no-op. */
   addMembers(key: string, members: string[], ttlMs: number, signal?: AbortSignal): Promise<void>;
   /** Removes members from the set at `key`; a set left empty no longer exists. */

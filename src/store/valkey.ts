@@ -58,6 +58,17 @@ redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 return 1`;
 
 /**
+ * Compare-and-delete in one step on the server (the release of an owned lock). ARGV: expected.
+ * A set under the key is a WRONGTYPE error, as for every other value operation.
+ */
+const DELETE_IF_EQUALS = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0`;
+
+/**
  * SADD and a TTL that only grows, in one step (a half-written index would be a set that never
  * expires). PTTL is -1 for the new set SADD just created, so it always gets the TTL.
  * ARGV: ttl, then the members (added one by one: unpack() has a small stack limit).
@@ -81,7 +92,7 @@ return 1`;
  * out `take` may have consumed the value), so callers must treat the outcome as unknown.
  *
  * Each method is a single command or script, hence atomic: `take` is GETDEL, `setIfAbsent` is
- * SET NX PX, `compareAndSet` and `addMembers` are Lua scripts. `delete` of several keys is one DEL
+ * SET NX PX, `compareAndSet`, `deleteIfEquals` and `addMembers` are Lua scripts. `delete` of several keys is one DEL
  * (atomic) on a single server, and one DEL per key in a cluster, where keys may live on different
  * shards.
  */
@@ -189,6 +200,11 @@ export function createValkeyStore(options: ValkeyStoreOptions): Store {
       assertTtl(ttlMs);
       const args = [expected === undefined ? '0' : '1', expected ?? '', value, String(ttlMs)];
       return (await run('compareAndSet', signal, (c) => c.eval(COMPARE_AND_SET, 1, prefixed, ...args))) === 1;
+    },
+
+    async deleteIfEquals(key, expected, signal) {
+      const prefixed = k(key);
+      return (await run('deleteIfEquals', signal, (c) => c.eval(DELETE_IF_EQUALS, 1, prefixed, expected))) === 1;
     },
 
     async addMembers(key, members, ttlMs, signal) {

@@ -8,6 +8,8 @@
  * 3. RFC 7591 dynamic registration, cached per (our issuer, their issuer, redirect URI, scopes)
  *    and renewed before `client_secret_expires_at`.
  */
+import { createHash } from 'node:crypto';
+import { createSingleFlight, type SingleFlight } from '../credentials/single-flight.ts';
 import { FetchRefusedError, type GuardedRequest, type GuardedResponse } from '../net/guarded-fetch.ts';
 import type { AuthorizationServerMetadata } from './discovery.ts';
 import type { TokenEndpointAuthMethod, UpstreamClient } from './records.ts';
@@ -34,6 +36,11 @@ export interface ClientRegistrationOptions {
   clientName?: string;
   /** The clock, epoch milliseconds. Default `Date.now`. */
   now?: () => number;
+  /**
+   * Keeps dynamic registrations to one per cache key in flight: in process by default, across the
+   * fleet with `createFleetSingleFlight` (one client per issuer for every replica, not one each).
+   */
+  singleFlight?: SingleFlight;
 }
 
 /** What an upstream's config says about its client. */
@@ -64,6 +71,7 @@ export function createClientRegistration(options: ClientRegistrationOptions): Cl
   if (!URL.canParse(base)) throw new TypeError('client registration: publicUrl must be an absolute URL');
   const { fetch, stores } = options;
   const now = options.now ?? Date.now;
+  const singleFlight = options.singleFlight ?? createSingleFlight();
   const clientName = options.clientName ?? 'mcpgate';
   const metadataUrl = `${base}/oauth/client-metadata.json`;
   const redirectUri = `${base}/oauth/upstream/callback`;
@@ -91,11 +99,27 @@ export function createClientRegistration(options: ClientRegistrationOptions): Cl
       );
     }
     const cacheKey = { ourIssuer: base, issuer: server.issuer, redirectUri, scopes };
+    const cached = await cachedClient(cacheKey);
+    if (cached) return cached;
+    const flightKey = `dcr:${createHash('sha256').update(JSON.stringify([server.issuer, [...new Set(scopes)].sort()])).digest('base64url')}`;
+    // The losers of a race (on any replica) find the winner's registration in the cache.
+    return singleFlight(flightKey, async () => (await cachedClient(cacheKey)) ?? registerAt(endpoint, cacheKey, server, scopes));
+  }
+
+  async function cachedClient(cacheKey: Parameters<typeof stores.registrations.get>[0]): Promise<UpstreamClient | undefined> {
     const cached = await stores.registrations.get(cacheKey);
     if (cached && (cached.secretExpiresAt === undefined || cached.secretExpiresAt > now())) {
       return { clientId: cached.clientId, clientSecret: cached.clientSecret, authMethod: cached.authMethod, source: 'dcr' };
     }
+    return undefined;
+  }
 
+  async function registerAt(
+    endpoint: string,
+    cacheKey: Parameters<typeof stores.registrations.get>[0],
+    server: AuthorizationServerMetadata,
+    scopes: readonly string[],
+  ): Promise<UpstreamClient> {
     const requestBody: Record<string, unknown> = {
       client_name: clientName,
       client_uri: base,

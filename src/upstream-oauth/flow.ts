@@ -8,12 +8,15 @@
  *   upstream server and never with a credential in it. Concurrent requests share one pending flow.
  * - `complete`: the callback's RFC 9207 `iss` check and the code exchange with PKCE and RFC 8707
  *   `resource`, the token stored for (session, upstream).
- * - `refresh`: RFC 6749 §6, one in flight per (session, upstream); a 4xx drops the row (the user
- *   must connect again), a 5xx keeps it and answers 503 (an outage is never a disconnect).
+ * - `refresh`: RFC 6749 §6, one in flight per (session, upstream) across the fleet; a 4xx drops
+ *   the row (the user must connect again), a 5xx keeps it and answers 503 (an outage is never a
+ *   disconnect). The row is replaced or dropped only while it still holds the refresh token used.
  * - `disconnect`: forgets the token and revokes it at the upstream (RFC 7009) where supported.
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { createSingleFlight, type SingleFlight } from '../credentials/single-flight.ts';
 import { BadGateway, ServiceUnavailable } from '../http/errors.ts';
+import { retryOnOutage } from '../store/retry.ts';
 import type { Counter } from '../observability/metrics.ts';
 import { connectScopeFor, type AuthRequired } from './auth-required.ts';
 import type { ClientRegistration } from './client-registration.ts';
@@ -91,6 +94,11 @@ export interface UpstreamFlowsOptions {
    * Default: not counted.
    */
   metrics?: { authFlows: Counter; refreshes: Counter };
+  /**
+   * Keeps refreshes to one per (session, upstream) in flight: in process by default, across the
+   * fleet with `createFleetSingleFlight` (a rotating refresh token used twice revokes the grant).
+   */
+  singleFlight?: SingleFlight;
 }
 
 /**
@@ -114,10 +122,13 @@ export interface UpstreamFlows {
   /** The session's token for an upstream, if connected. */
   token(sessionId: string, upstream: string): Promise<UpstreamToken | undefined>;
   /**
-   * Refreshes the session's token for an upstream; one call in flight per (session, upstream).
+   * Refreshes the session's token for an upstream; one refresh in flight per (session, upstream)
+   * across the fleet (the `singleFlight` option). With `stale`, the stored row is checked again
+   * inside the flight and returned as is when `stale` says it is fine (another request, maybe on
+   * another replica, refreshed it meanwhile): that is what keeps a race at one token request.
    * @throws RefreshRejectedError (row dropped) or ServiceUnavailable (row kept).
    */
-  refresh(sessionId: string, upstream: string): Promise<UpstreamToken>;
+  refresh(sessionId: string, upstream: string, stale?: (token: UpstreamToken) => boolean): Promise<UpstreamToken>;
   /** Forgets the token and revokes it at the upstream (RFC 7009) when it lists a revocation endpoint. */
   disconnect(sessionId: string, upstream: string): Promise<{ connected: boolean; revoked: boolean }>;
   /** Logout: forgets (and revokes) every upstream token of a session. */
@@ -139,7 +150,7 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
   const NOT_COUNTED: Counter = { inc: () => undefined };
   const { authFlows, refreshes } = options.metrics ?? { authFlows: NOT_COUNTED, refreshes: NOT_COUNTED };
   const starting = new Map<string, Promise<AuthRequired>>();
-  const refreshing = new Map<string, Promise<UpstreamToken>>();
+  const singleFlight = options.singleFlight ?? createSingleFlight();
 
   function signal(flow: UpstreamFlow): AuthRequired {
     return {
@@ -210,20 +221,27 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
     return createFlow(o, requested, pending?.flowId);
   }
 
-  async function refreshOnce(sessionId: string, upstream: string): Promise<UpstreamToken> {
-    const row = await stores.tokens.get(sessionId, upstream);
-    if (!row) throw new RefreshRejectedError(`no token for upstream "${upstream}"`);
-    if (!row.refreshToken) throw new RefreshRejectedError(`the token for upstream "${upstream}" cannot be refreshed`);
+  async function refreshOnce(sessionId: string, upstream: string, stale: ((token: UpstreamToken) => boolean) | undefined): Promise<UpstreamToken> {
+    // Read inside the flight: another request, on any replica, may have refreshed since the caller looked.
+    const current = await stores.tokens.read(sessionId, upstream);
+    if (!current) throw new RefreshRejectedError(`no token for upstream "${upstream}"`);
+    if (stale && !stale(current.token)) return current.token;
+    if (!current.token.refreshToken) throw new RefreshRejectedError(`the token for upstream "${upstream}" cannot be refreshed`);
     const counted = { outcome: 'error' as RefreshOutcome };
     try {
-      return await refreshRow(sessionId, upstream, row, counted);
+      return await refreshRow(sessionId, upstream, current, counted);
     } finally {
       refreshes.inc({ kind: 'oauth', upstream, outcome: counted.outcome });
     }
   }
 
   /** The token request of a refresh; sets `counted.outcome` as it learns how it ended. */
-  async function refreshRow(sessionId: string, upstream: string, row: UpstreamToken, counted: { outcome: RefreshOutcome }): Promise<UpstreamToken> {
+  async function refreshRow(
+    sessionId: string,
+    upstream: string,
+    { token: row, version }: { token: UpstreamToken; version: string },
+    counted: { outcome: RefreshOutcome },
+  ): Promise<UpstreamToken> {
     let response: TokenResponse;
     try {
       response = await requestToken({
@@ -241,13 +259,14 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
           cause: err,
         });
       }
-      // Another replica may have refreshed (and rotated) first: its successor token is in the store.
-      const current = await stores.tokens.get(sessionId, upstream);
-      if (current && current.refreshToken !== row.refreshToken) {
+      // Another replica may have refreshed (and rotated) first, e.g. after outliving its lock: its successor is in the store.
+      const latest = await stores.tokens.read(sessionId, upstream);
+      if (latest && latest.token.refreshToken !== row.refreshToken) {
         counted.outcome = 'superseded';
-        return current;
+        return latest.token;
       }
-      await stores.tokens.take(sessionId, upstream);
+      // Only the row holding the refused refresh token goes: never one written meanwhile (compare-and-delete).
+      if (latest) await stores.tokens.takeIf(sessionId, upstream, latest.version);
       counted.outcome = 'rejected';
       throw new RefreshRejectedError(`the authorization server of upstream "${upstream}" refused the refresh token (${err.oauthError ?? 'rejected'})`, { cause: err });
     }
@@ -260,9 +279,26 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
       scopes: response.scopes ?? row.scopes,
       obtainedAt: now(),
     };
-    await stores.tokens.put(sessionId, refreshed);
+    // The server may have retired the old refresh token already: the new one exists only here until
+    // saved, so a store hiccup is retried rather than answered (the next refresh would be a replay).
+    const saved = await retryOnOutage(() => saveRefreshed(sessionId, refreshed, version));
     counted.outcome = 'success';
-    return refreshed;
+    return saved;
+  }
+
+  /** Replaces the row the refresh started from (compare-and-set), or settles what replaced it. */
+  async function saveRefreshed(sessionId: string, refreshed: UpstreamToken, version: string): Promise<UpstreamToken> {
+    if (await stores.tokens.replace(sessionId, refreshed, version)) return refreshed;
+    const latest = await stores.tokens.read(sessionId, refreshed.upstream);
+    // An earlier attempt that timed out may have been written after all.
+    if (latest?.token.accessToken === refreshed.accessToken) return latest.token;
+    if (!latest) {
+      // Disconnected or logged out during the refresh: the new grant must not outlive that.
+      await revokeAll(refreshed).catch(() => false);
+      throw new RefreshRejectedError(`the connection to upstream "${refreshed.upstream}" was removed during the refresh`);
+    }
+    // A newer row (a new connection, a step-up) is kept; it is at least as good as ours.
+    return latest.token;
   }
 
   async function revokeAll(row: UpstreamToken): Promise<boolean> {
@@ -365,14 +401,9 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
 
     token: (sessionId, upstream) => stores.tokens.get(sessionId, upstream),
 
-    refresh(sessionId, upstream) {
-      const key = `${sessionId}\n${upstream}`;
-      const inFlight = refreshing.get(key);
-      if (inFlight) return inFlight;
+    refresh(sessionId, upstream, stale) {
       // Not tied to any caller's AbortSignal: every waiting request shares this refresh.
-      const promise = refreshOnce(sessionId, upstream).finally(() => refreshing.delete(key));
-      refreshing.set(key, promise);
-      return promise;
+      return singleFlight(`refresh:oauth:${sessionId}:${upstream}`, () => refreshOnce(sessionId, upstream, stale));
     },
 
     async disconnect(sessionId, upstream) {

@@ -67,6 +67,18 @@ export interface UpstreamStores {
   tokens: {
     get(sessionId: string, upstream: string): Promise<UpstreamToken | undefined>;
     put(sessionId: string, token: UpstreamToken): Promise<void>;
+    /**
+     * The row with its `version`: the stored (sealed) bytes, as the port sees them. Sealing uses a
+     * fresh IV, so two writes of the same row have different versions.
+     */
+    read(sessionId: string, upstream: string): Promise<{ token: UpstreamToken; version: string } | undefined>;
+    /**
+     * Replaces the row only while it is still `version` (compare-and-set): a refresh never
+     * overwrites a row someone else replaced meanwhile. True when it was replaced.
+     */
+    replace(sessionId: string, token: UpstreamToken, version: string): Promise<boolean>;
+    /** Removes the row only while it is still `version` (compare-and-delete). True when it was removed. */
+    takeIf(sessionId: string, upstream: string, version: string): Promise<boolean>;
     /** Removes the row and returns what it held (for revocation at the upstream). */
     take(sessionId: string, upstream: string): Promise<UpstreamToken | undefined>;
     /** The upstreams the session holds a token for. */
@@ -166,6 +178,21 @@ export function createUpstreamStores(options: UpstreamStoresOptions): UpstreamSt
       // Index first: a row missing from the index would survive logout.
       await store.addMembers(keys.tokens(sessionId), [token.upstream], tokenTtlMs);
       await writeSealed(keys.token(sessionId, token.upstream), token, tokenTtlMs);
+    },
+    async read(sessionId, upstream) {
+      const key = keys.token(sessionId, upstream);
+      const version = await store.get(key);
+      return version === undefined ? undefined : { token: JSON.parse(sealer.open(key, version)) as UpstreamToken, version };
+    },
+    async replace(sessionId, token, version) {
+      const key = keys.token(sessionId, token.upstream);
+      await store.addMembers(keys.tokens(sessionId), [token.upstream], tokenTtlMs);
+      return store.compareAndSet(key, version, sealer.seal(key, JSON.stringify(token)), tokenTtlMs);
+    },
+    async takeIf(sessionId, upstream, version) {
+      if (!(await store.deleteIfEquals(keys.token(sessionId, upstream), version))) return false;
+      await store.removeMembers(keys.tokens(sessionId), [upstream]);
+      return true;
     },
     async take(sessionId, upstream) {
       const key = keys.token(sessionId, upstream);

@@ -156,18 +156,53 @@ describe('refresh_token grant', () => {
     assert.equal(next.status, 200);
   });
 
-  test('a reused refresh token revokes the whole family, the newest token included', async () => {
+  const refresh = (client: { clientId: string }, token: string) =>
+    postForm(tokenUrl, { grant_type: 'refresh_token', client_id: client.clientId, refresh_token: token }).then(remember);
+
+  test('a reused refresh token after the grace revokes the whole family, the newest token included', async () => {
     const client = await registerClient(gw);
     const tokens = await login(gw, client, { resource: gw.resource('kube') });
-    const rotated = remember(await postForm(tokenUrl, { grant_type: 'refresh_token', client_id: client.clientId, refresh_token: tokens.refreshToken }));
+    const rotated = await refresh(client, tokens.refreshToken);
     assert.equal(rotated.status, 200);
-    assertOAuthError(await postForm(tokenUrl, { grant_type: 'refresh_token', client_id: client.clientId, refresh_token: tokens.refreshToken }), 400, 'invalid_grant');
+    gw.advance(30_001);
+    assertOAuthError(await refresh(client, tokens.refreshToken), 400, 'invalid_grant');
     assert.equal(await gw.stores.sessions.get(tokens.sessionId), undefined);
-    assertOAuthError(
-      await postForm(tokenUrl, { grant_type: 'refresh_token', client_id: client.clientId, refresh_token: String(rotated.body.refresh_token) }),
-      400,
-      'invalid_grant',
-    );
+    assertOAuthError(await refresh(client, String(rotated.body.refresh_token)), 400, 'invalid_grant');
+  });
+
+  test('the previous refresh token presented again within the grace: invalid_grant, and the family lives on', async () => {
+    const client = await registerClient(gw);
+    const tokens = await login(gw, client, { resource: gw.resource('kube') });
+    const rotated = await refresh(client, tokens.refreshToken);
+    assert.equal(rotated.status, 200);
+    gw.advance(29_000);
+    const again = await refresh(client, tokens.refreshToken);
+    assertOAuthError(again, 400, 'invalid_grant');
+    assert.match(String(again.body.error_description), /issued in its place/);
+    assert.ok(await gw.stores.sessions.get(tokens.sessionId), 'the session is kept');
+    assert.equal((await refresh(client, String(rotated.body.refresh_token))).status, 200, 'the successor still works');
+  });
+
+  test('within the grace, an older refresh token (its successor already used) still revokes the family', async () => {
+    const client = await registerClient(gw);
+    const tokens = await login(gw, client, { resource: gw.resource('kube') });
+    const second = await refresh(client, tokens.refreshToken);
+    const third = await refresh(client, String(second.body.refresh_token));
+    assert.equal(third.status, 200);
+    assertOAuthError(await refresh(client, tokens.refreshToken), 400, 'invalid_grant');
+    assert.equal(await gw.stores.sessions.get(tokens.sessionId), undefined);
+    assertOAuthError(await refresh(client, String(third.body.refresh_token)), 400, 'invalid_grant');
+  });
+
+  test("one agent's concurrent refreshes with the same token: one new pair, the others invalid_grant, the session alive", async () => {
+    const client = await registerClient(gw);
+    const tokens = await login(gw, client, { resource: gw.resource('kube') });
+    const answers = await Promise.all(Array.from({ length: 6 }, () => refresh(client, tokens.refreshToken)));
+    const won = answers.filter((a) => a.status === 200);
+    assert.equal(won.length, 1, JSON.stringify(answers.map((a) => a.status)));
+    for (const lost of answers.filter((a) => a.status !== 200)) assertOAuthError(lost, 400, 'invalid_grant');
+    assert.ok(await gw.stores.sessions.get(tokens.sessionId));
+    assert.equal((await refresh(client, String(won[0]!.body.refresh_token))).status, 200);
   });
 
   test('another client cannot use (or spend) a refresh token', async () => {

@@ -204,6 +204,43 @@ export function storeContract(name: string, makeStore: () => Promise<StoreFixtur
       });
     });
 
+    describe('deleteIfEquals', () => {
+      test('deletes only on an exact match; a missing or expired key is not deleted', async () => {
+        await store.set('lock', 'owner-1', LONG);
+        assert.equal(await store.deleteIfEquals('lock', 'owner-2'), false);
+        assert.equal(await store.deleteIfEquals('lock', 'owner'), false);
+        assert.equal(await store.get('lock'), 'owner-1');
+        assert.equal(await store.deleteIfEquals('lock', 'owner-1'), true);
+        assert.equal(await store.get('lock'), undefined);
+        assert.equal(await store.deleteIfEquals('lock', 'owner-1'), false);
+        await store.set('gone', 'owner-1', SHORT);
+        await advance(PAST_SHORT);
+        assert.equal(await store.deleteIfEquals('gone', 'owner-1'), false);
+        assert.equal(await store.setIfAbsent('gone', 'owner-2', LONG), true);
+      });
+
+      test('an empty value matches only the empty string', async () => {
+        await store.set('k', '', LONG);
+        assert.equal(await store.deleteIfEquals('k', 'x'), false);
+        assert.equal(await store.deleteIfEquals('k', ''), true);
+        assert.equal(await store.get('k'), undefined);
+      });
+
+      test('a lock taken over after expiry is not released by its former owner', async () => {
+        assert.equal(await store.setIfAbsent('lock', 'first', SHORT), true);
+        await advance(PAST_SHORT);
+        assert.equal(await store.setIfAbsent('lock', 'second', LONG), true);
+        assert.equal(await store.deleteIfEquals('lock', 'first'), false);
+        assert.equal(await store.get('lock'), 'second');
+      });
+
+      test(`exactly one of ${PARALLEL} concurrent releases deletes`, async () => {
+        await store.set('lock', 'owner', LONG);
+        const results = await Promise.all(Array.from({ length: PARALLEL }, () => store.deleteIfEquals('lock', 'owner')));
+        assert.equal(results.filter(Boolean).length, 1);
+      });
+    });
+
     describe('sets', () => {
       test('addMembers adds, ignoring duplicates; members lists them', async () => {
         assert.deepEqual(await store.members('s'), []);

@@ -113,6 +113,7 @@ describe('valkey store when the server goes away', () => {
     ['take', () => store.take('k')],
     ['delete', () => store.delete(['k', 'j'])],
     ['compareAndSet', () => store.compareAndSet('k', undefined, 'v', 60_000)],
+    ['deleteIfEquals', () => store.deleteIfEquals('k', 'v')],
     ['addMembers', () => store.addMembers('s', ['a'], 60_000)],
     ['removeMembers', () => store.removeMembers('s', ['a'])],
     ['members', () => store.members('s')],

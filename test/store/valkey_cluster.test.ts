@@ -9,6 +9,7 @@ import { Redis } from 'iovalkey';
 import { StoreUnavailableError } from '../../src/store/port.ts';
 import { createValkeyStore } from '../../src/store/valkey.ts';
 import { startRedis, type RedisServer } from '../support/redis.ts';
+import { fleetSingleFlightContract } from '../credentials/fleet-single-flight.contract.ts';
 import { storeContract } from './contract.ts';
 
 let server: RedisServer;
@@ -37,6 +38,14 @@ after(async () => {
 storeContract('valkey store (cluster)', async () => {
   const store = createValkeyStore({ url: server.url, cluster: {}, keyPrefix: `cluster${++prefixes}:`, commandTimeoutMs: 1000 });
   return { store, advance: (ms) => sleep(ms), cleanup: () => store.close() };
+});
+
+// The cross-replica single flight on a cluster: the lock and its release are one-key commands and scripts.
+fleetSingleFlightContract('a Valkey cluster (two clients)', async () => {
+  const prefix = `cluster-flight${++prefixes}:`;
+  const a = createValkeyStore({ url: server.url, cluster: {}, keyPrefix: prefix, commandTimeoutMs: 1000 });
+  const b = createValkeyStore({ url: server.url, cluster: {}, keyPrefix: prefix, commandTimeoutMs: 1000 });
+  return { a, b, cleanup: async () => void (await Promise.all([a.close(), b.close()])) };
 });
 
 describe('valkey store (cluster) when the node goes away', () => {

@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { StoreUnavailableError } from '../../src/store/port.ts';
 import { createValkeyStore } from '../../src/store/valkey.ts';
 import { startRedis, type RedisServer } from '../support/redis.ts';
+import { fleetSingleFlightContract } from '../credentials/fleet-single-flight.contract.ts';
 
 let master: RedisServer;
 let sentinel: RedisServer;
@@ -52,4 +53,12 @@ test('a store found through a Sentinel works, fails fast when the master is down
   } finally {
     await store.close();
   }
+});
+
+// The cross-replica single flight with both replicas finding the master through the Sentinel.
+fleetSingleFlightContract('a Sentinel-monitored master (two clients)', async () => {
+  const open = () => createValkeyStore({ url: sentinel.url, sentinel: { masterName: 'mymaster' }, keyPrefix: 'sentinel-flight:', commandTimeoutMs: 1000 });
+  const a = open();
+  const b = open();
+  return { a, b, cleanup: async () => void (await Promise.all([a.close(), b.close()])) };
 });

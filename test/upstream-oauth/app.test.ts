@@ -282,6 +282,9 @@ describe('a session that ends takes its upstream grants with it', () => {
     const user = await connectedUser('reuser', 'carol-up');
     const rotated = await postForm(`${base}/oauth/token`, { grant_type: 'refresh_token', client_id: user.clientId, refresh_token: user.refreshToken });
     assert.equal(rotated.status, 200);
+    // Its successor used too: the first token is no longer the immediately previous one (no grace).
+    const again = await postForm(`${base}/oauth/token`, { grant_type: 'refresh_token', client_id: user.clientId, refresh_token: String(rotated.body.refresh_token) });
+    assert.equal(again.status, 200);
     const reused = await postForm(`${base}/oauth/token`, { grant_type: 'refresh_token', client_id: user.clientId, refresh_token: user.refreshToken });
     assert.equal(reused.status, 400);
     assert.equal(reused.body.error, 'invalid_grant');
