@@ -46,7 +46,7 @@ export async function createValkeyMaintenance(options: ValkeyMaintenanceOptions)
     lastError = error;
   });
   try {
-    await ready(client, connectTimeoutMs * 2, () => lastError);
+    await ready(client, connectTimeoutMs, () => lastError);
   } catch (error) {
     client.disconnect();
     throw error;
