@@ -296,3 +296,21 @@ describe('mcpgate keys reseal', () => {
     assert.match(run.stderr, /valkey did not become ready/);
   });
 });
+
+test('mcpgate check names every storage.valkey problem with its path', async () => {
+  const path = join(dir, 'bad-valkey.yaml');
+  writeFileSync(
+    path,
+    'server: { publicUrl: "https://mcp.example.com" }\n' +
+      'storage:\n  kind: valkey\n  valkey: { url: "redis://valkey:6379/0", cluster: { nodes: ["valkey-0"] }, tls: { cert: "file:/nonexistent/client.crt" } }\n' +
+      '  encryptionKeys: [{ id: k1, key: "env:STORE_KEY_1" }]\n' +
+      'upstreams: [{ name: kube, url: "http://kube:8080/mcp" }]\n',
+  );
+  const run = await cli(['check', '--config', path]);
+  assert.equal(run.code, 1);
+  assert.match(run.stderr, /storage\.valkey: url, sentinel and cluster are alternatives: set exactly one \(found url, cluster\)/);
+  assert.match(run.stderr, /storage\.valkey\.cluster\.nodes\[0\]: must be host:port/);
+  assert.match(run.stderr, /storage\.valkey\.tls\.cert: cannot read \/nonexistent\/client\.crt/);
+  assert.match(run.stderr, /storage\.valkey\.tls: cert and key go together/);
+  assert.match(run.stderr, /storage\.valkey\.url: is a plain-text URL but tls: is set/);
+});
