@@ -8,6 +8,10 @@
  * serving replica rewrote meanwhile is left as that replica wrote it and counted; a rerun picks it
  * up. Idempotent: a value already under the first key is only checked, never rewritten.
  * Sets (indexes) and unsealed values (JSON records, ids, counters) are left alone.
+ *
+ * Relies on the stores' rule that a value is sealed for the name of the key it is stored under
+ * (the additional data): a value sealed for another name does not open here and is counted as
+ * unreadable, never rewritten.
  */
 import { createSealer, SealedValueError, sealedKeyId, type SealingKey } from './sealed.ts';
 

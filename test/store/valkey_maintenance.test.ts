@@ -116,6 +116,28 @@ describe('valkey maintenance (standalone)', () => {
   });
 });
 
+test('valkey maintenance (sentinel): the walk and the swap run on the master the Sentinel names', async () => {
+  const master = await startRedis();
+  const sentinel = await startRedis({ sentinelFor: { masterName: 'mtmaster', port: master.port } });
+  const raw = new Redis(master.url);
+  try {
+    const name = 'utoken:{s1}:github';
+    await raw.set(`sn:${name}`, createSealer({ keys: [k0] }).seal(name, 'row'), 'PX', 60_000);
+    const source = await createValkeyMaintenance({ url: sentinel.url, sentinel: { masterName: 'mtmaster' }, keyPrefix: 'sn:' });
+    try {
+      const report = await resealValues({ source, keys: [k1, k0] });
+      assert.deepEqual([report.scanned, report.resealed], [1, 1]);
+    } finally {
+      await source.close();
+    }
+    assert.equal(createSealer({ keys: [k1] }).open(name, (await raw.get(`sn:${name}`))!), 'row');
+  } finally {
+    raw.disconnect();
+    await sentinel.stop();
+    await master.stop();
+  }
+});
+
 describe('valkey maintenance (three-master cluster)', () => {
   const servers: RedisServer[] = [];
   before(async () => {
