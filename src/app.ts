@@ -46,6 +46,7 @@ import { createGatewayMetrics, createRegistry } from './observability/metrics.ts
 import { createMemoryStore } from './store/memory.ts';
 import { observeStoreFailures } from './store/observed.ts';
 import { createValkeyStore } from './store/valkey.ts';
+import { valkeyStoreOptions } from './store/valkey_settings.ts';
 import type { Store } from './store/port.ts';
 import { createSealer } from './store/sealed.ts';
 import { createClientRegistration } from './upstream-oauth/client-registration.ts';
@@ -404,10 +405,7 @@ function storeFor(config: Config, now: () => number, logger: Logger): Store {
   const valkey = config.storage.valkey;
   if (config.storage.kind === 'memory' || !valkey) return createMemoryStore({ now });
   return createValkeyStore({
-    url: valkey.url,
-    username: valkey.username,
-    password: valkey.password,
-    keyPrefix: valkey.keyPrefix,
+    ...valkeyStoreOptions(valkey),
     // Recurs on every reconnect attempt while Valkey is down; /readyz reports the outage.
     onError: (error) => logger.warn({ msg: 'valkey connection error', err: error.message }),
   });

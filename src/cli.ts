@@ -4,6 +4,10 @@ import { parseArgs } from 'node:util';
 import { createApp } from './app.ts';
 import { generateSigningKeyPem, generateStoreKey } from './authserver/keys.ts';
 import { ConfigError, loadConfigFile } from './config/load.ts';
+import type { Config } from './config/schema.ts';
+import { formatResealReport, resealComplete, resealValues } from './store/reseal.ts';
+import { createValkeyMaintenance } from './store/valkey_maintenance.ts';
+import { valkeyStoreOptions } from './store/valkey_settings.ts';
 
 const USAGE = `mcpgate — OAuth 2.1 gateway for remote MCP servers
 
@@ -12,6 +16,9 @@ Usage:
   mcpgate check --config FILE     validate a config file; prints every problem, exits 1 if any
   mcpgate keys generate [--alg ES256|RS256|EdDSA]
                                   print a new token-signing key (PKCS#8 PEM) and a store encryption key
+  mcpgate keys reseal --config FILE
+                                  seal every stored value under the first of storage.encryptionKeys,
+                                  so an older key can be removed (safe while the gateway serves)
   mcpgate --version | --help
 
 Environment overrides: MCPGATE_LISTEN, MCPGATE_PUBLIC_URL, MCPGATE_LOG_LEVEL.
@@ -50,16 +57,8 @@ async function main(argv: string[]): Promise<number> {
         process.stderr.write(`mcpgate ${command}: --config FILE is required\n`);
         return 2;
       }
-      let config;
-      try {
-        config = loadConfigFile(path);
-      } catch (error) {
-        if (error instanceof ConfigError) {
-          process.stderr.write(`${error.message}\n`);
-          return 1;
-        }
-        throw error;
-      }
+      const config = loadOrReport(path);
+      if (config === undefined) return 1;
       if (command === 'check') {
         process.stdout.write(`${path}: ok (${config.upstreams.length} upstream${config.upstreams.length === 1 ? '' : 's'})\n`);
         return 0;
@@ -67,6 +66,15 @@ async function main(argv: string[]): Promise<number> {
       return serve(createApp(config));
     }
     case 'keys':
+      if (positionals[1] === 'reseal') {
+        const path = values.config ?? process.env.MCPGATE_CONFIG;
+        if (!path) {
+          process.stderr.write('mcpgate keys reseal: --config FILE is required\n');
+          return 2;
+        }
+        const config = loadOrReport(path);
+        return config === undefined ? 1 : reseal(config);
+      }
       return keys(positionals[1], values.alg ?? 'ES256');
     default:
       process.stderr.write(`mcpgate: unknown command "${command}"\n\n${USAGE}\n`);
@@ -74,10 +82,74 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** Loads and validates a config file; prints every problem and returns `undefined` when it is invalid. */
+function loadOrReport(path: string): Config | undefined {
+  try {
+    return loadConfigFile(path);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`${error.message}\n`);
+      return undefined;
+    }
+    throw error;
+  }
+}
+
+/**
+ * `mcpgate keys reseal`: every value sealed under an older key of `storage.encryptionKeys` is
+ * sealed again under the first, in place and keeping its TTL. Exit 0 when every sealed value is
+ * now under the first key (the older ones can be removed), 1 when some could not be opened or kept
+ * changing (rerun), or the store failed.
+ */
+async function reseal(config: Config): Promise<number> {
+  const valkey = config.storage.valkey;
+  if (config.storage.kind !== 'valkey' || valkey === undefined) {
+    process.stdout.write(
+      'mcpgate keys reseal: storage.kind is memory: nothing is stored outside the gateway process, so there is nothing to reseal\n' +
+        '(its values die with the process; after a restart everything is sealed under the first key).\n',
+    );
+    return 0;
+  }
+  const keys = config.storage.encryptionKeys.map((k) => ({ id: k.id, key: Buffer.from(k.key, 'base64') }));
+  if (keys.length === 0) {
+    process.stderr.write('mcpgate keys reseal: storage.encryptionKeys is empty: nothing is sealed, so nothing can be resealed\n');
+    return 1;
+  }
+  let source;
+  try {
+    source = await createValkeyMaintenance(valkeyStoreOptions(valkey));
+  } catch (error) {
+    process.stderr.write(`mcpgate keys reseal: ${(error as Error).message}\n`);
+    return 1;
+  }
+  try {
+    process.stdout.write(`mcpgate keys reseal: sealing every value under key "${keys[0]!.id}" (keys under prefix "${valkey.keyPrefix}")\n`);
+    const report = await resealValues({ source, keys });
+    process.stdout.write(formatResealReport(report));
+    if (report.unreadable > 0) {
+      process.stderr.write(
+        `mcpgate keys reseal: ${report.unreadable} value${report.unreadable === 1 ? '' : 's'} could not be opened by any configured key; ` +
+          'they stay as they are (add the key they were sealed with back to storage.encryptionKeys, or let them expire)\n',
+      );
+    }
+    if (report.changed > 0) {
+      process.stderr.write(`mcpgate keys reseal: ${report.changed} value${report.changed === 1 ? '' : 's'} changed during the run; run it again\n`);
+    }
+    if (!resealComplete(report)) return 1;
+    process.stdout.write(`done: every sealed value is under "${report.sealingKeyId}"; the other keys can be removed from storage.encryptionKeys\n`);
+    return 0;
+  } catch (error) {
+    process.stderr.write(`mcpgate keys reseal: ${(error as Error).message} (nothing is half-done: run it again)\n`);
+    return 1;
+  } finally {
+    await source.close();
+  }
+}
+
 /** `mcpgate keys generate`: key material for `authServer.signingKeys` and `storage.encryptionKeys` (DESIGN §8). */
 function keys(subcommand: string | undefined, alg: string): number {
   if (subcommand !== 'generate') {
-    process.stderr.write('usage: mcpgate keys generate [--alg ES256|RS256|EdDSA]\n');
+    process.stderr.write('usage: mcpgate keys generate [--alg ES256|RS256|EdDSA] | mcpgate keys reseal --config FILE\n');
     return 2;
   }
   if (alg !== 'ES256' && alg !== 'RS256' && alg !== 'EdDSA') {

@@ -95,14 +95,53 @@ export function createConfigSchema(sources: SecretSources) {
     clientMetadataDocuments: z.boolean().default(true),
   });
 
+  const valkeyUrl = z.string().refine((text) => {
+    if (!/^(redis|rediss|valkey|valkeys):\/\//.test(text) || !URL.canParse(text)) return false;
+    const url = new URL(text);
+    return url.hostname !== '' && /^\/?(\d{1,2})?$/.test(url.pathname) && !url.search && !url.hash;
+  }, 'must be redis://host:port/db (rediss:// for TLS; valkey:// and valkeys:// work too)');
+
+  /** `host:port` of a Sentinel or a cluster seed node; IPv6 in brackets. */
+  const hostPort = z.string().refine((text) => {
+    const match = /^(?:\[([^\]]+)\]|([^:[\]\s/]+)):(\d{1,5})$/.exec(text);
+    const port = Number(match?.[3]);
+    return match !== null && port >= 1 && port <= 65535 && (match[1] === undefined || isIP(match[1]) === 6);
+  }, 'must be host:port, e.g. "valkey-0.valkey:6379"');
+
+  /** PEM text behind a secret reference (CA and client certificates are not secret, but live in the same mounts). */
+  const pem = (what: 'CERTIFICATE' | 'PRIVATE KEY', name: string) =>
+    secret.refine((text) => new RegExp(`-----BEGIN [A-Z0-9 ]*${what}-----`).test(text), `must hold a PEM ${name} (-----BEGIN …${what}-----)`);
+
   const storage = z.strictObject({
     kind: z.enum(['memory', 'valkey']).default('memory'),
     valkey: z
       .strictObject({
-        url: z.string().regex(/^(redis|rediss|valkey|valkeys):\/\//, 'must be a redis:// or rediss:// URL'),
+        /** One server. Exactly one of url, sentinel, cluster. */
+        url: valkeyUrl.optional(),
+        /** A master found through Sentinels (Valkey/Redis high availability). */
+        sentinel: z
+          .strictObject({
+            masterName: z.string().min(1),
+            nodes: z.array(hostPort).min(1, 'at least one Sentinel (host:port) is required'),
+            username: secret.optional(),
+            password: secret.optional(),
+          })
+          .optional(),
+        /** Cluster mode: seed nodes; the others are discovered. */
+        cluster: z.strictObject({ nodes: z.array(hostPort).min(1, 'at least one seed node (host:port) is required') }).optional(),
+        /** TLS to every node (and every Sentinel). Present, even empty, turns TLS on. */
+        tls: z
+          .strictObject({
+            ca: pem('CERTIFICATE', 'CA certificate').optional(),
+            cert: pem('CERTIFICATE', 'client certificate').optional(),
+            key: pem('PRIVATE KEY', 'private key').optional(),
+            serverName: z.string().min(1).optional(),
+          })
+          .optional(),
         username: secret.optional(),
         password: secret.optional(),
-        keyPrefix: z.string().default('mcpgate:'),
+        // A cluster picks a key's slot from its first {…}: the prefix must not contain braces.
+        keyPrefix: z.string().regex(/^[^{}]*$/, 'must not contain { or }').default('mcpgate:'),
       })
       .optional(),
     encryptionKeys: z.array(z.strictObject({ id: z.string().regex(/^[A-Za-z0-9_-]{1,32}$/), key: secret })).default([]),
@@ -190,6 +229,7 @@ export function createConfigSchema(sources: SecretSources) {
       const encryptionKeys = Array.isArray(storage?.encryptionKeys) ? storage.encryptionKeys : [];
       if (storage?.kind === 'valkey') {
         if (!storage.valkey) ctx.addIssue({ code: 'custom', path: ['storage', 'valkey'], message: 'is required when kind is valkey' });
+        else checkValkey(storage.valkey as Partial<NonNullable<typeof storage.valkey>>, ctx);
         if (encryptionKeys.length === 0 && !storage.allowUnencrypted) {
           ctx.addIssue({ code: 'custom', path: ['storage', 'encryptionKeys'], message: 'is required with valkey (tokens are sealed at rest); set allowUnencrypted: true to override' });
         }
@@ -209,6 +249,24 @@ export function createConfigSchema(sources: SecretSources) {
         ctx.addIssue({ code: 'custom', path: ['authServer', 'signingKeys'], message: 'at least one signing key is required (an ephemeral key is allowed only with devMode: true)' });
       }
     }, { when: () => true });
+}
+
+/** Cross-field rules of `storage.valkey`; every access is guarded (the fields may have failed on their own). */
+function checkValkey(valkey: { url?: unknown; sentinel?: unknown; cluster?: unknown; tls?: unknown }, ctx: z.RefinementCtx): void {
+  const path = ['storage', 'valkey'];
+  const modes = (['url', 'sentinel', 'cluster'] as const).filter((m) => valkey[m] !== undefined);
+  if (modes.length === 0) {
+    ctx.addIssue({ code: 'custom', path, message: 'needs one of url (one server), sentinel (masterName and nodes) or cluster (nodes)' });
+  } else if (modes.length > 1) {
+    ctx.addIssue({ code: 'custom', path, message: `url, sentinel and cluster are alternatives: set exactly one (found ${modes.join(', ')})` });
+  }
+  const tls = valkey.tls as { cert?: unknown; key?: unknown } | undefined;
+  if (tls && (tls.cert === undefined) !== (tls.key === undefined)) {
+    ctx.addIssue({ code: 'custom', path: [...path, 'tls'], message: 'cert and key go together (a client certificate needs its private key)' });
+  }
+  if (tls && typeof valkey.url === 'string' && /^(redis|valkey):/.test(valkey.url)) {
+    ctx.addIssue({ code: 'custom', path: [...path, 'url'], message: 'is a plain-text URL but tls: is set; use rediss:// (or remove tls:)' });
+  }
 }
 
 /** The validated configuration, with defaults filled, durations in milliseconds and secrets resolved. */

@@ -113,6 +113,21 @@ export function createSealer(options: { keys: readonly SealingKey[] }): Sealer {
   };
 }
 
+/**
+ * The key id a value names when it has the shape of an envelope (`v1.<key id>.<iv>.<data>`), else
+ * `undefined`. Looks only at the shape, proves nothing: `open` is what authenticates. Used by
+ * `mcpgate keys reseal` to find the values a retiring key still seals; no unsealed value in the
+ * store (JSON records, ids, counters) has this shape.
+ */
+export function sealedKeyId(value: string): string | undefined {
+  const parts = value.split('.');
+  if (parts.length !== 4 || parts[0] !== VERSION) return undefined;
+  const [, id, iv, body] = parts as [string, string, string, string];
+  const ivLength = Math.ceil((IV_BYTES * 4) / 3);
+  if (!KEY_ID.test(id) || iv.length !== ivLength || !BASE64URL.test(iv) || !BASE64URL.test(body)) return undefined;
+  return id;
+}
+
 /** The id can contain no `.`, so `v1.<id>.<name>` is unambiguous whatever the name holds. */
 function aad(id: string, name: string): Buffer {
   return Buffer.from(`${VERSION}.${id}.${name}`, 'utf8');

@@ -212,6 +212,70 @@ upstreams: [{ name: a, url: "https://a.example/mcp", auth: ${auth} }]
     }
   });
 
+  describe('storage.valkey', () => {
+    const KEY = Buffer.alloc(32, 7).toString('base64');
+    const PEM_CERT = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n';
+    const PEM_KEY = '-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n';
+    const valkeyConfig = (valkey: string) =>
+      `${MINIMAL}storage:\n  kind: valkey\n  valkey: ${valkey}\n  encryptionKeys: [{ id: k1, key: "env:STORE_KEY" }]\n`;
+    const env = { STORE_KEY: KEY, VALKEY_PASSWORD: 'pw', SENTINEL_PASSWORD: 'spw' };
+    const files = { '/tls/ca.crt': PEM_CERT, '/tls/client.crt': PEM_CERT, '/tls/client.key': PEM_KEY };
+    const parse = (valkey: string) => parseConfig(valkeyConfig(valkey), 'mcpgate.yaml', sources(env, files)).storage.valkey;
+    const problems = (valkey: string) => problemsOf(valkeyConfig(valkey), sources(env, files));
+    const has = (list: string[], path: string, message: RegExp) =>
+      assert.ok(list.some((p) => p.startsWith(`${path}: `) && message.test(p)), `${path} ${message}:\n${list.join('\n')}`);
+
+    it('one server by url, a Sentinel group, or cluster seed nodes; TLS material resolved from its references', () => {
+      assert.deepEqual(parse('{ url: "redis://valkey:6379/0", password: "env:VALKEY_PASSWORD" }'), {
+        url: 'redis://valkey:6379/0',
+        password: 'pw',
+        keyPrefix: 'mcpgate:',
+      });
+      assert.deepEqual(
+        parse('{ sentinel: { masterName: mymaster, nodes: ["s0.sentinel:26379", "[fd00::1]:26379"], password: "env:SENTINEL_PASSWORD" }, password: "env:VALKEY_PASSWORD" }'),
+        { sentinel: { masterName: 'mymaster', nodes: ['s0.sentinel:26379', '[fd00::1]:26379'], password: 'spw' }, password: 'pw', keyPrefix: 'mcpgate:' },
+      );
+      assert.deepEqual(parse('{ cluster: { nodes: ["valkey-0:6379", "10.0.0.2:6379"] }, keyPrefix: "gw:" }'), {
+        cluster: { nodes: ['valkey-0:6379', '10.0.0.2:6379'] },
+        keyPrefix: 'gw:',
+      });
+      assert.deepEqual(
+        parse('{ cluster: { nodes: ["valkey-0:6379"] }, tls: { ca: "file:/tls/ca.crt", cert: "file:/tls/client.crt", key: "file:/tls/client.key", serverName: "valkey.internal" } }')?.tls,
+        // One trailing newline is dropped, as for every file: reference; PEM does not need it.
+        { ca: PEM_CERT.trimEnd(), cert: PEM_CERT.trimEnd(), key: PEM_KEY.trimEnd(), serverName: 'valkey.internal' },
+      );
+      assert.deepEqual(parse('{ url: "rediss://valkey:6380/1", tls: { ca: "file:/tls/ca.crt" } }')?.tls, { ca: PEM_CERT.trimEnd() });
+    });
+
+    it('exactly one of url, sentinel and cluster', () => {
+      has(problems('{ keyPrefix: "x:" }'), 'storage.valkey', /needs one of url \(one server\), sentinel .* or cluster/);
+      has(problems('{ url: "redis://valkey:6379", cluster: { nodes: ["valkey-0:6379"] } }'), 'storage.valkey', /set exactly one \(found url, cluster\)/);
+      has(problems('{ sentinel: { masterName: m, nodes: ["s:26379"] }, cluster: { nodes: ["c:6379"] } }'), 'storage.valkey', /found sentinel, cluster/);
+    });
+
+    it('every bad field is named with its path, all in one pass', () => {
+      const list = problems(
+        '{ sentinel: { masterName: "", nodes: ["sentinel-0", "s:99999"], password: "hunter2" }, keyPrefix: "a{b}:", tls: { ca: "file:/tls/client.key", cert: "file:/tls/client.crt" } }',
+      );
+      has(list, 'storage.valkey.sentinel.masterName', /at least 1|too small|>=1/i);
+      has(list, 'storage.valkey.sentinel.nodes[0]', /must be host:port/);
+      has(list, 'storage.valkey.sentinel.nodes[1]', /must be host:port/);
+      has(list, 'storage.valkey.sentinel.password', /secret reference/);
+      has(list, 'storage.valkey.keyPrefix', /must not contain \{ or \}/);
+      has(list, 'storage.valkey.tls.ca', /must hold a PEM CA certificate/);
+      has(list, 'storage.valkey.tls', /cert and key go together/);
+      assert.ok(!list.join('\n').includes('PRIVATE KEY'), 'a secret file’s content is never echoed');
+
+      has(problems('{ sentinel: { masterName: m, nodes: [] } }'), 'storage.valkey.sentinel.nodes', /at least one Sentinel/);
+      has(problems('{ cluster: { nodes: [] } }'), 'storage.valkey.cluster.nodes', /at least one seed node/);
+      has(problems('{ cluster: { nodes: ["c:6379"] }, tls: { key: "file:/tls/missing.key" } }'), 'storage.valkey.tls.key', /cannot read \/tls\/missing.key/);
+      has(problems('{ url: "redis://valkey:6379/0", tls: {} }'), 'storage.valkey.url', /use rediss:\/\//);
+      for (const url of ['http://valkey:6379', 'redis://valkey:6379/db', 'redis:///0', 'redis://valkey:6379/0?x=1']) {
+        has(problems(`{ url: "${url}" }`), 'storage.valkey.url', /must be redis:\/\/host:port\/db/);
+      }
+    });
+  });
+
   it('reports an unreadable config file as a problem, not a crash', () => {
     assert.throws(
       () => loadConfigFile('/nonexistent/mcpgate.yaml', sources()),

@@ -61,6 +61,7 @@ interface KeyToPath { key: string; path: string }
 interface Volume {
   name: string;
   emptyDir?: object;
+  persistentVolumeClaim?: { claimName: string };
   configMap?: { name: string; items?: KeyToPath[] };
   secret?: { secretName: string; items?: KeyToPath[] };
   projected?: { sources: { configMap?: { name: string; items?: KeyToPath[] }; secret?: { name: string; items?: KeyToPath[] } }[] };
@@ -73,8 +74,14 @@ interface PodSpec {
   containers: Container[];
   volumes?: Volume[];
 }
+interface ClaimTemplate { metadata: Meta; spec: { accessModes?: string[]; resources?: { requests?: { storage?: string } } } }
 interface Workload extends K8s {
-  spec: { replicas?: number; selector: { matchLabels: Record<string, string> }; template: { metadata: Meta; spec: PodSpec } };
+  spec: {
+    replicas?: number;
+    selector: { matchLabels: Record<string, string> };
+    template: { metadata: Meta; spec: PodSpec };
+    volumeClaimTemplates?: ClaimTemplate[];
+  };
 }
 interface Service extends K8s {
   spec: { selector: Record<string, string>; ports: { name?: string; port: number; targetPort?: string | number }[] };
@@ -82,6 +89,14 @@ interface Service extends K8s {
 interface IngressPath { path: string; pathType: string; backend: { service: { name: string; port: { name?: string; number?: number } } } }
 interface Ingress extends K8s {
   spec: { rules: { host: string; http: { paths: IngressPath[] } }[]; tls?: { secretName: string }[] };
+}
+interface Hpa extends K8s {
+  spec: {
+    scaleTargetRef: { apiVersion: string; kind: string; name: string };
+    minReplicas?: number;
+    maxReplicas: number;
+    metrics?: { type: string; resource?: { name: string; target: { type: string; averageUtilization?: number } } }[];
+  };
 }
 interface Pdb extends K8s { spec: { minAvailable?: number | string; maxUnavailable?: number | string; selector: { matchLabels: Record<string, string> } } }
 interface NetPolRule { ports?: { port: number | string; protocol?: string }[] }
@@ -149,6 +164,24 @@ function gateway(objs: K8s[]): { dep: Workload; pod: PodSpec; c: Container } {
   return { dep, pod, c };
 }
 
+/** The gateway's HorizontalPodAutoscaler, if the render has one. */
+function hpaOf(objs: K8s[]): Hpa | undefined {
+  return all<Hpa>(objs, 'HorizontalPodAutoscaler').find((h) => h.spec.scaleTargetRef.kind === 'Deployment' && h.spec.scaleTargetRef.name === 'mcpgate');
+}
+
+/** The fewest gateway pods the render runs: the HPA's floor when it owns the scale, else spec.replicas. */
+function minReplicas(objs: K8s[], dep: Workload): number {
+  return hpaOf(objs)?.spec.minReplicas ?? dep.spec.replicas ?? 1;
+}
+
+/** Quantities such as 256Mi, 1Gi, 200mb (Valkey's own unit: 1mb = 1024*1024 bytes) in bytes. */
+function bytes(quantity: string): number {
+  const m = /^(\d+)(Ki|Mi|Gi|kb|mb|gb)?$/i.exec(quantity);
+  assert.ok(m, `a size: ${quantity}`);
+  const unit = { ki: 1, kb: 1, mi: 2, mb: 2, gi: 3, gb: 3 }[(m[2] ?? '').toLowerCase() as 'ki'] ?? 0;
+  return Number(m[1]) * 1024 ** unit;
+}
+
 function matches(selector: Record<string, string>, labels: Record<string, string> | undefined): boolean {
   return Object.entries(selector).every(([k, v]) => labels?.[k] === v);
 }
@@ -203,7 +236,10 @@ const CONFIG_KEYS: Record<string, string[]> = {
   authServer: ['signingKeys', 'accessTokenTtl', 'refreshTokenTtl', 'registration', 'clientMetadataDocuments'],
   'authServer.registration': ['dynamic', 'initialAccessToken'],
   storage: ['kind', 'valkey', 'encryptionKeys'],
-  'storage.valkey': ['url', 'username', 'password', 'keyPrefix'],
+  'storage.valkey': ['url', 'sentinel', 'cluster', 'tls', 'username', 'password', 'keyPrefix'],
+  'storage.valkey.sentinel': ['masterName', 'nodes', 'username', 'password'],
+  'storage.valkey.cluster': ['nodes'],
+  'storage.valkey.tls': ['ca', 'cert', 'key', 'serverName'],
   'storage.encryptionKeys[]': ['id', 'key'],
   'upstreams[]': ['name', 'url', 'auth'],
   'upstreams[].auth': ['mode', 'scopes', 'challenge', 'clientId', 'clientSecret', 'header', 'value'],
@@ -306,9 +342,15 @@ for (const [name, render] of Object.entries(renders)) {
     const pods = dep.spec.template.metadata.labels;
     const pdb = all<Pdb>(objs, 'PodDisruptionBudget').find((p) => matches(p.spec.selector.matchLabels, pods));
     assert.ok(pdb, 'a PDB selects the gateway pods');
-    const min = Number(pdb.spec.minAvailable);
-    assert.ok(min >= 1, 'minAvailable ≥ 1');
-    assert.ok(min < (dep.spec.replicas ?? 1), 'minAvailable below replicas, or node drains block forever');
+    // At the smallest scale the gateway runs (the HPA's minReplicas when it owns the scale), a
+    // drain must be able to evict a pod (or it blocks forever) and must leave one serving.
+    const replicas = minReplicas(objs, dep);
+    const { minAvailable, maxUnavailable } = pdb.spec;
+    assert.ok((minAvailable === undefined) !== (maxUnavailable === undefined), 'exactly one of minAvailable and maxUnavailable');
+    assert.ok(typeof (minAvailable ?? maxUnavailable) === 'number', 'an absolute number (a percentage rounds differently per scale)');
+    const disruptable = minAvailable === undefined ? Number(maxUnavailable) : replicas - Number(minAvailable);
+    assert.ok(disruptable >= 1, `at ${replicas} replicas the PDB lets a drain evict a pod`);
+    assert.ok(replicas - disruptable >= 1, `at ${replicas} replicas the PDB keeps a pod serving`);
     const np = all<NetPol>(objs, 'NetworkPolicy').find((p) => matches(p.spec.podSelector.matchLabels, pods));
     assert.ok(np, 'a NetworkPolicy selects the gateway pods');
     assert.deepEqual([...np.spec.policyTypes].sort(), ['Egress', 'Ingress']);
@@ -331,7 +373,7 @@ for (const [name, render] of Object.entries(renders)) {
     assertKnownKeys(cfg, 'mcpgate.yaml');
     assertSecretsAreReferences(cfg, 'mcpgate.yaml');
     const { dep, pod, c } = gateway(objs);
-    if ((dep.spec.replicas ?? 1) > 1) {
+    if (minReplicas(objs, dep) > 1) {
       assert.equal((cfg.storage as Config).kind, 'valkey', 'several replicas need the shared Valkey store');
     }
     const env = new Set((c.env ?? []).map((e) => e.name));
@@ -384,10 +426,67 @@ function fileIsMounted(path: string, c: Container, pod: PodSpec): boolean {
 
 // ---- production specifics ----------------------------------------------------------
 
-test('production: three gateway replicas and the bundled Valkey', async () => {
+test('production: at least three gateway replicas, scaled on CPU by an HPA that owns the replica count', async () => {
   const objs = await renders.production;
   const { dep, c } = gateway(objs);
-  assert.equal(dep.spec.replicas, 3);
+  const hpa = hpaOf(objs);
+  assert.ok(hpa, 'a HorizontalPodAutoscaler targets the mcpgate Deployment');
+  assert.equal(hpa.apiVersion, 'autoscaling/v2');
+  assert.equal(hpa.spec.scaleTargetRef.apiVersion, 'apps/v1');
+  assert.equal(hpa.spec.minReplicas, 3);
+  assert.ok(hpa.spec.maxReplicas > 3, 'room to scale out');
+  const cpu = hpa.spec.metrics?.find((m) => m.type === 'Resource' && m.resource?.name === 'cpu');
+  assert.equal(cpu?.resource?.target.type, 'Utilization');
+  const target = cpu?.resource?.target.averageUtilization ?? 0;
+  assert.ok(target > 0 && target <= 90, `a CPU utilization target with headroom: ${target}%`);
+  assert.ok(c.resources?.requests?.cpu, 'utilization is relative to the cpu request, so the container needs one');
+  assert.equal(dep.spec.replicas, undefined, 'no spec.replicas: every kubectl apply would reset the scale the HPA chose');
+});
+
+test('production: the bundled Valkey keeps its data on a PersistentVolumeClaim (append-only file)', async () => {
+  const objs = await renders.production;
+  const sts = only<Workload>(objs, 'StatefulSet', 'valkey');
+  const v = sts.spec.template.spec.containers[0]!;
+  const arg = (flag: string) => {
+    const i = v.args?.indexOf(flag) ?? -1;
+    return i < 0 ? undefined : v.args![i + 1];
+  };
+  assert.equal(arg('--appendonly'), 'yes', 'every write goes to the append-only file');
+  assert.ok(['everysec', 'always'].includes(String(arg('--appendfsync'))), 'fsynced at least once a second');
+  const dataDir = arg('--dir') ?? '/data';
+  const mount = v.volumeMounts?.find((m) => m.mountPath === dataDir);
+  assert.ok(mount, `the data directory ${dataDir} is a mounted volume`);
+  const claim = sts.spec.volumeClaimTemplates?.find((t) => t.metadata.name === mount.name);
+  const podVolume = sts.spec.template.spec.volumes?.find((vol) => vol.name === mount.name);
+  assert.ok(claim ?? podVolume?.persistentVolumeClaim, `${mount.name} is a PersistentVolumeClaim, not an emptyDir that dies with the pod`);
+  assert.equal(podVolume?.emptyDir, undefined);
+  if (claim) {
+    assert.ok(claim.spec.accessModes?.includes('ReadWriteOnce'));
+    assert.ok(bytes(claim.spec.resources?.requests?.storage ?? '0') >= 2 * bytes(String(arg('--maxmemory'))), 'room for the AOF and its rewrite');
+  }
+});
+
+test('production: a full Valkey evicts least recently used keys (all have a TTL) instead of refusing every login', async () => {
+  const objs = await renders.production;
+  const sts = only<Workload>(objs, 'StatefulSet', 'valkey');
+  const v = sts.spec.template.spec.containers[0]!;
+  const i = v.args?.indexOf('--maxmemory-policy') ?? -1;
+  // noeviction refuses every write once full (no login for anyone); volatile-ttl evicts the
+  // shortest-lived keys first (the pending logins in progress). Every mcpgate key has a TTL, so
+  // volatile-lru drops what was used least recently: a flood's one-off writes, idle sessions.
+  assert.equal(v.args?.[i + 1], 'volatile-lru');
+  const maxmemory = bytes(String(v.args?.[(v.args?.indexOf('--maxmemory') ?? -2) + 1]));
+  const limit = bytes(v.resources?.limits?.memory ?? '0');
+  assert.ok(maxmemory > 0, 'a maxmemory, or the policy never applies (the pod is OOM-killed first)');
+  assert.ok(limit >= 2 * maxmemory, `the memory limit (${limit}) leaves room for the AOF rewrite fork above maxmemory (${maxmemory})`);
+  const readme = await readFile(join(deployDir, 'README.md'), 'utf8');
+  assert.match(readme, /volatile-lru/, 'deploy/README.md explains the memory policy');
+  assert.match(readme, /appendonly/, 'deploy/README.md explains the persistence');
+});
+
+test('production: the bundled Valkey, shared by every replica', async () => {
+  const objs = await renders.production;
+  const { dep, c } = gateway(objs);
   const sts = only<Workload>(objs, 'StatefulSet', 'valkey');
   const v = sts.spec.template.spec.containers[0]!;
   assert.match(v.image, /^valkey\/valkey:8/);

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, test } from 'node:test';
-import { createSealer, SealedValueError, type SealedValueFailure } from '../../src/store/sealed.ts';
+import { createSealer, SealedValueError, sealedKeyId, type SealedValueFailure } from '../../src/store/sealed.ts';
 
 const k1 = { id: 'k1', key: randomBytes(32) };
 const k2 = { id: 'k2', key: randomBytes(32) };
@@ -100,4 +100,13 @@ describe('sealer', () => {
     assert.throws(() => sealer.seal('', 'x'), TypeError);
     assert.throws(() => sealer.open('', sealer.seal(NAME, 'x')), TypeError);
   });
+});
+
+test('sealedKeyId: the key id of an envelope; nothing for the unsealed values the stores keep', () => {
+  const sealer = createSealer({ keys: [k2, k1] });
+  assert.equal(sealedKeyId(sealer.seal(NAME, 'x')), 'k2');
+  assert.equal(sealedKeyId(createSealer({ keys: [k1] }).seal(NAME, '')), 'k1');
+  for (const unsealed of ['{"sessionId":"s1","expiresAt":1}', 'flow-id-abc', '3', '', 'v1.k1', 'v1.k1.short.body', 'v2.k1.AAAAAAAAAAAAAAAA.BBBB', 'v1.k.1.AAAAAAAAAAAAAAAA.BBBB']) {
+    assert.equal(sealedKeyId(unsealed), undefined, unsealed);
+  }
 });
