@@ -1,7 +1,7 @@
 import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import type { UpstreamRejection } from '../credentials/types.ts';
-import { agentResponseHeaders, isEventStream } from './headers.ts';
+import { agentResponseHeaders, isEventStream, relocate, type UpstreamPlace } from './headers.ts';
 
 /** One request to send upstream and where its answer goes. */
 export interface ForwardRequest {
@@ -16,8 +16,15 @@ export interface ForwardRequest {
   signal: AbortSignal;
   /** Time allowed until the upstream's response headers, in ms; the body (an SSE stream) has none. */
   headersTimeoutMs: number;
-  /** Return true to hold this response back (its body is collected, up to 64 KiB) instead of streaming it. */
+  /** Where the upstream lives and where we serve it: its `Location` headers are mapped to our path (headers.ts `relocate`). */
+  place: UpstreamPlace;
+  /**
+   * Return true to hold this response back instead of streaming it: its body is collected up to
+   * 64 KiB and for at most `heldBodyTimeoutMs`, then the upstream request is cut and what arrived is kept.
+   */
   hold(status: number, headers: IncomingHttpHeaders): boolean;
+  /** Time allowed for a held body after its headers, in ms. Default 5000. */
+  heldBodyTimeoutMs?: number;
   /** Writes an SSE comment after this many ms without data, at event boundaries only. */
   sseKeepAliveMs?: number;
   /** Called when an SSE response starts and when it ends (open-stream gauge). */
@@ -42,10 +49,13 @@ export type ForwardOutcome =
   | { kind: 'sent'; status: number; stream: boolean; bytes: number; cut: boolean }
   | { kind: 'held'; rejection: UpstreamRejection };
 
-/** The upstream failed before sending response headers. `timeout` maps to 504, the rest to 502. */
+/**
+ * The upstream failed before sending response headers, or answered with a redirect to somewhere
+ * we do not serve (`redirect`). `timeout` maps to 504, the rest to 502.
+ */
 export class UpstreamError extends Error {
   override name = 'UpstreamError';
-  readonly kind: 'timeout' | 'unreachable' | 'aborted';
+  readonly kind: 'timeout' | 'unreachable' | 'aborted' | 'redirect';
   constructor(kind: UpstreamError['kind'], cause: unknown) {
     super(`upstream request failed: ${kind}`, { cause });
     this.kind = kind;
@@ -53,6 +63,7 @@ export class UpstreamError extends Error {
 }
 
 const HELD_BODY_LIMIT = 64 * 1024;
+const HELD_BODY_TIMEOUT_MS = 5000;
 const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_CONNECT_TIMEOUT']);
 
 /**
@@ -73,6 +84,7 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
     let tail = Buffer.alloc(0);
     let lastWrite = Date.now();
     let keepAlive: NodeJS.Timeout | undefined;
+    let heldTimer: NodeJS.Timeout | undefined;
     let settled = false;
     // Our own events wait here while the upstream is in the middle of one of its events.
     const pending: string[] = [];
@@ -87,6 +99,7 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
       if (settled) return;
       settled = true;
       if (keepAlive) clearInterval(keepAlive);
+      if (heldTimer) clearTimeout(heldTimer);
       signal.removeEventListener('abort', onAbort);
       if (stream) request.onStream?.(false);
       if (outcome instanceof Error) reject(outcome);
@@ -94,6 +107,15 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
     };
     let controller: Dispatcher.DispatchController | undefined;
     const onAbort = () => controller?.abort(new Error('agent closed the connection'));
+    /**
+     * Settles a held response with what arrived. An upstream that sends a 401's headers and then
+     * trickles or never ends its body must not hold the agent's request (and a replay) for ever,
+     * nor make us read without end: past the time or size bound the upstream request is cut.
+     */
+    const finishHeld = (cut: boolean) => {
+      finish({ kind: 'held', rejection: { status, headers: held!.headers, body: Buffer.concat(held!.chunks).subarray(0, HELD_BODY_LIMIT) } });
+      if (cut) controller?.abort(new Error('held upstream body cut at its bound'));
+    };
 
     const handler: Dispatcher.DispatchHandler = {
       onRequestStart(c) {
@@ -103,14 +125,23 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
       },
       onResponseStart(c, statusCode, headers) {
         status = statusCode;
+        if (statusCode >= 300 && statusCode < 400 && typeof headers.location === 'string' && relocate(headers.location, request.place) === undefined) {
+          // A redirect elsewhere would send the agent, and the token many clients repeat on
+          // redirects, to a host we do not vouch for, or around us: refused as a 502 instead.
+          finish(new UpstreamError('redirect', new Error(`upstream answered ${statusCode} with a Location outside its own path`)));
+          c.abort(new Error('upstream redirected elsewhere'));
+          return;
+        }
         if (request.hold(statusCode, headers)) {
           mode = 'held';
           held = { headers, chunks: [], size: 0 };
+          heldTimer = setTimeout(() => finishHeld(true), request.heldBodyTimeoutMs ?? HELD_BODY_TIMEOUT_MS);
+          heldTimer.unref();
           return;
         }
         mode = 'streaming';
         stream = isEventStream(headers);
-        res.writeHead(statusCode, agentResponseHeaders(headers));
+        res.writeHead(statusCode, agentResponseHeaders(headers, request.place));
         if (stream) {
           // Send headers now: an idle GET stream must reach the agent before its first event.
           res.flushHeaders();
@@ -128,10 +159,10 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
       },
       onResponseData(c, chunk) {
         if (mode === 'held') {
-          if (held!.size < HELD_BODY_LIMIT) {
-            held!.chunks.push(chunk);
-            held!.size += chunk.length;
-          }
+          if (settled) return;
+          held!.chunks.push(chunk);
+          held!.size += chunk.length;
+          if (held!.size >= HELD_BODY_LIMIT) finishHeld(true);
           return;
         }
         bytes += chunk.length;
@@ -150,7 +181,7 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
       },
       onResponseEnd() {
         if (mode === 'held') {
-          finish({ kind: 'held', rejection: { status, headers: held!.headers, body: Buffer.concat(held!.chunks).subarray(0, HELD_BODY_LIMIT) } });
+          finishHeld(false);
           return;
         }
         if (atBoundary) flushPending();

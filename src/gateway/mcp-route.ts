@@ -132,6 +132,7 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
           res: ctx.res,
           signal: ctx.signal,
           headersTimeoutMs: options.upstreamTimeoutMs,
+          place: { url: upstream.url, gatewayPath: `${options.basePath}/${encodeURIComponent(upstream.name)}/mcp` },
           sseKeepAliveMs: options.sseKeepAliveMs,
           hold: (status, headers) => isAuthRejection(status, headers),
           // Before the response ends: the access-log line is written on 'close'.
@@ -190,6 +191,9 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
   function upstreamFailure(error: unknown, upstream: Upstream): Error {
     if (!(error instanceof UpstreamError)) return error as Error;
     options.metrics.upstreamErrors.inc({ upstream: upstream.name, kind: error.kind });
+    if (error.kind === 'redirect') {
+      return new BadGateway(`upstream "${upstream.name}" answered with a redirect to somewhere this gateway does not serve`, { cause: error });
+    }
     if (error.kind === 'timeout') {
       return new GatewayTimeout(`upstream "${upstream.name}" did not answer within ${options.upstreamTimeoutMs / 1000} s`, { cause: error });
     }
