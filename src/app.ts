@@ -242,7 +242,6 @@ export function createApp(config: Config, options: AppOptions = {}): App {
           upstream: { name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) },
           session: idpSession(u),
           refreshMarginMs: u.auth.refreshMargin,
-          endSession,
         });
       case 'id_token':
         return createIdTokenCredential({
