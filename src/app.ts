@@ -32,6 +32,7 @@ import { createMcpRoutes } from './gateway/mcp-route.ts';
 import { createStreamRegistry } from './gateway/stream-registry.ts';
 import type { Upstream } from './gateway/upstream.ts';
 import { createJwtAuthenticator } from './gateway/verify-token.ts';
+import { createBodyBudget } from './http/body-budget.ts';
 import { createOpsRoutes } from './http/ops-routes.ts';
 import type { RequestContext, Route } from './http/router.ts';
 import { InvalidToken } from './http/errors.ts';
@@ -201,6 +202,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         publicOrigin: publicUrl.origin,
         allowedOrigins: config.server.allowedOrigins,
         maxBodyBytes: config.server.maxBodyBytes,
+        bodyBudget: createBodyBudget({ maxBytes: config.server.maxBodyBytesInFlight, onChange: (bytes) => metrics.bodyBytesInFlight.set({}, bytes) }),
         upstreamTimeoutMs: config.server.upstreamTimeout,
         sseKeepAliveMs: config.server.sseKeepAlive,
         basePath,

@@ -3,9 +3,10 @@ import type { Logger } from '../observability/logger.ts';
 import { sessionTag } from '../observability/logger.ts';
 import type { GatewayMetrics } from '../observability/metrics.ts';
 import { readBody } from '../http/body.ts';
+import type { BodyBudget } from '../http/body-budget.ts';
 import { BadGateway, Forbidden, GatewayTimeout, NotFound } from '../http/errors.ts';
 import type { RequestContext, Route } from '../http/router.ts';
-import type { CredentialRequest } from '../credentials/types.ts';
+import type { CredentialRequest, Principal } from '../credentials/types.ts';
 import { AuthRequiredError } from '../upstream-oauth/auth-required.ts';
 import type { Authenticator } from './authenticate.ts';
 import type { AuthRequiredRenderer } from './challenge.ts';
@@ -26,6 +27,8 @@ export interface McpRouteOptions {
   publicOrigin: string;
   allowedOrigins: string[];
   maxBodyBytes: number;
+  /** Bytes of POST bodies buffered at once across all requests (`server.maxBodyBytesInFlight`); unbounded without it. */
+  bodyBudget?: BodyBudget;
   upstreamTimeoutMs: number;
   sseKeepAliveMs?: number;
   /** Base path of the public URL ('' or '/prefix'). */
@@ -42,10 +45,17 @@ export interface McpRouteOptions {
 
 const CORS_ALLOW_HEADERS = 'authorization, content-type, accept, mcp-session-id, mcp-protocol-version, last-event-id, mcp-method, mcp-name';
 const CORS_EXPOSE_HEADERS = 'mcp-session-id, mcp-protocol-version, www-authenticate';
+/**
+ * The most body a refused (unauthenticated) request gets read: a declared length up to this is
+ * read so the 401 can carry the request's JSON-RPC id; a larger or chunked body stays unread and
+ * the connection is closed after the 401, so nobody makes us hold (or even receive) megabytes for
+ * a request we never serve.
+ */
+const REFUSED_BODY_READ_BYTES = 16 * 1024;
 
 /**
- * The routes of `/{name}/mcp` (DESIGN §5): check the origin, read and inspect the body,
- * authenticate, resolve the upstream credential, forward streaming, and hand upstream 401/403s
+ * The routes of `/{name}/mcp`: check the origin, authenticate, read and inspect the body
+ * (bounded per request and in total), resolve the upstream credential, forward streaming, and hand upstream 401/403s
  * to the credential source before any byte reaches the agent.
  */
 export function createMcpRoutes(options: McpRouteOptions): Route[] {
@@ -80,20 +90,65 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
     ctx.res.end();
   }
 
+  /**
+   * The token is a header: it is checked before any byte of the body is read or parsed, so an
+   * unauthenticated request costs no buffering (a burst of large unauthenticated POSTs used to be
+   * held in memory whole, and parsed, before its 401). A refused request's body is read only
+   * when it is small, for the JSON-RPC id of the refusal.
+   */
+  async function authenticateFirst(ctx: RequestContext, upstream: Upstream): Promise<Principal | undefined> {
+    try {
+      return await options.authenticator.authenticate(ctx, upstream);
+    } catch (error) {
+      if (ctx.req.method === 'POST') await readRefusedBody(ctx);
+      throw error;
+    }
+  }
+
+  /** The JSON-RPC id of a refused request when its body is small; otherwise the body stays unread. */
+  async function readRefusedBody(ctx: RequestContext): Promise<void> {
+    const declared = ctx.req.headers['content-length'];
+    const chunked = ctx.req.headers['transfer-encoding'] !== undefined;
+    if (declared === undefined && !chunked) return; // no body
+    if (chunked || !(Number(declared) <= REFUSED_BODY_READ_BYTES)) {
+      ctx.res.setHeader('connection', 'close');
+      return;
+    }
+    let small: Buffer | undefined;
+    try {
+      small = await readBody(ctx.req, REFUSED_BODY_READ_BYTES, options.bodyBudget);
+      ctx.rpcId = inspectRpc(small).id;
+    } catch {
+      // Not JSON-RPC, cut short, or no room: the refusal goes out without an id.
+    } finally {
+      if (small) options.bodyBudget?.release(small.length);
+    }
+  }
+
   async function proxy(ctx: RequestContext): Promise<void> {
     const upstream = upstreamFor(ctx);
     checkOrigin(ctx);
+    const principal = await authenticateFirst(ctx, upstream);
+    if (ctx.req.method !== 'POST') return relay(ctx, upstream, principal, undefined);
+    // Booked in the in-flight budget while it is read, released once the request is answered (a
+    // replay after an upstream 401 needs it until then).
+    const body = await readBody(ctx.req, options.maxBodyBytes, options.bodyBudget);
+    try {
+      return await relay(ctx, upstream, principal, body);
+    } finally {
+      options.bodyBudget?.release(body.length);
+    }
+  }
+
+  async function relay(ctx: RequestContext, upstream: Upstream, principal: Principal | undefined, body: Buffer | undefined): Promise<void> {
     const method = ctx.req.method!;
-    let body: Buffer | undefined;
     let rpc: RpcInfo | undefined;
-    if (method === 'POST') {
-      body = await readBody(ctx.req, options.maxBodyBytes);
+    if (body) {
       rpc = inspectRpc(body);
       ctx.rpcId = rpc.id;
-      // Cut: the method is the client's text, read before authentication (a 500 KB method was a 500 KB log line).
+      // Cut: the method is the client's text (a 500 KB method was a 500 KB log line).
       if (rpc.method) ctx.log.rpc = rpc.method.length > 128 ? `${rpc.method.slice(0, 128)}…` : rpc.method;
     }
-    const principal = await options.authenticator.authenticate(ctx, upstream);
     const mcpSessionId = headerValue(ctx.req.headers, 'mcp-session-id');
     if (mcpSessionId) ctx.log.session = sessionTag(mcpSessionId);
     if (principal) ctx.log.sid = sessionTag(principal.sessionId);
