@@ -29,6 +29,7 @@ import { openAccess, type Authenticator } from './gateway/authenticate.ts';
 import { createAuthRequiredRenderer } from './gateway/challenge.ts';
 import { createClientCapabilities } from './gateway/client-capabilities.ts';
 import { createMcpRoutes } from './gateway/mcp-route.ts';
+import { createSessionOwners } from './gateway/session-owner.ts';
 import { createStreamRegistry } from './gateway/stream-registry.ts';
 import type { Upstream } from './gateway/upstream.ts';
 import { createJwtAuthenticator } from './gateway/verify-token.ts';
@@ -209,6 +210,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         authRequired,
         clientCapabilities,
         streams,
+        // With login, each MCP session id is served only to the user it was issued to.
+        sessionOwners: login ? createSessionOwners({ store, sealer, now }) : undefined,
       }),
     ],
   });

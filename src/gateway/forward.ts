@@ -25,6 +25,13 @@ export interface ForwardRequest {
   hold(status: number, headers: IncomingHttpHeaders): boolean;
   /** Time allowed for a held body after its headers, in ms. Default 5000. */
   heldBodyTimeoutMs?: number;
+  /**
+   * Called with a streamed response's status and headers before anything reaches the agent; when
+   * it returns a promise, the response waits for it (the upstream paused, what arrives queued). A
+   * rejection aborts the upstream request and rejects `forward` with it. Used to record the owner
+   * of a new MCP session before the agent can use its id.
+   */
+  beforeSend?(status: number, headers: IncomingHttpHeaders): Promise<void> | undefined;
   /** Writes an SSE comment after this many ms without data, at event boundaries only. */
   sseKeepAliveMs?: number;
   /** Called when an SSE response starts and when it ends (open-stream gauge). */
@@ -75,7 +82,9 @@ const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_CONNECT_TIMEO
 export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
   const { res, signal } = request;
   return new Promise<ForwardOutcome>((resolve, reject) => {
-    let mode: 'waiting' | 'held' | 'streaming' = 'waiting';
+    let mode: 'waiting' | 'held' | 'gated' | 'streaming' = 'waiting';
+    /** What arrived while `beforeSend` was pending. */
+    let gated: { chunks: Buffer[]; ended: boolean } | undefined;
     let status = 0;
     let held: { headers: IncomingHttpHeaders; chunks: Buffer[]; size: number } | undefined;
     let stream = false;
@@ -139,23 +148,29 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
           heldTimer.unref();
           return;
         }
-        mode = 'streaming';
-        stream = isEventStream(headers);
-        res.writeHead(statusCode, agentResponseHeaders(headers, request.place));
-        if (stream) {
-          // Send headers now: an idle GET stream must reach the agent before its first event.
-          res.flushHeaders();
-          request.onStream?.(true);
-          if (request.sseKeepAliveMs) startKeepAlive(request.sseKeepAliveMs);
-          request.onSse?.({
-            inject(event) {
-              if (settled || res.writableEnded || res.destroyed) return;
-              pending.push(event);
-              if (atBoundary) flushPending();
+        const gate = request.beforeSend?.(statusCode, headers);
+        if (gate) {
+          mode = 'gated';
+          gated = { chunks: [], ended: false };
+          c.pause();
+          gate.then(
+            () => {
+              if (settled) return;
+              const { chunks, ended } = gated!;
+              gated = undefined;
+              startStreaming(statusCode, headers);
+              for (const chunk of chunks) streamData(c, chunk);
+              if (ended) streamEnd();
+              else if (!res.writableNeedDrain) c.resume();
             },
-          });
+            (error: unknown) => {
+              finish(error instanceof Error ? error : new Error(String(error)));
+              c.abort(new Error('response refused before it was sent'));
+            },
+          );
+          return;
         }
-        void c;
+        startStreaming(statusCode, headers);
       },
       onResponseData(c, chunk) {
         if (mode === 'held') {
@@ -165,31 +180,25 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
           if (held!.size >= HELD_BODY_LIMIT) finishHeld(true);
           return;
         }
-        bytes += chunk.length;
-        lastWrite = Date.now();
-        if (stream) {
-          // An event's closing blank line may be split across chunks: judge the last bytes of the stream.
-          tail = Buffer.concat([tail, chunk.subarray(-4)]).subarray(-4);
-          atBoundary = endsEvent(tail);
+        if (mode === 'gated') {
+          gated!.chunks.push(chunk);
+          return;
         }
-        const flowing = res.write(chunk);
-        if (atBoundary && pending.length > 0) flushPending();
-        if (!flowing) {
-          c.pause();
-          res.once('drain', () => c.resume());
-        }
+        streamData(c, chunk);
       },
       onResponseEnd() {
         if (mode === 'held') {
           finishHeld(false);
           return;
         }
-        if (atBoundary) flushPending();
-        res.end();
-        finish({ kind: 'sent', status, stream, bytes, cut: false });
+        if (mode === 'gated') {
+          gated!.ended = true;
+          return;
+        }
+        streamEnd();
       },
       onResponseError(_c, error) {
-        if (mode === 'waiting' || mode === 'held') {
+        if (mode === 'waiting' || mode === 'held' || mode === 'gated') {
           const kind = signal.aborted ? 'aborted' : TIMEOUT_CODES.has((error as { code?: string }).code ?? '') ? 'timeout' : 'unreachable';
           finish(new UpstreamError(kind, error));
           return;
@@ -206,6 +215,48 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
         finish({ kind: 'sent', status, stream, bytes, cut });
       },
     };
+
+    /** Writes the response head to the agent and starts streaming. */
+    function startStreaming(statusCode: number, headers: IncomingHttpHeaders): void {
+      mode = 'streaming';
+      stream = isEventStream(headers);
+      res.writeHead(statusCode, agentResponseHeaders(headers, request.place));
+      if (stream) {
+        // Send headers now: an idle GET stream must reach the agent before its first event.
+        res.flushHeaders();
+        request.onStream?.(true);
+        if (request.sseKeepAliveMs) startKeepAlive(request.sseKeepAliveMs);
+        request.onSse?.({
+          inject(event) {
+            if (settled || res.writableEnded || res.destroyed) return;
+            pending.push(event);
+            if (atBoundary) flushPending();
+          },
+        });
+      }
+    }
+
+    function streamData(c: Dispatcher.DispatchController, chunk: Buffer): void {
+      bytes += chunk.length;
+      lastWrite = Date.now();
+      if (stream) {
+        // An event's closing blank line may be split across chunks: judge the last bytes of the stream.
+        tail = Buffer.concat([tail, chunk.subarray(-4)]).subarray(-4);
+        atBoundary = endsEvent(tail);
+      }
+      const flowing = res.write(chunk);
+      if (atBoundary && pending.length > 0) flushPending();
+      if (!flowing) {
+        c.pause();
+        res.once('drain', () => c.resume());
+      }
+    }
+
+    function streamEnd(): void {
+      if (atBoundary) flushPending();
+      res.end();
+      finish({ kind: 'sent', status, stream, bytes, cut: false });
+    }
 
     function startKeepAlive(intervalMs: number) {
       keepAlive = setInterval(() => {

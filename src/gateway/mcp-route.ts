@@ -11,6 +11,7 @@ import { AuthRequiredError } from '../upstream-oauth/auth-required.ts';
 import type { Authenticator } from './authenticate.ts';
 import type { AuthRequiredRenderer } from './challenge.ts';
 import type { ClientCapabilities } from './client-capabilities.ts';
+import type { SessionOwners } from './session-owner.ts';
 import type { StreamRegistry } from './stream-registry.ts';
 import { forward, UpstreamError } from './forward.ts';
 import { upstreamRequestHeaders } from './headers.ts';
@@ -41,6 +42,11 @@ export interface McpRouteOptions {
   clientCapabilities?: ClientCapabilities;
   /** Open GET streams per session, for `notifications/elicitation/complete`. */
   streams?: StreamRegistry;
+  /**
+   * Which user each MCP session was issued to (session-owner.ts); with login, a session id is
+   * served only to its owner. Absent without login: there is no user to bind to.
+   */
+  sessionOwners?: SessionOwners;
 }
 
 const CORS_ALLOW_HEADERS = 'authorization, content-type, accept, mcp-session-id, mcp-protocol-version, last-event-id, mcp-method, mcp-name';
@@ -152,6 +158,9 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
     const mcpSessionId = headerValue(ctx.req.headers, 'mcp-session-id');
     if (mcpSessionId) ctx.log.session = sessionTag(mcpSessionId);
     if (principal) ctx.log.sid = sessionTag(principal.sessionId);
+    const owners = principal ? options.sessionOwners : undefined;
+    // Another user's session id is an unknown session here (404), before anything uses it.
+    if (owners && mcpSessionId) await owners.check({ upstream: upstream.name, mcpSessionId, user: principal!.subject }, ctx.signal);
     const protocolVersion = headerValue(ctx.req.headers, 'mcp-protocol-version');
     if (protocolVersion) options.clientCapabilities?.noteProtocolVersion({ upstream: upstream.name, mcpSessionId, sessionId: principal?.sessionId, protocolVersion });
     const credentialRequest: CredentialRequest = { principal, rpc, mcpSessionId, signal: ctx.signal };
@@ -190,6 +199,15 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
           place: { url: upstream.url, gatewayPath: `${options.basePath}/${encodeURIComponent(upstream.name)}/mcp` },
           sseKeepAliveMs: options.sseKeepAliveMs,
           hold: (status, headers) => isAuthRejection(status, headers),
+          // The owner of a new session is in the store before the agent learns its id.
+          beforeSend:
+            owners && rpc?.method === 'initialize'
+              ? (status, headers) => {
+                  const issued = headerValue(headers, 'mcp-session-id');
+                  if (status >= 300 || !issued) return undefined;
+                  return owners.record({ upstream: upstream.name, mcpSessionId: issued, owner: principal!.subject }, ctx.signal);
+                }
+              : undefined,
           // Before the response ends: the access-log line is written on 'close'.
           onCut: () => void (ctx.log.cut = true),
           onStream: (open) => (open ? options.metrics.openStreams.inc({ upstream: upstream.name }) : options.metrics.openStreams.dec({ upstream: upstream.name })),
@@ -213,6 +231,10 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
       }
       if (outcome.kind === 'sent') {
         if (outcome.cut) options.metrics.upstreamErrors.inc({ upstream: upstream.name, kind: 'cut' });
+        if (owners && mcpSessionId && method === 'DELETE' && outcome.status < 300) {
+          // The agent ended its session: its id is never served again. A store failure here only leaves the record to expire.
+          await owners.forget({ upstream: upstream.name, mcpSessionId }).catch(() => undefined);
+        }
         if (rpc?.method === 'initialize' && outcome.status < 300) {
           const sessionId = headerValue(ctx.res.getHeaders() as IncomingHttpHeaders, 'mcp-session-id');
           // Also under our sid: a stateless upstream issues no Mcp-Session-Id.
