@@ -30,9 +30,11 @@ import { openAccess, type Authenticator } from './gateway/authenticate.ts';
 import { createAuthRequiredRenderer } from './gateway/challenge.ts';
 import { createClientCapabilities } from './gateway/client-capabilities.ts';
 import { createMcpRoutes } from './gateway/mcp-route.ts';
+import { createSessionOwners } from './gateway/session-owner.ts';
 import { createStreamRegistry } from './gateway/stream-registry.ts';
 import type { Upstream } from './gateway/upstream.ts';
 import { createJwtAuthenticator } from './gateway/verify-token.ts';
+import { createBodyBudget } from './http/body-budget.ts';
 import { createOpsRoutes } from './http/ops-routes.ts';
 import type { RequestContext, Route } from './http/router.ts';
 import { InvalidToken } from './http/errors.ts';
@@ -207,12 +209,15 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         publicOrigin: publicUrl.origin,
         allowedOrigins: config.server.allowedOrigins,
         maxBodyBytes: config.server.maxBodyBytes,
+        bodyBudget: createBodyBudget({ maxBytes: config.server.maxBodyBytesInFlight, onChange: (bytes) => metrics.bodyBytesInFlight.set({}, bytes) }),
         upstreamTimeoutMs: config.server.upstreamTimeout,
         sseKeepAliveMs: config.server.sseKeepAlive,
         basePath,
         authRequired,
         clientCapabilities,
         streams,
+        // With login, each MCP session id is served only to the user it was issued to.
+        sessionOwners: login ? createSessionOwners({ store, sealer, now }) : undefined,
       }),
     ],
   });
@@ -248,7 +253,6 @@ export function createApp(config: Config, options: AppOptions = {}): App {
           upstream: { name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) },
           session: idpSession(u),
           refreshMarginMs: u.auth.refreshMargin,
-          endSession,
         });
       case 'id_token':
         return createIdTokenCredential({

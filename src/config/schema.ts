@@ -67,6 +67,8 @@ export function createConfigSchema(sources: SecretSources) {
     trustedProxies: z.array(cidr).default([]),
     allowedOrigins: z.array(z.string()).default([]),
     maxBodyBytes: z.number().int().positive().max(64 * 1024 * 1024).default(4 * 1024 * 1024),
+    /** Request-body bytes buffered at once across all requests of this process; 503 + Retry-After past it. */
+    maxBodyBytesInFlight: z.number().int().positive().default(64 * 1024 * 1024),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     /** How long open streams may run on after SIGTERM before they are cut. */
     drainTimeout: duration.default(25_000),
@@ -209,6 +211,9 @@ export function createConfigSchema(sources: SecretSources) {
       }
       if (publicUrl && (publicUrl.search || publicUrl.hash)) {
         ctx.addIssue({ code: 'custom', path: ['server', 'publicUrl'], message: 'must not have a query or fragment' });
+      }
+      if (typeof server?.maxBodyBytes === 'number' && typeof server.maxBodyBytesInFlight === 'number' && server.maxBodyBytesInFlight < server.maxBodyBytes) {
+        ctx.addIssue({ code: 'custom', path: ['server', 'maxBodyBytesInFlight'], message: `must be at least maxBodyBytes (${server.maxBodyBytes}), or no request of the largest size could ever pass` });
       }
       const idp = config.idp as Partial<NonNullable<typeof config.idp>> | undefined;
       if (idp && !devMode && typeof idp.issuer === 'string' && !idp.issuer.startsWith('https:')) {

@@ -54,7 +54,7 @@ export function createIdTokenCredential(options: IdTokenCredentialOptions): Cred
       return { authorization: `Bearer ${token}` };
     },
     async rejected(request, rejection, attempt) {
-      const principal = requirePrincipal(request, challenge);
+      requirePrincipal(request, challenge);
       const rejectedToken = sent.get(request);
       return answerSessionTokenRejection({
         upstream: options.upstream.name,
@@ -62,7 +62,6 @@ export function createIdTokenCredential(options: IdTokenCredentialOptions): Cred
         status: rejection.status,
         attempt,
         renew: () => idToken(request, (tokens) => tokens.idToken === rejectedToken || expiring(tokens)),
-        endSession: () => options.endSession(principal.sessionId),
       });
     },
   };

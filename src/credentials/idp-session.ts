@@ -5,7 +5,7 @@
  */
 import type { AuthStores, IdpTokens } from '../authserver/records.ts';
 import { unauthorized, type ChallengeOptions } from '../authserver/challenge.ts';
-import { Forbidden, TemporarilyUnavailable } from '../http/errors.ts';
+import { BadGateway, Forbidden, TemporarilyUnavailable } from '../http/errors.ts';
 import { IdpError, type IdpClient } from '../idp/types.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Counter } from '../observability/metrics.ts';
@@ -142,8 +142,11 @@ export function idpFailure(error: unknown, challenge: ChallengeOptions): unknown
 /**
  * How a credential made of the session's IdP tokens (modes `idp`, `id_token`) answers an upstream
  * 401/403: a 403 cannot be helped by a step-up (the IdP token's scopes were fixed at login); the
- * first 401 renews the token unless another request already did, then retries once; a second 401
- * ends the session so the agent signs in again.
+ * first 401 renews the token unless another request already did, then retries once (a renewal the
+ * IdP refuses ends the session: `current` throws and the agent signs in again). A second 401 means
+ * the upstream refuses a token the IdP still backs: a 502 for this request, and the session and
+ * every other upstream grant stay. Ending the session there would let one misconfigured or hostile
+ * upstream log the user out of every upstream and revoke their grants.
  */
 export async function answerSessionTokenRejection(options: {
   upstream: string;
@@ -152,7 +155,6 @@ export async function answerSessionTokenRejection(options: {
   attempt: number;
   /** Renews the token the upstream refused (a no-op when it was already replaced). */
   renew(): Promise<unknown>;
-  endSession(): Promise<void>;
 }): Promise<RejectionOutcome> {
   if (options.status === 403) {
     return { action: 'respond', error: new Forbidden(`upstream "${options.upstream}" needs a scope the sign-in did not grant`) };
@@ -161,6 +163,8 @@ export async function answerSessionTokenRejection(options: {
     await options.renew();
     return { action: 'retry' };
   }
-  await options.endSession();
-  return { action: 'respond', error: unauthorized({ ...options.challenge, tokenSent: true, description: 'the upstream refused the sign-in; sign in again' }) };
+  return {
+    action: 'respond',
+    error: new BadGateway(`upstream "${options.upstream}" refused the identity provider's token even after a refresh; your sign-in is kept, ask the operator to check the upstream`),
+  };
 }

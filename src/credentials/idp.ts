@@ -1,8 +1,8 @@
 /**
  * Mode `idp` (DESIGN §5.2, the token swap): the upstream gets the company IdP's access token of
  * the caller's session as `Authorization: Bearer`, never ours. Refreshed `refreshMargin` before it
- * expires; an upstream 401 forces one refresh and one retry, and a second 401 ends the session so
- * the agent signs in again.
+ * expires; an upstream 401 forces one refresh and one retry, and a second 401 is a 502 for that
+ * request (the session stays: the IdP still backs it).
  */
 import { unauthorized, type ChallengeOptions } from '../authserver/challenge.ts';
 import type { IdpTokens } from '../authserver/records.ts';
@@ -16,8 +16,6 @@ export interface IdpCredentialOptions {
   session: IdpSessionTokens;
   /** Refresh this long before the IdP access token expires, ms (`auth.refreshMargin`, default 60 s). */
   refreshMarginMs: number;
-  /** Ends a session (`sessions.revoke`) when the upstream refuses even a fresh token. */
-  endSession(sessionId: string): Promise<void>;
 }
 
 /** Creates the `idp` credential source of one upstream. */
@@ -53,7 +51,6 @@ export function createIdpCredential(options: IdpCredentialOptions): CredentialSo
         status: rejection.status,
         attempt,
         renew: () => tokensFor(principal, (tokens) => tokens.accessToken === rejectedToken || expiring(tokens)),
-        endSession: () => options.endSession(principal.sessionId),
       });
     },
   };

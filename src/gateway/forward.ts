@@ -1,7 +1,7 @@
 import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import type { UpstreamRejection } from '../credentials/types.ts';
-import { agentResponseHeaders, isEventStream } from './headers.ts';
+import { agentResponseHeaders, isEventStream, relocate, type UpstreamPlace } from './headers.ts';
 
 /** One request to send upstream and where its answer goes. */
 export interface ForwardRequest {
@@ -16,8 +16,22 @@ export interface ForwardRequest {
   signal: AbortSignal;
   /** Time allowed until the upstream's response headers, in ms; the body (an SSE stream) has none. */
   headersTimeoutMs: number;
-  /** Return true to hold this response back (its body is collected, up to 64 KiB) instead of streaming it. */
+  /** Where the upstream lives and where we serve it: its `Location` headers are mapped to our path (headers.ts `relocate`). */
+  place: UpstreamPlace;
+  /**
+   * Return true to hold this response back instead of streaming it: its body is collected up to
+   * 64 KiB and for at most `heldBodyTimeoutMs`, then the upstream request is cut and what arrived is kept.
+   */
   hold(status: number, headers: IncomingHttpHeaders): boolean;
+  /** Time allowed for a held body after its headers, in ms. Default 5000. */
+  heldBodyTimeoutMs?: number;
+  /**
+   * Called with a streamed response's status and headers before anything reaches the agent; when
+   * it returns a promise, the response waits for it (the upstream paused, what arrives queued). A
+   * rejection aborts the upstream request and rejects `forward` with it. Used to record the owner
+   * of a new MCP session before the agent can use its id.
+   */
+  beforeSend?(status: number, headers: IncomingHttpHeaders): Promise<void> | undefined;
   /** Writes an SSE comment after this many ms without data, at event boundaries only. */
   sseKeepAliveMs?: number;
   /** Called when an SSE response starts and when it ends (open-stream gauge). */
@@ -42,10 +56,13 @@ export type ForwardOutcome =
   | { kind: 'sent'; status: number; stream: boolean; bytes: number; cut: boolean }
   | { kind: 'held'; rejection: UpstreamRejection };
 
-/** The upstream failed before sending response headers. `timeout` maps to 504, the rest to 502. */
+/**
+ * The upstream failed before sending response headers, or answered with a redirect to somewhere
+ * we do not serve (`redirect`). `timeout` maps to 504, the rest to 502.
+ */
 export class UpstreamError extends Error {
   override name = 'UpstreamError';
-  readonly kind: 'timeout' | 'unreachable' | 'aborted';
+  readonly kind: 'timeout' | 'unreachable' | 'aborted' | 'redirect';
   constructor(kind: UpstreamError['kind'], cause: unknown) {
     super(`upstream request failed: ${kind}`, { cause });
     this.kind = kind;
@@ -53,6 +70,7 @@ export class UpstreamError extends Error {
 }
 
 const HELD_BODY_LIMIT = 64 * 1024;
+const HELD_BODY_TIMEOUT_MS = 5000;
 const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_CONNECT_TIMEOUT']);
 
 /**
@@ -64,7 +82,9 @@ const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_CONNECT_TIMEO
 export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
   const { res, signal } = request;
   return new Promise<ForwardOutcome>((resolve, reject) => {
-    let mode: 'waiting' | 'held' | 'streaming' = 'waiting';
+    let mode: 'waiting' | 'held' | 'gated' | 'streaming' = 'waiting';
+    /** What arrived while `beforeSend` was pending. */
+    let gated: { chunks: Buffer[]; ended: boolean } | undefined;
     let status = 0;
     let held: { headers: IncomingHttpHeaders; chunks: Buffer[]; size: number } | undefined;
     let stream = false;
@@ -73,6 +93,7 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
     let tail = Buffer.alloc(0);
     let lastWrite = Date.now();
     let keepAlive: NodeJS.Timeout | undefined;
+    let heldTimer: NodeJS.Timeout | undefined;
     let settled = false;
     // Our own events wait here while the upstream is in the middle of one of its events.
     const pending: string[] = [];
@@ -87,6 +108,7 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
       if (settled) return;
       settled = true;
       if (keepAlive) clearInterval(keepAlive);
+      if (heldTimer) clearTimeout(heldTimer);
       signal.removeEventListener('abort', onAbort);
       if (stream) request.onStream?.(false);
       if (outcome instanceof Error) reject(outcome);
@@ -94,6 +116,15 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
     };
     let controller: Dispatcher.DispatchController | undefined;
     const onAbort = () => controller?.abort(new Error('agent closed the connection'));
+    /**
+     * Settles a held response with what arrived. An upstream that sends a 401's headers and then
+     * trickles or never ends its body must not hold the agent's request (and a replay) for ever,
+     * nor make us read without end: past the time or size bound the upstream request is cut.
+     */
+    const finishHeld = (cut: boolean) => {
+      finish({ kind: 'held', rejection: { status, headers: held!.headers, body: Buffer.concat(held!.chunks).subarray(0, HELD_BODY_LIMIT) } });
+      if (cut) controller?.abort(new Error('held upstream body cut at its bound'));
+    };
 
     const handler: Dispatcher.DispatchHandler = {
       onRequestStart(c) {
@@ -103,62 +134,71 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
       },
       onResponseStart(c, statusCode, headers) {
         status = statusCode;
+        if (statusCode >= 300 && statusCode < 400 && typeof headers.location === 'string' && relocate(headers.location, request.place) === undefined) {
+          // A redirect elsewhere would send the agent, and the token many clients repeat on
+          // redirects, to a host we do not vouch for, or around us: refused as a 502 instead.
+          finish(new UpstreamError('redirect', new Error(`upstream answered ${statusCode} with a Location outside its own path`)));
+          c.abort(new Error('upstream redirected elsewhere'));
+          return;
+        }
         if (request.hold(statusCode, headers)) {
           mode = 'held';
           held = { headers, chunks: [], size: 0 };
+          heldTimer = setTimeout(() => finishHeld(true), request.heldBodyTimeoutMs ?? HELD_BODY_TIMEOUT_MS);
+          heldTimer.unref();
           return;
         }
-        mode = 'streaming';
-        stream = isEventStream(headers);
-        res.writeHead(statusCode, agentResponseHeaders(headers));
-        if (stream) {
-          // Send headers now: an idle GET stream must reach the agent before its first event.
-          res.flushHeaders();
-          request.onStream?.(true);
-          if (request.sseKeepAliveMs) startKeepAlive(request.sseKeepAliveMs);
-          request.onSse?.({
-            inject(event) {
-              if (settled || res.writableEnded || res.destroyed) return;
-              pending.push(event);
-              if (atBoundary) flushPending();
+        const gate = request.beforeSend?.(statusCode, headers);
+        if (gate) {
+          mode = 'gated';
+          gated = { chunks: [], ended: false };
+          c.pause();
+          gate.then(
+            () => {
+              if (settled) return;
+              const { chunks, ended } = gated!;
+              gated = undefined;
+              startStreaming(statusCode, headers);
+              for (const chunk of chunks) streamData(c, chunk);
+              if (ended) streamEnd();
+              else if (!res.writableNeedDrain) c.resume();
             },
-          });
+            (error: unknown) => {
+              finish(error instanceof Error ? error : new Error(String(error)));
+              c.abort(new Error('response refused before it was sent'));
+            },
+          );
+          return;
         }
-        void c;
+        startStreaming(statusCode, headers);
       },
       onResponseData(c, chunk) {
         if (mode === 'held') {
-          if (held!.size < HELD_BODY_LIMIT) {
-            held!.chunks.push(chunk);
-            held!.size += chunk.length;
-          }
+          if (settled) return;
+          held!.chunks.push(chunk);
+          held!.size += chunk.length;
+          if (held!.size >= HELD_BODY_LIMIT) finishHeld(true);
           return;
         }
-        bytes += chunk.length;
-        lastWrite = Date.now();
-        if (stream) {
-          // An event's closing blank line may be split across chunks: judge the last bytes of the stream.
-          tail = Buffer.concat([tail, chunk.subarray(-4)]).subarray(-4);
-          atBoundary = endsEvent(tail);
+        if (mode === 'gated') {
+          gated!.chunks.push(chunk);
+          return;
         }
-        const flowing = res.write(chunk);
-        if (atBoundary && pending.length > 0) flushPending();
-        if (!flowing) {
-          c.pause();
-          res.once('drain', () => c.resume());
-        }
+        streamData(c, chunk);
       },
       onResponseEnd() {
         if (mode === 'held') {
-          finish({ kind: 'held', rejection: { status, headers: held!.headers, body: Buffer.concat(held!.chunks).subarray(0, HELD_BODY_LIMIT) } });
+          finishHeld(false);
           return;
         }
-        if (atBoundary) flushPending();
-        res.end();
-        finish({ kind: 'sent', status, stream, bytes, cut: false });
+        if (mode === 'gated') {
+          gated!.ended = true;
+          return;
+        }
+        streamEnd();
       },
       onResponseError(_c, error) {
-        if (mode === 'waiting' || mode === 'held') {
+        if (mode === 'waiting' || mode === 'held' || mode === 'gated') {
           const kind = signal.aborted ? 'aborted' : TIMEOUT_CODES.has((error as { code?: string }).code ?? '') ? 'timeout' : 'unreachable';
           finish(new UpstreamError(kind, error));
           return;
@@ -175,6 +215,48 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
         finish({ kind: 'sent', status, stream, bytes, cut });
       },
     };
+
+    /** Writes the response head to the agent and starts streaming. */
+    function startStreaming(statusCode: number, headers: IncomingHttpHeaders): void {
+      mode = 'streaming';
+      stream = isEventStream(headers);
+      res.writeHead(statusCode, agentResponseHeaders(headers, request.place));
+      if (stream) {
+        // Send headers now: an idle GET stream must reach the agent before its first event.
+        res.flushHeaders();
+        request.onStream?.(true);
+        if (request.sseKeepAliveMs) startKeepAlive(request.sseKeepAliveMs);
+        request.onSse?.({
+          inject(event) {
+            if (settled || res.writableEnded || res.destroyed) return;
+            pending.push(event);
+            if (atBoundary) flushPending();
+          },
+        });
+      }
+    }
+
+    function streamData(c: Dispatcher.DispatchController, chunk: Buffer): void {
+      bytes += chunk.length;
+      lastWrite = Date.now();
+      if (stream) {
+        // An event's closing blank line may be split across chunks: judge the last bytes of the stream.
+        tail = Buffer.concat([tail, chunk.subarray(-4)]).subarray(-4);
+        atBoundary = endsEvent(tail);
+      }
+      const flowing = res.write(chunk);
+      if (atBoundary && pending.length > 0) flushPending();
+      if (!flowing) {
+        c.pause();
+        res.once('drain', () => c.resume());
+      }
+    }
+
+    function streamEnd(): void {
+      if (atBoundary) flushPending();
+      res.end();
+      finish({ kind: 'sent', status, stream, bytes, cut: false });
+    }
 
     function startKeepAlive(intervalMs: number) {
       keepAlive = setInterval(() => {

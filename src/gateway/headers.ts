@@ -17,6 +17,12 @@ const RESPONSE_DROP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'te', 'trailer', 'transfer-encoding', 'upgrade',
   // Cookies an upstream sets would land on our domain, shared by every upstream.
   'set-cookie',
+  // The agent authenticates to us, never to the upstream: an upstream's challenge would send the
+  // agent (and its next token) to an authorization server we do not vouch for. Step-up 403s and
+  // 401s are held and answered by the credential source before any header is written.
+  'www-authenticate',
+  // Mapped to our own path or dropped (relocate, below).
+  'location', 'content-location',
 ]);
 
 const TRACEPARENT = /^[\da-f]{2}-[\da-f]{32}-[\da-f]{16}-[\da-f]{2}$/;
@@ -83,13 +89,50 @@ export function upstreamRequestHeaders(
   return out;
 }
 
-/** The headers sent back to the agent: the upstream's minus hop-by-hop and cookies; SSE marked unbufferable. */
-export function agentResponseHeaders(upstream: IncomingHttpHeaders): OutgoingHttpHeaders {
+/** Where an upstream lives and where the gateway serves it, for rewriting the upstream's `Location`. */
+export interface UpstreamPlace {
+  /** The upstream's configured URL. */
+  url: URL;
+  /** The gateway path that serves it (`/{basePath}/{name}/mcp`). */
+  gatewayPath: string;
+}
+
+/**
+ * An upstream's `Location` (or `Content-Location`) as the agent may see it: a URL on the upstream's
+ * own origin, at or under its path, becomes the same place under the gateway path (query kept,
+ * fragment dropped); anything else is undefined. Followed as is, a foreign Location would send the
+ * agent, with the Authorization header many clients repeat on redirects, to a host we do not vouch
+ * for; a Location to the upstream itself would make the agent bypass us.
+ */
+export function relocate(value: string, place: UpstreamPlace): string | undefined {
+  let target: URL;
+  try {
+    target = new URL(value, place.url);
+  } catch {
+    return undefined;
+  }
+  if (target.origin !== place.url.origin) return undefined;
+  const base = place.url.pathname.replace(/\/+$/, '');
+  const path = target.pathname;
+  if (path !== base && !path.startsWith(`${base}/`)) return undefined;
+  return place.gatewayPath + path.slice(base.length) + target.search;
+}
+
+/**
+ * The headers sent back to the agent: the upstream's minus hop-by-hop, cookies and challenges;
+ * `Location`/`Content-Location` mapped to our path or dropped ({@link relocate}); SSE marked unbufferable.
+ */
+export function agentResponseHeaders(upstream: IncomingHttpHeaders, place?: UpstreamPlace): OutgoingHttpHeaders {
   const extra = connectionTokens(upstream);
   const out: OutgoingHttpHeaders = {};
   for (const name in upstream) {
     if (RESPONSE_DROP.has(name) || extra?.has(name)) continue;
     out[name] = upstream[name];
+  }
+  for (const name of ['location', 'content-location'] as const) {
+    const value = upstream[name];
+    const mapped = typeof value === 'string' && place ? relocate(value, place) : undefined;
+    if (mapped !== undefined && !extra?.has(name)) out[name] = mapped;
   }
   if (isEventStream(upstream)) out['x-accel-buffering'] = 'no';
   return out;

@@ -3,13 +3,15 @@ import type { Logger } from '../observability/logger.ts';
 import { sessionTag } from '../observability/logger.ts';
 import type { GatewayMetrics } from '../observability/metrics.ts';
 import { readBody } from '../http/body.ts';
+import type { BodyBudget } from '../http/body-budget.ts';
 import { BadGateway, Forbidden, GatewayTimeout, NotFound } from '../http/errors.ts';
 import type { RequestContext, Route } from '../http/router.ts';
-import type { CredentialRequest } from '../credentials/types.ts';
+import type { CredentialRequest, Principal } from '../credentials/types.ts';
 import { AuthRequiredError } from '../upstream-oauth/auth-required.ts';
 import type { Authenticator } from './authenticate.ts';
 import type { AuthRequiredRenderer } from './challenge.ts';
 import type { ClientCapabilities } from './client-capabilities.ts';
+import type { SessionOwners } from './session-owner.ts';
 import type { StreamRegistry } from './stream-registry.ts';
 import { forward, UpstreamError } from './forward.ts';
 import { upstreamRequestHeaders } from './headers.ts';
@@ -26,6 +28,8 @@ export interface McpRouteOptions {
   publicOrigin: string;
   allowedOrigins: string[];
   maxBodyBytes: number;
+  /** Bytes of POST bodies buffered at once across all requests (`server.maxBodyBytesInFlight`); unbounded without it. */
+  bodyBudget?: BodyBudget;
   upstreamTimeoutMs: number;
   sseKeepAliveMs?: number;
   /** Base path of the public URL ('' or '/prefix'). */
@@ -38,14 +42,26 @@ export interface McpRouteOptions {
   clientCapabilities?: ClientCapabilities;
   /** Open GET streams per session, for `notifications/elicitation/complete`. */
   streams?: StreamRegistry;
+  /**
+   * Which user each MCP session was issued to (session-owner.ts); with login, a session id is
+   * served only to its owner. Absent without login: there is no user to bind to.
+   */
+  sessionOwners?: SessionOwners;
 }
 
 const CORS_ALLOW_HEADERS = 'authorization, content-type, accept, mcp-session-id, mcp-protocol-version, last-event-id, mcp-method, mcp-name';
 const CORS_EXPOSE_HEADERS = 'mcp-session-id, mcp-protocol-version, www-authenticate';
+/**
+ * The most body a refused (unauthenticated) request gets read: a declared length up to this is
+ * read so the 401 can carry the request's JSON-RPC id; a larger or chunked body stays unread and
+ * the connection is closed after the 401, so nobody makes us hold (or even receive) megabytes for
+ * a request we never serve.
+ */
+const REFUSED_BODY_READ_BYTES = 16 * 1024;
 
 /**
- * The routes of `/{name}/mcp` (DESIGN §5): check the origin, read and inspect the body,
- * authenticate, resolve the upstream credential, forward streaming, and hand upstream 401/403s
+ * The routes of `/{name}/mcp`: check the origin, authenticate, read and inspect the body
+ * (bounded per request and in total), resolve the upstream credential, forward streaming, and hand upstream 401/403s
  * to the credential source before any byte reaches the agent.
  */
 export function createMcpRoutes(options: McpRouteOptions): Route[] {
@@ -80,23 +96,71 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
     ctx.res.end();
   }
 
+  /**
+   * The token is a header: it is checked before any byte of the body is read or parsed, so an
+   * unauthenticated request costs no buffering (a burst of large unauthenticated POSTs used to be
+   * held in memory whole, and parsed, before its 401). A refused request's body is read only
+   * when it is small, for the JSON-RPC id of the refusal.
+   */
+  async function authenticateFirst(ctx: RequestContext, upstream: Upstream): Promise<Principal | undefined> {
+    try {
+      return await options.authenticator.authenticate(ctx, upstream);
+    } catch (error) {
+      if (ctx.req.method === 'POST') await readRefusedBody(ctx);
+      throw error;
+    }
+  }
+
+  /** The JSON-RPC id of a refused request when its body is small; otherwise the body stays unread. */
+  async function readRefusedBody(ctx: RequestContext): Promise<void> {
+    const declared = ctx.req.headers['content-length'];
+    const chunked = ctx.req.headers['transfer-encoding'] !== undefined;
+    if (declared === undefined && !chunked) return; // no body
+    if (chunked || !(Number(declared) <= REFUSED_BODY_READ_BYTES)) {
+      ctx.res.setHeader('connection', 'close');
+      return;
+    }
+    let small: Buffer | undefined;
+    try {
+      small = await readBody(ctx.req, REFUSED_BODY_READ_BYTES, options.bodyBudget);
+      ctx.rpcId = inspectRpc(small).id;
+    } catch {
+      // Not JSON-RPC, cut short, or no room: the refusal goes out without an id.
+    } finally {
+      if (small) options.bodyBudget?.release(small.length);
+    }
+  }
+
   async function proxy(ctx: RequestContext): Promise<void> {
     const upstream = upstreamFor(ctx);
     checkOrigin(ctx);
+    const principal = await authenticateFirst(ctx, upstream);
+    if (ctx.req.method !== 'POST') return relay(ctx, upstream, principal, undefined);
+    // Booked in the in-flight budget while it is read, released once the request is answered (a
+    // replay after an upstream 401 needs it until then).
+    const body = await readBody(ctx.req, options.maxBodyBytes, options.bodyBudget);
+    try {
+      return await relay(ctx, upstream, principal, body);
+    } finally {
+      options.bodyBudget?.release(body.length);
+    }
+  }
+
+  async function relay(ctx: RequestContext, upstream: Upstream, principal: Principal | undefined, body: Buffer | undefined): Promise<void> {
     const method = ctx.req.method!;
-    let body: Buffer | undefined;
     let rpc: RpcInfo | undefined;
-    if (method === 'POST') {
-      body = await readBody(ctx.req, options.maxBodyBytes);
+    if (body) {
       rpc = inspectRpc(body);
       ctx.rpcId = rpc.id;
-      // Cut: the method is the client's text, read before authentication (a 500 KB method was a 500 KB log line).
+      // Cut: the method is the client's text (a 500 KB method was a 500 KB log line).
       if (rpc.method) ctx.log.rpc = rpc.method.length > 128 ? `${rpc.method.slice(0, 128)}…` : rpc.method;
     }
-    const principal = await options.authenticator.authenticate(ctx, upstream);
     const mcpSessionId = headerValue(ctx.req.headers, 'mcp-session-id');
     if (mcpSessionId) ctx.log.session = sessionTag(mcpSessionId);
     if (principal) ctx.log.sid = sessionTag(principal.sessionId);
+    const owners = principal ? options.sessionOwners : undefined;
+    // Another user's session id is an unknown session here (404), before anything uses it.
+    if (owners && mcpSessionId) await owners.check({ upstream: upstream.name, mcpSessionId, user: principal!.subject }, ctx.signal);
     const protocolVersion = headerValue(ctx.req.headers, 'mcp-protocol-version');
     if (protocolVersion) options.clientCapabilities?.noteProtocolVersion({ upstream: upstream.name, mcpSessionId, sessionId: principal?.sessionId, protocolVersion });
     const credentialRequest: CredentialRequest = { principal, rpc, mcpSessionId, signal: ctx.signal };
@@ -132,8 +196,18 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
           res: ctx.res,
           signal: ctx.signal,
           headersTimeoutMs: options.upstreamTimeoutMs,
+          place: { url: upstream.url, gatewayPath: `${options.basePath}/${encodeURIComponent(upstream.name)}/mcp` },
           sseKeepAliveMs: options.sseKeepAliveMs,
           hold: (status, headers) => isAuthRejection(status, headers),
+          // The owner of a new session is in the store before the agent learns its id.
+          beforeSend:
+            owners && rpc?.method === 'initialize'
+              ? (status, headers) => {
+                  const issued = headerValue(headers, 'mcp-session-id');
+                  if (status >= 300 || !issued) return undefined;
+                  return owners.record({ upstream: upstream.name, mcpSessionId: issued, owner: principal!.subject }, ctx.signal);
+                }
+              : undefined,
           // Before the response ends: the access-log line is written on 'close'.
           onCut: () => void (ctx.log.cut = true),
           onStream: (open) => (open ? options.metrics.openStreams.inc({ upstream: upstream.name }) : options.metrics.openStreams.dec({ upstream: upstream.name })),
@@ -157,6 +231,10 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
       }
       if (outcome.kind === 'sent') {
         if (outcome.cut) options.metrics.upstreamErrors.inc({ upstream: upstream.name, kind: 'cut' });
+        if (owners && mcpSessionId && method === 'DELETE' && outcome.status < 300) {
+          // The agent ended its session: its id is never served again. A store failure here only leaves the record to expire.
+          await owners.forget({ upstream: upstream.name, mcpSessionId }).catch(() => undefined);
+        }
         if (rpc?.method === 'initialize' && outcome.status < 300) {
           const sessionId = headerValue(ctx.res.getHeaders() as IncomingHttpHeaders, 'mcp-session-id');
           // Also under our sid: a stateless upstream issues no Mcp-Session-Id.
@@ -190,6 +268,9 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
   function upstreamFailure(error: unknown, upstream: Upstream): Error {
     if (!(error instanceof UpstreamError)) return error as Error;
     options.metrics.upstreamErrors.inc({ upstream: upstream.name, kind: error.kind });
+    if (error.kind === 'redirect') {
+      return new BadGateway(`upstream "${upstream.name}" answered with a redirect to somewhere this gateway does not serve`, { cause: error });
+    }
     if (error.kind === 'timeout') {
       return new GatewayTimeout(`upstream "${upstream.name}" did not answer within ${options.upstreamTimeoutMs / 1000} s`, { cause: error });
     }

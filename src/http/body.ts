@@ -1,4 +1,5 @@
 import type { IncomingMessage } from 'node:http';
+import type { BodyBudget } from './body-budget.ts';
 import { InvalidRequest, PayloadTooLarge } from './errors.ts';
 
 /**
@@ -6,10 +7,15 @@ import { InvalidRequest, PayloadTooLarge } from './errors.ts';
  * Content-Length up front and again while reading, for chunked bodies).
  * MCP POST bodies are single JSON-RPC messages; buffering them is what lets the gateway learn
  * the request id and replay the request once after an upstream 401.
+ *
+ * With a `budget`, the bytes are booked there before they are buffered (the declared length up
+ * front, a chunked body chunk by chunk); a booking refused rejects with its 503 and books nothing.
+ * The caller owns `body.length` booked bytes once this resolves and releases them when done.
  */
-export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+export function readBody(req: IncomingMessage, limit: number, budget?: BodyBudget): Promise<Buffer> {
   const declared = Number(req.headers['content-length']);
-  if (Number.isFinite(declared) && declared > limit) return Promise.reject(tooLarge(limit));
+  const hasLength = req.headers['content-length'] !== undefined && Number.isFinite(declared);
+  if (hasLength && declared > limit) return Promise.reject(tooLarge(limit));
   // 'data'/'end' listeners rather than `for await`: an async iterator per request costs more
   // than the rest of the read (bench/README.md).
   // A request destroyed before this call (the client left while an earlier step awaited) emits
@@ -18,34 +24,55 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
     const cause = Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
     return Promise.reject(new InvalidRequest('the request body ended early', { cause }));
   }
+  let booked = 0;
+  if (budget && hasLength && declared > 0) {
+    try {
+      budget.reserve(declared);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    booked = declared;
+  }
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    const fail = (error: unknown) => {
+      done();
+      if (booked > 0) budget!.release(booked);
+      booked = 0;
+      reject(error);
+    };
     const onData = (chunk: Buffer) => {
       size += chunk.length;
       if (size > limit) {
-        done();
         req.pause();
-        reject(tooLarge(limit));
+        fail(tooLarge(limit));
         return;
+      }
+      if (budget && size > booked) {
+        try {
+          budget.reserve(size - booked);
+        } catch (error) {
+          req.pause();
+          fail(error);
+          return;
+        }
+        booked = size;
       }
       chunks.push(chunk);
     };
     const onEnd = () => {
       done();
+      // The caller owns exactly the bytes it holds.
+      if (booked > size) budget!.release(booked - size);
       resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
     };
     // A client that hangs up mid-body ('aborted' error, or a close before the end) is the client's
     // doing, not a server failure: a 4xx, so the front door does not log it as an error
     // (a POST /{name}/mcp cut after its headers was logged 'request failed' at level error).
-    const onError = (error: Error) => {
-      done();
-      reject(new InvalidRequest('the request body ended early', { cause: error }));
-    };
-    const onClose = () => {
-      done();
-      reject(new InvalidRequest('the request body ended early', { cause: Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }) }));
-    };
+    const onError = (error: Error) => fail(new InvalidRequest('the request body ended early', { cause: error }));
+    const onClose = () =>
+      fail(new InvalidRequest('the request body ended early', { cause: Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }) }));
     const done = () => {
       req.off('data', onData);
       req.off('end', onEnd);

@@ -30,7 +30,12 @@ export function createClientAddressResolver(trustedProxies: string[]): ClientAdd
       const hops = String(req.headers['x-forwarded-for'] ?? '').split(',').map((s) => s.trim()).filter(Boolean);
       let ip = peer;
       for (let i = hops.length - 1; i >= 0; i--) {
-        ip = hops[i]!;
+        // A hop that is not an IP address was written by someone we cannot vouch for (a client's
+        // forged header passed on by the proxy): the walk stops at the last address a trusted hop
+        // gave, so no free text becomes the client address that rate limits, logs and upstreams see.
+        const hop = ipOf(hops[i]!);
+        if (hop === undefined) break;
+        ip = hop;
         if (!isTrusted(ip)) break;
       }
       const proto = firstValue(req.headers['x-forwarded-proto']);
@@ -38,6 +43,17 @@ export function createClientAddressResolver(trustedProxies: string[]): ClientAdd
       return { ip, proto: proto === 'https' || proto === 'http' ? proto : direct.proto, host: host ?? direct.host };
     },
   };
+}
+
+/**
+ * The IP address of one X-Forwarded-For hop: a bare IPv4/IPv6 address, or one with a port as some
+ * proxies write it (`203.0.113.9:5678`, `[2001:db8::1]:443`); undefined for anything else.
+ */
+function ipOf(hop: string): string | undefined {
+  if (isIP(hop) !== 0) return hop;
+  const withPort = /^(?:\[([^\]]+)\]|(\d{1,3}(?:\.\d{1,3}){3})):\d{1,5}$/.exec(hop);
+  const address = withPort?.[1] ?? withPort?.[2];
+  return address !== undefined && isIP(address) !== 0 ? address : undefined;
 }
 
 function firstValue(header: string | string[] | undefined): string | undefined {

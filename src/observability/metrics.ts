@@ -121,6 +121,7 @@ export function createGatewayMetrics(registry: Registry) {
     requests: registry.counter('mcpgate_http_requests_total', 'HTTP requests by route, upstream, method and status'),
     latency: registry.histogram('mcpgate_http_request_duration_seconds', 'Time to the last byte of the response'),
     openStreams: registry.gauge('mcpgate_open_streams', 'SSE responses currently open, by upstream'),
+    bodyBytesInFlight: registry.gauge('mcpgate_request_body_bytes_in_flight', 'Bytes of MCP request bodies buffered now (bounded by server.maxBodyBytesInFlight)'),
     upstreamErrors: registry.counter('mcpgate_upstream_errors_total', 'Upstream failures by upstream and kind'),
     authFlows: registry.counter('mcpgate_auth_flows_total', 'Upstream OAuth flows by upstream and outcome (started, completed, failed)'),
     refreshes: registry.counter('mcpgate_token_refreshes_total', 'Token refreshes by kind (idp: the company IdP, per session; oauth: an upstream authorization server, with upstream) and outcome'),

@@ -28,6 +28,8 @@ export interface AuthGatewayOptions {
   publicPath?: string;
   /** Extra `authServer:` keys. */
   authServer?: Record<string, unknown>;
+  /** Extra `server:` keys. */
+  server?: Record<string, unknown>;
   /** Signing key PEMs (default one fresh ES256 key). */
   signingKeys?: string[];
   /** Use `storage.kind: valkey` at this URL (the gateway builds its own store) instead of an injected memory store. */
@@ -68,7 +70,7 @@ export async function startAuthGateway(options: AuthGatewayOptions): Promise<Aut
   const pems = options.signingKeys ?? [generateSigningKeyPem()];
   const files = Object.fromEntries(pems.map((pem, i) => [`/keys/${i}.pem`, pem]));
   const raw = {
-    server: { listen: `127.0.0.1:${port}`, publicUrl, devMode: true, drainTimeout: '2s' },
+    server: { listen: `127.0.0.1:${port}`, publicUrl, devMode: true, drainTimeout: '2s', ...options.server },
     idp: { issuer: 'http://127.0.0.1:9/unused', clientId: 'mcpgate' },
     authServer: { signingKeys: pems.map((_, i) => `file:/keys/${i}.pem`), ...options.authServer },
     storage: options.valkeyUrl

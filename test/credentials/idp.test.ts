@@ -149,7 +149,7 @@ describe('mode idp: the IdP access token replaces ours', () => {
     assert.deepEqual([...sent], [`Bearer ${stored.accessToken}`], 'every request carried the refreshed token');
   });
 
-  test('an upstream 401 forces one refresh and one retry; a second 401 ends the session', async () => {
+  test('an upstream 401 forces one refresh and one retry; a second 401 is a 502 for that request and the session stays', async () => {
     const alice = await session('alice');
     rejectAtUpstream.add(alice.idpTokens.accessToken);
     const refreshesBefore = idp.refreshCount();
@@ -160,14 +160,43 @@ describe('mode idp: the IdP access token replaces ours', () => {
     secrets.push(stored.accessToken, stored.refreshToken!);
     assert.equal(seen().at(-1), `Bearer ${stored.accessToken}`);
 
+    const bob = await session('bob', 'sso');
+    // The upstream refuses even the fresh token the IdP just issued: the upstream is at fault, not the sign-in.
     rejectEverything = true;
     try {
       const refused = await call('kube', alice.accessToken);
-      assert.equal(refused.status, 401);
-      assert.match(refused.headers.get('www-authenticate') ?? '', /error="invalid_token"/);
-      assert.equal(await gw.stores.sessions.get(alice.sessionId), undefined);
+      assert.equal(refused.status, 502);
+      assert.equal(refused.headers.get('www-authenticate'), null, 'no re-login challenge: signing in again would not help');
+      const body = (await refused.json()) as { id: number; error: { message: string } };
+      assert.equal(body.id, 1);
+      assert.match(body.error.message, /refused the identity provider's token even after a refresh; your sign-in is kept/);
+      const sso = await call('sso', bob.accessToken);
+      assert.equal(sso.status, 502, `mode id_token answers the same: ${await sso.text()}`);
+      assert.ok(await gw.stores.sessions.get(bob.sessionId));
+      const bobTokens = (await gw.stores.idpTokens.get(bob.sessionId))!;
+      secrets.push(bobTokens.accessToken, bobTokens.refreshToken ?? 'none', bobTokens.idToken ?? 'none');
     } finally {
       rejectEverything = false;
+    }
+    assert.ok(await gw.stores.sessions.get(alice.sessionId), 'the session survives an upstream that refuses it');
+    assert.ok(await gw.stores.idpTokens.get(alice.sessionId), 'its IdP tokens too');
+    const again = await call('kube', alice.accessToken);
+    assert.equal(again.status, 200, 'the same token works once the upstream accepts it again');
+    await again.text();
+  });
+
+  test('an upstream 401 whose renewal the IdP refuses ends the session (only the IdP decides that)', async () => {
+    const alice = await session('alice');
+    rejectAtUpstream.add(alice.idpTokens.accessToken);
+    idp.failRefresh('invalid_grant');
+    try {
+      const res = await call('kube', alice.accessToken);
+      assert.equal(res.status, 401);
+      assert.match(res.headers.get('www-authenticate') ?? '', /error="invalid_token"/);
+      await res.text();
+      assert.equal(await gw.stores.sessions.get(alice.sessionId), undefined);
+    } finally {
+      idp.failRefresh(null);
     }
   });
 

@@ -192,4 +192,44 @@ describe('headers through the gateway', () => {
     const logged = gateway.logs.records().filter((r) => r.msg === 'request').map((r) => r.ip);
     assert.ok(logged.includes('203.0.113.9'), 'the access log names the client the trusted proxy vouched for');
   });
+
+  it('a forged X-Forwarded-For of garbage passed on by a trusted proxy never becomes the client address', async () => {
+    const garbage = ['<script>alert(1)</script>', 'unknown', 'x'.repeat(2000), '999.1.1.1', '203.0.113.9 OR 1=1', '_hidden'];
+    for (const [i, forged] of garbage.entries()) {
+      const { received } = await call('plain', {
+        method: 'POST',
+        headers: { ...MCP_POST_HEADERS, 'x-forwarded-for': forged },
+        body: rpc(100 + i, 'ping'),
+        localAddress: '127.0.0.2',
+      });
+      // The walk stops at the garbage: the client is the last address a trusted hop gave (the proxy itself).
+      assert.equal(received.headers['x-forwarded-for'], '127.0.0.2', `forged ${JSON.stringify(forged.slice(0, 40))}`);
+    }
+    // Garbage further left is not reached; a trusted hop's garbage stops at the address to its right.
+    const left = await call('plain', {
+      method: 'POST',
+      headers: { ...MCP_POST_HEADERS, 'x-forwarded-for': 'garbage, 203.0.113.7' },
+      body: rpc(120, 'ping'),
+      localAddress: '127.0.0.2',
+    });
+    assert.equal(left.received.headers['x-forwarded-for'], '203.0.113.7');
+    const behindTrusted = await call('plain', {
+      method: 'POST',
+      headers: { ...MCP_POST_HEADERS, 'x-forwarded-for': 'garbage, 127.0.0.2' },
+      body: rpc(121, 'ping'),
+      localAddress: '127.0.0.2',
+    });
+    assert.equal(behindTrusted.received.headers['x-forwarded-for'], '127.0.0.2');
+    // A hop with a port, as some proxies write it, is the address without the port.
+    const withPort = await call('plain', {
+      method: 'POST',
+      headers: { ...MCP_POST_HEADERS, 'x-forwarded-for': '203.0.113.8:5678' },
+      body: rpc(122, 'ping'),
+      localAddress: '127.0.0.2',
+    });
+    assert.equal(withPort.received.headers['x-forwarded-for'], '203.0.113.8');
+
+    const logged = gateway.logs.records().filter((r) => r.msg === 'request').map((r) => String(r.ip));
+    for (const forged of garbage) assert.ok(!logged.includes(forged), 'no forged text in the access log as the client address');
+  });
 });

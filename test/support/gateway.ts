@@ -24,6 +24,8 @@ export interface TestGatewayOptions {
   storeKey?: Buffer;
   /** The storage backend handed to `createApp` (default: the one the config names). */
   store?: Store;
+  /** `authServer:` keys (e.g. `signingKeys` by `file:` reference, so replicas share a key). */
+  authServer?: Record<string, unknown>;
 }
 
 /** A running gateway. */
@@ -62,6 +64,7 @@ export async function startGateway(options: TestGatewayOptions): Promise<TestGat
     raw.idp = { issuer: options.idp.issuer, clientId: options.idp.clientId, clientSecret: 'env:TEST_IDP_SECRET' };
     env.TEST_IDP_SECRET = options.idp.clientSecret;
   }
+  if (options.authServer) raw.authServer = options.authServer;
   if (options.storeKey) {
     raw.storage = { kind: 'memory', encryptionKeys: [{ id: 'k1', key: 'env:TEST_STORE_KEY' }] };
     env.TEST_STORE_KEY = options.storeKey.toString('base64');
