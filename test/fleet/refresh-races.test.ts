@@ -17,7 +17,7 @@ import { startDevIdp, type DevIdp } from '../support/idp.ts';
 import { answerLikeMcp, startRawUpstream, type RawUpstream } from '../support/mcp-upstream.ts';
 import { startRedis, type RedisServer } from '../support/redis.ts';
 import { startUpstreamWithAs, type UpstreamWithAs } from '../support/upstream-as.ts';
-import { createBrowser, formAction, type Page } from '../upstream-oauth/browser.ts';
+import { confirmConnect, createBrowser, formAction, isConnectConfirmation, type Page } from '../upstream-oauth/browser.ts';
 import { startFleet, type Fleet } from './races-fixture.ts';
 
 const CONCURRENT = 24;
@@ -110,6 +110,7 @@ async function completeConnect(authUrl: string, login: string, as: UpstreamWithA
     if (page.url.startsWith(idp.issuer)) page = await browser.submit(formAction(page, /\/login$/), { login: user.login, password: user.password });
     else if (page.url.startsWith(as.issuer) && /\/login"/.test(page.body)) page = await browser.submit(formAction(page, /\/login$/), { login: `${login}-up` });
     else if (page.url.startsWith(as.issuer)) page = await browser.submit(formAction(page, /\/approve$/), {});
+    else if (isConnectConfirmation(page)) page = await confirmConnect(browser, page);
     else break;
   }
   return page;
