@@ -105,7 +105,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         : // Memory storage dies with the process, and so may its key.
           [{ id: 'ephemeral', key: randomBytes(32) }],
   });
-  const authStores = createAuthStores({ store, sealer, now });
+  const authStores = createAuthStores({ store, sealer, now, logger });
   // Sessions answered with the HTTP re-challenge: their next refresh is refused so the agent re-authorizes (step-up.ts).
   const stepUp = createStepUpMarks({ store });
   // Every upstream asks for the base scope (scopes.ts); per-upstream scopes would be decided here.

@@ -2,7 +2,8 @@
  * The records of our authorization server (DESIGN §4, §7) and the domain-store interface the
  * endpoints share. Implemented once above the storage port (`stores.ts`), for every backend.
  * Codes and refresh tokens are keyed by their SHA-256 hash, so a dump of the store cannot be
- * replayed; every value holding a token, verifier or secret is sealed (AES-256-GCM).
+ * replayed; every record is sealed (AES-256-GCM) for its key name, so one written or changed in
+ * the store without the store key grants nothing.
  * All times are epoch milliseconds.
  */
 
