@@ -319,6 +319,9 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       stores: authStores,
       cimd: config.authServer.clientMetadataDocuments ? createCimdResolver({ fetch: serverFetch, allowHttp: config.server.devMode, now }) : undefined,
     });
+    // The sessions' IdP tokens: the idp/id_token credentials use them, and our refresh grant asks
+    // the IdP through them whether it still backs the session.
+    const idpSession = createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now, endSession, refreshes: metrics.refreshes });
     const routes: Route[] = [
       ...createMetadataRoutes({
         issuer,
@@ -328,7 +331,11 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         dynamicRegistration: config.authServer.registration.dynamic,
         clientMetadataDocuments: config.authServer.clientMetadataDocuments,
       }),
-      ...createTokenRoutes({ basePath, stores: authStores, issuer: tokenIssuer, refreshTokenTtlMs: config.authServer.refreshTokenTtl, resolveClient: clients, endSession, logger, now, stepUp }),
+      ...createTokenRoutes({
+        basePath, stores: authStores, issuer: tokenIssuer, refreshTokenTtlMs: config.authServer.refreshTokenTtl, resolveClient: clients, endSession, logger, now, stepUp,
+        sessionMaxLifetimeMs: config.authServer.sessionMaxLifetime,
+        idpSession,
+      }),
       ...createRevocationRoutes({ basePath, stores: authStores, issuer, keys, resources: resources.map((r) => r.resource), resolveClient: clients, endSession, logger, now }),
     ];
     const authenticator = createJwtAuthenticator({
@@ -359,7 +366,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
           defaultScopes: RESOURCE_SCOPES,
           cookies,
           logger,
-          sessionTtlMs: config.authServer.refreshTokenTtl,
+          sessionTtlMs: Math.min(config.authServer.refreshTokenTtl, config.authServer.sessionMaxLifetime),
           codeTtlMs: 120_000,
           pendingTtlMs: 600_000,
           consentTtlMs: 90 * 86_400_000,
@@ -395,7 +402,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         return sole;
       },
     };
-    return { routes, authenticator, idpSession: createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now, endSession, refreshes: metrics.refreshes }), cookies, browser };
+    return { routes, authenticator, idpSession, cookies, browser };
   }
 
 }
