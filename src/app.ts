@@ -410,7 +410,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
 /** The storage backend `storage.kind` names. */
 function storeFor(config: Config, now: () => number, logger: Logger): Store {
   const valkey = config.storage.valkey;
-  if (config.storage.kind === 'memory' || !valkey) return createMemoryStore({ now });
+  if (config.storage.kind === 'memory' || !valkey) return createMemoryStore({ now, maxBytes: config.storage.memory.maxBytes });
   return createValkeyStore({
     url: valkey.url,
     username: valkey.username,
