@@ -371,6 +371,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
           pendingTtlMs: 600_000,
           consentTtlMs: 90 * 86_400_000,
           clientIdleTtlMs: CLIENT_IDLE_TTL_MS,
+          maxSessionsPerUser: config.authServer.maxSessionsPerUser,
+          endSession,
           // Each authorize may cost a metadata-document fetch, each callback a call to the IdP.
           limiter: createRateLimiter({ store, name: 'login', limit: 120, windowMs: 60_000, now }),
           now,

@@ -21,7 +21,10 @@ export interface ClientRecord {
   logoUri?: string;
   scope?: string;
   createdAt: number;
-  /** Last successful authorization request; the idle expiry of a DCR registration slides from it. */
+  /**
+   * Set at the registration's first use (the first sign-in at the IdP for it); the idle expiry of
+   * a DCR registration slides from it. Absent: never used, the registration lives minutes.
+   */
   lastUsedAt?: number;
 }
 
@@ -120,6 +123,13 @@ export interface AuthStores {
   clients: {
     get(clientId: string): Promise<ClientRecord | undefined>;
     put(client: ClientRecord, ttlMs: number): Promise<void>;
+    /**
+     * Counts one new registration against the fleet-wide budget of registrations not used yet:
+     * admitted while fewer than `max` were admitted in the current and the previous `windowMs`
+     * window (an unused registration lives `windowMs`, so every one still alive is among them).
+     * `retryAfterMs`: when a refused caller may try again.
+     */
+    admitUnused(options: { max: number; windowMs: number }): Promise<{ admitted: boolean; retryAfterMs: number }>;
   };
   consents: {
     get(subject: string, clientId: string): Promise<ConsentRecord | undefined>;

@@ -12,8 +12,10 @@
  * - `idp:{<sid>}`                        IdpTokens
  * - `user:<sub>:sessions`                set of the user's sids, each sealed (see below)
  * - `rt:<sha256(token)>`                 RefreshTokenRecord (rotated in place, never deleted on use)
+ * - `registrations:unused:<window>`      count of registrations admitted in that window (not sealed: a
+ *                                        number that grants nothing; forging it can only refuse registrations)
  *
- * Every value is sealed (AES-256-GCM, `sealed.ts`) for the name of the key it is stored under.
+ * Every record is sealed (AES-256-GCM, `sealed.ts`) for the name of the key it is stored under.
  * Not only for secrecy: these records grant access, and anyone who can write to Valkey could
  * otherwise mint a redeemable code for any session, add a redirect URI to an approved client,
  * or stretch a session. A value that does not open (written by someone without the key, or
@@ -43,7 +45,7 @@ import type {
 /** Options of {@link createAuthStores}. */
 export interface AuthStoresOptions {
   store: Store;
-  /** Seals every value (see the module comment). */
+  /** Seals every record (see the module comment). */
   sealer: Sealer;
   /** Where a value that does not open is reported (a warning with the record kind, never the key or value). Default: not reported. */
   logger?: Pick<Logger, 'warn'>;
@@ -252,6 +254,23 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
       async put(client, ttlMs) {
         const key = keys.client(client.clientId);
         await store.set(key, seal(key, client), ttlMs);
+      },
+      async admitUnused({ max, windowMs }) {
+        const at = now();
+        const window = Math.floor(at / windowMs);
+        const retryAfterMs = (window + 1) * windowMs - at;
+        // Fixed windows, counted by compare-and-set so every replica shares one count; kept for
+        // two windows because the next window reads this one as its previous.
+        const key = `registrations:unused:${window}`;
+        const previous = Number((await store.get(`registrations:unused:${window - 1}`)) ?? 0);
+        for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
+          const text = await store.get(key);
+          const count = Number(text ?? 0);
+          if (count + previous >= max) return { admitted: false, retryAfterMs };
+          if (await store.compareAndSet(key, text, String(count + 1), 2 * windowMs + 1000)) return { admitted: true, retryAfterMs: 0 };
+        }
+        // Contention this high means a flood: refusing is the safe side of a budget.
+        return { admitted: false, retryAfterMs: 1000 };
       },
     },
 

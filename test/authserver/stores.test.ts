@@ -214,6 +214,18 @@ function storesSuite(name: string, make: () => Promise<Fixture>): void {
       assert.deepEqual(await f.store.members(`user:${subject}:sessions`), []);
     });
 
+    test('the budget of unused registrations is shared: never more admitted than the max, even concurrently', async () => {
+      // A window of its own, so the suites on one store do not share counts.
+      const windowMs = 3_600_000 + Math.floor(Math.random() * 1_000_000);
+      const results = await Promise.all(Array.from({ length: 20 }, () => f.stores.clients.admitUnused({ max: 5, windowMs })));
+      const admitted = results.filter((r) => r.admitted).length;
+      assert.ok(admitted >= 1 && admitted <= 5, `admitted ${admitted} of 20 with a budget of 5`);
+      for (let i = admitted; i < 5; i++) assert.equal((await f.stores.clients.admitUnused({ max: 5, windowMs })).admitted, true);
+      const refused = await f.stores.clients.admitUnused({ max: 5, windowMs });
+      assert.equal(refused.admitted, false);
+      assert.ok(refused.retryAfterMs > 0 && refused.retryAfterMs <= windowMs);
+    });
+
     test('clients and consents round-trip; consent keys of different users never collide', async () => {
       const client = { clientId: `https://agent.example/${unique()}`, kind: 'cimd' as const, tokenEndpointAuthMethod: 'none' as const, redirectUris: ['http://127.0.0.1/cb'], grantTypes: ['authorization_code'], createdAt: 1 };
       await f.stores.clients.put(client, HOUR);
