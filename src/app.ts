@@ -109,7 +109,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         : // Memory storage dies with the process, and so may its key.
           [{ id: 'ephemeral', key: randomBytes(32) }],
   });
-  const authStores = createAuthStores({ store, sealer, now });
+  const authStores = createAuthStores({ store, sealer, now, logger });
   // Sessions answered with the HTTP re-challenge: their next refresh is refused so the agent re-authorizes (step-up.ts).
   const stepUp = createStepUpMarks({ store });
   // Every upstream asks for the base scope (scopes.ts); per-upstream scopes would be decided here.
@@ -329,6 +329,9 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       stores: authStores,
       cimd: config.authServer.clientMetadataDocuments ? createCimdResolver({ fetch: serverFetch, allowHttp: config.server.devMode, now }) : undefined,
     });
+    // The sessions' IdP tokens: the idp/id_token credentials use them, and our refresh grant asks
+    // the IdP through them whether it still backs the session.
+    const idpSession = createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now, endSession, refreshes: metrics.refreshes, singleFlight });
     const routes: Route[] = [
       ...createMetadataRoutes({
         issuer,
@@ -338,7 +341,11 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         dynamicRegistration: config.authServer.registration.dynamic,
         clientMetadataDocuments: config.authServer.clientMetadataDocuments,
       }),
-      ...createTokenRoutes({ basePath, stores: authStores, issuer: tokenIssuer, refreshTokenTtlMs: config.authServer.refreshTokenTtl, resolveClient: clients, endSession, logger, now, stepUp }),
+      ...createTokenRoutes({
+        basePath, stores: authStores, issuer: tokenIssuer, refreshTokenTtlMs: config.authServer.refreshTokenTtl, resolveClient: clients, endSession, logger, now, stepUp,
+        sessionMaxLifetimeMs: config.authServer.sessionMaxLifetime,
+        idpSession,
+      }),
       ...createRevocationRoutes({ basePath, stores: authStores, issuer, keys, resources: resources.map((r) => r.resource), resolveClient: clients, endSession, logger, now }),
     ];
     const authenticator = createJwtAuthenticator({
@@ -369,11 +376,13 @@ export function createApp(config: Config, options: AppOptions = {}): App {
           defaultScopes: RESOURCE_SCOPES,
           cookies,
           logger,
-          sessionTtlMs: config.authServer.refreshTokenTtl,
+          sessionTtlMs: Math.min(config.authServer.refreshTokenTtl, config.authServer.sessionMaxLifetime),
           codeTtlMs: 120_000,
           pendingTtlMs: 600_000,
           consentTtlMs: 90 * 86_400_000,
           clientIdleTtlMs: CLIENT_IDLE_TTL_MS,
+          maxSessionsPerUser: config.authServer.maxSessionsPerUser,
+          endSession,
           // Each authorize may cost a metadata-document fetch, each callback a call to the IdP.
           limiter: createRateLimiter({ store, name: 'login', limit: 120, windowMs: 60_000, now }),
           now,
@@ -399,7 +408,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       formToken: (req, ...bind) => forms.issue(req, 600, ...bind),
       checkFormToken: (req, token, ...bind) => forms.verify(req, token, ...bind),
     };
-    return { routes, authenticator, idpSession: createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now, endSession, refreshes: metrics.refreshes, singleFlight }), cookies, browser };
+    return { routes, authenticator, idpSession, cookies, browser };
   }
 
 }
@@ -407,7 +416,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
 /** The storage backend `storage.kind` names. */
 function storeFor(config: Config, now: () => number, logger: Logger): Store {
   const valkey = config.storage.valkey;
-  if (config.storage.kind === 'memory' || !valkey) return createMemoryStore({ now });
+  if (config.storage.kind === 'memory' || !valkey) return createMemoryStore({ now, maxBytes: config.storage.memory.maxBytes });
   return createValkeyStore({
     ...valkeyStoreOptions(valkey),
     // Recurs on every reconnect attempt while Valkey is down; /readyz reports the outage.

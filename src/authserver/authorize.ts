@@ -157,7 +157,9 @@ export function createAuthorizeEndpoint(flow: LoginFlow): Handler {
 
   async function touch(client: ClientRecord): Promise<void> {
     const now = flow.now();
-    if (client.kind !== 'dcr' || now - (client.lastUsedAt ?? client.createdAt) < TOUCH_INTERVAL_MS) return;
+    // A registration not used yet keeps its short life: an anonymous authorization request is no
+    // use (anyone can send one); its first sign-in is (callback.ts).
+    if (client.kind !== 'dcr' || client.lastUsedAt === undefined || now - client.lastUsedAt < TOUCH_INTERVAL_MS) return;
     await flow.stores.clients.put({ ...client, lastUsedAt: now }, flow.clientIdleTtlMs);
   }
 }

@@ -20,6 +20,8 @@ import { idpRoundTrip, loginCookie } from './cookies.ts';
 import { withHtmlErrors } from './html.ts';
 import type { LoginFlow } from './login-flow.ts';
 import { finishSignIn, isSignInState } from './sign-in.ts';
+import type { ClientRecord } from './records.ts';
+import { sessionTag } from '../observability/logger.ts';
 
 /** IdP errors that mean "the user did not sign in" (RFC 6749 §4.1.2.1, OIDC Core §3.1.2.6). */
 const USER_DECLINED = new Set(['access_denied', 'login_required', 'consent_required', 'interaction_required', 'account_selection_required']);
@@ -77,6 +79,7 @@ export function createCallbackEndpoint(flow: LoginFlow): Handler {
     const subject = result.subject;
     const client = await flow.clients(pending.clientId, ctx.signal);
     if (!client) return sendAuthorizationError(ctx.res, to, 'unauthorized_client', 'the client registration expired during the sign-in');
+    await markFirstUse(flow, client);
     const consented = await hasConsent(flow, ctx.req, subject, client.clientId, pending.scopes);
 
     const now = flow.now();
@@ -84,6 +87,7 @@ export function createCallbackEndpoint(flow: LoginFlow): Handler {
     const lifetime = consented ? flow.sessionTtlMs : flow.pendingTtlMs;
     await flow.stores.sessions.put({ sessionId, subject, clientId: client.clientId, createdAt: now, expiresAt: now + lifetime });
     await flow.stores.idpTokens.put(sessionId, result.tokens, lifetime);
+    await endSessionsOverCap(flow, subject, sessionId);
     const cookies = [login.issue({ sub: subject, sid: sessionId })];
 
     if (consented) {
@@ -95,6 +99,36 @@ export function createCallbackEndpoint(flow: LoginFlow): Handler {
     ctx.log.consent = 'asked';
     sendConsentPage(flow, ctx, { client, pending, consentId, userLabel: userLabel(subject, result.claims), setCookie: cookies });
   });
+}
+
+/**
+ * A registration's first use: a user signed in at the IdP for it. From now on it lives the idle
+ * period instead of the few minutes an unused registration gets (register.ts).
+ */
+async function markFirstUse(flow: LoginFlow, client: ClientRecord): Promise<void> {
+  if (client.kind !== 'dcr' || client.lastUsedAt !== undefined) return;
+  await flow.stores.clients.put({ ...client, lastUsedAt: flow.now() }, flow.clientIdleTtlMs);
+}
+
+/**
+ * Keeps a user's live sessions within `maxSessionsPerUser`: the oldest end, through the one
+ * session-ending path (their upstream grants are revoked too). Without a cap, every login adds a
+ * session, its IdP tokens and an index entry that live for the whole session lifetime.
+ * Replicas racing here may each end the same oldest sessions: ending is idempotent.
+ */
+async function endSessionsOverCap(flow: LoginFlow, subject: string, keep: string): Promise<void> {
+  const max = flow.maxSessionsPerUser ?? 20;
+  const ids = await flow.stores.sessions.listForUser(subject);
+  if (ids.length <= max) return;
+  const sessions = (await Promise.all(ids.map((id) => flow.stores.sessions.get(id)))).filter((s) => s !== undefined);
+  if (sessions.length <= max) return;
+  sessions.sort((a, b) => a.createdAt - b.createdAt || (a.sessionId < b.sessionId ? -1 : 1));
+  const end = flow.endSession ?? ((id: string) => flow.stores.sessions.revoke(id));
+  for (const session of sessions.slice(0, sessions.length - max)) {
+    if (session.sessionId === keep) continue;
+    await end(session.sessionId);
+    flow.logger.info({ msg: 'session limit per user reached: oldest session ended', sid: sessionTag(session.sessionId) });
+  }
 }
 
 /** A name to greet the user with: "Name (e-mail)", whichever the ID token has, else the subject. */

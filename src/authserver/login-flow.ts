@@ -26,6 +26,7 @@ import { createConsentEndpoint } from './consent.ts';
 import type { CookieCodec } from './cookies.ts';
 import type { AuthStores, ClientRecord } from './records.ts';
 import { createRegistrationEndpoint } from './register.ts';
+import type { EndSession } from './session-end.ts';
 import { createSignInEndpoint } from './sign-in.ts';
 
 /** Everything the login endpoints share. Durations in milliseconds. */
@@ -52,8 +53,15 @@ export interface LoginFlow {
   pendingTtlMs: number;
   /** How long an approval is remembered, per user and client. */
   consentTtlMs: number;
-  /** Idle lifetime of a DCR registration; every authorization request slides it. */
+  /** Idle lifetime of a used DCR registration; its first sign-in starts it, later authorization requests slide it. */
   clientIdleTtlMs: number;
+  /**
+   * Most live sessions per user (`authServer.maxSessionsPerUser`): a login past it ends the
+   * user's oldest sessions. Default 20.
+   */
+  maxSessionsPerUser?: number;
+  /** The one session-ending path (session-end.ts), so a session ended by the cap loses its upstream grants too. Default `stores.sessions.revoke`. */
+  endSession?: EndSession;
   /** Per-IP limit on authorization requests and callbacks (each may cost a fetch or an IdP call). */
   limiter: RateLimiter;
   now: () => number;
@@ -84,7 +92,7 @@ export function createClientLookup(options: { stores: Pick<AuthStores, 'clients'
 export interface LoginRoutesOptions {
   flow: LoginFlow;
   /** `authServer.registration`: when `dynamic` is false there is no registration endpoint (404). */
-  registration: { dynamic: boolean; initialAccessToken: string | null };
+  registration: { dynamic: boolean; initialAccessToken: string | null; unusedTtl?: number; maxUnused?: number };
   /** Per-IP limit on registrations. */
   registrationLimiter: RateLimiter;
 }
@@ -110,7 +118,8 @@ export function createLoginRoutes(options: LoginRoutesOptions): Route[] {
         stores: flow.stores,
         limiter: options.registrationLimiter,
         initialAccessToken: options.registration.initialAccessToken,
-        clientIdleTtlMs: flow.clientIdleTtlMs,
+        unusedTtlMs: options.registration.unusedTtl,
+        maxUnused: options.registration.maxUnused,
         now: flow.now,
       }),
     });

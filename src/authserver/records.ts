@@ -2,7 +2,8 @@
  * The records of our authorization server (DESIGN §4, §7) and the domain-store interface the
  * endpoints share. Implemented once above the storage port (`stores.ts`), for every backend.
  * Codes and refresh tokens are keyed by their SHA-256 hash, so a dump of the store cannot be
- * replayed; every value holding a token, verifier or secret is sealed (AES-256-GCM).
+ * replayed; every record is sealed (AES-256-GCM) for its key name, so one written or changed in
+ * the store without the store key grants nothing.
  * All times are epoch milliseconds.
  */
 
@@ -20,7 +21,10 @@ export interface ClientRecord {
   logoUri?: string;
   scope?: string;
   createdAt: number;
-  /** Last successful authorization request; the idle expiry of a DCR registration slides from it. */
+  /**
+   * Set at the registration's first use (the first sign-in at the IdP for it); the idle expiry of
+   * a DCR registration slides from it. Absent: never used, the registration lives minutes.
+   */
   lastUsedAt?: number;
 }
 
@@ -121,6 +125,13 @@ export interface AuthStores {
   clients: {
     get(clientId: string): Promise<ClientRecord | undefined>;
     put(client: ClientRecord, ttlMs: number): Promise<void>;
+    /**
+     * Counts one new registration against the fleet-wide budget of registrations not used yet:
+     * admitted while fewer than `max` were admitted in the current and the previous `windowMs`
+     * window (an unused registration lives `windowMs`, so every one still alive is among them).
+     * `retryAfterMs`: when a refused caller may try again.
+     */
+    admitUnused(options: { max: number; windowMs: number }): Promise<{ admitted: boolean; retryAfterMs: number }>;
   };
   consents: {
     get(subject: string, clientId: string): Promise<ConsentRecord | undefined>;

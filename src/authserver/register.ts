@@ -2,11 +2,19 @@
  * `POST /oauth/register`: Dynamic Client Registration (RFC 7591; DESIGN §4). Public clients
  * (`token_endpoint_auth_method: none`, PKCE) by default; confidential clients on request, whose
  * secret is returned once and stored only as a hash. Limited in size and rate, optionally gated
- * by an initial access token (RFC 7591 §3). Registrations expire after an idle period.
+ * by an initial access token (RFC 7591 §3).
+ *
+ * Registration is anonymous, so what it may leave in the store is bounded: a registration lives
+ * `unusedTtlMs` (minutes) until its first use, a sign-in at the IdP for it (the callback), and
+ * only then the idle period, slid by later use; and no more than `maxUnused` registrations wait
+ * for their first use across the fleet. Past that, new ones are refused (503
+ * `temporarily_unavailable` with `Retry-After`: RFC 7591 §3.2.2 has no code for "full"), rather
+ * than evicting others, which would let a flood push out the registration of an agent a user is
+ * signing in with right now.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readBody } from '../http/body.ts';
-import { InvalidClientMetadata, InvalidToken, UnsupportedMediaType } from '../http/errors.ts';
+import { InvalidClientMetadata, InvalidToken, TemporarilyUnavailable, UnsupportedMediaType } from '../http/errors.ts';
 import type { RateLimiter } from '../http/rate-limit.ts';
 import type { Handler, RequestContext } from '../http/router.ts';
 import { parseClientMetadata } from './client-metadata.ts';
@@ -15,8 +23,12 @@ import { tokenHash } from './stores.ts';
 
 /** Largest registration request accepted, in bytes: 16 KiB. */
 export const MAX_REGISTRATION_BYTES = 16 * 1024;
-/** How long a registration lives without being used, in milliseconds: 90 days. */
+/** How long a used registration lives without being used again, in milliseconds: 90 days. */
 export const CLIENT_IDLE_TTL_MS = 90 * 86_400_000;
+/** How long a registration lives until its first use, in milliseconds: 10 minutes. */
+export const CLIENT_UNUSED_TTL_MS = 600_000;
+/** Registrations waiting for their first use, at most, across the fleet. */
+export const MAX_UNUSED_CLIENTS = 1000;
 
 /** Options of {@link createRegistrationEndpoint}. */
 export interface RegistrationEndpointOptions {
@@ -25,8 +37,10 @@ export interface RegistrationEndpointOptions {
   limiter: RateLimiter;
   /** When set, requests must carry `Authorization: Bearer <this>` (RFC 7591 §3). */
   initialAccessToken: string | null;
-  /** Idle lifetime of a registration in milliseconds; `authorize` extends it on use. Default 90 days. */
-  clientIdleTtlMs?: number;
+  /** Lifetime of a registration until its first use (`authServer.registration.unusedTtl`), ms. Default 10 minutes. */
+  unusedTtlMs?: number;
+  /** Registrations waiting for their first use, at most (`authServer.registration.maxUnused`). Default 1000. */
+  maxUnused?: number;
   /** The clock, epoch milliseconds. Default `Date.now`. */
   now?: () => number;
 }
@@ -34,13 +48,24 @@ export interface RegistrationEndpointOptions {
 /** Creates the handler of `POST /oauth/register`. */
 export function createRegistrationEndpoint(options: RegistrationEndpointOptions): Handler {
   const now = options.now ?? Date.now;
-  const ttl = options.clientIdleTtlMs ?? CLIENT_IDLE_TTL_MS;
+  const unusedTtlMs = options.unusedTtlMs ?? CLIENT_UNUSED_TTL_MS;
+  const maxUnused = options.maxUnused ?? MAX_UNUSED_CLIENTS;
+  if (!Number.isSafeInteger(unusedTtlMs) || unusedTtlMs <= 0) throw new TypeError('unusedTtlMs must be a positive integer');
+  if (!Number.isSafeInteger(maxUnused) || maxUnused <= 0) throw new TypeError('maxUnused must be a positive integer');
   const expectedToken = options.initialAccessToken === null ? undefined : createHash('sha256').update(options.initialAccessToken).digest();
 
   return async function register(ctx) {
     await options.limiter.enforce(ctx.clientIp, ctx.signal);
     checkInitialAccessToken(ctx);
     const metadata = parseClientMetadata(await readJson(ctx), { publicOnly: false });
+    // Counted once the request is valid: a malformed one spends nothing.
+    const budget = await options.stores.clients.admitUnused({ max: maxUnused, windowMs: unusedTtlMs });
+    if (!budget.admitted) {
+      ctx.log.error = 'registrations_full';
+      throw new TemporarilyUnavailable('too many client registrations are waiting for their first use; retry later', {
+        headers: { 'retry-after': String(Math.max(1, Math.ceil(budget.retryAfterMs / 1000))) },
+      });
+    }
     const secret = metadata.tokenEndpointAuthMethod === 'none' ? undefined : randomBytes(32).toString('base64url');
     const createdAt = now();
     const client: ClientRecord = {
@@ -56,9 +81,8 @@ export function createRegistrationEndpoint(options: RegistrationEndpointOptions)
       logoUri: metadata.logoUri,
       scope: metadata.scope,
       createdAt,
-      lastUsedAt: createdAt,
     };
-    await options.stores.clients.put(client, ttl);
+    await options.stores.clients.put(client, unusedTtlMs);
     ctx.log.clientId = client.clientId;
 
     // RFC 7591 §3.2.1: the registered metadata, with defaults, and the secret this one time.

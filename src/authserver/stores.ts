@@ -5,20 +5,31 @@
  * Keys (the parts in braces are Valkey hash tags, so one session's keys share a cluster slot):
  * - `client:<client_id>`                 ClientRecord (holds only a secret's hash)
  * - `consent:<sub>:<client_id>`          ConsentRecord (sub and client_id percent-encoded)
- * - `pending:<state>`                    PendingAuthorization, sealed (our IdP PKCE verifier)
- * - `signin:<state>`                     PendingSignIn, sealed (our IdP PKCE verifier)
+ * - `pending:<state>`                    PendingAuthorization (our IdP PKCE verifier)
+ * - `signin:<state>`                     PendingSignIn (our IdP PKCE verifier)
  * - `code:<sha256(code)>`                AuthorizationCodeRecord; once consumed, a "used" marker
- * - `session:{<sid>}`                    SessionRecord
- * - `idp:{<sid>}`                        IdpTokens, sealed
- * - `user:<sub>:sessions`                set of sids
+ * - `session:{<sid>}`                    SessionRecord, with the session's entry in its user's index
+ * - `idp:{<sid>}`                        IdpTokens
+ * - `user:<sub>:sessions`                set of the user's sids, each sealed (see below)
  * - `rt:<sha256(token)>`                 RefreshTokenRecord (rotated in place, never deleted on use)
+ * - `registrations:unused:<window>`      count of registrations admitted in that window (not sealed: a
+ *                                        number that grants nothing; forging it can only refuse registrations)
  *
- * Sealed values are sealed under their own key name, so a value copied under another key (one
- * user's IdP tokens into another's session) does not open.
+ * Every record is sealed (AES-256-GCM, `sealed.ts`) for the name of the key it is stored under.
+ * Not only for secrecy: these records grant access, and anyone who can write to Valkey could
+ * otherwise mint a redeemable code for any session, add a redirect URI to an approved client,
+ * or stretch a session. A value that does not open (written by someone without the key, or
+ * copied from another key: one user's IdP tokens into another's session) is treated as absent
+ * and logged; it never grants anything.
+ *
+ * The user index holds each sid sealed for the index's key name, so reading the index reveals no
+ * session id and links no user to one; "sign out everywhere" opens the entries. Sealing is
+ * randomised, so each session record keeps the exact entry it added, for `revoke` to remove.
  */
 import { createHash } from 'node:crypto';
+import type { Logger } from '../observability/logger.ts';
 import type { Store } from '../store/port.ts';
-import type { Sealer } from '../store/sealed.ts';
+import { SealedValueError, type Sealer } from '../store/sealed.ts';
 import type {
   AuthStores,
   AuthorizationCodeRecord,
@@ -34,8 +45,10 @@ import type {
 /** Options of {@link createAuthStores}. */
 export interface AuthStoresOptions {
   store: Store;
-  /** Seals every value holding a token, verifier or secret. */
+  /** Seals every record (see the module comment). */
   sealer: Sealer;
+  /** Where a value that does not open is reported (a warning with the record kind, never the key or value). Default: not reported. */
+  logger?: Pick<Logger, 'warn'>;
   /** The clock, epoch milliseconds. Default `Date.now`; tests share the memory store's fake clock. */
   now?: () => number;
   /**
@@ -55,6 +68,12 @@ export interface AuthStoresOptions {
 /** A stored code: live, or consumed (then only the session it was issued to is kept). */
 type StoredCode = { live: AuthorizationCodeRecord } | { usedBy: string };
 
+/** A stored session: the record and the exact (sealed) entry it added to its user's index. */
+interface StoredSession {
+  session: SessionRecord;
+  indexEntry: string;
+}
+
 /** A stored refresh token with its own deadline, so rotation can keep the TTL it had. */
 interface StoredRefreshToken {
   record: RefreshTokenRecord;
@@ -69,7 +88,7 @@ export function tokenHash(value: string): string {
   return createHash('sha256').update(value).digest('base64url');
 }
 
-/** Builds the domain stores over one storage port. Values are JSON; see the module comment for keys. */
+/** Builds the domain stores over one storage port. Values are sealed JSON; see the module comment for keys. */
 export function createAuthStores(options: AuthStoresOptions): AuthStores {
   const { store, sealer } = options;
   const now = options.now ?? Date.now;
@@ -88,13 +107,35 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
     refreshToken: (token: string) => `rt:${tokenHash(token)}`,
   };
 
-  async function readJson<T>(key: string): Promise<T | undefined> {
-    const text = await store.get(key);
-    return text === undefined ? undefined : (JSON.parse(text) as T);
+  /** The kind of record a key holds, for the log (the rest of a key name is an id or a hash). */
+  function kindOf(key: string): string {
+    return key.slice(0, key.indexOf(':'));
   }
 
-  function readSealed<T>(key: string, text: string | undefined): T | undefined {
-    return text === undefined ? undefined : (JSON.parse(sealer.open(key, text)) as T);
+  function seal(key: string, value: unknown): string {
+    return sealer.seal(key, JSON.stringify(value));
+  }
+
+  /**
+   * Opens a value sealed for `key`. One that does not open (forged, copied from another key, or
+   * sealed under a key no longer configured) is reported and treated as absent: it must grant
+   * nothing, and "not there" is the answer every caller already handles safely.
+   */
+  function open<T>(key: string, text: string | undefined): T | undefined {
+    if (text === undefined) return undefined;
+    let plain: string;
+    try {
+      plain = sealer.open(key, text);
+    } catch (error) {
+      if (!(error instanceof SealedValueError)) throw error;
+      options.logger?.warn({ msg: 'a stored record did not open: ignored (tampered, copied from another key, or sealed under a removed key)', record: kindOf(key), reason: error.reason });
+      return undefined;
+    }
+    return JSON.parse(plain) as T;
+  }
+
+  async function read<T>(key: string): Promise<T | undefined> {
+    return open<T>(key, await store.get(key));
   }
 
   // Opening costs an AES-GCM decryption and a JSON parse (~10 µs) on every gateway request in
@@ -109,43 +150,54 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
     }
     const hit = opened.get(key);
     if (hit?.sealed === sealed) return hit.value;
-    const value = readSealed<IdpTokens>(key, sealed)!;
+    const value = open<IdpTokens>(key, sealed);
     opened.delete(key);
+    if (value === undefined) return undefined;
     if (opened.size >= openedCacheSize) opened.delete(opened.keys().next().value!);
     opened.set(key, { sealed, value });
     return value;
   }
 
-  /** A deadline turned into a TTL; a deadline already passed means "do not store". */
   /** A sealed record parked under a random state and taken at most once (pending logins, sign-ins). */
   function singleUseSealed<T>(keyOf: (state: string) => string) {
     return {
       async put(state: string, record: T, ttlMs: number): Promise<void> {
         const key = keyOf(state);
-        await store.set(key, sealer.seal(key, JSON.stringify(record)), ttlMs);
+        await store.set(key, seal(key, record), ttlMs);
       },
       async take(state: string): Promise<T | undefined> {
         const key = keyOf(state);
-        return readSealed<T>(key, await store.take(key));
+        return open<T>(key, await store.take(key));
       },
     };
   }
 
+  /** A deadline turned into a TTL; a deadline already passed means "do not store". */
   function ttlUntil(deadline: number): number {
     return Math.ceil(deadline - now());
   }
 
+  /** The session's entry in its user's index: its sid, sealed for the index key. */
+  function indexEntryFor(session: SessionRecord): string {
+    return seal(keys.userSessions(session.subject), session.sessionId);
+  }
+
   const sessions: AuthStores['sessions'] = {
     async get(sessionId) {
-      const session = await readJson<SessionRecord>(keys.session(sessionId));
-      return session && session.expiresAt > now() ? session : undefined;
+      const stored = await read<StoredSession>(keys.session(sessionId));
+      // The sid inside must be the one asked for: a record sealed for this key always matches.
+      return stored && stored.session.sessionId === sessionId && stored.session.expiresAt > now() ? stored.session : undefined;
     },
     async put(session) {
       const ttl = ttlUntil(session.expiresAt);
       if (ttl <= 0) throw new RangeError('session.expiresAt is in the past');
+      const key = keys.session(session.sessionId);
+      // An existing session keeps its index entry (a second one would outlive it in the index).
+      const existing = await read<StoredSession>(key);
+      const indexEntry = existing?.session.subject === session.subject ? existing.indexEntry : indexEntryFor(session);
       // Index first: a session missing from its user's index would survive "sign out everywhere".
-      await store.addMembers(keys.userSessions(session.subject), [session.sessionId], ttl);
-      await store.set(keys.session(session.sessionId), JSON.stringify(session), ttl);
+      await store.addMembers(keys.userSessions(session.subject), [indexEntry], ttl);
+      await store.set(key, seal(key, { session, indexEntry } satisfies StoredSession), ttl);
     },
     async extend(sessionId, expiresAt) {
       const ttl = ttlUntil(expiresAt);
@@ -153,13 +205,14 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
       const key = keys.session(sessionId);
       for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
         const text = await store.get(key);
-        if (text === undefined) return undefined;
-        const session = JSON.parse(text) as SessionRecord;
+        const stored = open<StoredSession>(key, text);
+        if (text === undefined || stored === undefined) return undefined;
+        const { session, indexEntry } = stored;
         if (session.expiresAt <= now()) return undefined;
         const extended: SessionRecord = { ...session, expiresAt: Math.max(session.expiresAt, expiresAt) };
         // Compare-and-set, not set: a revoke that lands between the read and the write wins.
-        if (!(await store.compareAndSet(key, text, JSON.stringify(extended), ttlUntil(extended.expiresAt)))) continue;
-        await store.addMembers(keys.userSessions(session.subject), [sessionId], ttlUntil(extended.expiresAt));
+        if (!(await store.compareAndSet(key, text, seal(key, { session: extended, indexEntry } satisfies StoredSession), ttlUntil(extended.expiresAt)))) continue;
+        await store.addMembers(keys.userSessions(session.subject), [indexEntry], ttlUntil(extended.expiresAt));
         // The IdP tokens must live as long as the session. Rewriting the same sealed bytes by
         // compare-and-set only moves the TTL, so an IdP refresh racing with this is never undone.
         const idpKey = keys.idp(sessionId);
@@ -170,34 +223,64 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
       throw new Error('session: compare-and-set did not settle');
     },
     async listForUser(subject) {
-      return store.members(keys.userSessions(subject));
+      const indexKey = keys.userSessions(subject);
+      const sessionIds: string[] = [];
+      const unreadable: string[] = [];
+      for (const entry of await store.members(indexKey)) {
+        const sessionId = open<string>(indexKey, entry);
+        if (sessionId === undefined) unreadable.push(entry);
+        else sessionIds.push(sessionId);
+      }
+      // An entry that does not open names no session anyone could end: dropped.
+      if (unreadable.length > 0) await store.removeMembers(indexKey, unreadable);
+      return sessionIds;
     },
     async revoke(sessionId) {
-      const session = await readJson<SessionRecord>(keys.session(sessionId));
+      const stored = await read<StoredSession>(keys.session(sessionId));
       // The session record goes first: every refresh and every gateway request checks it, so the
       // family is dead the moment this resolves even if the clean-up below fails half-way.
       await store.delete([keys.session(sessionId), keys.idp(sessionId)]);
       opened.delete(keys.idp(sessionId));
-      if (session) await store.removeMembers(keys.userSessions(session.subject), [sessionId]);
+      if (stored) await store.removeMembers(keys.userSessions(stored.session.subject), [stored.indexEntry]);
     },
   };
 
   return {
     clients: {
       async get(clientId) {
-        return readJson<ClientRecord>(keys.client(clientId));
+        const client = await read<ClientRecord>(keys.client(clientId));
+        return client?.clientId === clientId ? client : undefined;
       },
       async put(client, ttlMs) {
-        await store.set(keys.client(client.clientId), JSON.stringify(client), ttlMs);
+        const key = keys.client(client.clientId);
+        await store.set(key, seal(key, client), ttlMs);
+      },
+      async admitUnused({ max, windowMs }) {
+        const at = now();
+        const window = Math.floor(at / windowMs);
+        const retryAfterMs = (window + 1) * windowMs - at;
+        // Fixed windows, counted by compare-and-set so every replica shares one count; kept for
+        // two windows because the next window reads this one as its previous.
+        const key = `registrations:unused:${window}`;
+        const previous = Number((await store.get(`registrations:unused:${window - 1}`)) ?? 0);
+        for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
+          const text = await store.get(key);
+          const count = Number(text ?? 0);
+          if (count + previous >= max) return { admitted: false, retryAfterMs };
+          if (await store.compareAndSet(key, text, String(count + 1), 2 * windowMs + 1000)) return { admitted: true, retryAfterMs: 0 };
+        }
+        // Contention this high means a flood: refusing is the safe side of a budget.
+        return { admitted: false, retryAfterMs: 1000 };
       },
     },
 
     consents: {
       async get(subject, clientId) {
-        return readJson<ConsentRecord>(keys.consent(subject, clientId));
+        return read<ConsentRecord>(keys.consent(subject, clientId));
       },
       async put(subject, clientId, consent, ttlMs) {
-        await store.set(keys.consent(subject, clientId), JSON.stringify(consent), ttlMs);
+        const key = keys.consent(subject, clientId);
+        await store.set(key, seal(key, consent), ttlMs);
       },
     },
 
@@ -206,8 +289,8 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
 
     codes: {
       async put(code, record, ttlMs) {
-        const stored: StoredCode = { live: record };
-        await store.set(keys.code(code), JSON.stringify(stored), ttlMs);
+        const key = keys.code(code);
+        await store.set(key, seal(key, { live: record } satisfies StoredCode), ttlMs);
       },
       async consume(code) {
         const key = keys.code(code);
@@ -215,11 +298,11 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
         // redemptions exactly one wins and the other sees the marker (and revokes the session).
         for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
           const text = await store.get(key);
-          if (text === undefined) return undefined;
-          const stored = JSON.parse(text) as StoredCode;
+          const stored = open<StoredCode>(key, text);
+          if (text === undefined || stored === undefined) return undefined;
           if ('usedBy' in stored) return { sessionId: stored.usedBy, reused: true };
           const used: StoredCode = { usedBy: stored.live.sessionId };
-          if (await store.compareAndSet(key, text, JSON.stringify(used), codeReuseWindowMs)) {
+          if (await store.compareAndSet(key, text, seal(key, used), codeReuseWindowMs)) {
             return { record: stored.live, reused: false };
           }
         }
@@ -231,19 +314,19 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
 
     refreshTokens: {
       async put(token, record, ttlMs) {
-        const stored: StoredRefreshToken = { record, expiresAt: now() + ttlMs };
-        await store.set(keys.refreshToken(token), JSON.stringify(stored), ttlMs);
+        const key = keys.refreshToken(token);
+        await store.set(key, seal(key, { record, expiresAt: now() + ttlMs } satisfies StoredRefreshToken), ttlMs);
       },
       async rotate(token, successor) {
         const key = keys.refreshToken(token);
         for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
           const text = await store.get(key);
-          if (text === undefined) return undefined;
-          const stored = JSON.parse(text) as StoredRefreshToken;
+          const stored = open<StoredRefreshToken>(key, text);
+          if (text === undefined || stored === undefined) return undefined;
           if (stored.record.rotatedAt !== undefined) {
             const { successorHash } = stored.record;
             // The successor may not be stored yet: the concurrent rotation that issued it is still answering.
-            const next = successorHash === undefined ? undefined : await readJson<StoredRefreshToken>(`rt:${successorHash}`);
+            const next = successorHash === undefined ? undefined : await read<StoredRefreshToken>(`rt:${successorHash}`);
             return { record: stored.record, reused: true, successorUnused: successorHash !== undefined && next?.record.rotatedAt === undefined };
           }
           // A token of a revoked family is dead: its session is gone (DESIGN §4 logout).
@@ -255,7 +338,7 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
             record: { ...stored.record, rotatedAt: now(), ...(successor === undefined ? {} : { successorHash: tokenHash(successor) }) },
           };
           // Kept, marked used, until it would have expired: presenting it again is then a reuse.
-          if (await store.compareAndSet(key, text, JSON.stringify(rotated), ttl)) return { record: stored.record, reused: false };
+          if (await store.compareAndSet(key, text, seal(key, rotated), ttl)) return { record: stored.record, reused: false };
         }
         throw new Error('refresh token: compare-and-set did not settle');
       },
@@ -263,7 +346,7 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
         await store.delete(keys.refreshToken(token));
       },
       async peek(token) {
-        return (await readJson<StoredRefreshToken>(keys.refreshToken(token)))?.record;
+        return (await read<StoredRefreshToken>(keys.refreshToken(token)))?.record;
       },
     },
 
@@ -276,7 +359,7 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
       },
       async put(sessionId, tokens, ttlMs) {
         const key = keys.idp(sessionId);
-        await store.set(key, sealer.seal(key, JSON.stringify(tokens)), ttlMs);
+        await store.set(key, seal(key, tokens), ttlMs);
       },
     },
   };

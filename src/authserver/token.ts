@@ -3,16 +3,21 @@
  * (RFC 7636) and resource binding (RFC 8707), and the `refresh_token` grant with rotation
  * (OAuth 2.1 §4.3.1). A reused code or refresh token revokes the whole session (token family),
  * except the immediately previous refresh token presented again by its client within a short
- * grace (`reuseGraceMs`): refused, without revoking anything.
+ * grace (`reuseGraceMs`): refused, without revoking anything. A refresh also ends a session past
+ * its absolute lifetime, and one the company IdP no longer backs (checked once the IdP access
+ * token has expired), so a user disabled at the IdP loses access within one IdP access-token
+ * lifetime plus one of ours.
  * Every failure is an RFC 6749 §5.2 error carried by the thrown HttpError.
  */
 import type { Logger } from '../observability/logger.ts';
 import { sessionTag } from '../observability/logger.ts';
-import { InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget, UnauthorizedClient, UnsupportedGrantType } from '../http/errors.ts';
+import { InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget, TemporarilyUnavailable, UnauthorizedClient, UnsupportedGrantType } from '../http/errors.ts';
+import { IdpSessionEnded, type IdpSessionTokens } from '../credentials/idp-session.ts';
+import { IdpError } from '../idp/types.ts';
 import type { RequestContext, Route } from '../http/router.ts';
 import { authenticateClient, type ClientResolver } from './client-auth.ts';
 import { readForm } from '../http/form.ts';
-import type { AuthStores, ClientRecord, RefreshTokenRecord } from './records.ts';
+import type { AuthStores, ClientRecord, RefreshTokenRecord, SessionRecord } from './records.ts';
 import { isPkceVerifier, newRefreshToken, pkceChallenge, safeEqual, type TokenIssuer } from './tokens.ts';
 import type { StepUpMarks } from './step-up.ts';
 import type { EndSession } from './session-end.ts';
@@ -41,6 +46,18 @@ export interface TokenEndpointOptions {
    * family (an agent's two concurrent refreshes, not a theft), in milliseconds. Default 30000.
    */
   reuseGraceMs?: number;
+  /**
+   * Absolute lifetime of a session from its login (`authServer.sessionMaxLifetime`), ms: no
+   * refresh carries it further, and a refresh after it ends the session. Default 7 days.
+   */
+  sessionMaxLifetimeMs?: number;
+  /**
+   * The sessions' IdP tokens. When given, a refresh whose session's IdP access token has expired
+   * first refreshes the IdP grant (once for the session, shared with the gateway path): the IdP
+   * refusing ends the session (`invalid_grant`); the IdP unreachable answers 503
+   * `temporarily_unavailable` and leaves the refresh token unspent. Absent: the IdP is not asked.
+   */
+  idpSession?: Pick<IdpSessionTokens, 'current'>;
 }
 
 /** The successful token response (RFC 6749 §5.1). */
@@ -77,6 +94,8 @@ export function createTokenRoutes(options: TokenEndpointOptions): Route[] {
   if (!Number.isSafeInteger(options.refreshTokenTtlMs) || options.refreshTokenTtlMs <= 0) throw new TypeError('refreshTokenTtlMs must be a positive integer');
   const reuseGraceMs = options.reuseGraceMs ?? 30_000;
   if (!Number.isSafeInteger(reuseGraceMs) || reuseGraceMs < 0) throw new TypeError('reuseGraceMs must be a non-negative integer');
+  const sessionMaxLifetimeMs = options.sessionMaxLifetimeMs ?? 7 * 86_400_000;
+  if (!Number.isSafeInteger(sessionMaxLifetimeMs) || sessionMaxLifetimeMs <= 0) throw new TypeError('sessionMaxLifetimeMs must be a positive integer');
 
   async function token(ctx: RequestContext): Promise<void> {
     ctx.res.setHeader('access-control-allow-origin', '*');
@@ -153,6 +172,9 @@ export function createTokenRoutes(options: TokenEndpointOptions): Route[] {
     if (resource !== undefined && resource !== peeked.resource) throw new InvalidTarget('resource does not match the refresh token');
     // Before rotation: refused for a step-up, the refresh token stays as it was.
     if (await options.stepUp?.take(peeked.sessionId)) throw new InvalidGrant('a new authorization is needed for the scope the resource asked for');
+    // Before rotation too: a refused or unanswered check leaves the refresh token unspent. A token
+    // already rotated is a reuse, found below; the IdP is not asked on its behalf.
+    const live = peeked.rotatedAt === undefined ? await confirmSession(peeked.sessionId) : undefined;
 
     const successor = newRefreshToken();
     const rotated = await stores.refreshTokens.rotate(presented, successor);
@@ -172,7 +194,9 @@ export function createTokenRoutes(options: TokenEndpointOptions): Route[] {
       throw new InvalidGrant('the refresh token was already used');
     }
     const record = rotated.record;
-    const session = await stores.sessions.extend(record.sessionId, now() + options.refreshTokenTtlMs);
+    // Slides, but never past the session's absolute end.
+    const until = Math.min(now() + options.refreshTokenTtlMs, (live?.createdAt ?? now()) + sessionMaxLifetimeMs);
+    const session = await stores.sessions.extend(record.sessionId, until);
     if (!session) throw new InvalidGrant('the session has ended');
     return {
       client,
@@ -184,6 +208,39 @@ export function createTokenRoutes(options: TokenEndpointOptions): Route[] {
       sessionExpiresAt: session.expiresAt,
       refreshToken: successor,
     };
+  }
+
+  /**
+   * The checks a refresh makes on the session itself: its absolute lifetime, then the company
+   * IdP's word once the IdP access token has expired. Undefined when the session is gone (the
+   * rotation then reports the token as invalid).
+   */
+  async function confirmSession(sessionId: string): Promise<SessionRecord | undefined> {
+    const session = await stores.sessions.get(sessionId);
+    if (!session) return undefined;
+    if (now() >= session.createdAt + sessionMaxLifetimeMs) {
+      await endSession(sessionId);
+      logger.info({ msg: 'session reached its maximum lifetime: ended', sid: sessionTag(sessionId) });
+      throw new InvalidGrant('the session reached its maximum lifetime; sign in again');
+    }
+    if (!options.idpSession) return session;
+    try {
+      // Refreshes the IdP grant only when its access token has expired: a user disabled at the
+      // IdP is then refused there (invalid_grant), and `current` ends the session.
+      await options.idpSession.current(sessionId, (tokens) => tokens.expiresAt !== undefined && tokens.expiresAt <= now());
+    } catch (error) {
+      if (error instanceof IdpSessionEnded) {
+        // Already ended when the IdP refused; not when the IdP tokens were simply gone.
+        await endSession(sessionId);
+        throw new InvalidGrant('the sign-in at the identity provider has ended; sign in again');
+      }
+      if (error instanceof IdpError) {
+        // An outage is never a logout: the session and this refresh token stay for a retry.
+        throw new TemporarilyUnavailable('the identity provider cannot confirm the sign-in right now; retry shortly', { headers: { 'retry-after': '5' }, cause: error });
+      }
+      throw error;
+    }
+    return session;
   }
 
   async function issueTokens(grant: Grant): Promise<TokenResponse> {

@@ -91,9 +91,20 @@ export function createConfigSchema(sources: SecretSources) {
     signingKeys: z.array(secret).default([]),
     accessTokenTtl: duration.default(600_000),
     refreshTokenTtl: duration.default(30 * 86_400_000),
+    /** Absolute lifetime of a session from its login, whatever the refreshes: then the user signs in again. */
+    sessionMaxLifetime: duration.default(7 * 86_400_000),
+    /** Most live sessions per user; a new login past it ends the user's oldest session. */
+    maxSessionsPerUser: z.number().int().positive().max(10_000).default(20),
     registration: z
-      .strictObject({ dynamic: z.boolean().default(true), initialAccessToken: secret.nullable().default(null) })
-      .default({ dynamic: true, initialAccessToken: null }),
+      .strictObject({
+        dynamic: z.boolean().default(true),
+        initialAccessToken: secret.nullable().default(null),
+        /** How long a registration lives until its first use (an authorization or token request). */
+        unusedTtl: duration.default(600_000),
+        /** Most registrations not used yet, across the fleet; past it new ones are refused. */
+        maxUnused: z.number().int().positive().default(10_000),
+      })
+      .default({ dynamic: true, initialAccessToken: null, unusedTtl: 600_000, maxUnused: 10_000 }),
     clientMetadataDocuments: z.boolean().default(true),
   });
 
@@ -146,6 +157,8 @@ export function createConfigSchema(sources: SecretSources) {
         keyPrefix: z.string().regex(/^[^{}]*$/, 'must not contain { or }').default('mcpgate:'),
       })
       .optional(),
+    /** The memory store's bound on the bytes of keys and values it holds (`kind: memory`). */
+    memory: z.strictObject({ maxBytes: z.number().int().min(1024 * 1024).default(256 * 1024 * 1024) }).default({ maxBytes: 256 * 1024 * 1024 }),
     encryptionKeys: z.array(z.strictObject({ id: z.string().regex(/^[A-Za-z0-9_-]{1,32}$/), key: secret })).default([]),
     /** Valkey without encryption keys is refused unless this is set. */
     allowUnencrypted: z.boolean().default(false),
@@ -193,10 +206,12 @@ export function createConfigSchema(sources: SecretSources) {
         signingKeys: [],
         accessTokenTtl: 600_000,
         refreshTokenTtl: 30 * 86_400_000,
-        registration: { dynamic: true, initialAccessToken: null },
+        sessionMaxLifetime: 7 * 86_400_000,
+        maxSessionsPerUser: 20,
+        registration: { dynamic: true, initialAccessToken: null, unusedTtl: 600_000, maxUnused: 10_000 },
         clientMetadataDocuments: true,
       }),
-      storage: storage.default({ kind: 'memory', encryptionKeys: [], allowUnencrypted: false }),
+      storage: storage.default({ kind: 'memory', memory: { maxBytes: 256 * 1024 * 1024 }, encryptionKeys: [], allowUnencrypted: false }),
       upstreams: z.array(upstream).min(1, 'at least one upstream is required'),
     })
     // `when`: the cross-field rules run even when some field failed, so a file's problems are all

@@ -13,6 +13,14 @@ export interface MemoryStoreOptions {
    * expiring are evicted.
    */
   maxEntries?: number;
+  /**
+   * Most bytes held at once (keys, values and set members, counted as V8 keeps strings: two bytes
+   * a character, plus a fixed overhead per key and per member). Default 256 MiB. When a write
+   * would exceed it, expired keys are swept first, then the keys closest to expiring are evicted;
+   * a single value larger than the whole bound is refused (`StoreUnavailableError`).
+   * A count bound alone let a flood of large values (16 KiB registrations) exhaust the heap.
+   */
+  maxBytes?: number;
   /** The clock, in epoch milliseconds. Default `Date.now`; tests pass a fake to skip time. */
   now?: () => number;
 }
@@ -21,12 +29,15 @@ interface ValueEntry {
   readonly kind: 'value';
   readonly value: string;
   readonly expiresAt: number;
+  /** Bytes counted for this key (see `maxBytes`). */
+  readonly size: number;
 }
 
 interface SetEntry {
   readonly kind: 'set';
   readonly members: Set<string>;
   expiresAt: number;
+  size: number;
 }
 
 type Entry = ValueEntry | SetEntry;
@@ -39,13 +50,25 @@ interface Deadline {
 
 /** How often expired keys are dropped even if nobody reads them (they are invisible anyway). */
 const SWEEP_INTERVAL_MS = 60_000;
+/** Bytes counted per key beyond its characters (the Map slot, the entry object, its deadline). */
+const KEY_OVERHEAD = 128;
+/** Bytes counted per set member beyond its characters. */
+const MEMBER_OVERHEAD = 48;
+
+function valueSize(key: string, value: string): number {
+  return KEY_OVERHEAD + 2 * (key.length + value.length);
+}
+
+function memberSize(member: string): number {
+  return MEMBER_OVERHEAD + 2 * member.length;
+}
 
 /**
  * Creates a store that keeps everything in this process's memory.
  *
  * - Expired keys are invisible at once, and removed when read, when room is needed, and by a
  *   sweep every minute (an unref'd timer, so an idle store never keeps the process alive).
- * - Bounded by `maxEntries`. When full, it evicts the keys **closest to expiring**, not the least
+ * - Bounded by `maxEntries` and `maxBytes`. When full, it evicts the keys **closest to expiring**, not the least
  *   recently used: a flood of short-lived entries (pending authorizations, codes) then evicts its
  *   own kind, not the 30-day refresh tokens of users who are simply idle.
  * - Every method body runs without awaiting, so `take`, `setIfAbsent`, `compareAndSet` and `deleteIfEquals` are
@@ -58,8 +81,13 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Store {
   if (!Number.isSafeInteger(maxEntries) || maxEntries < 1) {
     throw new TypeError(`maxEntries must be a positive integer, got ${String(maxEntries)}`);
   }
+  const maxBytes = options.maxBytes ?? 256 * 1024 * 1024;
+  if (!Number.isSafeInteger(maxBytes) || maxBytes < 1) {
+    throw new TypeError(`maxBytes must be a positive integer, got ${String(maxBytes)}`);
+  }
   const now = options.now ?? Date.now;
   const entries = new Map<string, Entry>();
+  let bytes = 0;
   const deadlines = new ExpiryHeap<Deadline>();
   let closed = false;
   const sweeper = setInterval(sweep, SWEEP_INTERVAL_MS);
@@ -74,7 +102,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Store {
   function live(key: string): Entry | undefined {
     const entry = entries.get(key);
     if (entry !== undefined && entry.expiresAt <= now()) {
-      entries.delete(key);
+      drop(key);
       return undefined;
     }
     return entry;
@@ -92,9 +120,23 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Store {
     return entry;
   }
 
+  /** Removes a key and its bytes from the count. */
+  function drop(key: string): void {
+    const entry = entries.get(key);
+    if (entry === undefined) return;
+    bytes -= entry.size;
+    entries.delete(key);
+  }
+
   function put(key: string, entry: Entry): void {
-    if (!entries.has(key)) makeRoom();
+    if (entry.size > maxBytes) {
+      throw new StoreUnavailableError(`memory store: a value of ${entry.size} bytes is larger than the whole store (storage.memory.maxBytes)`);
+    }
+    // The old value's bytes are freed first, so an overwrite neither counts twice nor evicts itself.
+    drop(key);
+    makeRoom(entry.size);
     entries.set(key, entry);
+    bytes += entry.size;
     schedule(key, entry);
   }
 
@@ -114,18 +156,20 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Store {
     const t = now();
     for (let next = deadlines.peek(); next !== undefined && next.at <= t; next = deadlines.peek()) {
       deadlines.pop();
-      if (isCurrent(next)) entries.delete(next.key);
+      if (isCurrent(next)) drop(next.key);
     }
   }
 
-  function makeRoom(): void {
-    if (entries.size < maxEntries) return;
+  /** Room for one more key of `size` bytes. */
+  function makeRoom(size: number): void {
+    const full = () => entries.size >= maxEntries || bytes + size > maxBytes;
+    if (!full()) return;
     sweep();
     // Every live entry has a current deadline in the heap, so the heap runs out last.
-    while (entries.size >= maxEntries) {
+    while (full()) {
       const next = deadlines.pop();
       if (next === undefined) break;
-      if (isCurrent(next)) entries.delete(next.key);
+      if (isCurrent(next)) drop(next.key);
     }
   }
 
@@ -140,7 +184,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Store {
       enter(signal);
       assertKey(key);
       assertTtl(ttlMs);
-      put(key, { kind: 'value', value, expiresAt: now() + ttlMs });
+      put(key, { kind: 'value', value, expiresAt: now() + ttlMs, size: valueSize(key, value) });
     },
 
     async setIfAbsent(key, value, ttlMs, signal) {
@@ -149,7 +193,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Store {
       assertTtl(ttlMs);
       // Like SET NX: a key of either kind counts as present.
       if (live(key) !== undefined) return false;
-      put(key, { kind: 'value', value, expiresAt: now() + ttlMs });
+      put(key, { kind: 'value', value, expiresAt: now() + ttlMs, size: valueSize(key, value) });
       return true;
     },
 
@@ -158,7 +202,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Store {
       assertKey(key);
       const entry = liveValue(key);
       if (entry === undefined) return undefined;
-      entries.delete(key);
+      drop(key);
       return entry.value;
     },
 
@@ -166,7 +210,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Store {
       enter(signal);
       const list = typeof keys === 'string' ? [keys] : keys;
       list.forEach(assertKey);
-      for (const key of list) entries.delete(key);
+      for (const key of list) drop(key);
     },
 
     async compareAndSet(key, expected, value, ttlMs, signal) {
@@ -174,7 +218,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Store {
       assertKey(key);
       assertTtl(ttlMs);
       if (liveValue(key)?.value !== expected) return false;
-      put(key, { kind: 'value', value, expiresAt: now() + ttlMs });
+      put(key, { kind: 'value', value, expiresAt: now() + ttlMs, size: valueSize(key, value) });
       return true;
     },
 
@@ -191,17 +235,14 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Store {
       assertKey(key);
       assertTtl(ttlMs);
       if (members.length === 0) return;
-      const expiresAt = now() + ttlMs;
       const entry = liveSet(key);
-      if (entry === undefined) {
-        put(key, { kind: 'set', members: new Set(members), expiresAt });
-        return;
-      }
-      for (const member of members) entry.members.add(member);
-      if (expiresAt > entry.expiresAt) {
-        entry.expiresAt = expiresAt;
-        schedule(key, entry);
-      }
+      const all = new Set(entry?.members);
+      for (const member of members) all.add(member);
+      if (entry !== undefined && all.size === entry.members.size && entry.expiresAt >= now() + ttlMs) return;
+      // Rebuilt and put again, so growth is counted and makes room like any write.
+      let size = KEY_OVERHEAD + 2 * key.length;
+      for (const member of all) size += memberSize(member);
+      put(key, { kind: 'set', members: all, expiresAt: Math.max(entry?.expiresAt ?? 0, now() + ttlMs), size });
     },
 
     async removeMembers(key, members, signal) {
@@ -209,9 +250,14 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Store {
       assertKey(key);
       const entry = liveSet(key);
       if (entry === undefined) return;
-      for (const member of members) entry.members.delete(member);
+      for (const member of members) {
+        if (entry.members.delete(member)) {
+          entry.size -= memberSize(member);
+          bytes -= memberSize(member);
+        }
+      }
       // Like Valkey, an empty set does not exist.
-      if (entry.members.size === 0) entries.delete(key);
+      if (entry.members.size === 0) drop(key);
     },
 
     async members(key, signal) {
@@ -228,6 +274,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Store {
       closed = true;
       clearInterval(sweeper);
       entries.clear();
+      bytes = 0;
       deadlines.rebuild([]);
     },
   };

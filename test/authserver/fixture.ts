@@ -146,8 +146,9 @@ export async function seedLogin(
   const sessionId = randomToken(16);
   const verifier = randomBytes(32).toString('base64url');
   const code = randomToken(32);
-  await gw.stores.sessions.put({ sessionId, subject, clientId: options.clientId, createdAt: gw.now(), expiresAt: gw.now() + 30 * 86_400_000 });
-  await gw.stores.idpTokens.put(sessionId, options.idpTokens ?? { accessToken: `idp-at-${randomToken(8)}`, expiresAt: gw.now() + 3_600_000 }, 30 * 86_400_000);
+  // Seven days: the default sessionMaxLifetime, below refreshTokenTtl (30 days).
+  await gw.stores.sessions.put({ sessionId, subject, clientId: options.clientId, createdAt: gw.now(), expiresAt: gw.now() + 7 * 86_400_000 });
+  await gw.stores.idpTokens.put(sessionId, options.idpTokens ?? { accessToken: `idp-at-${randomToken(8)}`, expiresAt: gw.now() + 3_600_000 }, 7 * 86_400_000);
   await gw.stores.codes.put(
     code,
     {

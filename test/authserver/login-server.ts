@@ -11,6 +11,7 @@ import { createCookieCodec } from '../../src/authserver/cookies.ts';
 import { createClientLookup, createLoginRoutes, type LoginFlow } from '../../src/authserver/login-flow.ts';
 import type { AuthStores } from '../../src/authserver/records.ts';
 import { createAuthStores } from '../../src/authserver/stores.ts';
+import { createSessionEnding } from '../../src/authserver/session-end.ts';
 import { createRateLimiter } from '../../src/http/rate-limit.ts';
 import { createFrontDoor, type FrontDoor } from '../../src/http/server.ts';
 import { createOidcIdpClient } from '../../src/idp/oidc.ts';
@@ -31,7 +32,11 @@ export interface LoginServerOptions {
   upstreams?: string[];
   /** An IdP shared between servers; default a fresh one, closed with the server. */
   idp?: DevIdp;
-  registration?: { dynamic: boolean; initialAccessToken: string | null };
+  registration?: { dynamic: boolean; initialAccessToken: string | null; unusedTtl?: number; maxUnused?: number };
+  /** `authServer.maxSessionsPerUser`; default 20. */
+  maxSessionsPerUser?: number;
+  /** Runs for every session ended through the session-ending path (as the upstream grants' clean-up does). */
+  onSessionEnded?: (sessionId: string) => Promise<void>;
   /** Registrations per IP and minute. Default 1000. */
   registrationLimit?: number;
   /** Authorization requests and callbacks per IP and minute. Default 1000. */
@@ -96,6 +101,8 @@ export async function startLoginServer(options: LoginServerOptions = {}): Promis
     clientIdleTtlMs: 90 * 86_400_000,
     limiter: createRateLimiter({ store, name: 'authorize', limit: options.authorizeLimit ?? 1000, windowMs: 60_000, now }),
     now,
+    maxSessionsPerUser: options.maxSessionsPerUser,
+    endSession: createSessionEnding({ sessions: stores.sessions, onSessionEnded: options.onSessionEnded ? [options.onSessionEnded] : [], logger }),
   };
   const routes = createLoginRoutes({
     flow,

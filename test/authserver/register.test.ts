@@ -7,7 +7,8 @@ import { createHash } from 'node:crypto';
 import { request } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { startDevIdp, type DevIdp } from '../support/idp.ts';
-import { startLoginServer, type LoginServer } from './login-server.ts';
+import { createBrowser, formAction } from '../upstream-oauth/browser.ts';
+import { pkcePair, startLoginServer, type LoginServer } from './login-server.ts';
 
 let idp: DevIdp;
 let server: LoginServer;
@@ -153,13 +154,94 @@ describe('registration', () => {
     assert.equal(res.body.error, 'payload_too_large');
   });
 
-  test('a registration expires after 90 idle days', async () => {
-    const res = await register({ redirect_uris: ['https://app.example.com/cb'] });
-    const id = res.body.client_id as string;
+  // Security review item 3: anonymous registrations were kept 90 days whether used or not.
+  test('an unused registration lives ten minutes, an anonymous authorization request does not keep it', async () => {
+    const id = (await register({ redirect_uris: [AGENT_REDIRECT] })).body.client_id as string;
+    server.advance(9 * 60_000);
+    assert.equal((await authorizeOnly(server, id)).status, 302, 'usable meanwhile');
+    server.advance(2 * 60_000);
+    assert.equal(await server.stores.clients.get(id), undefined, 'gone eleven minutes after registering');
+  });
+
+  test('its first sign-in at the IdP makes it live the idle period (90 days)', async () => {
+    const id = (await register({ redirect_uris: [AGENT_REDIRECT] })).body.client_id as string;
+    const consent = await signInFor(server, id, 'alice');
+    assert.equal(consent.status, 200, 'the IdP login came back to the consent page');
     server.advance(89 * 86_400_000);
-    assert.ok(await server.stores.clients.get(id));
+    assert.ok(await server.stores.clients.get(id), 'used: still registered 89 days later');
     server.advance(2 * 86_400_000);
-    assert.equal(await server.stores.clients.get(id), undefined);
+    assert.equal(await server.stores.clients.get(id), undefined, 'idle for 91 days: gone');
+  });
+});
+
+const AGENT_REDIRECT = 'http://127.0.0.1:33418/callback';
+
+/** An authorization request and nothing more: what anyone can send without signing in. */
+async function authorizeOnly(target: LoginServer, clientId: string): Promise<Response> {
+  const params = new URLSearchParams({ client_id: clientId, redirect_uri: AGENT_REDIRECT, response_type: 'code', code_challenge: pkcePair().challenge, code_challenge_method: 'S256', state: 's', scope: 'mcp' });
+  const res = await fetch(`${target.issuer}/oauth/authorize?${params}`, { redirect: 'manual' });
+  await res.arrayBuffer();
+  return res;
+}
+
+/** A browser: the authorization request, the IdP's login form, back to our callback (ends at the consent page). */
+async function signInFor(target: LoginServer, clientId: string, login: string) {
+  const params = new URLSearchParams({ client_id: clientId, redirect_uri: AGENT_REDIRECT, response_type: 'code', code_challenge: pkcePair().challenge, code_challenge_method: 'S256', state: 's', scope: 'mcp' });
+  const browser = createBrowser();
+  const form = await browser.open(`${target.issuer}/oauth/authorize?${params}`);
+  assert.ok(form.url.startsWith(idp.issuer), `at the IdP's login form, not ${form.url} (${form.status})`);
+  const password = idp.users.find((u) => u.login === login)!.password;
+  return browser.submit(formAction(form, /\/login$/), { login, password }, { stopAt: (url) => url.origin === target.issuer && !url.pathname.startsWith('/oauth/') });
+}
+
+describe('what anonymous registrations and logins may leave in the store', () => {
+  test('at most maxUnused registrations wait for their first use; past it a clear 503 with Retry-After, then room again', async () => {
+    const small = await startLoginServer({ idp, registration: { dynamic: true, initialAccessToken: null, unusedTtl: 600_000, maxUnused: 3 } });
+    try {
+      for (let i = 0; i < 3; i++) assert.equal((await register({ redirect_uris: [AGENT_REDIRECT] }, { issuer: small.issuer })).status, 201);
+      const refused = await register({ redirect_uris: [AGENT_REDIRECT] }, { issuer: small.issuer });
+      assert.equal(refused.status, 503);
+      assert.equal(refused.body.error, 'temporarily_unavailable');
+      assert.match(String(refused.body.error_description), /waiting for their first use/);
+      const retryAfter = Number(refused.headers.get('retry-after'));
+      assert.ok(retryAfter >= 1 && retryAfter <= 600, `Retry-After ${retryAfter}`);
+      assert.equal((await register({ redirect_uris: ['not a uri'] }, { issuer: small.issuer })).status, 400, 'a bad request still gets its own error');
+      // The three have expired unused by the time two windows have passed.
+      small.advance(2 * 600_000);
+      assert.equal((await register({ redirect_uris: [AGENT_REDIRECT] }, { issuer: small.issuer })).status, 201);
+    } finally {
+      await small.close();
+    }
+  });
+
+  test('a login past maxSessionsPerUser ends the oldest session through the session-ending path', async () => {
+    const ended: string[] = [];
+    const capped = await startLoginServer({ idp, maxSessionsPerUser: 2, onSessionEnded: async (sid) => void ended.push(sid) });
+    try {
+      const id = (await register({ redirect_uris: [AGENT_REDIRECT] }, { issuer: capped.issuer })).body.client_id as string;
+      const sessionsOf = async (who: string) => {
+        const ids = await capped.stores.sessions.listForUser(who);
+        const live = await Promise.all(ids.map((sid) => capped.stores.sessions.get(sid)));
+        return live.filter((s) => s !== undefined).sort((a, b) => a.createdAt - b.createdAt);
+      };
+      await signInFor(capped, id, 'bob');
+      await signInFor(capped, id, 'alice');
+      const [oldest] = await sessionsOf('alice');
+      for (let i = 0; i < 3; i++) {
+        capped.advance(1000);
+        const page = await signInFor(capped, id, 'alice');
+        assert.equal(page.status, 200);
+      }
+      const alice = await sessionsOf('alice');
+      assert.equal(alice.length, 2, 'alice keeps her two newest sessions');
+      assert.ok(!alice.some((s) => s.sessionId === oldest!.sessionId), 'the oldest ended');
+      assert.equal(await capped.stores.idpTokens.get(oldest!.sessionId), undefined, 'with its IdP tokens');
+      assert.equal(ended.length, 2, 'each through the session-ending path (its hooks ran)');
+      assert.ok(ended.includes(oldest!.sessionId));
+      assert.equal((await sessionsOf('bob')).length, 1, "another user's session is untouched");
+    } finally {
+      await capped.close();
+    }
   });
 });
 

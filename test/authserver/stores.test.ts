@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { AuthStores, AuthorizationCodeRecord, IdpTokens, RefreshTokenRecord, SessionRecord } from '../../src/authserver/records.ts';
-import { createAuthStores } from '../../src/authserver/stores.ts';
+import { createAuthStores, tokenHash } from '../../src/authserver/stores.ts';
 import { createMemoryStore } from '../../src/store/memory.ts';
 import type { Store } from '../../src/store/port.ts';
 import { createSealer } from '../../src/store/sealed.ts';
@@ -50,7 +50,7 @@ function storesSuite(name: string, make: () => Promise<Fixture>): void {
       const raw = await f.store.get(`pending:${state}`);
       assert.ok(raw && !raw.includes('VERIFIER-SECRET'), 'the verifier is sealed');
       await f.store.set(`pending:other${state}`, raw, 60_000);
-      await assert.rejects(f.stores.pending.take(`other${state}`), /failed authentication/);
+      assert.equal(await f.stores.pending.take(`other${state}`), undefined, 'a value copied under another key does not open: nothing is there');
       assert.deepEqual(await f.stores.pending.take(state), pending);
       assert.equal(await f.stores.pending.take(state), undefined);
     });
@@ -101,7 +101,7 @@ function storesSuite(name: string, make: () => Promise<Fixture>): void {
       assert.ok(raw && !raw.includes('SECRET'), 'no token in the stored value');
       assert.deepEqual(await f.stores.idpTokens.get('s-idp'), idp);
       await f.store.set('idp:{s-other}', raw, HOUR);
-      await assert.rejects(f.stores.idpTokens.get('s-other'), /failed authentication/, "one session's tokens do not open as another's");
+      assert.equal(await f.stores.idpTokens.get('s-other'), undefined, "one session's tokens do not open as another's");
     });
 
     test('IdP tokens written by another replica are seen at once (the in-process open cache checks the bytes)', async () => {
@@ -154,6 +154,76 @@ function storesSuite(name: string, make: () => Promise<Fixture>): void {
       const results = await Promise.all(Array.from({ length: 20 }, () => f.stores.refreshTokens.rotate(t)));
       assert.equal(results.filter((r) => r && !r.reused).length, 1);
       assert.equal(results.filter((r) => r?.reused).length, 19);
+    });
+
+    test('every record that grants access is sealed for its key: forged or copied records grant nothing', async () => {
+      const sid = `s-seal-${unique()}`;
+      await f.stores.sessions.put(session(sid));
+      const sessionRaw = await f.store.get(`session:{${sid}}`);
+      assert.ok(sessionRaw?.startsWith('v1.k1.') && !sessionRaw.includes(sid), 'the session record is sealed');
+      // A session record forged in plain JSON, and a real one copied under another sid: neither is a session.
+      const forgedSid = `s-forged-${unique()}`;
+      await f.store.set(`session:{${forgedSid}}`, JSON.stringify({ session: { ...session(forgedSid) }, indexEntry: 'x' }), HOUR);
+      assert.equal(await f.stores.sessions.get(forgedSid), undefined);
+      await f.store.set(`session:{${forgedSid}}`, sessionRaw!, HOUR);
+      assert.equal(await f.stores.sessions.get(forgedSid), undefined);
+      assert.equal(await f.stores.sessions.extend(forgedSid, f.now() + 2 * HOUR), undefined, 'a forged session cannot be stretched either');
+
+      const c = unique();
+      await f.stores.codes.put(c, code(sid), 60_000);
+      const forgedCode = unique();
+      await f.store.set(`code:${tokenHash(forgedCode)}`, JSON.stringify({ live: code(sid) }), 60_000);
+      assert.equal(await f.stores.codes.consume(forgedCode), undefined, 'a code forged in plain JSON is not redeemable');
+      await f.store.set(`code:${tokenHash(forgedCode)}`, (await f.store.get(`code:${tokenHash(c)}`))!, 60_000);
+      assert.equal(await f.stores.codes.consume(forgedCode), undefined, 'a code record copied under another hash is not redeemable');
+
+      const t = unique();
+      await f.stores.refreshTokens.put(t, rt(sid), HOUR);
+      const forgedRt = unique();
+      await f.store.set(`rt:${tokenHash(forgedRt)}`, JSON.stringify({ record: rt(sid), expiresAt: f.now() + HOUR }), HOUR);
+      assert.equal(await f.stores.refreshTokens.peek(forgedRt), undefined);
+      assert.equal(await f.stores.refreshTokens.rotate(forgedRt), undefined);
+
+      const clientId = `c-${unique()}`;
+      await f.stores.clients.put({ clientId, kind: 'dcr', tokenEndpointAuthMethod: 'none', redirectUris: ['http://127.0.0.1/cb'], grantTypes: ['authorization_code'], createdAt: 1 }, HOUR);
+      const clientRaw = (await f.store.get(`client:${clientId}`))!;
+      assert.ok(clientRaw.startsWith('v1.k1.') && !clientRaw.includes('127.0.0.1'), 'the client record is sealed');
+      await f.store.set(`client:${clientId}`, JSON.stringify({ clientId, kind: 'dcr', tokenEndpointAuthMethod: 'none', redirectUris: ['https://attacker.example/cb'], grantTypes: ['authorization_code'], createdAt: 1 }), HOUR);
+      assert.equal(await f.stores.clients.get(clientId), undefined, 'a client record rewritten in plain JSON is not a client');
+
+      await f.store.set(`consent:alice:${clientId}`, JSON.stringify({ scopes: ['mcp'], grantedAt: 1 }), HOUR);
+      assert.equal(await f.stores.consents.get('alice', clientId), undefined, 'a forged consent approves nothing');
+    });
+
+    test("the user index lists no session id, and still ends every session of the user", async () => {
+      const subject = `u-${unique()}`;
+      const sids = [`s-ix-${unique()}`, `s-ix-${unique()}`];
+      for (const sid of sids) await f.stores.sessions.put(session(sid, subject));
+      await f.stores.sessions.extend(sids[0]!, f.now() + 2 * HOUR);
+      const members = await f.store.members(`user:${subject}:sessions`);
+      assert.equal(members.length, 2, 'one entry per session, an extend adds none');
+      for (const member of members) for (const sid of sids) assert.ok(!member.includes(sid), 'an index entry reveals no session id');
+      assert.deepEqual((await f.stores.sessions.listForUser(subject)).sort(), [...sids].sort());
+      // An entry forged in plain text names nothing and is dropped.
+      await f.store.addMembers(`user:${subject}:sessions`, ['s-planted'], HOUR);
+      assert.deepEqual((await f.stores.sessions.listForUser(subject)).sort(), [...sids].sort());
+      assert.equal((await f.store.members(`user:${subject}:sessions`)).length, 2);
+      await f.stores.sessions.revoke(sids[0]!);
+      assert.deepEqual(await f.stores.sessions.listForUser(subject), [sids[1]]);
+      await f.stores.sessions.revoke(sids[1]!);
+      assert.deepEqual(await f.store.members(`user:${subject}:sessions`), []);
+    });
+
+    test('the budget of unused registrations is shared: never more admitted than the max, even concurrently', async () => {
+      // A window of its own, so the suites on one store do not share counts.
+      const windowMs = 3_600_000 + Math.floor(Math.random() * 1_000_000);
+      const results = await Promise.all(Array.from({ length: 20 }, () => f.stores.clients.admitUnused({ max: 5, windowMs })));
+      const admitted = results.filter((r) => r.admitted).length;
+      assert.ok(admitted >= 1 && admitted <= 5, `admitted ${admitted} of 20 with a budget of 5`);
+      for (let i = admitted; i < 5; i++) assert.equal((await f.stores.clients.admitUnused({ max: 5, windowMs })).admitted, true);
+      const refused = await f.stores.clients.admitUnused({ max: 5, windowMs });
+      assert.equal(refused.admitted, false);
+      assert.ok(refused.retryAfterMs > 0 && refused.retryAfterMs <= windowMs);
     });
 
     test('clients and consents round-trip; consent keys of different users never collide', async () => {

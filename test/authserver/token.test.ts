@@ -139,9 +139,10 @@ describe('authorization_code grant', () => {
 });
 
 describe('refresh_token grant', () => {
-  test('rotation: each refresh returns a new refresh token and slides the session', async () => {
+  test('rotation: each refresh returns a new refresh token; the session never outlives its absolute lifetime', async () => {
     const client = await registerClient(gw);
-    const tokens = await login(gw, client, { resource: gw.resource('kube') });
+    // IdP tokens still valid at the refresh: the IdP is not asked (this gateway's IdP refuses every call).
+    const tokens = await login(gw, client, { resource: gw.resource('kube'), idpTokens: { accessToken: 'idp-at', expiresAt: gw.now() + 2 * 3_600_000 } });
     secrets.push(tokens.accessToken, tokens.refreshToken);
     const before = (await gw.stores.sessions.get(tokens.sessionId))!.expiresAt;
     gw.advance(3_600_000);
@@ -150,8 +151,9 @@ describe('refresh_token grant', () => {
     assert.notEqual(res.body.refresh_token, tokens.refreshToken);
     assert.equal(decodeJwt(String(res.body.access_token)).sid, tokens.sessionId);
     const session = await gw.stores.sessions.get(tokens.sessionId);
-    assert.equal(session!.expiresAt, gw.now() + 30 * 86_400_000);
-    assert.ok(session!.expiresAt > before);
+    // refreshTokenTtl is 30 days, sessionMaxLifetime 7 days (the defaults): the absolute end wins.
+    assert.equal(session!.expiresAt, session!.createdAt + 7 * 86_400_000);
+    assert.ok(session!.expiresAt >= before);
     const next = remember(await postForm(tokenUrl, { grant_type: 'refresh_token', client_id: client.clientId, refresh_token: String(res.body.refresh_token) }));
     assert.equal(next.status, 200);
   });

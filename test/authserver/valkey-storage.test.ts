@@ -2,10 +2,13 @@
  * The authorization server on `storage.kind: valkey` (a real redis-server): logins, refreshes and
  * the gateway path work across the wire; when the server goes away, /readyz fails and the token
  * endpoint answers 503 with Retry-After, never "invalid grant"; the session survives the outage.
+ * Records written straight into Valkey without the store key grant nothing.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { login, postForm, registerClient, startAuthGateway, type AuthGateway } from './fixture.ts';
+import { login, postForm, registerClient, seedLogin, startAuthGateway, type AuthGateway } from './fixture.ts';
+import { tokenHash } from '../../src/authserver/stores.ts';
+import { pkceChallenge } from '../../src/authserver/tokens.ts';
 import { startRedis, type RedisServer } from '../support/redis.ts';
 import { startRawUpstream, type RawUpstream } from '../support/mcp-upstream.ts';
 import { metricValue, scrapeMetrics } from '../support/metrics.ts';
@@ -51,4 +54,56 @@ test('login, refresh and the gateway path on Valkey; an outage is a 503, not a l
   const refreshed = await postForm(`${gw.issuer}/oauth/token`, { grant_type: 'refresh_token', client_id: client.clientId, refresh_token: tokens.refreshToken });
   assert.equal(refreshed.status, 200, JSON.stringify(refreshed.body));
   assert.equal((await fetch(`${gw.url}readyz`)).status, 200);
+});
+
+// Security review item 6: the authorization server's records carry integrity. Someone who can
+// write to Valkey (but does not hold the store key) writes records straight into it.
+test('a code forged in Valkey is not redeemable, a client record rewritten there is not a client', async () => {
+  const client = await registerClient(gw);
+  const seeded = await seedLogin(gw, { ...client, resource: gw.resource('kube'), subject: 'victim' });
+  // A code of the attacker's choosing for the victim's live session, written as plain JSON.
+  const forged = 'forged-code-0123456789abcdefghijklmnopqrstuvwxyz';
+  const verifier = 'v'.repeat(43);
+  const record = {
+    clientId: client.clientId, redirectUri: client.redirectUri, codeChallenge: pkceChallenge(verifier), resource: gw.resource('kube'),
+    scopes: ['mcp'], subject: 'victim', sessionId: seeded.sessionId, createdAt: gw.now(),
+  };
+  await gw.store.set(`code:${tokenHash(forged)}`, JSON.stringify({ live: record }), 60_000);
+  const redeemed = await postForm(`${gw.issuer}/oauth/token`, {
+    grant_type: 'authorization_code', client_id: client.clientId, code: forged, redirect_uri: client.redirectUri, code_verifier: verifier, resource: gw.resource('kube'),
+  });
+  assert.equal(redeemed.status, 400, JSON.stringify(redeemed.body));
+  assert.equal(redeemed.body.error, 'invalid_grant');
+  assert.ok(gw.logs.records().some((l) => String(l.msg).startsWith('a stored record did not open') && l.record === 'code'), 'the operator is told');
+
+  // The registered client rewritten in place with the attacker's redirect URI added.
+  const stored = await gw.stores.clients.get(client.clientId);
+  assert.ok(stored);
+  await gw.store.set(`client:${client.clientId}`, JSON.stringify({ ...stored, redirectUris: [...stored.redirectUris, 'https://attacker.example/cb'] }), 86_400_000);
+  const authorize = new URL(`${gw.issuer}/oauth/authorize`);
+  for (const [k, v] of Object.entries({
+    response_type: 'code', client_id: client.clientId, redirect_uri: 'https://attacker.example/cb', code_challenge: pkceChallenge(verifier),
+    code_challenge_method: 'S256', resource: gw.resource('kube'), state: 's',
+  })) authorize.searchParams.set(k, v);
+  const res = await fetch(authorize, { redirect: 'manual' });
+  assert.equal(res.status, 400);
+  assert.equal(res.headers.get('location'), null, 'nothing is sent to the attacker');
+  assert.match(await res.text(), /not registered here/);
+});
+
+test("a user's index in Valkey names no session, and sign-out everywhere still ends them all", async () => {
+  const client = await registerClient(gw);
+  const first = await login(gw, client, { resource: gw.resource('kube'), subject: 'bob' });
+  const second = await login(gw, client, { resource: gw.resource('kube'), subject: 'bob' });
+  const members = await gw.store.members('user:bob:sessions');
+  assert.equal(members.length, 2);
+  for (const m of members) {
+    assert.ok(!m.includes(first.sessionId) && !m.includes(second.sessionId), 'no session id in the index');
+    assert.equal(await gw.stores.sessions.get(m), undefined, 'an index entry is not usable as a session id');
+  }
+  const res = await fetch(`${gw.issuer}/oauth/logout/all`, { method: 'POST', headers: { authorization: `Bearer ${first.accessToken}` } });
+  assert.equal(res.status, 204);
+  assert.equal(await gw.stores.sessions.get(first.sessionId), undefined);
+  assert.equal(await gw.stores.sessions.get(second.sessionId), undefined);
+  assert.deepEqual(await gw.store.members('user:bob:sessions'), []);
 });

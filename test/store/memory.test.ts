@@ -78,4 +78,42 @@ describe('memory store bounds', () => {
     assert.deepEqual((await store.members('index')).sort(), ['a', 'b']);
     await store.close();
   });
+
+  // Security review item 3: a count bound alone let 100 000 registrations of 16 KiB (3 GiB as V8
+  // strings) be held; the byte bound holds whatever the values' sizes.
+  test('maxBytes bounds what large values hold: the soonest to expire are evicted, a value larger than the store is refused', async () => {
+    assert.throws(() => createMemoryStore({ maxBytes: 0 }), TypeError);
+    const clock = fakeClock();
+    const maxBytes = 1024 * 1024;
+    const store = createMemoryStore({ maxBytes, now: clock.now });
+    const big = 'x'.repeat(16 * 1024);
+    await store.set('refresh', 'r', 30 * 86_400_000);
+    await store.addMembers('index', ['s1', 's2'], 30 * 86_400_000);
+    // A flood of 16 KiB values: 32 KiB each as V8 keeps them, so at most ~32 fit in 1 MiB.
+    for (let i = 0; i < 1000; i++) await store.set(`client:${i}`, big, 600_000 + i);
+    let held = 0;
+    for (let i = 0; i < 1000; i++) if ((await store.get(`client:${i}`)) !== undefined) held++;
+    assert.ok(held > 0 && held <= 32, `held ${held} values of 16 KiB in 1 MiB`);
+    assert.ok(await store.get('client:999'), 'the newest write is kept');
+    assert.equal(await store.get('client:0'), undefined, 'the soonest to expire went first');
+    assert.equal(await store.get('refresh'), 'r', 'long-lived keys survive the flood');
+    assert.deepEqual((await store.members('index')).sort(), ['s1', 's2']);
+    await assert.rejects(store.set('huge', 'x'.repeat(maxBytes), 1000), { name: 'StoreUnavailableError' });
+    assert.equal(await store.get('huge'), undefined);
+    await store.close();
+  });
+
+  test('growing a set counts against maxBytes; removing members frees their bytes', async () => {
+    const clock = fakeClock();
+    const store = createMemoryStore({ maxBytes: 64 * 1024, now: clock.now });
+    await store.set('short', 's'.repeat(8 * 1024), 1_000);
+    const member = (i: number): string => `${String(i).padStart(6, '0')}${'m'.repeat(250)}`;
+    for (let i = 0; i < 100; i++) await store.addMembers('set', [member(i)], 60_000);
+    assert.equal(await store.get('short'), undefined, 'the set grew past the bound: the key soonest to expire was evicted');
+    assert.equal((await store.members('set')).length, 100);
+    await store.removeMembers('set', Array.from({ length: 100 }, (_, i) => member(i)));
+    for (let i = 0; i < 100; i++) await store.set(`v${i}`, 'y'.repeat(100), 60_000);
+    for (let i = 0; i < 100; i++) assert.equal(await store.get(`v${i}`), 'y'.repeat(100), 'the freed bytes were reused');
+    await store.close();
+  });
 });
