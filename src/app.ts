@@ -28,6 +28,7 @@ import type { CredentialSource, Principal } from './credentials/types.ts';
 import { openAccess, type Authenticator } from './gateway/authenticate.ts';
 import { createAuthRequiredRenderer } from './gateway/challenge.ts';
 import { createClientCapabilities } from './gateway/client-capabilities.ts';
+import { createElicitationEvents } from './gateway/elicitation-events.ts';
 import { createMcpRoutes } from './gateway/mcp-route.ts';
 import { createStreamRegistry } from './gateway/stream-registry.ts';
 import type { Upstream } from './gateway/upstream.ts';
@@ -45,6 +46,8 @@ import { createGatewayMetrics, createRegistry } from './observability/metrics.ts
 import { createMemoryStore } from './store/memory.ts';
 import { observeStoreFailures } from './store/observed.ts';
 import { createValkeyStore } from './store/valkey.ts';
+import { createMemoryBus, type MessageBus } from './store/bus.ts';
+import { createValkeyBus } from './store/valkey_bus.ts';
 import type { Store } from './store/port.ts';
 import { createSealer } from './store/sealed.ts';
 import { createClientRegistration } from './upstream-oauth/client-registration.ts';
@@ -157,11 +160,13 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     }
   }
 
-  // auth_required channels (DESIGN §6.4): what each agent session understands, and its open GET
-  // streams for notifications/elicitation/complete (the upstream callback calls
-  // streams.notifyElicitationComplete from its onConnected hook).
-  const clientCapabilities = createClientCapabilities();
+  // auth_required channels: what each agent session understands (in the store, for every
+  // replica), and this replica's open GET streams, which hear notifications/elicitation/complete
+  // from whichever replica ran the upstream callback (over the message bus).
+  const clientCapabilities = createClientCapabilities({ store, now });
   const streams = createStreamRegistry();
+  const bus = busFor(config, logger);
+  const elicitationEvents = createElicitationEvents({ bus, store, sealer, streams, outcomes: metrics.elicitationNotifications, logger });
   const challengeSettings = new Map(config.upstreams.map((u) => [u.name, 'challenge' in u.auth ? u.auth.challenge : ('auto' as const)]));
   const authRequired = createAuthRequiredRenderer({
     capabilities: clientCapabilities,
@@ -177,7 +182,19 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     publicUrl,
     trustedProxies: config.server.trustedProxies,
     routes: [
-      ...createOpsRoutes({ registry, checks: [{ name: 'store', check: (signal) => store.ping(signal) }], isDraining: () => draining }),
+      ...createOpsRoutes({
+        registry,
+        checks: [
+          { name: 'store', check: (signal) => store.ping(signal) },
+          {
+            name: 'events',
+            check: async () => {
+              if (!elicitationEvents.subscribed) throw new Error('not subscribed to the event bus yet');
+            },
+          },
+        ],
+        isDraining: () => draining,
+      }),
       ...(login?.routes ?? []),
       ...(login
         ? createUpstreamOAuthRoutes({
@@ -188,7 +205,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
             browser: login.browser,
             authenticate: (ctx, name) => authenticateForConnections(login.authenticator, ctx, name),
             basePath,
-            onConnected: (done) => void streams.notifyElicitationComplete(done),
+            onConnected: (done) => void elicitationEvents.completed(done),
             // Each browser leg may cost discovery, a registration or a token request at someone else's server.
             limiter: createRateLimiter({ store, name: 'upstream-oauth', limit: 60, windowMs: 60_000, now }),
           })
@@ -215,6 +232,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     logger,
     frontDoor,
     async listen(override = {}) {
+      // One attempt now; while Valkey is unreachable it goes on in the background and /readyz fails ("events").
+      await elicitationEvents.start();
       const [, host = '127.0.0.1', port = '8080'] = /^\[?(.*?)\]?:(\d+)$/.exec(config.server.listen) ?? [];
       const bound = await frontDoor.listen(override.host ?? host, override.port ?? Number(port));
       const shown = bound.host.includes(':') ? `[${bound.host}]` : bound.host;
@@ -225,6 +244,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       draining = true;
       await frontDoor.shutdown(config.server.drainTimeout);
       await Promise.all(upstreams.map((u) => u.dispatcher.close().catch(() => undefined)));
+      await elicitationEvents.close();
+      await bus.close().catch(() => undefined);
       await store.close().catch(() => undefined);
       await serverFetch.close().catch(() => undefined);
       logger.info({ msg: 'stopped' });
@@ -398,6 +419,21 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     return { routes, authenticator, idpSession: createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now, endSession, refreshes: metrics.refreshes }), cookies, browser };
   }
 
+}
+
+/** The message bus that goes with `storage.kind`: in process for memory, Valkey pub/sub (connections of its own) for valkey. */
+function busFor(config: Config, logger: Logger): MessageBus {
+  const valkey = config.storage.valkey;
+  const onHandlerError = (error: unknown) => logger.error({ msg: 'event handler failed', err: (error as Error).message });
+  if (config.storage.kind === 'memory' || !valkey) return createMemoryBus({ onHandlerError });
+  return createValkeyBus({
+    url: valkey.url,
+    username: valkey.username,
+    password: valkey.password,
+    keyPrefix: valkey.keyPrefix,
+    onError: (error) => logger.warn({ msg: 'valkey event bus connection error', err: error.message }),
+    onHandlerError,
+  });
 }
 
 /** The storage backend `storage.kind` names. */

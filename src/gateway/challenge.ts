@@ -1,5 +1,5 @@
 /**
- * auth_required, by channel (DESIGN §6.4, issue 5): how the gateway tells an agent that the user
+ * auth_required, by channel: how the gateway tells an agent that the user
  * must authorize an upstream at its own authorization server, in the best form the agent
  * understands.
  *
@@ -209,7 +209,8 @@ export function createAuthRequiredRenderer(options: AuthRequiredRendererOptions)
 
   return {
     async render({ ctx, upstream, rpc, mcpSessionId, principal, authRequired }) {
-      const session = options.capabilities.get({ upstream: upstream.name, mcpSessionId, sessionId: principal?.sessionId });
+      // Read from the store, whichever replica saw initialize; a store failure rejects (503), never a guessed channel.
+      const session = await options.capabilities.get({ upstream: upstream.name, mcpSessionId, sessionId: principal?.sessionId }, ctx.signal);
       const channel = chooseChannel({ setting: options.settingFor(upstream.name), method: ctx.req.method ?? 'GET', rpc, mcpSessionId, session });
       ctx.log.authRequired = channel;
       if (channel === 'held_stream') {

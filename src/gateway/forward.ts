@@ -30,6 +30,14 @@ export interface ForwardRequest {
   onCut?(): void;
   /** Called when an SSE response starts, with a way to add our own events to it (notifications/elicitation/complete). */
   onSse?(injector: SseInjector): void;
+  /**
+   * Called with a response's status and headers before any of it reaches the agent (not for held
+   * responses). A returned promise pauses the upstream until it settles: the agent sees nothing
+   * until then, so what it writes (the session's capabilities, learned from `initialize`) is in
+   * the store before the agent can send its next request, to any replica. A rejection aborts the
+   * upstream request and `forward` rejects with it (a store failure: 503).
+   */
+  beforeResponse?(status: number, headers: IncomingHttpHeaders): Promise<void> | undefined;
 }
 
 /** Adds whole SSE events to a forwarded stream without splitting the upstream's events. */
@@ -64,7 +72,9 @@ const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_CONNECT_TIMEO
 export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
   const { res, signal } = request;
   return new Promise<ForwardOutcome>((resolve, reject) => {
-    let mode: 'waiting' | 'held' | 'streaming' = 'waiting';
+    let mode: 'waiting' | 'held' | 'deferred' | 'streaming' = 'waiting';
+    // What the upstream sent while `beforeResponse` was pending (undici may deliver a chunk parsed before the pause).
+    let deferred: { chunks: Buffer[]; ended: boolean } | undefined;
     let status = 0;
     let held: { headers: IncomingHttpHeaders; chunks: Buffer[]; size: number } | undefined;
     let stream = false;
@@ -108,25 +118,32 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
           held = { headers, chunks: [], size: 0 };
           return;
         }
-        mode = 'streaming';
-        stream = isEventStream(headers);
-        res.writeHead(statusCode, agentResponseHeaders(headers));
-        if (stream) {
-          // Send headers now: an idle GET stream must reach the agent before its first event.
-          res.flushHeaders();
-          request.onStream?.(true);
-          if (request.sseKeepAliveMs) startKeepAlive(request.sseKeepAliveMs);
-          request.onSse?.({
-            inject(event) {
-              if (settled || res.writableEnded || res.destroyed) return;
-              pending.push(event);
-              if (atBoundary) flushPending();
-            },
-          });
-        }
-        void c;
+        const before = request.beforeResponse?.(statusCode, headers);
+        if (!before) return startResponse(statusCode, headers);
+        mode = 'deferred';
+        deferred = { chunks: [], ended: false };
+        c.pause();
+        before.then(
+          () => {
+            if (settled) return;
+            const queued = deferred!;
+            deferred = undefined;
+            startResponse(statusCode, headers);
+            for (const chunk of queued.chunks) handler.onResponseData!(c, chunk);
+            if (queued.ended) handler.onResponseEnd!(c, {});
+            else if (!res.writableNeedDrain) c.resume();
+          },
+          (error: unknown) => {
+            finish(error instanceof Error ? error : new Error(String(error)));
+            c.abort(error instanceof Error ? error : new Error(String(error)));
+          },
+        );
       },
       onResponseData(c, chunk) {
+        if (mode === 'deferred') {
+          deferred?.chunks.push(chunk);
+          return;
+        }
         if (mode === 'held') {
           if (held!.size < HELD_BODY_LIMIT) {
             held!.chunks.push(chunk);
@@ -149,6 +166,10 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
         }
       },
       onResponseEnd() {
+        if (mode === 'deferred') {
+          deferred!.ended = true;
+          return;
+        }
         if (mode === 'held') {
           finish({ kind: 'held', rejection: { status, headers: held!.headers, body: Buffer.concat(held!.chunks).subarray(0, HELD_BODY_LIMIT) } });
           return;
@@ -158,7 +179,7 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
         finish({ kind: 'sent', status, stream, bytes, cut: false });
       },
       onResponseError(_c, error) {
-        if (mode === 'waiting' || mode === 'held') {
+        if (mode === 'deferred' || mode === 'waiting' || mode === 'held') {
           const kind = signal.aborted ? 'aborted' : TIMEOUT_CODES.has((error as { code?: string }).code ?? '') ? 'timeout' : 'unreachable';
           finish(new UpstreamError(kind, error));
           return;
@@ -175,6 +196,26 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
         finish({ kind: 'sent', status, stream, bytes, cut });
       },
     };
+
+    /** The response goes to the agent from here on: status and headers first. */
+    function startResponse(statusCode: number, headers: IncomingHttpHeaders): void {
+      mode = 'streaming';
+      stream = isEventStream(headers);
+      res.writeHead(statusCode, agentResponseHeaders(headers));
+      if (stream) {
+        // Send headers now: an idle GET stream must reach the agent before its first event.
+        res.flushHeaders();
+        request.onStream?.(true);
+        if (request.sseKeepAliveMs) startKeepAlive(request.sseKeepAliveMs);
+        request.onSse?.({
+          inject(event) {
+            if (settled || res.writableEnded || res.destroyed) return;
+            pending.push(event);
+            if (atBoundary) flushPending();
+          },
+        });
+      }
+    }
 
     function startKeepAlive(intervalMs: number) {
       keepAlive = setInterval(() => {

@@ -97,8 +97,11 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
     const mcpSessionId = headerValue(ctx.req.headers, 'mcp-session-id');
     if (mcpSessionId) ctx.log.session = sessionTag(mcpSessionId);
     if (principal) ctx.log.sid = sessionTag(principal.sessionId);
+    const capabilities = options.clientCapabilities;
     const protocolVersion = headerValue(ctx.req.headers, 'mcp-protocol-version');
-    if (protocolVersion) options.clientCapabilities?.noteProtocolVersion({ upstream: upstream.name, mcpSessionId, sessionId: principal?.sessionId, protocolVersion });
+    // Awaited: the record is shared by every replica and a store failure is a 503 like any other
+    // (the cache makes this free for a session this replica has seen in the last touch interval).
+    if (protocolVersion) await capabilities?.noteProtocolVersion({ upstream: upstream.name, mcpSessionId, sessionId: principal?.sessionId, protocolVersion }, ctx.signal);
     const credentialRequest: CredentialRequest = { principal, rpc, mcpSessionId, signal: ctx.signal };
     // ctx.url is parsed on first use: only a target with a query needs it.
     const search = ctx.req.url?.includes('?') ? ctx.url.search : '';
@@ -112,6 +115,18 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
     // A GET stream of a session can carry our notifications/elicitation/complete.
     let unregisterStream: (() => void) | undefined;
     const streams = method === 'GET' && mcpSessionId ? options.streams : undefined;
+    const streamVersion = streams && !protocolVersion ? (await capabilities?.get({ upstream: upstream.name, mcpSessionId }, ctx.signal))?.protocolVersion : protocolVersion;
+    // What initialize declared is stored before the agent sees the answer: its next request may reach another replica.
+    const recordInitialize =
+      rpc?.method === 'initialize' && capabilities
+        ? (status: number, headers: IncomingHttpHeaders) =>
+            status < 300
+              ? capabilities.recordInitialize(
+                  { upstream: upstream.name, mcpSessionId: headerValue(headers, 'mcp-session-id'), sessionId: principal?.sessionId, capabilities: rpc.capabilities },
+                  ctx.signal,
+                )
+              : undefined
+        : undefined;
 
     for (let attempt = 0; ; attempt++) {
       let credential;
@@ -136,6 +151,7 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
           hold: (status, headers) => isAuthRejection(status, headers),
           // Before the response ends: the access-log line is written on 'close'.
           onCut: () => void (ctx.log.cut = true),
+          beforeResponse: recordInitialize,
           onStream: (open) => (open ? options.metrics.openStreams.inc({ upstream: upstream.name }) : options.metrics.openStreams.dec({ upstream: upstream.name })),
           onSse: streams
             ? (injector) => {
@@ -143,7 +159,7 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
                   upstream: upstream.name,
                   mcpSessionId: mcpSessionId!,
                   sessionId: principal?.sessionId,
-                  protocolVersion: protocolVersion ?? options.clientCapabilities?.get({ upstream: upstream.name, mcpSessionId })?.protocolVersion,
+                  protocolVersion: streamVersion,
                   sink: { deliver: (event) => injector.inject(event) },
                 });
               }
@@ -159,8 +175,6 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
         if (outcome.cut) options.metrics.upstreamErrors.inc({ upstream: upstream.name, kind: 'cut' });
         if (rpc?.method === 'initialize' && outcome.status < 300) {
           const sessionId = headerValue(ctx.res.getHeaders() as IncomingHttpHeaders, 'mcp-session-id');
-          // Also under our sid: a stateless upstream issues no Mcp-Session-Id.
-          options.clientCapabilities?.recordInitialize({ upstream: upstream.name, mcpSessionId: sessionId, sessionId: principal?.sessionId, capabilities: rpc.capabilities });
           if (sessionId) options.onInitialize?.({ upstream, rpc, mcpSessionId: sessionId });
         }
         return;
