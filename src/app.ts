@@ -88,6 +88,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   const publicUrl = new URL(config.server.publicUrl);
   const basePath = publicUrl.pathname.replace(/\/+$/, '');
   let draining = false;
+  // Aborted when the drain begins: SSE streams end at an event boundary so agents resume elsewhere.
+  const drain = new AbortController();
   const now = options.now ?? Date.now;
   /** Our issuer identifier (DESIGN §4): the public URL without a trailing slash. */
   const issuer = `${publicUrl.origin}${basePath}`;
@@ -174,6 +176,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     settingFor: (name) => challengeSettings.get(name) ?? 'auto',
     sseKeepAliveMs: config.server.sseKeepAlive,
     onReauthorize: (principal, scopes) => stepUp.mark(principal.sessionId, scopes),
+    drain: drain.signal,
   });
 
   const frontDoor = createFrontDoor({
@@ -224,6 +227,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         authRequired,
         clientCapabilities,
         streams,
+        // Answers to requests in flight get most of drainTimeout; the last second is for ending them at an event boundary.
+        drain: { signal: drain.signal, requestGraceMs: config.server.drainTimeout - Math.min(1000, Math.floor(config.server.drainTimeout / 5)) },
       }),
     ],
   });
@@ -241,7 +246,10 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       return new URL(`http://${shown}:${bound.port}`);
     },
     async close() {
+      // /readyz fails from now on; then the listener closes, streams end at an event boundary,
+      // requests in flight finish, and whatever is left at drainTimeout is cut.
       draining = true;
+      drain.abort();
       await frontDoor.shutdown(config.server.drainTimeout);
       await Promise.all(upstreams.map((u) => u.dispatcher.close().catch(() => undefined)));
       await elicitationEvents.close();

@@ -184,6 +184,8 @@ export interface AuthRequiredRendererOptions {
    * it asks for (the app marks the session so its next refresh is refused: step-up.ts).
    */
   onReauthorize?(principal: Principal, scopes: string[]): Promise<void>;
+  /** Aborted when the gateway shuts down: held streams end at once (they hold whole events only), and the agent reconnects elsewhere. */
+  drain?: AbortSignal;
 }
 
 /** What the gateway path hands the renderer. */
@@ -225,6 +227,7 @@ export function createAuthRequiredRenderer(options: AuthRequiredRendererOptions)
             }),
           lifetimeMs: heldStreamMs,
           keepAliveMs: options.sseKeepAliveMs,
+          drain: options.drain,
         });
         return channel;
       }
@@ -247,7 +250,7 @@ export function createAuthRequiredRenderer(options: AuthRequiredRendererOptions)
 function holdStream(
   res: ServerResponse,
   signal: AbortSignal,
-  options: { register(sink: SseSink): () => void; lifetimeMs: number; keepAliveMs: number | undefined },
+  options: { register(sink: SseSink): () => void; lifetimeMs: number; keepAliveMs: number | undefined; drain: AbortSignal | undefined },
 ): void {
   res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', 'x-accel-buffering': 'no' });
   res.flushHeaders();
@@ -256,6 +259,7 @@ function holdStream(
     for (const t of timers) clearTimeout(t);
     unregister();
     signal.removeEventListener('abort', end);
+    options.drain?.removeEventListener('abort', end);
     if (!res.writableEnded && !res.destroyed) res.end();
   };
   const unregister = options.register({
@@ -266,6 +270,8 @@ function holdStream(
     },
   });
   signal.addEventListener('abort', end, { once: true });
+  if (options.drain?.aborted) return end();
+  options.drain?.addEventListener('abort', end, { once: true });
   res.once('close', end);
   const lifetime = setTimeout(end, options.lifetimeMs);
   lifetime.unref();

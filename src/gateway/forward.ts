@@ -38,6 +38,12 @@ export interface ForwardRequest {
    * upstream request and `forward` rejects with it (a store failure: 503).
    */
   beforeResponse?(status: number, headers: IncomingHttpHeaders): Promise<void> | undefined;
+  /**
+   * When aborted (the gateway is shutting down), an SSE response ends at the next event boundary,
+   * never inside an event, and the upstream request is aborted: the agent reconnects (to another
+   * replica) with the `Last-Event-ID` of the last whole event it received. Other responses are not affected.
+   */
+  endStream?: AbortSignal;
 }
 
 /** Adds whole SSE events to a forwarded stream without splitting the upstream's events. */
@@ -84,6 +90,8 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
     let lastWrite = Date.now();
     let keepAlive: NodeJS.Timeout | undefined;
     let settled = false;
+    /** Asked to end (shutdown): the stream ends at the next event boundary. */
+    let ending = false;
     // Our own events wait here while the upstream is in the middle of one of its events.
     const pending: string[] = [];
     const flushPending = () => {
@@ -98,12 +106,25 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
       settled = true;
       if (keepAlive) clearInterval(keepAlive);
       signal.removeEventListener('abort', onAbort);
+      request.endStream?.removeEventListener('abort', onEndStream);
       if (stream) request.onStream?.(false);
       if (outcome instanceof Error) reject(outcome);
       else resolve(outcome);
     };
     let controller: Dispatcher.DispatchController | undefined;
     const onAbort = () => controller?.abort(new Error('agent closed the connection'));
+    const onEndStream = () => {
+      ending = true;
+      if (atBoundary) endAtBoundary();
+    };
+    /** Ends the agent's stream after a whole event, then lets go of the upstream. */
+    const endAtBoundary = () => {
+      if (settled) return;
+      flushPending();
+      if (!res.writableEnded && !res.destroyed) res.end();
+      finish({ kind: 'sent', status, stream, bytes, cut: false });
+      controller?.abort(new Error('the gateway is shutting down'));
+    };
 
     const handler: Dispatcher.DispatchHandler = {
       onRequestStart(c) {
@@ -151,6 +172,17 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
           }
           return;
         }
+        if (settled) return;
+        if (ending && stream) {
+          // Only the rest of the event under way goes out; what follows it is left to the resumed stream.
+          const end = eventEnd(tail, chunk);
+          if (end >= 0) {
+            res.write(chunk.subarray(0, end));
+            bytes += end;
+            atBoundary = true;
+            return endAtBoundary();
+          }
+        }
         bytes += chunk.length;
         lastWrite = Date.now();
         if (stream) {
@@ -166,6 +198,7 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
         }
       },
       onResponseEnd() {
+        if (settled) return;
         if (mode === 'deferred') {
           deferred!.ended = true;
           return;
@@ -179,6 +212,7 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
         finish({ kind: 'sent', status, stream, bytes, cut: false });
       },
       onResponseError(_c, error) {
+        if (settled) return;
         if (mode === 'deferred' || mode === 'waiting' || mode === 'held') {
           const kind = signal.aborted ? 'aborted' : TIMEOUT_CODES.has((error as { code?: string }).code ?? '') ? 'timeout' : 'unreachable';
           finish(new UpstreamError(kind, error));
@@ -214,6 +248,8 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
             if (atBoundary) flushPending();
           },
         });
+        if (request.endStream?.aborted) onEndStream();
+        else request.endStream?.addEventListener('abort', onEndStream, { once: true });
       }
     }
 
@@ -240,6 +276,20 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
       handler,
     );
   });
+}
+
+/**
+ * Where the first event ending in `chunk` ends (the index just past its blank line), or -1.
+ * `tail` is the last bytes written before `chunk`, since a blank line may straddle the two.
+ */
+function eventEnd(tail: Buffer, chunk: Buffer): number {
+  const joined = Buffer.concat([tail, chunk]);
+  for (let i = tail.length; i < joined.length; i++) {
+    if (joined[i] !== 0x0a) continue;
+    if (i >= 1 && joined[i - 1] === 0x0a) return i + 1 - tail.length;
+    if (i >= 3 && joined[i - 1] === 0x0d && joined[i - 2] === 0x0a && joined[i - 3] === 0x0d) return i + 1 - tail.length;
+  }
+  return -1;
 }
 
 /** True when an SSE chunk ends at an event boundary (a blank line), where a comment may be inserted. */

@@ -38,6 +38,12 @@ export interface McpRouteOptions {
   clientCapabilities?: ClientCapabilities;
   /** Open GET streams per session, for `notifications/elicitation/complete`. */
   streams?: StreamRegistry;
+  /**
+   * Shutdown: when `signal` aborts, every GET stream ends at its next event boundary (the agent
+   * resumes on another replica with `Last-Event-ID`); the SSE answer to a POST, a request in
+   * flight, may run `requestGraceMs` longer before it is ended the same way.
+   */
+  drain?: { signal: AbortSignal; requestGraceMs: number };
 }
 
 const CORS_ALLOW_HEADERS = 'authorization, content-type, accept, mcp-session-id, mcp-protocol-version, last-event-id, mcp-method, mcp-name';
@@ -51,6 +57,10 @@ const CORS_EXPOSE_HEADERS = 'mcp-session-id, mcp-protocol-version, www-authentic
 export function createMcpRoutes(options: McpRouteOptions): Route[] {
   const byName = new Map(options.upstreams.map((u) => [u.name, u]));
   const allowedOrigins = new Set([options.publicOrigin, ...options.allowedOrigins]);
+  const drain = options.drain;
+  /** Aborted `requestGraceMs` after the drain began: the end of the answers to requests in flight. */
+  const requestsEnd = new AbortController();
+  drain?.signal.addEventListener('abort', () => setTimeout(() => requestsEnd.abort(), drain.requestGraceMs).unref(), { once: true });
 
   function upstreamFor(ctx: RequestContext): Upstream {
     const upstream = byName.get(ctx.params.upstream!);
@@ -152,6 +162,7 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
           // Before the response ends: the access-log line is written on 'close'.
           onCut: () => void (ctx.log.cut = true),
           beforeResponse: recordInitialize,
+          endStream: drain && (method === 'GET' ? drain.signal : requestsEnd.signal),
           onStream: (open) => (open ? options.metrics.openStreams.inc({ upstream: upstream.name }) : options.metrics.openStreams.dec({ upstream: upstream.name })),
           onSse: streams
             ? (injector) => {
