@@ -110,7 +110,7 @@ async function authorizeAtUpstream(browser: Browser, url: string, upstreamUser: 
 }
 
 describe('two replicas, one Valkey, no affinity', () => {
-  test('initialize on A declares URL elicitation: a tools/call on B gets -32042; the connection completed on B reaches the stream held by A within a second', async () => {
+  test('initialize on A declares URL elicitation: a tools/call on B gets -32042; the connection completed on B reaches the stream held by A within a second', async (t) => {
     const alice = await signIn('alice', 'notes');
     // initialize and the GET stream go to replica A (0), everything else to replica B (1).
     const { client, transport, exchanges } = agent({
@@ -150,6 +150,7 @@ describe('two replicas, one Valkey, no affinity', () => {
       await waitFor(() => completed.some((c) => c.id === elicitation!.elicitationId), 'notifications/elicitation/complete on the stream held by A', 1000);
       const latency = completed.find((c) => c.id === elicitation!.elicitationId)!.at - connectedAt;
       assert.ok(latency < 1000, `delivered ${latency} ms after the callback answered`);
+      t.diagnostic(`elicitation/complete reached replica A's stream ${latency} ms after replica B's callback answered`);
 
       const result = await client.callTool({ name: 'whoami', arguments: {} });
       assert.deepEqual(result.content, [{ type: 'text', text: 'upstream user alice-up' }]);
@@ -213,7 +214,7 @@ describe('two replicas, one Valkey, no affinity', () => {
     assert.ok(Number(retryAfter) >= 1 && Number(retryAfter) <= 60, `Retry-After: ${retryAfter}`);
   });
 
-  test('replica A shuts down mid-stream: no 5xx, its streams end at an event boundary, the agent resumes on B with Last-Event-ID', async () => {
+  test('replica A shuts down mid-stream: no 5xx, its streams end at an event boundary, the agent resumes on B with Last-Event-ID', async (t) => {
     const carol = await signIn('carol', 'demo');
     const replicaA = fleet.replicas[0]!;
     // The balancer sends everything to A until A starts draining (with preStop, the ingress has dropped it by then).
@@ -242,6 +243,7 @@ describe('two replicas, one Valkey, no affinity', () => {
       assert.deepEqual((result as { content: Array<{ text: string }> }).content, [{ type: 'text', text: 'counted to 30' }]);
       assert.deepEqual(progress, Array.from({ length: 30 }, (_, i) => i + 1), 'nothing lost, nothing repeated');
       assert.ok(stoppedIn > 0 && stoppedIn < 2000 + 1000, `replica A stopped within drainTimeout (took ${stoppedIn} ms)`);
+      t.diagnostic(`replica A stopped ${stoppedIn} ms after close() (drainTimeout 2000 ms)`);
 
       const call0 = exchanges.find((e) => e.rpc === 'tools/call')!;
       assert.equal(call0.replica, 0);
