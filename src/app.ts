@@ -29,6 +29,7 @@ import type { CredentialSource, Principal } from './credentials/types.ts';
 import { openAccess, type Authenticator } from './gateway/authenticate.ts';
 import { createAuthRequiredRenderer } from './gateway/challenge.ts';
 import { createClientCapabilities } from './gateway/client-capabilities.ts';
+import { createElicitationEvents } from './gateway/elicitation-events.ts';
 import { createMcpRoutes } from './gateway/mcp-route.ts';
 import { createSessionOwners } from './gateway/session-owner.ts';
 import { createStreamRegistry } from './gateway/stream-registry.ts';
@@ -49,6 +50,8 @@ import { createMemoryStore } from './store/memory.ts';
 import { observeStoreFailures } from './store/observed.ts';
 import { createValkeyStore } from './store/valkey.ts';
 import { valkeyStoreOptions } from './store/valkey_settings.ts';
+import { createMemoryBus, type MessageBus } from './store/bus.ts';
+import { createValkeyBus } from './store/valkey_bus.ts';
 import type { Store } from './store/port.ts';
 import { createSealer } from './store/sealed.ts';
 import { createClientRegistration } from './upstream-oauth/client-registration.ts';
@@ -89,6 +92,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   const publicUrl = new URL(config.server.publicUrl);
   const basePath = publicUrl.pathname.replace(/\/+$/, '');
   let draining = false;
+  // Aborted when the drain begins: SSE streams end at an event boundary so agents resume elsewhere.
+  const drain = new AbortController();
   const now = options.now ?? Date.now;
   /** Our issuer identifier (DESIGN §4): the public URL without a trailing slash. */
   const issuer = `${publicUrl.origin}${basePath}`;
@@ -165,11 +170,13 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     }
   }
 
-  // auth_required channels (DESIGN §6.4): what each agent session understands, and its open GET
-  // streams for notifications/elicitation/complete (the upstream callback calls
-  // streams.notifyElicitationComplete from its onConnected hook).
-  const clientCapabilities = createClientCapabilities();
+  // auth_required channels: what each agent session understands (in the store, for every
+  // replica), and this replica's open GET streams, which hear notifications/elicitation/complete
+  // from whichever replica ran the upstream callback (over the message bus).
+  const clientCapabilities = createClientCapabilities({ store, now });
   const streams = createStreamRegistry();
+  const bus = busFor(config, logger);
+  const elicitationEvents = createElicitationEvents({ bus, store, sealer, streams, outcomes: metrics.elicitationNotifications, logger });
   const challengeSettings = new Map(config.upstreams.map((u) => [u.name, 'challenge' in u.auth ? u.auth.challenge : ('auto' as const)]));
   const authRequired = createAuthRequiredRenderer({
     capabilities: clientCapabilities,
@@ -177,6 +184,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     settingFor: (name) => challengeSettings.get(name) ?? 'auto',
     sseKeepAliveMs: config.server.sseKeepAlive,
     onReauthorize: (principal, scopes) => stepUp.mark(principal.sessionId, scopes),
+    drain: drain.signal,
   });
 
   const frontDoor = createFrontDoor({
@@ -185,7 +193,19 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     publicUrl,
     trustedProxies: config.server.trustedProxies,
     routes: [
-      ...createOpsRoutes({ registry, checks: [{ name: 'store', check: (signal) => store.ping(signal) }], isDraining: () => draining }),
+      ...createOpsRoutes({
+        registry,
+        checks: [
+          { name: 'store', check: (signal) => store.ping(signal) },
+          {
+            name: 'events',
+            check: async () => {
+              if (!elicitationEvents.subscribed) throw new Error('not subscribed to the event bus yet');
+            },
+          },
+        ],
+        isDraining: () => draining,
+      }),
       ...(login?.routes ?? []),
       ...(login
         ? createUpstreamOAuthRoutes({
@@ -196,7 +216,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
             browser: login.browser,
             authenticate: (ctx, name) => authenticateForConnections(login.authenticator, ctx, name),
             basePath,
-            onConnected: (done) => void streams.notifyElicitationComplete(done),
+            onConnected: (done) => void elicitationEvents.completed(done),
             // Each browser leg may cost discovery, a registration or a token request at someone else's server.
             limiter: createRateLimiter({ store, name: 'upstream-oauth', limit: 60, windowMs: 60_000, now }),
           })
@@ -218,6 +238,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         streams,
         // With login, each MCP session id is served only to the user it was issued to.
         sessionOwners: login ? createSessionOwners({ store, sealer, now }) : undefined,
+        // Answers to requests in flight get most of drainTimeout; the last second is for ending them at an event boundary.
+        drain: { signal: drain.signal, requestGraceMs: config.server.drainTimeout - Math.min(1000, Math.floor(config.server.drainTimeout / 5)) },
       }),
     ],
   });
@@ -226,6 +248,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     logger,
     frontDoor,
     async listen(override = {}) {
+      // One attempt now; while Valkey is unreachable it goes on in the background and /readyz fails ("events").
+      await elicitationEvents.start();
       const [, host = '127.0.0.1', port = '8080'] = /^\[?(.*?)\]?:(\d+)$/.exec(config.server.listen) ?? [];
       const bound = await frontDoor.listen(override.host ?? host, override.port ?? Number(port));
       const shown = bound.host.includes(':') ? `[${bound.host}]` : bound.host;
@@ -233,9 +257,14 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       return new URL(`http://${shown}:${bound.port}`);
     },
     async close() {
+      // /readyz fails from now on; then the listener closes, streams end at an event boundary,
+      // requests in flight finish, and whatever is left at drainTimeout is cut.
       draining = true;
+      drain.abort();
       await frontDoor.shutdown(config.server.drainTimeout);
       await Promise.all(upstreams.map((u) => u.dispatcher.close().catch(() => undefined)));
+      await elicitationEvents.close();
+      await bus.close().catch(() => undefined);
       await store.close().catch(() => undefined);
       await serverFetch.close().catch(() => undefined);
       logger.info({ msg: 'stopped' });
@@ -411,6 +440,19 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     return { routes, authenticator, idpSession, cookies, browser };
   }
 
+}
+
+/** The message bus that goes with `storage.kind`: in process for memory, Valkey pub/sub (connections of its own) for valkey. */
+function busFor(config: Config, logger: Logger): MessageBus {
+  const valkey = config.storage.valkey;
+  const onHandlerError = (error: unknown) => logger.error({ msg: 'event handler failed', err: (error as Error).message });
+  if (config.storage.kind === 'memory' || !valkey) return createMemoryBus({ onHandlerError });
+  return createValkeyBus({
+    // The same servers, credentials and TLS as the store (standalone, Sentinel or Cluster).
+    ...valkeyStoreOptions(valkey),
+    onError: (error) => logger.warn({ msg: 'valkey event bus connection error', err: error.message }),
+    onHandlerError,
+  });
 }
 
 /** The storage backend `storage.kind` names. */

@@ -63,7 +63,7 @@ async function main(argv: string[]): Promise<number> {
         process.stdout.write(`${path}: ok (${config.upstreams.length} upstream${config.upstreams.length === 1 ? '' : 's'})\n`);
         return 0;
       }
-      return serve(createApp(config));
+      return serve(createApp(config), config.server.drainTimeout);
     }
     case 'keys':
       if (positionals[1] === 'reseal') {
@@ -167,7 +167,11 @@ function keys(subcommand: string | undefined, alg: string): number {
   return 0;
 }
 
-async function serve(app: ReturnType<typeof createApp>): Promise<number> {
+/**
+ * Runs until SIGTERM/SIGINT, then drains (app.close: /readyz fails at once, the listener closes,
+ * SSE streams end at an event boundary, requests in flight finish within `drainTimeoutMs`).
+ */
+async function serve(app: ReturnType<typeof createApp>, drainTimeoutMs: number): Promise<number> {
   await app.listen();
   return new Promise((resolve) => {
     let stopping = false;
@@ -175,6 +179,13 @@ async function serve(app: ReturnType<typeof createApp>): Promise<number> {
       if (stopping) return;
       stopping = true;
       app.logger.info({ msg: 'shutting down', signal, inFlight: app.frontDoor.inFlight() });
+      // The drain is bounded by drainTimeout; closing the store connections after it by a few
+      // seconds more (a frozen Valkey never answers QUIT). Past that, exit anyway: the
+      // orchestrator's grace period is counted from the signal.
+      setTimeout(() => {
+        app.logger.error({ msg: 'shutdown did not finish in time; exiting', drainTimeoutMs });
+        process.exit(1);
+      }, drainTimeoutMs + 3000).unref();
       app.close().then(() => resolve(0), () => resolve(1));
     };
     process.once('SIGTERM', () => stop('SIGTERM'));

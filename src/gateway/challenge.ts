@@ -1,5 +1,5 @@
 /**
- * auth_required, by channel (DESIGN §6.4, issue 5): how the gateway tells an agent that the user
+ * auth_required, by channel: how the gateway tells an agent that the user
  * must authorize an upstream at its own authorization server, in the best form the agent
  * understands.
  *
@@ -184,6 +184,8 @@ export interface AuthRequiredRendererOptions {
    * it asks for (the app marks the session so its next refresh is refused: step-up.ts).
    */
   onReauthorize?(principal: Principal, scopes: string[]): Promise<void>;
+  /** Aborted when the gateway shuts down: held streams end at once (they hold whole events only), and the agent reconnects elsewhere. */
+  drain?: AbortSignal;
 }
 
 /** What the gateway path hands the renderer. */
@@ -209,7 +211,8 @@ export function createAuthRequiredRenderer(options: AuthRequiredRendererOptions)
 
   return {
     async render({ ctx, upstream, rpc, mcpSessionId, principal, authRequired }) {
-      const session = options.capabilities.get({ upstream: upstream.name, mcpSessionId, sessionId: principal?.sessionId });
+      // Read from the store, whichever replica saw initialize; a store failure rejects (503), never a guessed channel.
+      const session = await options.capabilities.get({ upstream: upstream.name, mcpSessionId, sessionId: principal?.sessionId }, ctx.signal);
       const channel = chooseChannel({ setting: options.settingFor(upstream.name), method: ctx.req.method ?? 'GET', rpc, mcpSessionId, session });
       ctx.log.authRequired = channel;
       if (channel === 'held_stream') {
@@ -224,6 +227,7 @@ export function createAuthRequiredRenderer(options: AuthRequiredRendererOptions)
             }),
           lifetimeMs: heldStreamMs,
           keepAliveMs: options.sseKeepAliveMs,
+          drain: options.drain,
         });
         return channel;
       }
@@ -246,7 +250,7 @@ export function createAuthRequiredRenderer(options: AuthRequiredRendererOptions)
 function holdStream(
   res: ServerResponse,
   signal: AbortSignal,
-  options: { register(sink: SseSink): () => void; lifetimeMs: number; keepAliveMs: number | undefined },
+  options: { register(sink: SseSink): () => void; lifetimeMs: number; keepAliveMs: number | undefined; drain: AbortSignal | undefined },
 ): void {
   res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', 'x-accel-buffering': 'no' });
   res.flushHeaders();
@@ -255,6 +259,7 @@ function holdStream(
     for (const t of timers) clearTimeout(t);
     unregister();
     signal.removeEventListener('abort', end);
+    options.drain?.removeEventListener('abort', end);
     if (!res.writableEnded && !res.destroyed) res.end();
   };
   const unregister = options.register({
@@ -265,6 +270,8 @@ function holdStream(
     },
   });
   signal.addEventListener('abort', end, { once: true });
+  if (options.drain?.aborted) return end();
+  options.drain?.addEventListener('abort', end, { once: true });
   res.once('close', end);
   const lifetime = setTimeout(end, options.lifetimeMs);
   lifetime.unref();

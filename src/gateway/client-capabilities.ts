@@ -1,19 +1,30 @@
 /**
  * What each agent session can understand, remembered per `Mcp-Session-Id` so the gateway can pick
- * the best auth_required channel later in the session (DESIGN §6.4, §6a). A stateless upstream
- * issues no `Mcp-Session-Id`; the agent is then known by our session (`sid`, one token family:
- * one authorization of one client), which every request's verified token carries.
+ * the best auth_required channel later in the session. A stateless upstream issues no
+ * `Mcp-Session-Id`; the agent is then known by our session (`sid`, one token family: one
+ * authorization of one client), which every request's verified token carries.
  *
  * Learned from two places: the `initialize` request (`params.capabilities.elicitation.url`,
  * MCP 2025-11-25 client/elicitation "Capabilities") and the `MCP-Protocol-Version` header every
  * later request carries (the negotiated version, MCP 2025-06-18+ transports §"Protocol Version Header").
  *
- * Kept in process memory, bounded (LRU) and with a TTL: losing an entry only degrades the channel
- * (a tool result instead of URL elicitation), never security. With several replicas and no session
- * affinity, a request can land on a replica that did not see `initialize`; such a deployment would
- * keep these records in the shared store through the storage port instead (the MCP spec's own
- * note on elicitation state and session affinity).
+ * Kept in the store, so every replica sees what the agent declared on any of them (with several
+ * replicas and no session affinity, `initialize` and the request that needs the channel often
+ * land on different replicas). Keys carry a SHA-256 digest of the session id, never the id itself
+ * (an MCP session id is a bearer of the session at the upstream). Records are not sealed: a
+ * capability flag and a protocol version are not secret.
+ *
+ * Lifetime: `ttlMs` (default 24 hours) after the last use, sliding. A request that carries the
+ * session refreshes it at most once per `touchIntervalMs` (default 1 hour) per replica, so a busy
+ * session costs no store write per request while an idle one is forgotten a day later.
+ *
+ * The only per-process state is a bounded cache of what this replica last wrote or read, used to
+ * skip those refreshes; {@link ClientCapabilities.get} (the channel decision) always reads the store.
+ * Every method rejects with `StoreUnavailableError` when the store fails: the caller answers 503
+ * rather than guess a channel.
  */
+import { createHash } from 'node:crypto';
+import type { Store } from '../store/port.ts';
 
 /** What the gateway remembers about one agent session. */
 export interface ClientSessionInfo {
@@ -25,10 +36,17 @@ export interface ClientSessionInfo {
 
 /** Options of {@link createClientCapabilities}; validated when it is called. */
 export interface ClientCapabilitiesOptions {
-  /** Sessions remembered at most; the least recently used is forgotten first. Default 10000. */
-  maxEntries?: number;
-  /** How long an entry lives after its last use, in milliseconds. Default 24 hours. */
+  /** Where the records live (shared by every replica). */
+  store: Store;
+  /** How long a record lives after its last use, in milliseconds. Default 86 400 000 (24 hours). */
   ttlMs?: number;
+  /**
+   * How often one replica refreshes the TTL of a session it keeps seeing, in milliseconds.
+   * Default 3 600 000 (1 hour); must be shorter than `ttlMs`.
+   */
+  touchIntervalMs?: number;
+  /** Sessions whose last write this replica remembers (to skip refreshes); least recently used forgotten first. Default 10 000. */
+  maxCached?: number;
   /** The clock, epoch milliseconds. Default `Date.now`. */
   now?: () => number;
 }
@@ -39,87 +57,136 @@ export interface ClientCapabilitiesOptions {
  */
 export interface AgentSessionKey {
   upstream: string;
-  mcpSessionId?: string;
+  mcpSessionId?: string | undefined;
   /** Our session (`sid`) from the verified token; undefined without login. */
-  sessionId?: string;
+  sessionId?: string | undefined;
 }
 
-/** The per-session capability memory. */
+/** The per-session capability records. */
 export interface ClientCapabilities {
   /** Records what an `initialize` request declared, under the MCP session the upstream assigned and under our `sid`. */
-  recordInitialize(info: AgentSessionKey & { capabilities: Record<string, unknown> | undefined }): void;
-  /** Notes the session's protocol version from a later request's `MCP-Protocol-Version` header. No-op for unknown sessions. */
-  noteProtocolVersion(info: AgentSessionKey & { protocolVersion: string }): void;
-  /** What is known about a session, or undefined (never seen, expired, or evicted). */
-  get(key: AgentSessionKey): ClientSessionInfo | undefined;
-  /** Entries currently held (for tests and metrics). */
-  readonly size: number;
-}
-
-interface Entry {
-  info: ClientSessionInfo;
-  expiresAt: number;
+  recordInitialize(info: AgentSessionKey & { capabilities: Record<string, unknown> | undefined }, signal?: AbortSignal): Promise<void>;
+  /**
+   * Notes the session's protocol version from a request's `MCP-Protocol-Version` header and slides
+   * the record's lifetime. No-op for unknown sessions (a header creates nothing).
+   */
+  noteProtocolVersion(info: AgentSessionKey & { protocolVersion: string }, signal?: AbortSignal): Promise<void>;
+  /** What the store knows about a session, or undefined (never seen, or expired). */
+  get(key: AgentSessionKey, signal?: AbortSignal): Promise<ClientSessionInfo | undefined>;
 }
 
 /** Protocol versions are dates (`YYYY-MM-DD`); anything else is not worth remembering. */
 const VERSION = /^\d{4}-\d{2}-\d{2}$/;
 
-/** Builds the bounded, expiring capability memory. */
-export function createClientCapabilities(options: ClientCapabilitiesOptions = {}): ClientCapabilities {
-  const maxEntries = options.maxEntries ?? 10_000;
+interface Cached {
+  /** The record as last written or read by this replica. */
+  raw: string;
+  /** When this replica last wrote it (its TTL was reset then). */
+  writtenAt: number;
+}
+
+/** Builds the store-backed capability records. */
+export function createClientCapabilities(options: ClientCapabilitiesOptions): ClientCapabilities {
+  const { store } = options;
   const ttlMs = options.ttlMs ?? 86_400_000;
+  const touchIntervalMs = options.touchIntervalMs ?? Math.min(3_600_000, Math.floor(ttlMs / 2));
+  const maxCached = options.maxCached ?? 10_000;
   const now = options.now ?? Date.now;
-  if (!Number.isSafeInteger(maxEntries) || maxEntries <= 0) throw new TypeError('maxEntries must be a positive integer');
   if (!Number.isSafeInteger(ttlMs) || ttlMs <= 0) throw new TypeError('ttlMs must be a positive integer');
+  if (!Number.isSafeInteger(touchIntervalMs) || touchIntervalMs <= 0 || touchIntervalMs >= ttlMs) {
+    throw new TypeError('touchIntervalMs must be a positive integer below ttlMs');
+  }
+  if (!Number.isSafeInteger(maxCached) || maxCached <= 0) throw new TypeError('maxCached must be a positive integer');
 
   // A Map iterates in insertion order: deleting and re-inserting on use makes its first key the LRU.
-  const entries = new Map<string, Entry>();
-  /** The map keys a session is known by, most specific first. */
-  const keysOf = (key: AgentSessionKey): string[] => [
-    ...(key.mcpSessionId ? [`${key.upstream}\nm\n${key.mcpSessionId}`] : []),
-    ...(key.sessionId ? [`${key.upstream}\ns\n${key.sessionId}`] : []),
-  ];
-
-  function put(key: string, info: ClientSessionInfo): void {
-    entries.delete(key);
-    entries.set(key, { info, expiresAt: now() + ttlMs });
-    while (entries.size > maxEntries) entries.delete(entries.keys().next().value!);
+  const cache = new Map<string, Cached>();
+  function remember(key: string, raw: string, writtenAt: number): void {
+    cache.delete(key);
+    cache.set(key, { raw, writtenAt });
+    while (cache.size > maxCached) cache.delete(cache.keys().next().value!);
   }
 
-  function live(key: string): Entry | undefined {
-    const entry = entries.get(key);
-    if (!entry) return undefined;
-    if (entry.expiresAt <= now()) {
-      entries.delete(key);
-      return undefined;
+  /** Writes `next` over `expected` (compare-and-set, so a concurrent re-initialize on another replica is not overwritten); true when written. */
+  async function swap(key: string, expected: string, next: string, signal: AbortSignal | undefined): Promise<boolean> {
+    const at = now();
+    if (!(await store.compareAndSet(key, expected, next, ttlMs, signal))) return false;
+    remember(key, next, at);
+    return true;
+  }
+
+  /** Sets the version on one record and slides its TTL; a lost race re-reads the store and tries again (three tries). */
+  async function note(key: string, protocolVersion: string, signal: AbortSignal | undefined): Promise<void> {
+    const cached = cache.get(key);
+    if (cached && now() - cached.writtenAt < touchIntervalMs && parse(cached.raw)?.protocolVersion === protocolVersion) {
+      remember(key, cached.raw, cached.writtenAt);
+      return;
     }
-    return entry;
+    // The cached copy first (it saves a read); after a lost race, or without one, the store's.
+    let raw = cached?.raw;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      raw ??= await store.get(key, signal);
+      if (raw === undefined) break;
+      const info = parse(raw);
+      if (!info) return;
+      if (await swap(key, raw, serialize({ ...info, protocolVersion }), signal)) return;
+      raw = undefined;
+    }
+    cache.delete(key);
   }
 
   return {
-    recordInitialize(info) {
-      for (const key of keysOf(info)) put(key, { elicitationUrl: declaresUrlElicitation(info.capabilities) });
+    async recordInitialize(info, signal) {
+      const raw = serialize({ elicitationUrl: declaresUrlElicitation(info.capabilities) });
+      const at = now();
+      await Promise.all(
+        keysOf(info).map(async (key) => {
+          await store.set(key, raw, ttlMs, signal);
+          remember(key, raw, at);
+        }),
+      );
     },
-    noteProtocolVersion(info) {
+    async noteProtocolVersion(info, signal) {
       if (!VERSION.test(info.protocolVersion)) return;
-      for (const key of keysOf(info)) {
-        const entry = live(key);
-        if (entry) put(key, { ...entry.info, protocolVersion: info.protocolVersion });
-      }
+      await Promise.all(keysOf(info).map((key) => note(key, info.protocolVersion, signal)));
     },
-    get(sessionKey) {
+    async get(sessionKey, signal) {
       for (const key of keysOf(sessionKey)) {
-        const entry = live(key);
-        if (!entry) continue;
-        put(key, entry.info);
-        return { ...entry.info };
+        const raw = await store.get(key, signal);
+        if (raw === undefined) continue;
+        const info = parse(raw);
+        if (info) return info;
       }
       return undefined;
     },
-    get size() {
-      return entries.size;
-    },
   };
+}
+
+/** The store keys a session is known by, most specific first: digests, never the ids. */
+function keysOf(key: AgentSessionKey): string[] {
+  return [
+    ...(key.mcpSessionId ? [`mcpclient:${key.upstream}:m:${digest(key.mcpSessionId)}`] : []),
+    ...(key.sessionId ? [`mcpclient:${key.upstream}:s:${digest(key.sessionId)}`] : []),
+  ];
+}
+
+function digest(id: string): string {
+  return createHash('sha256').update(id, 'utf8').digest('base64url');
+}
+
+function serialize(info: ClientSessionInfo): string {
+  return JSON.stringify(info.protocolVersion === undefined ? { elicitationUrl: info.elicitationUrl } : info);
+}
+
+/** A record as stored; anything malformed counts as absent (it is only ever written by us). */
+function parse(raw: string): ClientSessionInfo | undefined {
+  try {
+    const value = JSON.parse(raw) as { elicitationUrl?: unknown; protocolVersion?: unknown };
+    if (typeof value.elicitationUrl !== 'boolean') return undefined;
+    const protocolVersion = typeof value.protocolVersion === 'string' && VERSION.test(value.protocolVersion) ? value.protocolVersion : undefined;
+    return protocolVersion === undefined ? { elicitationUrl: value.elicitationUrl } : { elicitationUrl: value.elicitationUrl, protocolVersion };
+  } catch {
+    return undefined;
+  }
 }
 
 /** `capabilities.elicitation.url` present as an object (2025-11-25); `elicitation: {}` alone means form mode only. */

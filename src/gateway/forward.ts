@@ -23,15 +23,6 @@ export interface ForwardRequest {
    * 64 KiB and for at most `heldBodyTimeoutMs`, then the upstream request is cut and what arrived is kept.
    */
   hold(status: number, headers: IncomingHttpHeaders): boolean;
-  /** Time allowed for a held body after its headers, in ms. Default 5000. */
-  heldBodyTimeoutMs?: number;
-  /**
-   * Called with a streamed response's status and headers before anything reaches the agent; when
-   * it returns a promise, the response waits for it (the upstream paused, what arrives queued). A
-   * rejection aborts the upstream request and rejects `forward` with it. Used to record the owner
-   * of a new MCP session before the agent can use its id.
-   */
-  beforeSend?(status: number, headers: IncomingHttpHeaders): Promise<void> | undefined;
   /** Writes an SSE comment after this many ms without data, at event boundaries only. */
   sseKeepAliveMs?: number;
   /** Called when an SSE response starts and when it ends (open-stream gauge). */
@@ -44,6 +35,22 @@ export interface ForwardRequest {
   onCut?(): void;
   /** Called when an SSE response starts, with a way to add our own events to it (notifications/elicitation/complete). */
   onSse?(injector: SseInjector): void;
+  /**
+   * Called with a response's status and headers before any of it reaches the agent (not for held
+   * responses). A returned promise pauses the upstream until it settles: the agent sees nothing
+   * until then, so what it writes (the session's capabilities and owner, learned from `initialize`)
+   * is in the store before the agent can send its next request, to any replica. A rejection aborts the
+   * upstream request and `forward` rejects with it (a store failure: 503).
+   */
+  /** Time allowed for a held body after its headers, in ms. Default 5000. */
+  heldBodyTimeoutMs?: number;
+  beforeResponse?(status: number, headers: IncomingHttpHeaders): Promise<void> | undefined;
+  /**
+   * When aborted (the gateway is shutting down), an SSE response ends at the next event boundary,
+   * never inside an event, and the upstream request is aborted: the agent reconnects (to another
+   * replica) with the `Last-Event-ID` of the last whole event it received. Other responses are not affected.
+   */
+  endStream?: AbortSignal;
 }
 
 /** Adds whole SSE events to a forwarded stream without splitting the upstream's events. */
@@ -82,9 +89,9 @@ const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_CONNECT_TIMEO
 export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
   const { res, signal } = request;
   return new Promise<ForwardOutcome>((resolve, reject) => {
-    let mode: 'waiting' | 'held' | 'gated' | 'streaming' = 'waiting';
-    /** What arrived while `beforeSend` was pending. */
-    let gated: { chunks: Buffer[]; ended: boolean } | undefined;
+    let mode: 'waiting' | 'held' | 'deferred' | 'streaming' = 'waiting';
+    // What the upstream sent while `beforeResponse` was pending (undici may deliver a chunk parsed before the pause).
+    let deferred: { chunks: Buffer[]; ended: boolean } | undefined;
     let status = 0;
     let held: { headers: IncomingHttpHeaders; chunks: Buffer[]; size: number } | undefined;
     let stream = false;
@@ -95,6 +102,8 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
     let keepAlive: NodeJS.Timeout | undefined;
     let heldTimer: NodeJS.Timeout | undefined;
     let settled = false;
+    /** Asked to end (shutdown): the stream ends at the next event boundary. */
+    let ending = false;
     // Our own events wait here while the upstream is in the middle of one of its events.
     const pending: string[] = [];
     const flushPending = () => {
@@ -110,12 +119,17 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
       if (keepAlive) clearInterval(keepAlive);
       if (heldTimer) clearTimeout(heldTimer);
       signal.removeEventListener('abort', onAbort);
+      request.endStream?.removeEventListener('abort', onEndStream);
       if (stream) request.onStream?.(false);
       if (outcome instanceof Error) reject(outcome);
       else resolve(outcome);
     };
     let controller: Dispatcher.DispatchController | undefined;
     const onAbort = () => controller?.abort(new Error('agent closed the connection'));
+    const onEndStream = () => {
+      ending = true;
+      if (atBoundary) endAtBoundary();
+    };
     /**
      * Settles a held response with what arrived. An upstream that sends a 401's headers and then
      * trickles or never ends its body must not hold the agent's request (and a replay) for ever,
@@ -124,6 +138,14 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
     const finishHeld = (cut: boolean) => {
       finish({ kind: 'held', rejection: { status, headers: held!.headers, body: Buffer.concat(held!.chunks).subarray(0, HELD_BODY_LIMIT) } });
       if (cut) controller?.abort(new Error('held upstream body cut at its bound'));
+    };
+    /** Ends the agent's stream after a whole event, then lets go of the upstream. */
+    const endAtBoundary = () => {
+      if (settled) return;
+      flushPending();
+      if (!res.writableEnded && !res.destroyed) res.end();
+      finish({ kind: 'sent', status, stream, bytes, cut: false });
+      controller?.abort(new Error('the gateway is shutting down'));
     };
 
     const handler: Dispatcher.DispatchHandler = {
@@ -148,31 +170,32 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
           heldTimer.unref();
           return;
         }
-        const gate = request.beforeSend?.(statusCode, headers);
-        if (gate) {
-          mode = 'gated';
-          gated = { chunks: [], ended: false };
-          c.pause();
-          gate.then(
-            () => {
-              if (settled) return;
-              const { chunks, ended } = gated!;
-              gated = undefined;
-              startStreaming(statusCode, headers);
-              for (const chunk of chunks) streamData(c, chunk);
-              if (ended) streamEnd();
-              else if (!res.writableNeedDrain) c.resume();
-            },
-            (error: unknown) => {
-              finish(error instanceof Error ? error : new Error(String(error)));
-              c.abort(new Error('response refused before it was sent'));
-            },
-          );
-          return;
-        }
-        startStreaming(statusCode, headers);
+        const before = request.beforeResponse?.(statusCode, headers);
+        if (!before) return startResponse(statusCode, headers);
+        mode = 'deferred';
+        deferred = { chunks: [], ended: false };
+        c.pause();
+        before.then(
+          () => {
+            if (settled) return;
+            const queued = deferred!;
+            deferred = undefined;
+            startResponse(statusCode, headers);
+            for (const chunk of queued.chunks) handler.onResponseData!(c, chunk);
+            if (queued.ended) handler.onResponseEnd!(c, {});
+            else if (!res.writableNeedDrain) c.resume();
+          },
+          (error: unknown) => {
+            finish(error instanceof Error ? error : new Error(String(error)));
+            c.abort(error instanceof Error ? error : new Error(String(error)));
+          },
+        );
       },
       onResponseData(c, chunk) {
+        if (mode === 'deferred') {
+          deferred?.chunks.push(chunk);
+          return;
+        }
         if (mode === 'held') {
           if (settled) return;
           held!.chunks.push(chunk);
@@ -180,25 +203,48 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
           if (held!.size >= HELD_BODY_LIMIT) finishHeld(true);
           return;
         }
-        if (mode === 'gated') {
-          gated!.chunks.push(chunk);
-          return;
+        if (settled) return;
+        if (ending && stream) {
+          // Only the rest of the event under way goes out; what follows it is left to the resumed stream.
+          const end = eventEnd(tail, chunk);
+          if (end >= 0) {
+            res.write(chunk.subarray(0, end));
+            bytes += end;
+            atBoundary = true;
+            return endAtBoundary();
+          }
         }
-        streamData(c, chunk);
+        bytes += chunk.length;
+        lastWrite = Date.now();
+        if (stream) {
+          // An event's closing blank line may be split across chunks: judge the last bytes of the stream.
+          tail = Buffer.concat([tail, chunk.subarray(-4)]).subarray(-4);
+          atBoundary = endsEvent(tail);
+        }
+        const flowing = res.write(chunk);
+        if (atBoundary && pending.length > 0) flushPending();
+        if (!flowing) {
+          c.pause();
+          res.once('drain', () => c.resume());
+        }
       },
       onResponseEnd() {
+        if (settled) return;
+        if (mode === 'deferred') {
+          deferred!.ended = true;
+          return;
+        }
         if (mode === 'held') {
           finishHeld(false);
           return;
         }
-        if (mode === 'gated') {
-          gated!.ended = true;
-          return;
-        }
-        streamEnd();
+        if (atBoundary) flushPending();
+        res.end();
+        finish({ kind: 'sent', status, stream, bytes, cut: false });
       },
       onResponseError(_c, error) {
-        if (mode === 'waiting' || mode === 'held' || mode === 'gated') {
+        if (settled) return;
+        if (mode === 'deferred' || mode === 'waiting' || mode === 'held') {
           const kind = signal.aborted ? 'aborted' : TIMEOUT_CODES.has((error as { code?: string }).code ?? '') ? 'timeout' : 'unreachable';
           finish(new UpstreamError(kind, error));
           return;
@@ -216,8 +262,8 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
       },
     };
 
-    /** Writes the response head to the agent and starts streaming. */
-    function startStreaming(statusCode: number, headers: IncomingHttpHeaders): void {
+    /** The response goes to the agent from here on: status and headers first. */
+    function startResponse(statusCode: number, headers: IncomingHttpHeaders): void {
       mode = 'streaming';
       stream = isEventStream(headers);
       res.writeHead(statusCode, agentResponseHeaders(headers, request.place));
@@ -233,29 +279,9 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
             if (atBoundary) flushPending();
           },
         });
+        if (request.endStream?.aborted) onEndStream();
+        else request.endStream?.addEventListener('abort', onEndStream, { once: true });
       }
-    }
-
-    function streamData(c: Dispatcher.DispatchController, chunk: Buffer): void {
-      bytes += chunk.length;
-      lastWrite = Date.now();
-      if (stream) {
-        // An event's closing blank line may be split across chunks: judge the last bytes of the stream.
-        tail = Buffer.concat([tail, chunk.subarray(-4)]).subarray(-4);
-        atBoundary = endsEvent(tail);
-      }
-      const flowing = res.write(chunk);
-      if (atBoundary && pending.length > 0) flushPending();
-      if (!flowing) {
-        c.pause();
-        res.once('drain', () => c.resume());
-      }
-    }
-
-    function streamEnd(): void {
-      if (atBoundary) flushPending();
-      res.end();
-      finish({ kind: 'sent', status, stream, bytes, cut: false });
     }
 
     function startKeepAlive(intervalMs: number) {
@@ -281,6 +307,20 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
       handler,
     );
   });
+}
+
+/**
+ * Where the first event ending in `chunk` ends (the index just past its blank line), or -1.
+ * `tail` is the last bytes written before `chunk`, since a blank line may straddle the two.
+ */
+function eventEnd(tail: Buffer, chunk: Buffer): number {
+  const joined = Buffer.concat([tail, chunk]);
+  for (let i = tail.length; i < joined.length; i++) {
+    if (joined[i] !== 0x0a) continue;
+    if (i >= 1 && joined[i - 1] === 0x0a) return i + 1 - tail.length;
+    if (i >= 3 && joined[i - 1] === 0x0d && joined[i - 2] === 0x0a && joined[i - 3] === 0x0d) return i + 1 - tail.length;
+  }
+  return -1;
 }
 
 /** True when an SSE chunk ends at an event boundary (a blank line), where a comment may be inserted. */

@@ -47,6 +47,12 @@ export interface McpRouteOptions {
    * served only to its owner. Absent without login: there is no user to bind to.
    */
   sessionOwners?: SessionOwners;
+  /**
+   * Shutdown: when `signal` aborts, every GET stream ends at its next event boundary (the agent
+   * resumes on another replica with `Last-Event-ID`); the SSE answer to a POST, a request in
+   * flight, may run `requestGraceMs` longer before it is ended the same way.
+   */
+  drain?: { signal: AbortSignal; requestGraceMs: number };
 }
 
 const CORS_ALLOW_HEADERS = 'authorization, content-type, accept, mcp-session-id, mcp-protocol-version, last-event-id, mcp-method, mcp-name';
@@ -67,6 +73,10 @@ const REFUSED_BODY_READ_BYTES = 16 * 1024;
 export function createMcpRoutes(options: McpRouteOptions): Route[] {
   const byName = new Map(options.upstreams.map((u) => [u.name, u]));
   const allowedOrigins = new Set([options.publicOrigin, ...options.allowedOrigins]);
+  const drain = options.drain;
+  /** Aborted `requestGraceMs` after the drain began: the end of the answers to requests in flight. */
+  const requestsEnd = new AbortController();
+  drain?.signal.addEventListener('abort', () => setTimeout(() => requestsEnd.abort(), drain.requestGraceMs).unref(), { once: true });
 
   function upstreamFor(ctx: RequestContext): Upstream {
     const upstream = byName.get(ctx.params.upstream!);
@@ -161,8 +171,11 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
     const owners = principal ? options.sessionOwners : undefined;
     // Another user's session id is an unknown session here (404), before anything uses it.
     if (owners && mcpSessionId) await owners.check({ upstream: upstream.name, mcpSessionId, user: principal!.subject }, ctx.signal);
+    const capabilities = options.clientCapabilities;
     const protocolVersion = headerValue(ctx.req.headers, 'mcp-protocol-version');
-    if (protocolVersion) options.clientCapabilities?.noteProtocolVersion({ upstream: upstream.name, mcpSessionId, sessionId: principal?.sessionId, protocolVersion });
+    // Awaited: the record is shared by every replica and a store failure is a 503 like any other
+    // (the cache makes this free for a session this replica has seen in the last touch interval).
+    if (protocolVersion) await capabilities?.noteProtocolVersion({ upstream: upstream.name, mcpSessionId, sessionId: principal?.sessionId, protocolVersion }, ctx.signal);
     const credentialRequest: CredentialRequest = { principal, rpc, mcpSessionId, signal: ctx.signal };
     // ctx.url is parsed on first use: only a target with a query needs it.
     const search = ctx.req.url?.includes('?') ? ctx.url.search : '';
@@ -176,6 +189,22 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
     // A GET stream of a session can carry our notifications/elicitation/complete.
     let unregisterStream: (() => void) | undefined;
     const streams = method === 'GET' && mcpSessionId ? options.streams : undefined;
+    const streamVersion = streams && !protocolVersion ? (await capabilities?.get({ upstream: upstream.name, mcpSessionId }, ctx.signal))?.protocolVersion : protocolVersion;
+    // What initialize declared (its capabilities) and, with login, whose session it opens are stored
+    // before the agent sees the answer: its next request may reach another replica, and must find them.
+    const recordInitialize =
+      rpc?.method === 'initialize' && (capabilities || owners)
+        ? (status: number, headers: IncomingHttpHeaders): Promise<void> | undefined => {
+            if (status >= 300) return undefined;
+            const issued = headerValue(headers, 'mcp-session-id');
+            const writes: Array<Promise<unknown>> = [];
+            if (capabilities) {
+              writes.push(capabilities.recordInitialize({ upstream: upstream.name, mcpSessionId: issued, sessionId: principal?.sessionId, capabilities: rpc.capabilities }, ctx.signal));
+            }
+            if (owners && issued) writes.push(owners.record({ upstream: upstream.name, mcpSessionId: issued, owner: principal!.subject }, ctx.signal));
+            return writes.length > 0 ? Promise.all(writes).then(() => undefined) : undefined;
+          }
+        : undefined;
 
     for (let attempt = 0; ; attempt++) {
       let credential;
@@ -199,17 +228,10 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
           place: { url: upstream.url, gatewayPath: `${options.basePath}/${encodeURIComponent(upstream.name)}/mcp` },
           sseKeepAliveMs: options.sseKeepAliveMs,
           hold: (status, headers) => isAuthRejection(status, headers),
-          // The owner of a new session is in the store before the agent learns its id.
-          beforeSend:
-            owners && rpc?.method === 'initialize'
-              ? (status, headers) => {
-                  const issued = headerValue(headers, 'mcp-session-id');
-                  if (status >= 300 || !issued) return undefined;
-                  return owners.record({ upstream: upstream.name, mcpSessionId: issued, owner: principal!.subject }, ctx.signal);
-                }
-              : undefined,
           // Before the response ends: the access-log line is written on 'close'.
           onCut: () => void (ctx.log.cut = true),
+          beforeResponse: recordInitialize,
+          endStream: drain && (method === 'GET' ? drain.signal : requestsEnd.signal),
           onStream: (open) => (open ? options.metrics.openStreams.inc({ upstream: upstream.name }) : options.metrics.openStreams.dec({ upstream: upstream.name })),
           onSse: streams
             ? (injector) => {
@@ -217,7 +239,7 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
                   upstream: upstream.name,
                   mcpSessionId: mcpSessionId!,
                   sessionId: principal?.sessionId,
-                  protocolVersion: protocolVersion ?? options.clientCapabilities?.get({ upstream: upstream.name, mcpSessionId })?.protocolVersion,
+                  protocolVersion: streamVersion,
                   sink: { deliver: (event) => injector.inject(event) },
                 });
               }
@@ -237,8 +259,6 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
         }
         if (rpc?.method === 'initialize' && outcome.status < 300) {
           const sessionId = headerValue(ctx.res.getHeaders() as IncomingHttpHeaders, 'mcp-session-id');
-          // Also under our sid: a stateless upstream issues no Mcp-Session-Id.
-          options.clientCapabilities?.recordInitialize({ upstream: upstream.name, mcpSessionId: sessionId, sessionId: principal?.sessionId, capabilities: rpc.capabilities });
           if (sessionId) options.onInitialize?.({ upstream, rpc, mcpSessionId: sessionId });
         }
         return;

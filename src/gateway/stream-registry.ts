@@ -2,16 +2,17 @@
  * The agent sessions' open GET SSE streams, so the gateway can speak on them itself: the only
  * message it originates is `notifications/elicitation/complete` (MCP 2025-11-25
  * client/elicitation "Completion Notifications for URL Mode Elicitation"), sent when the user
- * finished connecting an upstream (DESIGN §6.5).
+ * finished connecting an upstream.
  *
  * A stream is either one forwarded from the upstream (the notification is injected between two
  * of its events) or one the gateway holds itself while the upstream cannot be reached without
  * the user's authorization (the notification is written and the stream ended, so the agent
  * reconnects and this time reaches the upstream).
  *
- * In process memory: a stream lives on the replica that serves its connection. With several
- * replicas the connect callback may run on another one; it would then publish the completion
- * through the store (pub/sub) for the replica holding the stream.
+ * In process memory, and rightly so: a stream lives on the replica that serves its connection.
+ * The connect callback may run on another replica; it publishes the completion on the message
+ * bus and every replica calls {@link StreamRegistry.notifyElicitationComplete} on its own
+ * registry (`elicitation-events.ts`).
  */
 import { protocolAtLeast } from './client-capabilities.ts';
 

@@ -121,6 +121,8 @@ export function createFrontDoor(options: FrontDoorOptions): FrontDoor {
 
     res.once('close', () => {
       active--;
+      // A keep-alive connection whose stream just ended is idle now: while draining, let it go at once.
+      if (draining) setImmediate(() => server.closeIdleConnections());
       if (!res.writableFinished) abort.abort(new Error('client closed the connection'));
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       const status = res.headersSent ? res.statusCode : 499;

@@ -126,6 +126,10 @@ export function createGatewayMetrics(registry: Registry) {
     authFlows: registry.counter('mcpgate_auth_flows_total', 'Upstream OAuth flows by upstream and outcome (started, completed, failed)'),
     refreshes: registry.counter('mcpgate_token_refreshes_total', 'Token refreshes by kind (idp: the company IdP, per session; oauth: an upstream authorization server, with upstream) and outcome'),
     storeErrors: registry.counter('mcpgate_store_errors_total', 'Storage operations that failed (the backend unavailable), by operation'),
+    elicitationNotifications: registry.counter(
+      'mcpgate_elicitation_notifications_total',
+      'notifications/elicitation/complete by outcome, once per completed connection for the whole fleet (delivered: a stream on some replica got it; no_stream: none did; failed: the bus or the store failed)',
+    ),
   };
 }
 export type GatewayMetrics = ReturnType<typeof createGatewayMetrics>;

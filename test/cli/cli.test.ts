@@ -103,12 +103,20 @@ describe('mcpgate CLI', { concurrency: true }, () => {
 
     before(async () => {
       const released = new Promise<void>((resolve) => (releaseStream = resolve));
-      upstream = await startRawUpstream(async (_req, res) => {
+      upstream = await startRawUpstream(async (req, res) => {
         res.writeHead(200, { 'content-type': 'text/event-stream' });
-        res.write('id: 1\ndata: {"n":1}\n\n');
+        if (req.method === 'GET') {
+          // The standalone stream never ends by itself; at SIGTERM the upstream is in the middle of event 2.
+          res.write('id: 1\ndata: {"n":1}\n\nid: 2\ndata: {"n":');
+          await released;
+          res.write('2}\n\nid: 3\ndata: {"n":3}\n\n');
+          return;
+        }
+        // A POST's stream: the answer to a request in flight.
+        res.write('id: 1\ndata: {"p":1}\n\n');
         await released; // the rest comes only after the gateway was told to stop
-        res.write('id: 2\ndata: {"n":2}\n\n');
-        res.end('id: 3\ndata: {"n":3}\n\n');
+        res.write('id: 2\ndata: {"p":2}\n\n');
+        res.end('id: 3\ndata: {"p":3}\n\n');
       });
     });
 
@@ -117,7 +125,7 @@ describe('mcpgate CLI', { concurrency: true }, () => {
       await upstream.close();
     });
 
-    it('answers /healthz, and on SIGTERM stops accepting, lets the open SSE stream finish, then exits 0', async () => {
+    it('on SIGTERM stops accepting, ends the GET stream after a whole event, lets the POST stream finish, then exits 0', async () => {
       const port = await freePort();
       const path = configFile(
         'serve.yaml',
@@ -145,26 +153,35 @@ describe('mcpgate CLI', { concurrency: true }, () => {
       const base = `http://127.0.0.1:${port}`;
       assert.equal((await fetch(`${base}/healthz`)).status, 200);
 
-      // Open a stream through the gateway and read its first event.
-      let body = '';
-      const streamEnded = new Promise<boolean>((resolve, reject) => {
-        const req = request(`${base}/up/mcp`, { headers: { accept: 'text/event-stream', 'mcp-session-id': 's' }, agent: false }, (res) => {
-          res.setEncoding('utf8');
-          res.on('data', (chunk: string) => (body += chunk));
-          res.on('end', () => {
-            events.push('stream end');
-            resolve(res.complete);
-          });
-          res.on('error', reject);
+      /** Opens a stream through the gateway; `body` grows as it arrives. */
+      const open = (method: 'GET' | 'POST', name: string) => {
+        const stream = { body: '', ended: undefined as unknown as Promise<boolean> };
+        stream.ended = new Promise<boolean>((resolve, reject) => {
+          const req = request(
+            `${base}/up/mcp`,
+            { method, headers: { accept: 'text/event-stream, application/json', 'content-type': 'application/json', 'mcp-session-id': 's' }, agent: false },
+            (res) => {
+              res.setEncoding('utf8');
+              res.on('data', (chunk: string) => (stream.body += chunk));
+              res.on('end', () => {
+                events.push(`${name} end`);
+                resolve(res.complete);
+              });
+              res.on('error', reject);
+            },
+          );
+          req.on('error', reject);
+          req.end(method === 'POST' ? '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow"}}' : undefined);
         });
-        req.on('error', reject);
-        req.end();
-      });
-      await waitFor(() => body.includes('"n":1'), 'the first event');
+        return stream;
+      };
+      const getStream = open('GET', 'get');
+      const postStream = open('POST', 'post');
+      await waitFor(() => getStream.body.includes('{"n":') && postStream.body.includes('"p":1'), 'the first events');
 
       server.kill('SIGTERM');
       await waitFor(() => logs.includes('"msg":"shutting down"'), 'the shutdown to start');
-      // Stopped accepting: a new connection is refused while the stream is still open.
+      // Not ready at once, and stopped accepting: a new connection is refused while the streams are open.
       let refused = false;
       for (let i = 0; i < 100 && !refused; i++) {
         refused = await fetch(`${base}/healthz`).then(
@@ -174,13 +191,16 @@ describe('mcpgate CLI', { concurrency: true }, () => {
         if (!refused) await new Promise((resolve) => setTimeout(resolve, 20));
       }
       assert.ok(refused, 'the listener is closed during the drain');
-      assert.equal(server.exitCode, null, 'the process waits for the open stream');
+      assert.equal(server.exitCode, null, 'the process waits for the open streams');
+      assert.ok(!events.includes('get end'), 'the GET stream waits for the end of the event under way');
 
       releaseStream();
-      assert.equal(await streamEnded, true, 'the stream finished normally');
-      assert.match(body, /"n":1[\s\S]*"n":2[\s\S]*"n":3/, 'events sent after SIGTERM still reached the agent');
+      assert.equal(await getStream.ended, true, 'the GET stream ended cleanly');
+      assert.equal(getStream.body, 'id: 1\ndata: {"n":1}\n\nid: 2\ndata: {"n":2}\n\n', 'it ended right after a whole event, never inside one');
+      assert.equal(await postStream.ended, true, 'the POST stream finished normally');
+      assert.match(postStream.body, /"p":1[\s\S]*"p":2[\s\S]*"p":3/, 'events sent after SIGTERM still reached the agent');
       assert.equal(await exited, 0);
-      assert.deepEqual(events, ['stream end', 'exit']);
+      assert.deepEqual(events.slice(-1), ['exit']);
       assert.match(logs, /"msg":"stopped"/);
     });
   });

@@ -1,9 +1,11 @@
-/** Channel choice and the per-session capability memory (DESIGN §6.4): pure functions, a fake clock. */
+/** Channel choice and the per-session capability records: pure functions, a memory store on a fake clock. */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { authRequiredReply, chooseChannel, type ChallengeSetting } from '../../src/gateway/challenge.ts';
 import { createClientCapabilities, declaresUrlElicitation, protocolAtLeast } from '../../src/gateway/client-capabilities.ts';
 import type { RpcInfo } from '../../src/gateway/jsonrpc.ts';
+import { createMemoryStore } from '../../src/store/memory.ts';
+import type { Store } from '../../src/store/port.ts';
 
 const rpc = (method: string, id: string | number | null = 1): RpcInfo => ({ id: id ?? undefined, method, batch: false, capabilities: undefined, toolName: undefined });
 const elicitSession = { elicitationUrl: true, protocolVersion: '2025-11-25' };
@@ -82,41 +84,65 @@ describe('client capabilities memory', () => {
     assert.equal(protocolAtLeast('latest', '2025-11-25'), false);
   });
 
-  test('per (upstream, session), expiring after the TTL since last use, least recently used evicted first', () => {
+  test('per (upstream, session) in the store; a header creates nothing; the TTL slides with use, refreshed once per touch interval', async () => {
     let now = 1_000;
-    const memory = createClientCapabilities({ maxEntries: 2, ttlMs: 100, now: () => now });
+    const store = createMemoryStore({ now: () => now });
+    const memory = createClientCapabilities({ store, ttlMs: 100, touchIntervalMs: 10, now: () => now });
     const s1 = { upstream: 'a', mcpSessionId: 's1' };
-    memory.recordInitialize({ ...s1, capabilities: { elicitation: { url: {} } } });
-    memory.noteProtocolVersion({ ...s1, protocolVersion: '2025-11-25' });
-    memory.noteProtocolVersion({ upstream: 'a', mcpSessionId: 'nobody', protocolVersion: '2025-11-25' });
-    assert.deepEqual(memory.get(s1), { elicitationUrl: true, protocolVersion: '2025-11-25' });
-    assert.equal(memory.get({ upstream: 'b', mcpSessionId: 's1' }), undefined, 'another upstream does not share the session');
-    assert.equal(memory.size, 1, 'unknown sessions are not created by a header');
+    await memory.recordInitialize({ ...s1, capabilities: { elicitation: { url: {} } } });
+    await memory.noteProtocolVersion({ ...s1, protocolVersion: '2025-11-25' });
+    await memory.noteProtocolVersion({ upstream: 'a', mcpSessionId: 'nobody', protocolVersion: '2025-11-25' });
+    assert.deepEqual(await memory.get(s1), { elicitationUrl: true, protocolVersion: '2025-11-25' });
+    assert.equal(await memory.get({ upstream: 'b', mcpSessionId: 's1' }), undefined, 'another upstream does not share the session');
+    assert.equal(await memory.get({ upstream: 'a', mcpSessionId: 'nobody' }), undefined, 'unknown sessions are not created by a header');
 
-    memory.recordInitialize({ upstream: 'a', mcpSessionId: 's2', capabilities: {} });
-    memory.get(s1); // s1 is now the most recently used
-    memory.recordInitialize({ upstream: 'a', mcpSessionId: 's3', capabilities: {} });
-    assert.equal(memory.get({ upstream: 'a', mcpSessionId: 's2' }), undefined, 's2 was evicted');
-    assert.ok(memory.get(s1));
-
-    now += 99;
-    assert.ok(memory.get(s1), 'use slides the TTL');
+    now += 95;
+    await memory.noteProtocolVersion({ ...s1, protocolVersion: '2025-11-25' });
+    now += 95;
+    assert.ok(await memory.get(s1), 'use slid the TTL');
     now += 100;
-    assert.equal(memory.get(s1), undefined);
+    assert.equal(await memory.get(s1), undefined, 'forgotten a TTL after the last use');
   });
 
-  test('a stateless upstream: the agent is known by our sid; the MCP session wins when both are known', () => {
-    const memory = createClientCapabilities();
-    memory.recordInitialize({ upstream: 'a', sessionId: 'sid-1', capabilities: { elicitation: { url: {} } } });
-    memory.noteProtocolVersion({ upstream: 'a', sessionId: 'sid-1', protocolVersion: '2025-11-25' });
-    assert.deepEqual(memory.get({ upstream: 'a', sessionId: 'sid-1' }), { elicitationUrl: true, protocolVersion: '2025-11-25' });
-    assert.equal(memory.get({ upstream: 'a' }), undefined);
-    memory.recordInitialize({ upstream: 'a', mcpSessionId: 'm-1', capabilities: {} });
-    assert.equal(memory.get({ upstream: 'a', mcpSessionId: 'm-1', sessionId: 'sid-1' })?.elicitationUrl, false);
+  test('another replica (its own records over the same store) sees what this one recorded; keys hold no session id', async () => {
+    const keys: string[] = [];
+    const backend = createMemoryStore();
+    // The store as the replicas use it, recording every key they name.
+    const store: Store = { ...backend, get: (key, signal) => (keys.push(key), backend.get(key, signal)), set: (key, value, ttl, signal) => (keys.push(key), backend.set(key, value, ttl, signal)) };
+    const replicaA = createClientCapabilities({ store });
+    const replicaB = createClientCapabilities({ store });
+    await replicaA.recordInitialize({ upstream: 'a', mcpSessionId: 'mcp-session-secret-1', sessionId: 'sid-secret-1', capabilities: { elicitation: { url: {} } } });
+    await replicaB.noteProtocolVersion({ upstream: 'a', mcpSessionId: 'mcp-session-secret-1', protocolVersion: '2025-11-25' });
+    assert.deepEqual(await replicaA.get({ upstream: 'a', mcpSessionId: 'mcp-session-secret-1' }), { elicitationUrl: true, protocolVersion: '2025-11-25' });
+    // A re-initialize on A is not undone by B's cached copy.
+    await replicaA.recordInitialize({ upstream: 'a', mcpSessionId: 'mcp-session-secret-1', capabilities: {} });
+    await replicaB.noteProtocolVersion({ upstream: 'a', mcpSessionId: 'mcp-session-secret-1', protocolVersion: '2026-07-28' });
+    assert.deepEqual(await replicaB.get({ upstream: 'a', mcpSessionId: 'mcp-session-secret-1' }), { elicitationUrl: false, protocolVersion: '2026-07-28' });
+    assert.ok(keys.length > 0);
+    for (const key of keys) assert.ok(!key.includes('secret'), `a store key holds an id: ${key}`);
+  });
+
+  test('a store outage is an error, never "unknown session"', async () => {
+    const store = createMemoryStore();
+    const memory = createClientCapabilities({ store });
+    await store.close();
+    await assert.rejects(memory.get({ upstream: 'a', mcpSessionId: 's' }), { name: 'StoreUnavailableError' });
+  });
+
+  test('a stateless upstream: the agent is known by our sid; the MCP session wins when both are known', async () => {
+    const memory = createClientCapabilities({ store: createMemoryStore() });
+    await memory.recordInitialize({ upstream: 'a', sessionId: 'sid-1', capabilities: { elicitation: { url: {} } } });
+    await memory.noteProtocolVersion({ upstream: 'a', sessionId: 'sid-1', protocolVersion: '2025-11-25' });
+    assert.deepEqual(await memory.get({ upstream: 'a', sessionId: 'sid-1' }), { elicitationUrl: true, protocolVersion: '2025-11-25' });
+    assert.equal(await memory.get({ upstream: 'a' }), undefined);
+    await memory.recordInitialize({ upstream: 'a', mcpSessionId: 'm-1', capabilities: {} });
+    assert.equal((await memory.get({ upstream: 'a', mcpSessionId: 'm-1', sessionId: 'sid-1' }))?.elicitationUrl, false);
   });
 
   test('options are validated at construction', () => {
-    assert.throws(() => createClientCapabilities({ maxEntries: 0 }), TypeError);
-    assert.throws(() => createClientCapabilities({ ttlMs: -1 }), TypeError);
+    const store = createMemoryStore();
+    assert.throws(() => createClientCapabilities({ store, maxCached: 0 }), TypeError);
+    assert.throws(() => createClientCapabilities({ store, ttlMs: -1 }), TypeError);
+    assert.throws(() => createClientCapabilities({ store, ttlMs: 100, touchIntervalMs: 100 }), TypeError);
   });
 });

@@ -17,6 +17,7 @@ import { createAuthRequiredRenderer, type ChallengeSetting } from '../../src/gat
 import { createClientCapabilities, type ClientCapabilities } from '../../src/gateway/client-capabilities.ts';
 import { createMcpRoutes } from '../../src/gateway/mcp-route.ts';
 import { createStreamRegistry, type StreamRegistry } from '../../src/gateway/stream-registry.ts';
+import { createMemoryStore } from '../../src/store/memory.ts';
 import type { Upstream } from '../../src/gateway/upstream.ts';
 import { createFrontDoor, type FrontDoor } from '../../src/http/server.ts';
 import { createLogger } from '../../src/observability/logger.ts';
@@ -139,7 +140,7 @@ export interface TestGateway {
 export async function startGateway(upstreams: { name: string; url: URL; credentials: CredentialSource; challenge?: ChallengeSetting }[]): Promise<TestGateway> {
   const logger = createLogger({ level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
   const metrics = createGatewayMetrics(createRegistry());
-  const capabilities = createClientCapabilities();
+  const capabilities = createClientCapabilities({ store: createMemoryStore() });
   const streams = createStreamRegistry();
   const settings = new Map(upstreams.map((u) => [u.name, u.challenge ?? 'auto']));
   let publicUrl = new URL('http://127.0.0.1/');

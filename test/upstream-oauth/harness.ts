@@ -130,7 +130,7 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
   ];
   const logger = createLogger({ level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
   const metrics = createGatewayMetrics(createRegistry());
-  const capabilities = createClientCapabilities();
+  const capabilities = createClientCapabilities({ store, now });
   const streams = createStreamRegistry();
   const connected: ConnectedEvent[] = [];
 
@@ -181,7 +181,6 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
       maxBodyBytes: 1 << 20,
       upstreamTimeoutMs: 10_000,
       basePath: '',
-      onInitialize: ({ upstream: u, rpc, mcpSessionId }) => capabilities.recordInitialize({ upstream: u.name, mcpSessionId, capabilities: rpc.capabilities }),
       authRequired: createAuthRequiredRenderer({ capabilities, streams, settingFor: () => options.challenge ?? 'auto' }),
       clientCapabilities: capabilities,
       streams,

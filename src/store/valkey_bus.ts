@@ -1,0 +1,159 @@
+/**
+ * The message bus on Valkey pub/sub, for replicas that share a Valkey.
+ *
+ * Two connections of its own, besides the store's: a connection in subscriber mode accepts no
+ * other command, and a publish must not wait behind the store's traffic either. The subscriber
+ * connects when the first subscription is made; the publisher when the first message is sent.
+ * Both reconnect for ever (the store's policy); after a reconnect the subscriber subscribes to its
+ * channels again before it reports itself ready. Messages published while a replica's subscriber
+ * is down are lost for that replica (pub/sub keeps nothing): callers confirm delivery through the store.
+ */
+import type { Redis } from 'iovalkey';
+import { assertKey } from './checks.ts';
+import type { MessageBus, MessageHandler } from './bus.ts';
+import { StoreUnavailableError } from './port.ts';
+import { createValkeyClient, type ValkeyClient, type ValkeyConnectionOptions } from './valkey_client.ts';
+
+/** Options of {@link createValkeyBus}: where Valkey is (as for the store) and the key prefix channels share. */
+export interface ValkeyBusOptions extends Omit<ValkeyConnectionOptions, 'connectTimeoutMs' | 'commandTimeoutMs'> {
+  /** Prepended to every channel name, as the store prepends it to keys. */
+  keyPrefix: string;
+  /** How long to wait for a TCP (and TLS) connection, in milliseconds. Default 5000. */
+  connectTimeoutMs?: number;
+  /** Upper bound on one publish or subscribe, in milliseconds, including waiting for the connection. Default 2000. */
+  commandTimeoutMs?: number;
+  /** Told about connection errors and failed re-subscriptions. */
+  onError?: (error: Error) => void;
+  /** Told about a handler that threw (the message is dropped for that handler only). */
+  onHandlerError?: (error: unknown) => void;
+}
+
+/** Creates the Valkey bus; options are checked here, connections opened on first use. */
+export function createValkeyBus(options: ValkeyBusOptions): MessageBus {
+  const { keyPrefix, connectTimeoutMs = 5000, commandTimeoutMs = 2000, onError, onHandlerError } = options;
+  if (typeof keyPrefix !== 'string' || /[{}]/.test(keyPrefix)) throw new TypeError('valkey: keyPrefix must be a string without { or }');
+  for (const [name, value] of [['connectTimeoutMs', connectTimeoutMs], ['commandTimeoutMs', commandTimeoutMs]] as const) {
+    if (!Number.isSafeInteger(value) || value <= 0) throw new TypeError(`valkey: ${name} must be a positive integer (milliseconds)`);
+  }
+  const connection: ValkeyConnectionOptions = { ...options, connectTimeoutMs, commandTimeoutMs };
+  // Handlers by prefixed channel; the subscriber is subscribed to exactly these channels.
+  const handlers = new Map<string, Set<MessageHandler>>();
+  let publisher: ValkeyClient | undefined;
+  let subscriber: ValkeyClient | undefined;
+  let closed = false;
+
+  function openPublisher(): ValkeyClient {
+    if (publisher) return publisher;
+    publisher = createValkeyClient(connection);
+    publisher.on('error', (error: Error) => onError?.(error));
+    return publisher;
+  }
+
+  function openSubscriber(): ValkeyClient {
+    if (subscriber) return subscriber;
+    const client = createValkeyClient(connection);
+    subscriber = client;
+    client.on('error', (error: Error) => onError?.(error));
+    client.on('message', (channel: string, message: string) => {
+      for (const handler of [...(handlers.get(channel) ?? [])]) {
+        try {
+          handler(message);
+        } catch (error) {
+          onHandlerError?.(error);
+        }
+      }
+    });
+    if (!client.isCluster) {
+      // Standalone and Sentinel: we subscribe again ourselves after a reconnect, so a failure is
+      // reported instead of becoming an unhandled rejection inside the client. (A cluster
+      // client renews its subscriptions itself when it picks another node.)
+      (client as Redis).options.autoResubscribe = false;
+      let connectedBefore = false;
+      client.on('ready', () => {
+        if (connectedBefore && handlers.size > 0) {
+          client.subscribe(...handlers.keys()).catch((error: unknown) => {
+            onError?.(new Error(`valkey bus: subscribing again after a reconnect failed: ${(error as Error).message}`));
+            // A fresh connection tries again.
+            client.disconnect(true);
+          });
+        }
+        connectedBefore = true;
+      });
+    }
+    return client;
+  }
+
+  /** One command under the deadline, failures mapped to `StoreUnavailableError`. */
+  function run<T>(op: string, client: ValkeyClient, signal: AbortSignal | undefined, command: () => Promise<T>): Promise<T> {
+    signal?.throwIfAborted();
+    if (closed) return Promise.reject(new StoreUnavailableError('valkey bus is closed'));
+    return new Promise<T>((resolve, reject) => {
+      let settled = false;
+      const finish = (settle: () => void): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        client.off('ready', onReady);
+        settle();
+      };
+      const onAbort = (): void => finish(() => reject(signal?.reason));
+      const timer = setTimeout(() => finish(() => reject(new StoreUnavailableError(`valkey ${op} timed out after ${commandTimeoutMs} ms`))), commandTimeoutMs);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const send = (): void => {
+        if (settled) return;
+        command().then(
+          (value) => finish(() => resolve(value)),
+          (cause: unknown) => finish(() => reject(new StoreUnavailableError(`valkey ${op} failed: ${cause instanceof Error ? cause.message : String(cause)}`, { cause }))),
+        );
+      };
+      const onReady = (): void => send();
+      if (client.status === 'ready') send();
+      else client.once('ready', onReady);
+    });
+  }
+
+  return {
+    async publish(channel, message, signal) {
+      assertKey(channel);
+      const client = openPublisher();
+      return run('publish', client, signal, () => client.publish(keyPrefix + channel, message));
+    },
+
+    async subscribe(channel, handler) {
+      assertKey(channel);
+      const prefixed = keyPrefix + channel;
+      const client = openSubscriber();
+      let set = handlers.get(prefixed);
+      const first = !set;
+      if (!set) handlers.set(prefixed, (set = new Set()));
+      const entry: MessageHandler = (message) => handler(message);
+      set.add(entry);
+      if (first) {
+        try {
+          await run('subscribe', client, undefined, () => client.subscribe(prefixed));
+        } catch (error) {
+          set.delete(entry);
+          if (set.size === 0) handlers.delete(prefixed);
+          throw error;
+        }
+      }
+      return () => {
+        set.delete(entry);
+        if (set.size > 0 || handlers.get(prefixed) !== set) return;
+        handlers.delete(prefixed);
+        if (!closed && client.status === 'ready') client.unsubscribe(prefixed).catch(() => undefined);
+      };
+    },
+
+    async close() {
+      if (closed) return;
+      closed = true;
+      handlers.clear();
+      const clients = [publisher, subscriber].filter((c): c is ValkeyClient => c !== undefined);
+      const timeout = new Promise((resolve) => setTimeout(resolve, commandTimeoutMs).unref());
+      await Promise.race([Promise.all(clients.map((c) => c.quit().catch(() => undefined))), timeout]);
+      for (const c of clients) c.disconnect();
+    },
+  };
+}
