@@ -13,9 +13,10 @@ import { createCookieCodec, deriveCookieKey, loginCookie, type CookieCodec } fro
 import { createCimdResolver } from './authserver/cimd.ts';
 import { createConnectChain } from './authserver/connect-chain.ts';
 import { createStepUpMarks } from './authserver/step-up.ts';
-import { createClientLookup, createLoginRoutes } from './authserver/login-flow.ts';
+import { createClientLookup, createKnownClientLookup, createLoginRoutes } from './authserver/login-flow.ts';
 import { CLIENT_IDLE_TTL_MS } from './authserver/register.ts';
 import { signInUrl } from './authserver/sign-in.ts';
+import { sendErrorPage } from './authserver/html.ts';
 import type { Config, UpstreamConfig } from './config/schema.ts';
 import { createIdTokenCredential } from './credentials/id-token.ts';
 import { createIdpCredential } from './credentials/idp.ts';
@@ -35,7 +36,7 @@ import { createJwtAuthenticator } from './gateway/verify-token.ts';
 import { createOpsRoutes } from './http/ops-routes.ts';
 import type { RequestContext, Route } from './http/router.ts';
 import { InvalidToken } from './http/errors.ts';
-import { createRateLimiter } from './http/rate-limit.ts';
+import { applyRouteLimits } from './http/route-limits.ts';
 import { createFrontDoor, type FrontDoor } from './http/server.ts';
 import { createOidcIdpClient } from './idp/oidc.ts';
 import { createGuardedFetch } from './net/guarded-fetch.ts';
@@ -176,7 +177,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     metrics,
     publicUrl,
     trustedProxies: config.server.trustedProxies,
-    routes: [
+    // Every route that works for an unauthenticated request is limited per client and globally (route-limits.ts).
+    routes: applyRouteLimits([
       ...createOpsRoutes({ registry, checks: [{ name: 'store', check: (signal) => store.ping(signal) }], isDraining: () => draining }),
       ...(login?.routes ?? []),
       ...(login
@@ -189,8 +191,6 @@ export function createApp(config: Config, options: AppOptions = {}): App {
             authenticate: (ctx, name) => authenticateForConnections(login.authenticator, ctx, name),
             basePath,
             onConnected: (done) => void streams.notifyElicitationComplete(done),
-            // Each browser leg may cost discovery, a registration or a token request at someone else's server.
-            limiter: createRateLimiter({ store, name: 'upstream-oauth', limit: 60, windowMs: 60_000, now }),
           })
         : []),
       ...createMcpRoutes({
@@ -208,7 +208,13 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         clientCapabilities,
         streams,
       }),
-    ],
+    ], {
+      store,
+      basePath,
+      overrides: config.server.rateLimits,
+      sendPage: (ctx, status, title, message, headers) => sendErrorPage(ctx.res, status, title, message, { headers }),
+      now,
+    }),
   });
 
   return {
@@ -314,11 +320,13 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       options.idpClient ?? createOidcIdpClient({ config: idpConfig, redirectUri: `${issuer}/oauth/callback`, devMode: config.server.devMode, now });
     const resources = config.upstreams.map((u) => ({ name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) }));
     const tokenIssuer = createTokenIssuer({ issuer, keys, accessTokenTtlMs: config.authServer.accessTokenTtl, now });
-    // Registered clients, and https client ids fetched as metadata documents when those are on.
-    const clients = createClientLookup({
-      stores: authStores,
-      cimd: config.authServer.clientMetadataDocuments ? createCimdResolver({ fetch: serverFetch, allowHttp: config.server.devMode, now }) : undefined,
-    });
+    // Registered clients, and https client ids as metadata documents when those are on: fetched only
+    // by authorize, read from the store by the token and revocation endpoints.
+    const cimd = config.authServer.clientMetadataDocuments
+      ? createCimdResolver({ fetch: serverFetch, store, sealer, allowHttp: config.server.devMode, retainMs: config.authServer.refreshTokenTtl, now })
+      : undefined;
+    const clients = createClientLookup({ stores: authStores, cimd });
+    const knownClients = createKnownClientLookup({ stores: authStores, cimd });
     const routes: Route[] = [
       ...createMetadataRoutes({
         issuer,
@@ -328,8 +336,19 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         dynamicRegistration: config.authServer.registration.dynamic,
         clientMetadataDocuments: config.authServer.clientMetadataDocuments,
       }),
-      ...createTokenRoutes({ basePath, stores: authStores, issuer: tokenIssuer, refreshTokenTtlMs: config.authServer.refreshTokenTtl, resolveClient: clients, endSession, logger, now, stepUp }),
-      ...createRevocationRoutes({ basePath, stores: authStores, issuer, keys, resources: resources.map((r) => r.resource), resolveClient: clients, endSession, logger, now }),
+      ...createTokenRoutes({
+        basePath,
+        stores: authStores,
+        issuer: tokenIssuer,
+        refreshTokenTtlMs: config.authServer.refreshTokenTtl,
+        resolveClient: knownClients,
+        retainClient: cimd && ((client) => cimd.retain(client)),
+        endSession,
+        logger,
+        now,
+        stepUp,
+      }),
+      ...createRevocationRoutes({ basePath, stores: authStores, issuer, keys, resources: resources.map((r) => r.resource), resolveClient: knownClients, endSession, logger, now }),
     ];
     const authenticator = createJwtAuthenticator({
       issuer,
@@ -364,8 +383,6 @@ export function createApp(config: Config, options: AppOptions = {}): App {
           pendingTtlMs: 600_000,
           consentTtlMs: 90 * 86_400_000,
           clientIdleTtlMs: CLIENT_IDLE_TTL_MS,
-          // Each authorize may cost a metadata-document fetch, each callback a call to the IdP.
-          limiter: createRateLimiter({ store, name: 'login', limit: 120, windowMs: 60_000, now }),
           now,
           // The re-challenge chain (DESIGN §6.4): `mcpgate:connect:<name>` connects that upstream before our code is issued.
           connect:
@@ -374,7 +391,6 @@ export function createApp(config: Config, options: AppOptions = {}): App {
               : undefined,
         },
         registration: config.authServer.registration,
-        registrationLimiter: createRateLimiter({ store, name: 'register', limit: 30, windowMs: 60_000, now }),
       }),
     );
     const loginCookies = loginCookie(cookies);

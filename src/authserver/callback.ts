@@ -29,7 +29,6 @@ export function createCallbackEndpoint(flow: LoginFlow): Handler {
   const login = loginCookie(flow.cookies);
 
   return withHtmlErrors(flow.logger, async function callback(ctx) {
-    await flow.limiter.enforce(ctx.clientIp, ctx.signal);
     const params = ctx.url.searchParams;
     const state = params.get('state');
     if (!state) throw new InvalidRequest('The identity provider answered without the state of a sign-in.');

@@ -1,13 +1,12 @@
 /**
  * `POST /oauth/register`: Dynamic Client Registration (RFC 7591; DESIGN §4). Public clients
  * (`token_endpoint_auth_method: none`, PKCE) by default; confidential clients on request, whose
- * secret is returned once and stored only as a hash. Limited in size and rate, optionally gated
+ * secret is returned once and stored only as a hash. Limited in size (and in rate by route-limits.ts), optionally gated
  * by an initial access token (RFC 7591 §3). Registrations expire after an idle period.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readBody } from '../http/body.ts';
 import { InvalidClientMetadata, InvalidToken, UnsupportedMediaType } from '../http/errors.ts';
-import type { RateLimiter } from '../http/rate-limit.ts';
 import type { Handler, RequestContext } from '../http/router.ts';
 import { parseClientMetadata } from './client-metadata.ts';
 import type { AuthStores, ClientRecord } from './records.ts';
@@ -21,8 +20,6 @@ export const CLIENT_IDLE_TTL_MS = 90 * 86_400_000;
 /** Options of {@link createRegistrationEndpoint}. */
 export interface RegistrationEndpointOptions {
   stores: Pick<AuthStores, 'clients'>;
-  /** Per-IP limit on registrations. */
-  limiter: RateLimiter;
   /** When set, requests must carry `Authorization: Bearer <this>` (RFC 7591 §3). */
   initialAccessToken: string | null;
   /** Idle lifetime of a registration in milliseconds; `authorize` extends it on use. Default 90 days. */
@@ -38,7 +35,6 @@ export function createRegistrationEndpoint(options: RegistrationEndpointOptions)
   const expectedToken = options.initialAccessToken === null ? undefined : createHash('sha256').update(options.initialAccessToken).digest();
 
   return async function register(ctx) {
-    await options.limiter.enforce(ctx.clientIp, ctx.signal);
     checkInitialAccessToken(ctx);
     const metadata = parseClientMetadata(await readJson(ctx), { publicOnly: false });
     const secret = metadata.tokenEndpointAuthMethod === 'none' ? undefined : randomBytes(32).toString('base64url');

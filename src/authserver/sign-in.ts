@@ -59,7 +59,6 @@ export function signInUrl(issuer: string, returnTo: string): string {
 /** Creates the handler of `GET /oauth/login`. */
 export function createSignInEndpoint(flow: LoginFlow): Handler {
   return withHtmlErrors(flow.logger, async function signIn(ctx) {
-    await flow.limiter.enforce(ctx.clientIp, ctx.signal);
     const params = ctx.url.searchParams;
     if (params.getAll('return_to').length > 1) throw new InvalidRequest('The sign-in link repeats return_to.');
     const returnTo = ourReturnPath(params.get('return_to'), flow.issuer);

@@ -60,6 +60,22 @@ export function createConfigSchema(sources: SecretSources) {
     return /^\d+$/.test(bits) && n <= (family === 4 ? 32 : 128);
   }, 'must be an IP address or CIDR range');
 
+  /** Requests per minute of one route (see src/http/route-limits.ts for the routes and defaults). */
+  const routeLimit = z.strictObject({ perIp: z.number().int().positive().optional(), global: z.number().int().positive().optional() });
+  const rateLimits = z.strictObject({
+    authorize: routeLimit.optional(),
+    authorizeResume: routeLimit.optional(),
+    callback: routeLimit.optional(),
+    consent: routeLimit.optional(),
+    signIn: routeLimit.optional(),
+    register: routeLimit.optional(),
+    token: routeLimit.optional(),
+    revoke: routeLimit.optional(),
+    upstreamStart: routeLimit.optional(),
+    upstreamCallback: routeLimit.optional(),
+    connect: routeLimit.optional(),
+  });
+
   const server = z.strictObject({
     listen: listen.default('127.0.0.1:8080'),
     publicUrl: httpUrl,
@@ -74,6 +90,8 @@ export function createConfigSchema(sources: SecretSources) {
     upstreamTimeout: duration.default(30_000),
     /** Writes an SSE comment on idle streams this often; off when absent. */
     sseKeepAlive: duration.optional(),
+    /** Overrides of the per-route rate limits of unauthenticated routes (per client address and global, per minute). */
+    rateLimits: rateLimits.default({}),
   });
 
   const idp = z.strictObject({

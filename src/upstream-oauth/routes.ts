@@ -24,7 +24,6 @@ import type { ClientRegistration } from './client-registration.ts';
 import { sendPage, sendRedirect } from './pages.ts';
 import type { UpstreamFlow } from './records.ts';
 import type { UpstreamStores } from './stores.ts';
-import type { RateLimiter } from '../http/rate-limit.ts';
 
 /** Who is at the browser, according to our login cookie (DESIGN §4). */
 export interface BrowserSession {
@@ -71,8 +70,6 @@ export interface UpstreamOAuthRoutesOptions {
   /** Base path of the public URL ('' or '/prefix'). */
   basePath: string;
   onConnected?(event: ConnectedEvent): void;
-  /** Per-IP limit on the browser legs (`start`, `callback`, `connect`: each may cost discovery, a registration or a token request). */
-  limiter?: RateLimiter;
 }
 
 /** What `createFlow` mints: 24 random bytes, base64url. Anything else is not worth a store lookup. */
@@ -128,7 +125,6 @@ export function createUpstreamOAuthRoutes(options: UpstreamOAuthRoutesOptions): 
   }
 
   async function start(ctx: RequestContext): Promise<void> {
-    await options.limiter?.enforce(ctx.clientIp, ctx.signal);
     const flowId = ctx.url.searchParams.get('flow');
     const flow = flowId && FLOW_ID.test(flowId) ? await stores.flows.get(flowId) : undefined;
     if (!flow) return expired(ctx);
@@ -140,7 +136,6 @@ export function createUpstreamOAuthRoutes(options: UpstreamOAuthRoutesOptions): 
   }
 
   async function callback(ctx: RequestContext): Promise<void> {
-    await options.limiter?.enforce(ctx.clientIp, ctx.signal);
     const params = ctx.url.searchParams;
     const state = params.get('state');
     if (!state) {
@@ -197,7 +192,6 @@ export function createUpstreamOAuthRoutes(options: UpstreamOAuthRoutesOptions): 
     const upstream = byName.get(ctx.params.name!);
     if (!upstream) return sendPage(ctx.res, 404, { title: 'Unknown server', message: 'No server with that name is connected through its own authorization.' });
     ctx.log.upstream = upstream.name;
-    await options.limiter?.enforce(ctx.clientIp, ctx.signal);
     const who = browser.current(ctx.req);
     if (!who) return signInFirst(ctx);
     // The session to connect: the one this browser signed in with, else the user's only one.

@@ -11,6 +11,7 @@
 import { randomUUID } from 'node:crypto';
 import { Writable } from 'node:stream';
 import { Pool } from 'undici';
+import { sendErrorPage } from '../../src/authserver/html.ts';
 import { createOAuthCredential } from '../../src/credentials/oauth.ts';
 import type { Principal } from '../../src/credentials/types.ts';
 import type { Authenticator } from '../../src/gateway/authenticate.ts';
@@ -20,7 +21,7 @@ import { createMcpRoutes } from '../../src/gateway/mcp-route.ts';
 import { createStreamRegistry } from '../../src/gateway/stream-registry.ts';
 import type { Upstream } from '../../src/gateway/upstream.ts';
 import { InvalidToken } from '../../src/http/errors.ts';
-import { createRateLimiter } from '../../src/http/rate-limit.ts';
+import { applyRouteLimits } from '../../src/http/route-limits.ts';
 import { createFrontDoor } from '../../src/http/server.ts';
 import { createGuardedFetch, type GuardedFetch } from '../../src/net/guarded-fetch.ts';
 import { createLogger } from '../../src/observability/logger.ts';
@@ -147,7 +148,7 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
       return principalOf({ subject: match[1]!, sessionId: match[2]! });
     },
   };
-  const routes = [
+  const routes = applyRouteLimits([
     ...createUpstreamOAuthRoutes({
       flows,
       stores,
@@ -161,7 +162,6 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
       },
       authenticate: async (ctx) => (await authenticator.authenticate(ctx, gatewayUpstreams[0]!))!,
       basePath: '',
-      limiter: options.rateLimit ? createRateLimiter({ store, name: 'upstream-oauth', limit: options.rateLimit, windowMs: 60_000, now }) : undefined,
       onConnected: (event) => {
         connected.push(event);
         streams.notifyElicitationComplete(event);
@@ -182,7 +182,15 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
       clientCapabilities: capabilities,
       streams,
     }),
-  ];
+  ], {
+    store,
+    basePath: '',
+    overrides: Object.fromEntries(
+      (['upstreamStart', 'upstreamCallback', 'connect'] as const).map((id) => [id, { perIp: options.rateLimit ?? 1000, global: 100_000 }]),
+    ),
+    sendPage: (ctx, status, title, message, headers) => sendErrorPage(ctx.res, status, title, message, { headers }),
+    now,
+  });
   const frontDoor = createFrontDoor({ routes, logger, metrics, publicUrl: new URL(publicUrl), trustedProxies: [] });
   await frontDoor.listen('127.0.0.1', port);
 
