@@ -114,7 +114,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   const resourceOf = (name: string) => `${issuer}/${name}/mcp`;
 
   // Every server-side fetch (token endpoints, discovery, CIMD) goes through the one SSRF guard (DESIGN §6.1).
-  const serverFetch = createGuardedFetch({ allowHttp: config.server.devMode, allowPrivate: config.server.devMode });
+  const serverFetch = createGuardedFetch({ allowHttp: config.server.devMode, allowPrivate: config.server.devMode, allowHosts: config.server.allowHosts });
 
   // Upstreams with their own authorization server (DESIGN §6): each session's connection to them.
   const upstreamStores = createUpstreamStores({ store, sealer, tokenTtlMs: config.authServer.refreshTokenTtl, now });
@@ -127,9 +127,12 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     publicUrl: issuer,
     now,
     metrics,
+    logger,
   });
   const oauthUpstreams: OAuthUpstream[] = config.upstreams.flatMap((u) =>
-    u.auth.mode === 'oauth' ? [{ name: u.name, url: u.url, scopes: u.auth.scopes, clientId: u.auth.clientId, clientSecret: u.auth.clientSecret }] : [],
+    u.auth.mode === 'oauth'
+      ? [{ name: u.name, url: u.url, scopes: u.auth.scopes, clientId: u.auth.clientId, clientSecret: u.auth.clientSecret, issuer: u.auth.issuer }]
+      : [],
   );
 
   // Every way a session ends (logout, revocation, an IdP or upstream that refuses it) also forgets

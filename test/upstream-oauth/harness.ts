@@ -66,7 +66,7 @@ export interface HarnessOptions {
   /** Requests per minute and client address on the browser legs. Default unlimited. */
   rateLimit?: number;
   /** Extra upstreams served by the same gateway (hostile or broken ones), all in mode `oauth`. */
-  extraUpstreams?: Array<{ name: string; url: string; scopes?: string[] }>;
+  extraUpstreams?: Array<{ name: string; url: string; scopes?: string[]; clientId?: string; clientSecret?: string; issuer?: string }>;
 }
 
 /** A running harness. */
@@ -125,8 +125,8 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
   const flows = createUpstreamFlows({ stores, discovery, registration, fetch, publicUrl, now });
 
   const oauthUpstreams: OAuthUpstream[] = [
-    { name: 'notes', url: upstream.mcpUrl, scopes: options.scopes ?? [], ...(upstream.client ?? {}) },
-    ...(options.extraUpstreams ?? []).map((u) => ({ name: u.name, url: u.url, scopes: u.scopes ?? [] })),
+    { name: 'notes', url: upstream.mcpUrl, scopes: options.scopes ?? [], ...(upstream.client ? { ...upstream.client, issuer: upstream.issuer } : {}) },
+    ...(options.extraUpstreams ?? []).map((u) => ({ ...u, scopes: u.scopes ?? [] })),
   ];
   const logger = createLogger({ level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
   const metrics = createGatewayMetrics(createRegistry());
