@@ -18,7 +18,7 @@ import { randomBytes } from 'node:crypto';
 import { AccessDenied, InvalidRequest, TemporarilyUnavailable } from '../http/errors.ts';
 import type { Handler, RequestContext } from '../http/router.ts';
 import { describeCause } from '../http/server.ts';
-import { IdpError, type IdpLoginResult } from '../idp/types.ts';
+import { IdpAccountRefused, IdpError, type IdpLoginResult } from '../idp/types.ts';
 import { loginCookie } from './cookies.ts';
 import { withHtmlErrors } from './html.ts';
 import type { LoginFlow } from './login-flow.ts';
@@ -94,6 +94,7 @@ export async function finishSignIn(flow: LoginFlow, ctx: RequestContext, state: 
   try {
     result = await flow.idp.finishLogin(ctx.url, { state, codeVerifier: pending.idpCodeVerifier, nonce: pending.idpNonce });
   } catch (error) {
+    if (error instanceof IdpAccountRefused) throw new AccessDenied(error.message, { cause: error });
     if (error instanceof IdpError && error.kind === 'rejected') {
       ctx.log.error = 'idp_rejected';
       flow.logger.warn({ msg: 'identity provider sign-in failed', reqId: ctx.requestId, oauthError: error.oauthError, failure: describeCause(error) });

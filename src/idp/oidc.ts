@@ -7,7 +7,7 @@
 import * as client from 'openid-client';
 import type { Config } from '../config/schema.ts';
 import type { IdpTokens } from '../authserver/records.ts';
-import { IdpError, type IdpClient } from './types.ts';
+import { IdpAccountRefused, IdpError, type IdpClient } from './types.ts';
 
 /** Options of {@link createOidcIdpClient}; checked when it is called. */
 export interface OidcIdpClientOptions {
@@ -129,6 +129,11 @@ export function createOidcIdpClient(options: OidcIdpClientOptions): IdpClient {
       const subject = claims?.[config.userClaim];
       if ((typeof subject !== 'string' && typeof subject !== 'number') || subject === '') {
         throw new IdpError('rejected', `the ID token has no usable "${config.userClaim}" claim`);
+      }
+      // An e-mail address names a user only once the IdP has verified it belongs to them: many IdPs
+      // let anyone set any address on their own account (OIDC Core §5.7).
+      if (config.userClaim === 'email' && claims?.email_verified !== true && claims?.email_verified !== 'true') {
+        throw new IdpAccountRefused('Your identity provider has not verified the e-mail address of your account, and this service identifies users by e-mail address. Verify it at your identity provider, then sign in again.');
       }
       return { subject: String(subject), tokens: toTokens(response), claims: claims ?? {} };
     },

@@ -37,6 +37,8 @@ export interface LoginServerOptions {
   registrationLimit?: number;
   /** Requests per IP and minute on each browser route (authorize, callback, consent, sign-in). Default 1000. */
   authorizeLimit?: number;
+  /** The ID-token claim naming the user (`idp.userClaim`). Default `sub`. */
+  userClaim?: string;
   /** Metadata documents: `dev` allows http and loopback documents, `strict` is production, `off` disables CIMD. Default `dev`. */
   cimd?: 'dev' | 'strict' | 'off';
 }
@@ -68,7 +70,7 @@ export async function startLoginServer(options: LoginServerOptions = {}): Promis
   const store = createMemoryStore({ now });
   const stores = createAuthStores({ store, sealer: createSealer({ keys: [{ id: 'k1', key: randomBytes(32) }] }), now });
   const idpClient = createOidcIdpClient({
-    config: { issuer: idp.issuer, clientId: idp.clientId, clientSecret: idp.clientSecret, scopes: ['openid', 'profile', 'email', 'offline_access'], userClaim: 'sub', authParams: {} },
+    config: { issuer: idp.issuer, clientId: idp.clientId, clientSecret: idp.clientSecret, scopes: ['openid', 'profile', 'email', 'offline_access'], userClaim: options.userClaim ?? 'sub', authParams: {} },
     redirectUri: `${issuer}/oauth/callback`,
     devMode: true,
     now,
