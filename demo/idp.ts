@@ -23,6 +23,8 @@ export interface DevIdpUser {
   password: string;
   sub: string;
   email: string;
+  /** The `email_verified` claim. */
+  emailVerified: boolean;
   name: string;
 }
 
@@ -35,7 +37,7 @@ export interface DevIdpOptions {
   /** Lifetime of refresh tokens, in seconds. Default 86 400. */
   refreshTokenTtlSeconds?: number;
   /** Users; default alice and bob with generated passwords. `sub`, `email`, `name` are derived when absent. */
-  users?: Array<{ login: string; password: string; sub?: string; email?: string; name?: string }>;
+  users?: Array<{ login: string; password: string; sub?: string; email?: string; emailVerified?: boolean; name?: string }>;
   /** The `aud` of access tokens (and the only resource indicator accepted). Default `urn:mcpgate:dev-upstream`. */
   audience?: string;
   /** Redirect URIs registered for the mcpgate client. Any `http://127.0.0.1|localhost|[::1]:*\/oauth/callback` is accepted too. */
@@ -86,6 +88,7 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
     password: u.password,
     sub: u.sub ?? u.login,
     email: u.email ?? `${u.login}@example.test`,
+    emailVerified: u.emailVerified ?? true,
     name: u.name ?? u.login[0]!.toUpperCase() + u.login.slice(1),
   }));
   const audience = options.audience ?? 'urn:mcpgate:dev-upstream';
@@ -131,7 +134,7 @@ export async function startDevIdp(options: DevIdpOptions = {}): Promise<DevIdp> 
       if (!user) return undefined;
       return {
         accountId: sub,
-        claims: () => ({ sub, email: user.email, email_verified: true, name: user.name, preferred_username: user.login }),
+        claims: () => ({ sub, email: user.email, email_verified: user.emailVerified, name: user.name, preferred_username: user.login }),
       };
     },
     features: {

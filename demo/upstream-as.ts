@@ -60,6 +60,16 @@ export interface RecordedRevocation {
   tokenSha256: string;
 }
 
+/** A request the authorization server received. */
+export interface RecordedAsRequest {
+  method: string;
+  /** Path and query. */
+  url: string;
+  authorization: string | undefined;
+  /** The form body of a token or revocation request. */
+  body?: string;
+}
+
 /** A running upstream (MCP server + its own authorization server). */
 export interface UpstreamWithAs {
   /** The authorization server's issuer, `http://127.0.0.1:<port>`. */
@@ -76,6 +86,8 @@ export interface UpstreamWithAs {
   /** The `sub` of every request the MCP server accepted, in order. */
   acceptedSubjects: string[];
   revocations: RecordedRevocation[];
+  /** Every request the authorization server received (the form body of token and revocation requests too), in order. */
+  asRequests: RecordedAsRequest[];
   /** Successful dynamic registrations. */
   registrations(): number;
   /** Client ID metadata documents fetched. */
@@ -105,6 +117,7 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
   const seenAuthorization: (string | undefined)[] = [];
   const acceptedSubjects: string[] = [];
   const revocations: RecordedRevocation[] = [];
+  const asRequests: RecordedAsRequest[] = [];
   let registrations = 0;
   let metadataFetches = 0;
   let refreshes = 0;
@@ -192,11 +205,14 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
 
   asServer.handle = async (req, res) => {
     const url = new URL(req.url ?? '/', issuer);
+    const recorded: RecordedAsRequest = { method: req.method ?? 'GET', url: req.url ?? '/', authorization: req.headers.authorization };
+    asRequests.push(recorded);
     const interaction = /^\/interaction\/([A-Za-z0-9_-]+)(?:\/(login|approve|deny))?$/.exec(url.pathname);
     if (interaction) return handleInteraction(req, res, interaction[2]);
     if (req.method === 'POST' && (url.pathname === '/token' || url.pathname === '/token/revocation')) {
       const body = await readAll(req);
-      const form = new URLSearchParams(body.toString('utf8'));
+      recorded.body = body.toString('utf8');
+      const form = new URLSearchParams(recorded.body);
       if (url.pathname === '/token/revocation') {
         revocations.push({ tokenTypeHint: form.get('token_type_hint') ?? undefined, tokenSha256: digest(form.get('token') ?? '') });
       } else if (form.get('grant_type') === 'refresh_token' && refreshFailure !== null) {
@@ -329,6 +345,7 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
     seenAuthorization,
     acceptedSubjects,
     revocations,
+    asRequests,
     registrations: () => registrations,
     metadataFetches: () => metadataFetches,
     refreshCount: () => refreshes,

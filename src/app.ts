@@ -13,9 +13,10 @@ import { createCookieCodec, deriveCookieKey, formTokens, loginCookie, type Cooki
 import { createCimdResolver } from './authserver/cimd.ts';
 import { createConnectChain } from './authserver/connect-chain.ts';
 import { createStepUpMarks } from './authserver/step-up.ts';
-import { createClientLookup, createLoginRoutes } from './authserver/login-flow.ts';
+import { createClientLookup, createKnownClientLookup, createLoginRoutes } from './authserver/login-flow.ts';
 import { CLIENT_IDLE_TTL_MS } from './authserver/register.ts';
 import { signInUrl } from './authserver/sign-in.ts';
+import { sendErrorPage } from './authserver/html.ts';
 import type { Config, UpstreamConfig } from './config/schema.ts';
 import { createIdTokenCredential } from './credentials/id-token.ts';
 import { createIdpCredential } from './credentials/idp.ts';
@@ -39,7 +40,7 @@ import { createBodyBudget } from './http/body-budget.ts';
 import { createOpsRoutes } from './http/ops-routes.ts';
 import type { RequestContext, Route } from './http/router.ts';
 import { InvalidToken } from './http/errors.ts';
-import { createRateLimiter } from './http/rate-limit.ts';
+import { applyRouteLimits } from './http/route-limits.ts';
 import { createFrontDoor, type FrontDoor } from './http/server.ts';
 import { createOidcIdpClient } from './idp/oidc.ts';
 import { createGuardedFetch } from './net/guarded-fetch.ts';
@@ -122,7 +123,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   const resourceOf = (name: string) => `${issuer}/${name}/mcp`;
 
   // Every server-side fetch (token endpoints, discovery, CIMD) goes through the one SSRF guard (DESIGN §6.1).
-  const serverFetch = createGuardedFetch({ allowHttp: config.server.devMode, allowPrivate: config.server.devMode });
+  const serverFetch = createGuardedFetch({ allowHttp: config.server.devMode, allowPrivate: config.server.devMode, allowHosts: config.server.allowHosts });
 
   // Upstreams with their own authorization server (DESIGN §6): each session's connection to them.
   const upstreamStores = createUpstreamStores({ store, sealer, tokenTtlMs: config.authServer.refreshTokenTtl, now });
@@ -139,9 +140,12 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     now,
     metrics,
     singleFlight,
+    logger,
   });
   const oauthUpstreams: OAuthUpstream[] = config.upstreams.flatMap((u) =>
-    u.auth.mode === 'oauth' ? [{ name: u.name, url: u.url, scopes: u.auth.scopes, clientId: u.auth.clientId, clientSecret: u.auth.clientSecret }] : [],
+    u.auth.mode === 'oauth'
+      ? [{ name: u.name, url: u.url, scopes: u.auth.scopes, clientId: u.auth.clientId, clientSecret: u.auth.clientSecret, issuer: u.auth.issuer }]
+      : [],
   );
 
   // Every way a session ends (logout, revocation, an IdP or upstream that refuses it) also forgets
@@ -192,7 +196,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     metrics,
     publicUrl,
     trustedProxies: config.server.trustedProxies,
-    routes: [
+    // Every route that works for an unauthenticated request is limited per client and globally (route-limits.ts).
+    routes: applyRouteLimits([
       ...createOpsRoutes({
         registry,
         checks: [
@@ -217,8 +222,6 @@ export function createApp(config: Config, options: AppOptions = {}): App {
             authenticate: (ctx, name) => authenticateForConnections(login.authenticator, ctx, name),
             basePath,
             onConnected: (done) => void elicitationEvents.completed(done),
-            // Each browser leg may cost discovery, a registration or a token request at someone else's server.
-            limiter: createRateLimiter({ store, name: 'upstream-oauth', limit: 60, windowMs: 60_000, now }),
           })
         : []),
       ...createMcpRoutes({
@@ -241,7 +244,13 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         // Answers to requests in flight get most of drainTimeout; the last second is for ending them at an event boundary.
         drain: { signal: drain.signal, requestGraceMs: config.server.drainTimeout - Math.min(1000, Math.floor(config.server.drainTimeout / 5)) },
       }),
-    ],
+    ], {
+      store,
+      basePath,
+      overrides: config.server.rateLimits,
+      sendPage: (ctx, status, title, message, headers) => sendErrorPage(ctx.res, status, title, message, { headers }),
+      now,
+    }),
   });
 
   return {
@@ -353,11 +362,13 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       options.idpClient ?? createOidcIdpClient({ config: idpConfig, redirectUri: `${issuer}/oauth/callback`, devMode: config.server.devMode, now });
     const resources = config.upstreams.map((u) => ({ name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) }));
     const tokenIssuer = createTokenIssuer({ issuer, keys, accessTokenTtlMs: config.authServer.accessTokenTtl, now });
-    // Registered clients, and https client ids fetched as metadata documents when those are on.
-    const clients = createClientLookup({
-      stores: authStores,
-      cimd: config.authServer.clientMetadataDocuments ? createCimdResolver({ fetch: serverFetch, allowHttp: config.server.devMode, now }) : undefined,
-    });
+    // Registered clients, and https client ids as metadata documents when those are on: fetched only
+    // by authorize, read from the store by the token and revocation endpoints.
+    const cimd = config.authServer.clientMetadataDocuments
+      ? createCimdResolver({ fetch: serverFetch, store, sealer, allowHttp: config.server.devMode, retainMs: config.authServer.refreshTokenTtl, now })
+      : undefined;
+    const clients = createClientLookup({ stores: authStores, cimd });
+    const knownClients = createKnownClientLookup({ stores: authStores, cimd });
     // The sessions' IdP tokens: the idp/id_token credentials use them, and our refresh grant asks
     // the IdP through them whether it still backs the session.
     const idpSession = createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now, endSession, refreshes: metrics.refreshes, singleFlight });
@@ -371,11 +382,20 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         clientMetadataDocuments: config.authServer.clientMetadataDocuments,
       }),
       ...createTokenRoutes({
-        basePath, stores: authStores, issuer: tokenIssuer, refreshTokenTtlMs: config.authServer.refreshTokenTtl, resolveClient: clients, endSession, logger, now, stepUp,
+        basePath,
+        stores: authStores,
+        issuer: tokenIssuer,
+        refreshTokenTtlMs: config.authServer.refreshTokenTtl,
+        resolveClient: knownClients,
+        retainClient: cimd && ((client) => cimd.retain(client)),
+        endSession,
+        logger,
+        now,
+        stepUp,
         sessionMaxLifetimeMs: config.authServer.sessionMaxLifetime,
         idpSession,
       }),
-      ...createRevocationRoutes({ basePath, stores: authStores, issuer, keys, resources: resources.map((r) => r.resource), resolveClient: clients, endSession, logger, now }),
+      ...createRevocationRoutes({ basePath, stores: authStores, issuer, keys, resources: resources.map((r) => r.resource), resolveClient: knownClients, endSession, logger, now }),
     ];
     const authenticator = createJwtAuthenticator({
       issuer,
@@ -412,8 +432,6 @@ export function createApp(config: Config, options: AppOptions = {}): App {
           clientIdleTtlMs: CLIENT_IDLE_TTL_MS,
           maxSessionsPerUser: config.authServer.maxSessionsPerUser,
           endSession,
-          // Each authorize may cost a metadata-document fetch, each callback a call to the IdP.
-          limiter: createRateLimiter({ store, name: 'login', limit: 120, windowMs: 60_000, now }),
           now,
           // The re-challenge chain (DESIGN §6.4): `mcpgate:connect:<name>` connects that upstream before our code is issued.
           connect:
@@ -422,7 +440,6 @@ export function createApp(config: Config, options: AppOptions = {}): App {
               : undefined,
         },
         registration: config.authServer.registration,
-        registrationLimiter: createRateLimiter({ store, name: 'register', limit: 30, windowMs: 60_000, now }),
       }),
     );
     const loginCookies = loginCookie(cookies);

@@ -42,7 +42,6 @@ export function createAuthorizeEndpoint(flow: LoginFlow): Handler {
   const resources = new Map(flow.resources.map((r) => [withoutTrailingSlash(r), r]));
 
   return withHtmlErrors(flow.logger, async function authorize(ctx) {
-    await flow.limiter.enforce(ctx.clientIp, ctx.signal);
     const params = ctx.url.searchParams;
 
     // Phase 1: who is asking, and where may we answer? Errors are pages.

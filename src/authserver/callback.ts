@@ -9,10 +9,10 @@
  * page, so an abandoned page leaves nothing behind for long.
  */
 import { randomBytes } from 'node:crypto';
-import { Forbidden, InvalidRequest } from '../http/errors.ts';
+import { AccessDenied, Forbidden, InvalidRequest } from '../http/errors.ts';
 import type { Handler } from '../http/router.ts';
 import { describeCause } from '../http/server.ts';
-import { IdpError, type IdpLoginResult } from '../idp/types.ts';
+import { IdpAccountRefused, IdpError, type IdpLoginResult } from '../idp/types.ts';
 import { sendAuthorizationError, type AuthorizationErrorCode } from './authorization-response.ts';
 import { finishAuthorization } from './connect-chain.ts';
 import { hasConsent, sendConsentPage } from './consent.ts';
@@ -32,7 +32,6 @@ export function createCallbackEndpoint(flow: LoginFlow): Handler {
   const roundTrip = idpRoundTrip(flow.cookies, flow.pendingTtlMs);
 
   return withHtmlErrors(flow.logger, async function callback(ctx) {
-    await flow.limiter.enforce(ctx.clientIp, ctx.signal);
     const params = ctx.url.searchParams;
     const state = params.get('state');
     if (!state) throw new InvalidRequest('The identity provider answered without the state of a sign-in.');
@@ -69,6 +68,8 @@ export function createCallbackEndpoint(flow: LoginFlow): Handler {
       result = await flow.idp.finishLogin(ctx.url, { state, codeVerifier: pending.idpCodeVerifier, nonce: pending.idpNonce });
     } catch (error) {
       if (!(error instanceof IdpError)) throw error;
+      // The user must act at the IdP, not the agent: a page says what to do.
+      if (error instanceof IdpAccountRefused) throw new AccessDenied(error.message, { cause: error });
       ctx.log.error = `idp_${error.kind}`;
       flow.logger.warn({ msg: 'identity provider login failed', reqId: ctx.requestId, kind: error.kind, oauthError: error.oauthError, failure: describeCause(error) });
       return error.kind === 'unavailable'

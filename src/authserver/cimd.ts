@@ -1,13 +1,29 @@
 /**
- * Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document; MCP 2025-11-25;
- * DESIGN §4): a `client_id` that is an https URL names a JSON document, published by the client,
- * that holds its metadata. We fetch it through the one SSRF-guarded fetcher (no private,
- * loopback or link-local address unless dev mode allows it; size and time limits), require its
- * `client_id` to be that very URL, use its `redirect_uris`, and cache it as its `Cache-Control`
- * says, within bounds. Such a client is always public: a published document cannot hold a secret.
+ * Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document; MCP 2025-11-25):
+ * a `client_id` that is an https URL names a JSON document, published by the client, that holds
+ * its metadata. We fetch it through the one SSRF-guarded fetcher (no private, loopback or
+ * link-local address unless dev mode allows it; size and time limits), require its `client_id`
+ * to be that very URL, use its `redirect_uris`, and keep it in the store. Such a client is always
+ * public: a published document cannot hold a secret.
+ *
+ * Only the authorization endpoint fetches (`resolve`): anyone may send any URL there, so a
+ * document is refetched only once its cache time (its `Cache-Control`, within bounds) has run
+ * out, and a failed fetch is remembered for a minute, so a flood of requests naming one URL
+ * costs one fetch per minute, whatever the replica. The token and revocation endpoints only read
+ * what an authorization request stored (`known`): a URL no authorization request fetched is an
+ * unknown client there, refused without a fetch, so those endpoints cannot be used to make the
+ * gateway fetch arbitrary URLs. A document stays known as long as its client's grants are used
+ * (`retain`, at each token issued), else for {@link CimdResolverOptions.keepMs} after the fetch.
+ *
+ * Store keys (the URL hashed, so keys stay short): `cimd:doc:<sha256>` the client record with
+ * its refetch time, sealed under its key name (a store writer cannot add a redirect URI), and
+ * `cimd:failed:<sha256>` the reason of the last refusal.
  */
+import { createHash } from 'node:crypto';
 import { InvalidClient } from '../http/errors.ts';
 import { FetchRefusedError, type GuardedFetch } from '../net/guarded-fetch.ts';
+import type { Store } from '../store/port.ts';
+import type { Sealer } from '../store/sealed.ts';
 import { parseClientMetadata } from './client-metadata.ts';
 import type { ClientRecord } from './records.ts';
 
@@ -15,20 +31,31 @@ import type { ClientRecord } from './records.ts';
 export interface CimdResolverOptions {
   /** The guarded fetcher; in dev mode built with `allowHttp`/`allowPrivate`. */
   fetch: GuardedFetch;
+  /** Where documents and refusals are kept, shared by every replica. */
+  store: Store;
+  /** Seals the stored client records (their redirect URIs decide where codes go). */
+  sealer: Sealer;
   /** Accept `http:` client ids too (dev mode only: loopback test clients). Default false. */
   allowHttp?: boolean;
   /** Largest document accepted, in bytes. Default 5120 (5 KiB). */
   maxBytes?: number;
   /** Time limit of one fetch. Default 5000. */
   timeoutMs?: number;
-  /** Shortest time a document is cached, even with `no-store` (so a flood of authorize requests cannot make us a fetch amplifier). Default 60 000. */
+  /** Shortest time before a document is fetched again, even with `no-store` (so a flood of authorize requests cannot make us a fetch amplifier). Default 60 000. */
   minCacheMs?: number;
-  /** Longest time a document is cached, whatever its `max-age`. Default 86 400 000 (1 day). */
+  /** Longest time before a document is fetched again, whatever its `max-age`. Default 86 400 000 (1 day). */
   maxCacheMs?: number;
-  /** Cache time when the response says nothing. Default 300 000 (5 min). */
+  /** Time before a refetch when the response says nothing. Default 300 000 (5 min). */
   defaultCacheMs?: number;
-  /** Documents cached at most; the oldest goes first. Default 1000. */
-  maxEntries?: number;
+  /** How long a refused document is refused without a new fetch. Default 60 000. */
+  failureCacheMs?: number;
+  /**
+   * How long a fetched document stays known to the token and revocation endpoints when no token
+   * is issued to its client (it must outlive the sign-in and the code). Default 900 000 (15 min).
+   */
+  keepMs?: number;
+  /** How long a client that obtained tokens stays known after its last token (the session lifetime). Default 30 days. */
+  retainMs?: number;
   /** The clock, epoch milliseconds. Default `Date.now`. */
   now?: () => number;
 }
@@ -38,44 +65,96 @@ export interface CimdResolver {
   /** True when `clientId` has the shape of a metadata document URL (and is therefore never a registered id). */
   isMetadataUrl(clientId: string): boolean;
   /**
-   * The client the document at `clientId` describes, from the cache or freshly fetched.
+   * The client the document at `clientId` describes, from the store or freshly fetched: only the
+   * authorization endpoint calls this.
    * @throws InvalidClient with a description safe to show (why the document was refused).
    */
   resolve(clientId: string, signal?: AbortSignal): Promise<ClientRecord>;
+  /** The client an authorization request fetched, or undefined: never fetches (the token and revocation endpoints). */
+  known(clientId: string, signal?: AbortSignal): Promise<ClientRecord | undefined>;
+  /** Keeps a client that was just issued tokens known for `retainMs` more (a store write at most once a day). */
+  retain(client: ClientRecord, signal?: AbortSignal): Promise<void>;
 }
 
-interface Cached {
+/** What `cimd:doc:<hash>` holds. */
+interface StoredDocument {
   client: ClientRecord;
-  expiresAt: number;
+  /** When the authorization endpoint fetches the document again. */
+  refetchAt: number;
+  /** When the record expires from the store. */
+  keepUntil: number;
 }
 
 /** Longest client id URL accepted, in characters. */
 const MAX_URL_LENGTH = 2000;
+/** A retained record is rewritten at most this often. */
+const RETAIN_INTERVAL_MS = 86_400_000;
 
 /** Creates the resolver. @throws TypeError for inconsistent cache bounds. */
 export function createCimdResolver(options: CimdResolverOptions): CimdResolver {
+  const { store, sealer } = options;
   const maxBytes = options.maxBytes ?? 5120;
   const timeoutMs = options.timeoutMs ?? 5000;
   const minCacheMs = options.minCacheMs ?? 60_000;
   const maxCacheMs = options.maxCacheMs ?? 86_400_000;
   const defaultCacheMs = options.defaultCacheMs ?? 300_000;
-  const maxEntries = options.maxEntries ?? 1000;
+  const failureCacheMs = options.failureCacheMs ?? 60_000;
+  const keepMs = options.keepMs ?? 900_000;
+  const retainMs = options.retainMs ?? 30 * 86_400_000;
   const now = options.now ?? Date.now;
-  if (!(minCacheMs >= 0 && minCacheMs <= defaultCacheMs && defaultCacheMs <= maxCacheMs)) {
-    throw new TypeError('CIMD cache bounds must satisfy minCacheMs <= defaultCacheMs <= maxCacheMs');
+  if (!(minCacheMs > 0 && minCacheMs <= defaultCacheMs && defaultCacheMs <= maxCacheMs)) {
+    throw new TypeError('CIMD cache bounds must satisfy 0 < minCacheMs <= defaultCacheMs <= maxCacheMs');
   }
-  if (!Number.isSafeInteger(maxEntries) || maxEntries < 1) throw new TypeError('maxEntries must be a positive integer');
-  const cache = new Map<string, Cached>();
+  for (const [name, value] of Object.entries({ failureCacheMs, keepMs, retainMs })) {
+    if (!Number.isSafeInteger(value) || value <= 0) throw new TypeError(`${name} must be a positive integer (milliseconds)`);
+  }
+  // Shares one fetch among concurrent requests of this process; the answer itself is in the store.
   const inFlight = new Map<string, Promise<ClientRecord>>();
 
   function isMetadataUrl(clientId: string): boolean {
     return /^https?:\/\//i.test(clientId);
   }
 
-  async function fetchDocument(clientId: string, signal?: AbortSignal): Promise<ClientRecord> {
+  const hashOf = (clientId: string) => createHash('sha256').update(clientId).digest('base64url');
+  const docKey = (clientId: string) => `cimd:doc:${hashOf(clientId)}`;
+  const failedKey = (clientId: string) => `cimd:failed:${hashOf(clientId)}`;
+
+  async function readDocument(clientId: string, signal?: AbortSignal): Promise<StoredDocument | undefined> {
+    const key = docKey(clientId);
+    const sealed = await store.get(key, signal);
+    if (sealed === undefined) return undefined;
+    const stored = JSON.parse(sealer.open(key, sealed)) as StoredDocument;
+    // The hash names the URL; the record must too (a copy under another URL's key opens, but names its own URL).
+    return stored.client.clientId === clientId ? stored : undefined;
+  }
+
+  async function writeDocument(stored: StoredDocument, signal?: AbortSignal): Promise<void> {
+    const key = docKey(stored.client.clientId);
+    await store.set(key, sealer.seal(key, JSON.stringify(stored)), Math.max(1, stored.keepUntil - now()), signal);
+  }
+
+  async function fetchDocument(clientId: string, previous: StoredDocument | undefined): Promise<ClientRecord> {
+    let client: ClientRecord;
+    let cacheControl: string | null;
+    try {
+      ({ client, cacheControl } = await fetchAndCheck(clientId));
+    } catch (error) {
+      // Remembered briefly, so the next requests naming this URL are refused without a fetch.
+      if (error instanceof InvalidClient) await store.set(failedKey(clientId), error.message, failureCacheMs);
+      throw error;
+    }
+    const at = now();
+    const refetchAt = at + cacheLifetime(cacheControl);
+    // A client that holds grants stays known as long as it did; a new one for the sign-in at least.
+    const keepUntil = Math.max(previous?.keepUntil ?? 0, refetchAt, at + keepMs);
+    await writeDocument({ client, refetchAt, keepUntil });
+    return client;
+  }
+
+  async function fetchAndCheck(clientId: string): Promise<{ client: ClientRecord; cacheControl: string | null }> {
     let response;
     try {
-      response = await options.fetch(clientId, { headers: { accept: 'application/json' }, maxBytes, timeoutMs, signal });
+      response = await options.fetch(clientId, { headers: { accept: 'application/json' }, maxBytes, timeoutMs });
     } catch (error) {
       if (error instanceof FetchRefusedError) {
         throw new InvalidClient(`the client metadata document could not be fetched (${error.reason})`, { cause: error });
@@ -110,8 +189,7 @@ export function createCimdResolver(options: CimdResolverOptions): CimdResolver {
       scope: metadata.scope,
       createdAt: now(),
     };
-    remember(clientId, client, cacheLifetime(response.headers.get('cache-control')));
-    return client;
+    return { client, cacheControl: response.headers.get('cache-control') };
   }
 
   function cacheLifetime(header: string | null): number {
@@ -122,10 +200,12 @@ export function createCimdResolver(options: CimdResolverOptions): CimdResolver {
     return Math.min(maxCacheMs, Math.max(minCacheMs, Number(maxAge) * 1000));
   }
 
-  function remember(clientId: string, client: ClientRecord, lifetimeMs: number): void {
-    cache.delete(clientId);
-    if (cache.size >= maxEntries) cache.delete(cache.keys().next().value!);
-    cache.set(clientId, { client, expiresAt: now() + lifetimeMs });
+  async function resolveFresh(clientId: string): Promise<ClientRecord> {
+    const failed = await store.get(failedKey(clientId));
+    if (failed !== undefined) throw new InvalidClient(failed);
+    const stored = await readDocument(clientId);
+    if (stored && stored.refetchAt > now()) return stored.client;
+    return fetchDocument(clientId, stored);
   }
 
   return {
@@ -133,17 +213,26 @@ export function createCimdResolver(options: CimdResolverOptions): CimdResolver {
     async resolve(clientId, signal) {
       const problem = urlProblem(clientId, options.allowHttp ?? false);
       if (problem) throw new InvalidClient(`a client_id URL ${problem}`);
-      const cached = cache.get(clientId);
-      if (cached && cached.expiresAt > now()) return cached.client;
-      // One fetch per document at a time, however many authorize requests name it.
+      // One lookup and fetch per document at a time in this process, however many requests name it.
       let pending = inFlight.get(clientId);
       if (!pending) {
-        pending = fetchDocument(clientId).finally(() => inFlight.delete(clientId));
+        pending = resolveFresh(clientId).finally(() => inFlight.delete(clientId));
         inFlight.set(clientId, pending);
       }
       if (!signal) return pending;
       signal.throwIfAborted();
       return Promise.race([pending, new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }))]);
+    },
+    async known(clientId, signal) {
+      if (urlProblem(clientId, options.allowHttp ?? false)) return undefined;
+      return (await readDocument(clientId, signal))?.client;
+    },
+    async retain(client, signal) {
+      if (client.kind !== 'cimd') return;
+      const stored = await readDocument(client.clientId, signal);
+      const at = now();
+      if (!stored || stored.keepUntil - at > retainMs - RETAIN_INTERVAL_MS) return;
+      await writeDocument({ ...stored, keepUntil: at + retainMs }, signal);
     },
   };
 }

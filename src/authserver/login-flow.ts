@@ -14,7 +14,6 @@
  * cookie from an earlier login must not decide for a login that has not happened yet.)
  */
 import type { Logger } from '../observability/logger.ts';
-import type { RateLimiter } from '../http/rate-limit.ts';
 import type { Route } from '../http/router.ts';
 import { InvalidClient } from '../http/errors.ts';
 import type { IdpClient } from '../idp/types.ts';
@@ -62,8 +61,6 @@ export interface LoginFlow {
   maxSessionsPerUser?: number;
   /** The one session-ending path (session-end.ts), so a session ended by the cap loses its upstream grants too. Default `stores.sessions.revoke`. */
   endSession?: EndSession;
-  /** Per-IP limit on authorization requests and callbacks (each may cost a fetch or an IdP call). */
-  limiter: RateLimiter;
   now: () => number;
   /** Connects the upstreams a request's `mcpgate:connect:<name>` scopes name before the code is issued (the re-challenge chain). */
   connect?: ConnectChain;
@@ -82,10 +79,26 @@ export function createClientLookup(options: { stores: Pick<AuthStores, 'clients'
       if (!options.cimd) throw new InvalidClient('client metadata documents are not accepted here; register the client first');
       return options.cimd.resolve(clientId, signal);
     }
-    const client = await options.stores.clients.get(clientId);
-    // A record that claims to be a document but is stored under a plain id is not one of ours.
-    return client?.kind === 'dcr' ? client : undefined;
+    return registeredClient(options.stores, clientId);
   };
+}
+
+/**
+ * The client lookup of the token and revocation endpoints: like {@link createClientLookup}, but a
+ * metadata document is only read from what an authorization request stored, never fetched, so
+ * these endpoints cannot make the gateway fetch a URL (an unknown one is an unknown client).
+ */
+export function createKnownClientLookup(options: { stores: Pick<AuthStores, 'clients'>; cimd: CimdResolver | undefined }): ClientLookup {
+  return async (clientId, signal) => {
+    if (/^https?:\/\//i.test(clientId)) return options.cimd?.known(clientId, signal);
+    return registeredClient(options.stores, clientId);
+  };
+}
+
+async function registeredClient(stores: Pick<AuthStores, 'clients'>, clientId: string): Promise<ClientRecord | undefined> {
+  const client = await stores.clients.get(clientId);
+  // A record that claims to be a document but is stored under a plain id is not one of ours.
+  return client?.kind === 'dcr' ? client : undefined;
 }
 
 /** Options of {@link createLoginRoutes}. */
@@ -93,8 +106,6 @@ export interface LoginRoutesOptions {
   flow: LoginFlow;
   /** `authServer.registration`: when `dynamic` is false there is no registration endpoint (404). */
   registration: { dynamic: boolean; initialAccessToken: string | null; unusedTtl?: number; maxUnused?: number };
-  /** Per-IP limit on registrations. */
-  registrationLimiter: RateLimiter;
 }
 
 /** The routes of the browser leg and of registration. */
@@ -116,7 +127,6 @@ export function createLoginRoutes(options: LoginRoutesOptions): Route[] {
       name: 'register',
       handler: createRegistrationEndpoint({
         stores: flow.stores,
-        limiter: options.registrationLimiter,
         initialAccessToken: options.registration.initialAccessToken,
         unusedTtlMs: options.registration.unusedTtl,
         maxUnused: options.registration.maxUnused,

@@ -1,7 +1,7 @@
 /**
  * `POST /oauth/register`: Dynamic Client Registration (RFC 7591; DESIGN §4). Public clients
  * (`token_endpoint_auth_method: none`, PKCE) by default; confidential clients on request, whose
- * secret is returned once and stored only as a hash. Limited in size and rate, optionally gated
+ * secret is returned once and stored only as a hash. Limited in size (and in rate by route-limits.ts), optionally gated
  * by an initial access token (RFC 7591 §3).
  *
  * Registration is anonymous, so what it may leave in the store is bounded: a registration lives
@@ -15,7 +15,6 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readBody } from '../http/body.ts';
 import { InvalidClientMetadata, InvalidToken, TemporarilyUnavailable, UnsupportedMediaType } from '../http/errors.ts';
-import type { RateLimiter } from '../http/rate-limit.ts';
 import type { Handler, RequestContext } from '../http/router.ts';
 import { parseClientMetadata } from './client-metadata.ts';
 import type { AuthStores, ClientRecord } from './records.ts';
@@ -33,8 +32,6 @@ export const MAX_UNUSED_CLIENTS = 1000;
 /** Options of {@link createRegistrationEndpoint}. */
 export interface RegistrationEndpointOptions {
   stores: Pick<AuthStores, 'clients'>;
-  /** Per-IP limit on registrations. */
-  limiter: RateLimiter;
   /** When set, requests must carry `Authorization: Bearer <this>` (RFC 7591 §3). */
   initialAccessToken: string | null;
   /** Lifetime of a registration until its first use (`authServer.registration.unusedTtl`), ms. Default 10 minutes. */
@@ -55,7 +52,6 @@ export function createRegistrationEndpoint(options: RegistrationEndpointOptions)
   const expectedToken = options.initialAccessToken === null ? undefined : createHash('sha256').update(options.initialAccessToken).digest();
 
   return async function register(ctx) {
-    await options.limiter.enforce(ctx.clientIp, ctx.signal);
     checkInitialAccessToken(ctx);
     const metadata = parseClientMetadata(await readJson(ctx), { publicOnly: false });
     // Counted once the request is valid: a malformed one spends nothing.

@@ -17,7 +17,7 @@
 import { AccessDenied, InvalidRequest, TemporarilyUnavailable } from '../http/errors.ts';
 import type { Handler, RequestContext } from '../http/router.ts';
 import { describeCause } from '../http/server.ts';
-import { IdpError, type IdpLoginResult } from '../idp/types.ts';
+import { IdpAccountRefused, IdpError, type IdpLoginResult } from '../idp/types.ts';
 import { idpRoundTrip, loginCookie } from './cookies.ts';
 import { withHtmlErrors } from './html.ts';
 import type { LoginFlow } from './login-flow.ts';
@@ -58,7 +58,6 @@ export function signInUrl(issuer: string, returnTo: string): string {
 /** Creates the handler of `GET /oauth/login`. */
 export function createSignInEndpoint(flow: LoginFlow): Handler {
   return withHtmlErrors(flow.logger, async function signIn(ctx) {
-    await flow.limiter.enforce(ctx.clientIp, ctx.signal);
     const params = ctx.url.searchParams;
     if (params.getAll('return_to').length > 1) throw new InvalidRequest('The sign-in link repeats return_to.');
     const returnTo = ourReturnPath(params.get('return_to'), flow.issuer);
@@ -95,6 +94,7 @@ export async function finishSignIn(flow: LoginFlow, ctx: RequestContext, state: 
   try {
     result = await flow.idp.finishLogin(ctx.url, { state, codeVerifier: pending.idpCodeVerifier, nonce: pending.idpNonce });
   } catch (error) {
+    if (error instanceof IdpAccountRefused) throw new AccessDenied(error.message, { cause: error });
     if (error instanceof IdpError && error.kind === 'rejected') {
       ctx.log.error = 'idp_rejected';
       flow.logger.warn({ msg: 'identity provider sign-in failed', reqId: ctx.requestId, oauthError: error.oauthError, failure: describeCause(error) });

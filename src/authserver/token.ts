@@ -58,6 +58,8 @@ export interface TokenEndpointOptions {
    * `temporarily_unavailable` and leaves the refresh token unspent. Absent: the IdP is not asked.
    */
   idpSession?: Pick<IdpSessionTokens, 'current'>;
+  /** Called once tokens are issued: keeps a metadata-document client known while its grants are used (cimd.ts `retain`). */
+  retainClient?: (client: ClientRecord) => Promise<void>;
 }
 
 /** The successful token response (RFC 6749 §5.1). */
@@ -110,7 +112,9 @@ export function createTokenRoutes(options: TokenEndpointOptions): Route[] {
     }
     if (!client.grantTypes.includes(grantType)) throw new UnauthorizedClient(`the client is not registered for the ${grantType} grant`);
     const grant = grantType === 'authorization_code' ? await redeemCode(client, params) : await redeemRefreshToken(client, params);
-    sendTokens(ctx, await issueTokens(grant));
+    const issued = await issueTokens(grant);
+    await options.retainClient?.(client);
+    sendTokens(ctx, issued);
   }
 
   /** RFC 6749 §4.1.3 with RFC 7636 §4.6 and RFC 8707 §2.2. */

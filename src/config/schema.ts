@@ -60,6 +60,22 @@ export function createConfigSchema(sources: SecretSources) {
     return /^\d+$/.test(bits) && n <= (family === 4 ? 32 : 128);
   }, 'must be an IP address or CIDR range');
 
+  /** Requests per minute of one route (see src/http/route-limits.ts for the routes and defaults). */
+  const routeLimit = z.strictObject({ perIp: z.number().int().positive().optional(), global: z.number().int().positive().optional() });
+  const rateLimits = z.strictObject({
+    authorize: routeLimit.optional(),
+    authorizeResume: routeLimit.optional(),
+    callback: routeLimit.optional(),
+    consent: routeLimit.optional(),
+    signIn: routeLimit.optional(),
+    register: routeLimit.optional(),
+    token: routeLimit.optional(),
+    revoke: routeLimit.optional(),
+    upstreamStart: routeLimit.optional(),
+    upstreamCallback: routeLimit.optional(),
+    connect: routeLimit.optional(),
+  });
+
   const server = z.strictObject({
     listen: listen.default('127.0.0.1:8080'),
     publicUrl: httpUrl,
@@ -76,6 +92,13 @@ export function createConfigSchema(sources: SecretSources) {
     upstreamTimeout: duration.default(30_000),
     /** Writes an SSE comment on idle streams this often; off when absent. */
     sseKeepAlive: duration.optional(),
+    /** Overrides of the per-route rate limits of unauthenticated routes (per client address and global, per minute). */
+    rateLimits: rateLimits.default({}),
+    /**
+     * Hosts the server-side fetcher (discovery, token endpoints, metadata documents) may reach on
+     * loopback, private or link-local addresses, e.g. an in-cluster token-exchange endpoint. https is still required.
+     */
+    allowHosts: z.array(z.string().regex(/^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*|[A-Za-z0-9.-]+)$/, 'must be a host name or IP address, without scheme or port')).default([]),
   });
 
   const idp = z.strictObject({
@@ -176,6 +199,8 @@ export function createConfigSchema(sources: SecretSources) {
       challenge: challenge.default('auto'),
       clientId: z.string().min(1).optional(),
       clientSecret: secret.optional(),
+      /** The authorization server `clientId` belongs to: required with it; discovery naming another is refused. */
+      issuer: httpUrl.optional(),
       refreshMargin: duration.default(60_000),
     }),
     z.strictObject({
@@ -241,6 +266,29 @@ export function createConfigSchema(sources: SecretSources) {
           seen.add(u.name);
         }
         const mode = u?.auth?.mode;
+        if (mode === 'oauth') {
+          // A preconfigured client (and its secret) goes only to the server that issued it, never to
+          // whatever server a (possibly compromised) upstream's metadata names.
+          const auth = u!.auth as Partial<Extract<UpstreamShape['auth'], { mode: 'oauth' }>>;
+          if (auth.clientId !== undefined && auth.issuer === undefined) {
+            ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'auth', 'issuer'], message: 'is required with clientId: the issuer of the authorization server that issued the client' });
+          }
+          if (auth.clientSecret !== undefined && auth.clientId === undefined) {
+            ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'auth', 'clientId'], message: 'is required with clientSecret' });
+          }
+          if (typeof auth.issuer === 'string' && !devMode && !auth.issuer.startsWith('https:')) {
+            ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'auth', 'issuer'], message: 'must be an https URL (http is allowed only with devMode: true)' });
+          }
+        }
+        // The server-side fetcher speaks https only outside devMode: an http endpoint cannot work.
+        const httpsOnly = (path: Array<string | number>, value: unknown) => {
+          if (!devMode && typeof value === 'string' && value.startsWith('http:')) {
+            ctx.addIssue({ code: 'custom', path, message: 'must be an https URL (the gateway fetches it server-side; http is allowed only with devMode: true)' });
+          }
+        };
+        if (mode === 'token_exchange') httpsOnly(['upstreams', index, 'auth', 'tokenEndpoint'], (u!.auth as { tokenEndpoint?: unknown }).tokenEndpoint);
+        // Mode oauth discovers the upstream's authorization server from the upstream's own origin.
+        if (mode === 'oauth') httpsOnly(['upstreams', index, 'url'], u!.url);
         if (typeof mode === 'string' && mode !== 'none' && mode !== 'static' && AUTH_MODES.has(mode) && !idp) {
           ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'auth', 'mode'], message: `mode "${mode}" needs the idp: section (users must log in)` });
         }

@@ -7,7 +7,8 @@
 import * as client from 'openid-client';
 import type { Config } from '../config/schema.ts';
 import type { IdpTokens } from '../authserver/records.ts';
-import { IdpError, type IdpClient } from './types.ts';
+import { createLimitedFetch, ResponseTooLargeError } from '../net/limited-fetch.ts';
+import { IdpAccountRefused, IdpError, type IdpClient } from './types.ts';
 
 /** Options of {@link createOidcIdpClient}; checked when it is called. */
 export interface OidcIdpClientOptions {
@@ -19,8 +20,10 @@ export interface OidcIdpClientOptions {
   devMode: boolean;
   /** Fetch implementation for every request to the IdP (tests); default the global fetch. */
   fetch?: typeof fetch;
-  /** Time limit of each request to the IdP, in seconds. Default 10. */
+  /** Time limit of each request to the IdP, the body read included, in seconds. Default 10. */
   timeoutSeconds?: number;
+  /** Largest response body accepted from the IdP, in bytes. Default 1 048 576 (1 MiB). */
+  maxResponseBytes?: number;
   /** The clock, epoch milliseconds (access-token expiry). Default `Date.now`. */
   now?: () => number;
 }
@@ -38,6 +41,9 @@ export function createOidcIdpClient(options: OidcIdpClientOptions): IdpClient {
   }
   if (!URL.canParse(redirectUri)) throw new TypeError('redirectUri must be an absolute URL');
   const timeout = options.timeoutSeconds ?? 10;
+  // The IdP is the operator's, often on an internal address: exempt from the address policy of the
+  // guarded fetcher, not from its size and time limits (docs/threat-model.md).
+  const limitedFetch = createLimitedFetch({ fetch: options.fetch, maxBytes: options.maxResponseBytes ?? 1_048_576, timeoutMs: timeout * 1000 }) as client.CustomFetch;
   const now = options.now ?? Date.now;
   const scope = config.scopes.join(' ');
   let configuration: Promise<client.Configuration> | undefined;
@@ -53,13 +59,13 @@ export function createOidcIdpClient(options: OidcIdpClientOptions): IdpClient {
 
   async function discoverOnce(): Promise<client.Configuration> {
     const requestOptions: client.DiscoveryRequestOptions = { timeout };
-    if (options.fetch) requestOptions[client.customFetch] = options.fetch as client.CustomFetch;
+    requestOptions[client.customFetch] = limitedFetch;
     if (issuer.protocol === 'http:') requestOptions.execute = [client.allowInsecureRequests];
     const discovered = await client.discovery(issuer, config.clientId, undefined, client.None(), requestOptions);
     const server = discovered.serverMetadata();
     const configured = new client.Configuration(server, config.clientId, clientMetadata(), clientAuth(server));
     configured.timeout = timeout;
-    if (options.fetch) configured[client.customFetch] = options.fetch as client.CustomFetch;
+    configured[client.customFetch] = limitedFetch;
     if (issuer.protocol === 'http:') client.allowInsecureRequests(configured);
     return configured;
   }
@@ -130,6 +136,11 @@ export function createOidcIdpClient(options: OidcIdpClientOptions): IdpClient {
       if ((typeof subject !== 'string' && typeof subject !== 'number') || subject === '') {
         throw new IdpError('rejected', `the ID token has no usable "${config.userClaim}" claim`);
       }
+      // An e-mail address names a user only once the IdP has verified it belongs to them: many IdPs
+      // let anyone set any address on their own account (OIDC Core §5.7).
+      if (config.userClaim === 'email' && claims?.email_verified !== true && claims?.email_verified !== 'true') {
+        throw new IdpAccountRefused('Your identity provider has not verified the e-mail address of your account, and this service identifies users by e-mail address. Verify it at your identity provider, then sign in again.');
+      }
       return { subject: String(subject), tokens: toTokens(response), claims: claims ?? {} };
     },
 
@@ -152,6 +163,10 @@ export function createOidcIdpClient(options: OidcIdpClientOptions): IdpClient {
  */
 function classify(error: unknown, message: string, discovery = false): IdpError {
   if (error instanceof IdpError) return error;
+  // openid-client wraps what the fetch threw.
+  if (error instanceof ResponseTooLargeError || (error instanceof Error && error.cause instanceof ResponseTooLargeError)) {
+    return new IdpError('unavailable', `${message} (the response is too large)`, { cause: error });
+  }
   if (error instanceof client.ResponseBodyError || error instanceof client.WWWAuthenticateChallengeError) {
     const kind = error.status >= 500 || discovery ? 'unavailable' : 'rejected';
     const oauthError = error instanceof client.ResponseBodyError ? error.error : undefined;

@@ -13,6 +13,17 @@ export class IdpError extends Error {
   }
 }
 
+/**
+ * The IdP signed the user in, but the account cannot be used here (e.g. an unverified e-mail as
+ * the user's identity). The message is written for the user and safe to show.
+ */
+export class IdpAccountRefused extends IdpError {
+  override name = 'IdpAccountRefused';
+  constructor(message: string) {
+    super('rejected', message);
+  }
+}
+
 /** The start of a login at the IdP: where to send the browser, and what to keep for the callback. */
 export interface IdpLoginStart {
   url: string;

@@ -48,6 +48,8 @@ export interface UpstreamClientConfig {
   name: string;
   clientId?: string;
   clientSecret?: string;
+  /** The issuer `clientId` belongs to; the preconfigured client is used at no other server. */
+  issuer?: string;
 }
 
 /** See {@link createClientRegistration}. */
@@ -157,6 +159,11 @@ export function createClientRegistration(options: ClientRegistrationOptions): Cl
     metadataDocument: () => ({ ...document, redirect_uris: [...document.redirect_uris], grant_types: [...document.grant_types], response_types: [...document.response_types] }),
     async clientFor({ upstream, server, scopes }) {
       if (upstream.clientId !== undefined) {
+        // The flow already refused other servers (flow.ts chooseIssuer); this is the last point
+        // before the client id and secret are handed out, so it checks again.
+        if (upstream.issuer === undefined || server.issuer.replace(/\/+$/, '') !== upstream.issuer.replace(/\/+$/, '')) {
+          throw new ClientRegistrationError('registration_failed', `the preconfigured client of upstream "${upstream.name}" belongs to another authorization server than ${hostOf(server.issuer)}`);
+        }
         const authMethod = upstream.clientSecret === undefined ? 'none' : secretAuthMethod(server);
         return { clientId: upstream.clientId, clientSecret: upstream.clientSecret, authMethod, source: 'preconfigured' };
       }

@@ -17,6 +17,7 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { createSingleFlight, type SingleFlight } from '../credentials/single-flight.ts';
 import { BadGateway, ServiceUnavailable } from '../http/errors.ts';
 import { retryOnOutage } from '../store/retry.ts';
+import type { Logger } from '../observability/logger.ts';
 import type { Counter } from '../observability/metrics.ts';
 import { connectScopeFor, type AuthRequired } from './auth-required.ts';
 import type { ClientRegistration } from './client-registration.ts';
@@ -32,9 +33,15 @@ export interface OAuthUpstream {
   url: string;
   /** Configured scopes (`auth.scopes`); asked for in every flow. */
   scopes: readonly string[];
-  /** A preconfigured client at the upstream's authorization server (DESIGN §6.2). */
+  /** A preconfigured client at the upstream's authorization server. */
   clientId?: string;
   clientSecret?: string;
+  /**
+   * The issuer of the server that issued `clientId` (required with it, `auth.issuer`): the only
+   * authorization server this upstream's flows use. Discovery naming another is refused, so a
+   * compromised upstream cannot send our client secret or its users' codes to a server of its choice.
+   */
+  issuer?: string;
 }
 
 /** The user and session a flow is for (a verified `Principal` has both). */
@@ -91,7 +98,8 @@ export interface UpstreamFlowsOptions {
   /**
    * `mcpgate_auth_flows_total{upstream, outcome}` (started, completed, failed) and
    * `mcpgate_token_refreshes_total{kind="oauth", upstream, outcome}` (see {@link RefreshOutcome}).
-   * Default: not counted.
+   * Default: not counted. A refused issuer (a preconfigured client's upstream naming another
+   * authorization server) counts as `outcome="issuer_refused"`.
    */
   metrics?: { authFlows: Counter; refreshes: Counter };
   /**
@@ -99,6 +107,8 @@ export interface UpstreamFlowsOptions {
    * fleet with `createFleetSingleFlight` (a rotating refresh token used twice revokes the grant).
    */
   singleFlight?: SingleFlight;
+  /** Where refusals worth an operator's attention are logged (a refused issuer). Default: not logged. */
+  logger?: Pick<Logger, 'warn'>;
 }
 
 /**
@@ -140,6 +150,38 @@ const FLOW_TTL_MS = 10 * 60_000;
 const SCOPE_TOKEN = /^[\x21\x23-\x5b\x5d-\x7e]{1,128}$/;
 const MAX_SCOPES = 32;
 
+/** A preconfigured client's upstream named only authorization servers other than the configured issuer. */
+export class IssuerRefusedError extends Error {
+  override name = 'IssuerRefusedError';
+  /** The issuers the resource metadata named (shown to operators: they are URLs, not secrets). */
+  readonly named: string[];
+  constructor(message: string, named: string[]) {
+    super(message);
+    this.named = named;
+  }
+}
+
+/**
+ * The authorization server a flow uses: the configured issuer of a preconfigured client when the
+ * resource metadata names it among its servers, else none (refused, before any request reaches a
+ * server the upstream named); without a preconfigured client, the first named (the MCP spec leaves
+ * the choice to the client; the first is the one the resource prefers).
+ * @throws IssuerRefusedError
+ */
+export function chooseIssuer(upstream: Pick<OAuthUpstream, 'clientId' | 'issuer'>, named: readonly string[]): string {
+  if (upstream.clientId === undefined) return named[0]!;
+  if (upstream.issuer === undefined) throw new IssuerRefusedError('its preconfigured client has no configured issuer (auth.issuer)', [...named]);
+  const match = named.find((issuer) => sameIssuer(issuer, upstream.issuer!));
+  if (match !== undefined) return match;
+  const hosts = [...new Set(named.map((n) => (URL.canParse(n) ? new URL(n).host : 'an invalid URL')))].join(', ');
+  throw new IssuerRefusedError(`its metadata names an authorization server (${hosts}) other than the one its client is configured for; nothing was sent there`, [...named]);
+}
+
+/** Issuer identifiers compare as strings (RFC 8414 §3.3); a trailing slash in the config is forgiven. */
+export function sameIssuer(a: string, b: string): boolean {
+  return a.replace(/\/+$/, '') === b.replace(/\/+$/, '');
+}
+
 /** Creates the flow engine. */
 export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlows {
   const { stores, discovery, registration, fetch } = options;
@@ -168,8 +210,7 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
     let flow: UpstreamFlow;
     try {
       const resource = await discovery.discoverResource(upstream.url, o.challenge);
-      // The MCP spec leaves the choice among several servers to the client; the first is the one the resource prefers.
-      const server = await discovery.discoverAuthorizationServer(resource.authorization_servers[0]!);
+      const server = await discovery.discoverAuthorizationServer(chooseIssuer(upstream, resource.authorization_servers));
       const scopes = requested.length > 0 ? requested : cleanScopes(resource.scopes_supported ?? []);
       const client = await registration.clientFor({ upstream, server, scopes });
       const created = now();
@@ -197,6 +238,11 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
         expiresAt: created + flowTtlMs,
       };
     } catch (err) {
+      if (err instanceof IssuerRefusedError) {
+        authFlows.inc({ upstream: upstream.name, outcome: 'issuer_refused' });
+        options.logger?.warn({ msg: 'upstream names an authorization server other than the configured issuer: refused', upstream: upstream.name, configured: upstream.issuer, named: err.named });
+        throw new BadGateway(`upstream "${upstream.name}" needs authorization at its own server, but ${err.message}`, { cause: err });
+      }
       if (err instanceof Error && (err.name === 'DiscoveryError' || err.name === 'ClientRegistrationError')) {
         // A flow that cannot even start (its server cannot be discovered or registered at) has failed.
         authFlows.inc({ upstream: upstream.name, outcome: 'failed' });

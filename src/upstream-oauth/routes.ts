@@ -34,7 +34,6 @@ import type { ClientRegistration } from './client-registration.ts';
 import { sendConfirmPage, sendOnward, sendPage, sendRedirect } from './pages.ts';
 import type { UpstreamFlow } from './records.ts';
 import type { UpstreamStores } from './stores.ts';
-import type { RateLimiter } from '../http/rate-limit.ts';
 
 /** Who is at the browser, according to our login cookie. */
 export interface BrowserSession {
@@ -85,8 +84,6 @@ export interface UpstreamOAuthRoutesOptions {
   /** Base path of the public URL ('' or '/prefix'). */
   basePath: string;
   onConnected?(event: ConnectedEvent): void;
-  /** Per-IP limit on the browser legs (`start`, `callback`, `connect`: each may cost discovery, a registration or a token request). */
-  limiter?: RateLimiter;
 }
 
 /** What `createFlow` mints: 24 random bytes, base64url. Anything else is not worth a store lookup. */
@@ -147,7 +144,6 @@ export function createUpstreamOAuthRoutes(options: UpstreamOAuthRoutesOptions): 
   }
 
   async function start(ctx: RequestContext): Promise<void> {
-    await options.limiter?.enforce(ctx.clientIp, ctx.signal);
     const flow = await flowNamed(ctx.url.searchParams.get('flow'));
     if (!flow) return expired(ctx);
     const who = browser.current(ctx.req);
@@ -160,7 +156,6 @@ export function createUpstreamOAuthRoutes(options: UpstreamOAuthRoutesOptions): 
   }
 
   async function confirmStart(ctx: RequestContext): Promise<void> {
-    await options.limiter?.enforce(ctx.clientIp, ctx.signal);
     const form = await confirmation(ctx, (f) => ['upstream-start', f.get('flow') ?? '']);
     if (!form) return;
     const flow = await flowNamed(form.get('flow'));
@@ -215,7 +210,6 @@ export function createUpstreamOAuthRoutes(options: UpstreamOAuthRoutesOptions): 
   }
 
   async function callback(ctx: RequestContext): Promise<void> {
-    await options.limiter?.enforce(ctx.clientIp, ctx.signal);
     const params = ctx.url.searchParams;
     const state = params.get('state');
     if (!state) {
@@ -276,7 +270,6 @@ export function createUpstreamOAuthRoutes(options: UpstreamOAuthRoutesOptions): 
       return undefined;
     }
     ctx.log.upstream = upstream.name;
-    await options.limiter?.enforce(ctx.clientIp, ctx.signal);
     const who = browser.current(ctx.req);
     if (!who) {
       signInFirst(ctx);

@@ -4,9 +4,13 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { randomBytes } from 'node:crypto';
 import { createCimdResolver } from '../../src/authserver/cimd.ts';
 import { InvalidClient } from '../../src/http/errors.ts';
 import { createGuardedFetch } from '../../src/net/guarded-fetch.ts';
+import { createMemoryStore } from '../../src/store/memory.ts';
+import type { Store } from '../../src/store/port.ts';
+import { createSealer } from '../../src/store/sealed.ts';
 import { startDevIdp, type DevIdp } from '../support/idp.ts';
 import { pkcePair, startLoginServer, startRecordingServer, type LoginServer, type RecordingServer } from './login-server.ts';
 
@@ -46,7 +50,9 @@ function hits(path: string): number {
   return host.requests.filter((u) => u.pathname === path).length;
 }
 
-const dev = () => createCimdResolver({ fetch: devFetch, allowHttp: true, now: () => clock });
+const sealer = createSealer({ keys: [{ id: 'k1', key: randomBytes(32) }] });
+/** A resolver over its own store (a fresh gateway), or over a given one (another replica of the same gateway). */
+const dev = (store: Store = createMemoryStore({ now: () => clock })) => createCimdResolver({ fetch: devFetch, store, sealer, allowHttp: true, now: () => clock });
 
 async function refusal(promise: Promise<unknown>, message: RegExp): Promise<void> {
   await assert.rejects(promise, (error: unknown) => {
@@ -138,8 +144,63 @@ describe('with dev-mode allowances', () => {
   });
 });
 
+describe('fetched only by authorize, kept in the store (issue 10, item 4)', () => {
+  test('known() never fetches: a URL no authorization request fetched is unknown', async () => {
+    const resolver = dev();
+    const url = publish('/never-authorized.json');
+    for (let i = 0; i < 5; i++) assert.equal(await resolver.known(url), undefined);
+    assert.equal(hits('/never-authorized.json'), 0);
+    await resolver.resolve(url);
+    assert.equal((await resolver.known(url))?.clientId, url);
+    assert.equal(hits('/never-authorized.json'), 1);
+  });
+
+  test('another replica (same store, its own resolver) finds what the first one fetched, without a fetch', async () => {
+    const store = createMemoryStore({ now: () => clock });
+    const url = publish('/shared.json', {}, { 'cache-control': 'max-age=600' });
+    await dev(store).resolve(url);
+    const replica = dev(store);
+    assert.equal((await replica.known(url))?.clientId, url);
+    assert.equal((await replica.resolve(url)).clientId, url);
+    assert.equal(hits('/shared.json'), 1);
+  });
+
+  test('a refused document is remembered for a minute: one fetch per minute however many requests', async () => {
+    const resolver = dev();
+    const url = `${host.url}/failing.json`;
+    for (let i = 0; i < 10; i++) await refusal(resolver.resolve(url), /HTTP 404/);
+    assert.equal(hits('/failing.json'), 1);
+    clock += 59_000;
+    await refusal(resolver.resolve(url), /HTTP 404/);
+    assert.equal(hits('/failing.json'), 1, 'still within the minute');
+    clock += 2000;
+    await refusal(resolver.resolve(url), /HTTP 404/);
+    assert.equal(hits('/failing.json'), 2, 'refetched once the failure has expired');
+  });
+
+  test('a document stays known 15 minutes after its fetch, and as long as tokens are issued to its client', async () => {
+    const resolver = dev();
+    const url = publish('/retained.json', {}, { 'cache-control': 'no-store' });
+    const client = await resolver.resolve(url);
+    clock += 14 * 60_000;
+    assert.ok(await resolver.known(url), 'still known while the sign-in and the code can last');
+    await resolver.retain(client);
+    clock += 20 * 86_400_000;
+    assert.ok(await resolver.known(url), 'retained for the session lifetime');
+    await resolver.retain(client);
+    clock += 20 * 86_400_000;
+    assert.ok(await resolver.known(url), 'a later token slid it again');
+    clock += 11 * 86_400_000;
+    assert.equal(await resolver.known(url), undefined, 'forgotten once no token was issued for 30 days');
+    const unused = publish('/unused.json');
+    await resolver.resolve(unused);
+    clock += 16 * 60_000;
+    assert.equal(await resolver.known(unused), undefined, 'a document no token was issued for is forgotten after 15 minutes');
+  });
+});
+
 describe('without dev-mode allowances (production)', () => {
-  const strict = () => createCimdResolver({ fetch: strictFetch });
+  const strict = () => createCimdResolver({ fetch: strictFetch, store: createMemoryStore(), sealer });
 
   test('http client ids are refused', async () => {
     await refusal(strict().resolve(publish('/agent.json')), /must use https/);

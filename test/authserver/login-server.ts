@@ -8,11 +8,12 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createCimdResolver, type CimdResolver } from '../../src/authserver/cimd.ts';
 import { createCookieCodec } from '../../src/authserver/cookies.ts';
+import { sendErrorPage } from '../../src/authserver/html.ts';
 import { createClientLookup, createLoginRoutes, type LoginFlow } from '../../src/authserver/login-flow.ts';
 import type { AuthStores } from '../../src/authserver/records.ts';
 import { createAuthStores } from '../../src/authserver/stores.ts';
 import { createSessionEnding } from '../../src/authserver/session-end.ts';
-import { createRateLimiter } from '../../src/http/rate-limit.ts';
+import { applyRouteLimits } from '../../src/http/route-limits.ts';
 import { createFrontDoor, type FrontDoor } from '../../src/http/server.ts';
 import { createOidcIdpClient } from '../../src/idp/oidc.ts';
 import type { IdpClient } from '../../src/idp/types.ts';
@@ -39,8 +40,10 @@ export interface LoginServerOptions {
   onSessionEnded?: (sessionId: string) => Promise<void>;
   /** Registrations per IP and minute. Default 1000. */
   registrationLimit?: number;
-  /** Authorization requests and callbacks per IP and minute. Default 1000. */
+  /** Requests per IP and minute on each browser route (authorize, callback, consent, sign-in). Default 1000. */
   authorizeLimit?: number;
+  /** The ID-token claim naming the user (`idp.userClaim`). Default `sub`. */
+  userClaim?: string;
   /** Metadata documents: `dev` allows http and loopback documents, `strict` is production, `off` disables CIMD. Default `dev`. */
   cimd?: 'dev' | 'strict' | 'off';
 }
@@ -72,7 +75,7 @@ export async function startLoginServer(options: LoginServerOptions = {}): Promis
   const store = createMemoryStore({ now });
   const stores = createAuthStores({ store, sealer: createSealer({ keys: [{ id: 'k1', key: randomBytes(32) }] }), now });
   const idpClient = createOidcIdpClient({
-    config: { issuer: idp.issuer, clientId: idp.clientId, clientSecret: idp.clientSecret, scopes: ['openid', 'profile', 'email', 'offline_access'], userClaim: 'sub', authParams: {} },
+    config: { issuer: idp.issuer, clientId: idp.clientId, clientSecret: idp.clientSecret, scopes: ['openid', 'profile', 'email', 'offline_access'], userClaim: options.userClaim ?? 'sub', authParams: {} },
     redirectUri: `${issuer}/oauth/callback`,
     devMode: true,
     now,
@@ -82,7 +85,7 @@ export async function startLoginServer(options: LoginServerOptions = {}): Promis
   let cimd: CimdResolver | undefined;
   if (mode !== 'off') {
     fetcher = createGuardedFetch(mode === 'dev' ? { allowHttp: true, allowPrivate: true } : {});
-    cimd = createCimdResolver({ fetch: fetcher, allowHttp: mode === 'dev', now });
+    cimd = createCimdResolver({ fetch: fetcher, store, sealer: createSealer({ keys: [{ id: 'k1', key: randomBytes(32) }] }), allowHttp: mode === 'dev', now });
   }
   const flow: LoginFlow = {
     issuer,
@@ -99,16 +102,28 @@ export async function startLoginServer(options: LoginServerOptions = {}): Promis
     pendingTtlMs: 600_000,
     consentTtlMs: 90 * 86_400_000,
     clientIdleTtlMs: 90 * 86_400_000,
-    limiter: createRateLimiter({ store, name: 'authorize', limit: options.authorizeLimit ?? 1000, windowMs: 60_000, now }),
     now,
     maxSessionsPerUser: options.maxSessionsPerUser,
     endSession: createSessionEnding({ sessions: stores.sessions, onSessionEnded: options.onSessionEnded ? [options.onSessionEnded] : [], logger }),
   };
-  const routes = createLoginRoutes({
-    flow,
-    registration: options.registration ?? { dynamic: true, initialAccessToken: null },
-    registrationLimiter: createRateLimiter({ store, name: 'register', limit: options.registrationLimit ?? 1000, windowMs: 60_000, now }),
-  });
+  const browserLimit = { perIp: options.authorizeLimit ?? 1000, global: 100_000 };
+  const routes = applyRouteLimits(
+    createLoginRoutes({ flow, registration: options.registration ?? { dynamic: true, initialAccessToken: null } }),
+    {
+      store,
+      basePath: '',
+      overrides: {
+        authorize: browserLimit,
+        authorizeResume: browserLimit,
+        callback: browserLimit,
+        consent: browserLimit,
+        signIn: browserLimit,
+        register: { perIp: options.registrationLimit ?? 1000, global: 100_000 },
+      },
+      sendPage: (ctx, status, title, message, headers) => sendErrorPage(ctx.res, status, title, message, { headers }),
+      now,
+    },
+  );
   const frontDoor = createFrontDoor({ routes, logger, metrics: createGatewayMetrics(createRegistry()), publicUrl: new URL(issuer), trustedProxies: [] });
   await frontDoor.listen('127.0.0.1', port);
 

@@ -283,3 +283,72 @@ upstreams: [{ name: a, url: "https://a.example/mcp", auth: ${auth} }]
     );
   });
 });
+
+describe('what cannot work or would leak is flagged by the schema (issue 10, items 4, 7, 9)', () => {
+  const file = (upstreams: string, server = '') => `
+server:
+  publicUrl: "https://mcp.example.com"
+${server}idp: { issuer: "https://login.example.com", clientId: gw }
+authServer: { signingKeys: ["env:KEY"] }
+upstreams:
+${upstreams}`;
+  const from = sources({ KEY: 'pem', SECRET: 's' });
+
+  it('a preconfigured upstream client needs its issuer (https outside devMode); a secret needs a client id', () => {
+    const problems = problemsOf(
+      file(`  - name: saas
+    url: "https://saas.example.com/mcp"
+    auth: { mode: oauth, clientId: gw, clientSecret: "env:SECRET" }
+  - name: plain
+    url: "https://plain.example.com/mcp"
+    auth: { mode: oauth, clientId: gw, issuer: "http://as.example.com" }
+  - name: orphan
+    url: "https://orphan.example.com/mcp"
+    auth: { mode: oauth, clientSecret: "env:SECRET" }
+`),
+      from,
+    );
+    assert.ok(problems.some((p) => /^upstreams\[0\]\.auth\.issuer: is required with clientId/.test(p)), problems.join('\n'));
+    assert.ok(problems.some((p) => /^upstreams\[1\]\.auth\.issuer: must be an https URL/.test(p)), problems.join('\n'));
+    assert.ok(problems.some((p) => /^upstreams\[2\]\.auth\.clientId: is required with clientSecret/.test(p)), problems.join('\n'));
+    const ok = parseConfig(file(`  - name: saas
+    url: "https://saas.example.com/mcp"
+    auth: { mode: oauth, clientId: gw, clientSecret: "env:SECRET", issuer: "https://as.saas.example.com" }
+`), 'x', from);
+    assert.equal((ok.upstreams[0]!.auth as { issuer?: string }).issuer, 'https://as.saas.example.com');
+  });
+
+  it('http endpoints the gateway fetches server-side are refused outside devMode', () => {
+    const problems = problemsOf(
+      file(`  - name: exchange
+    url: "http://internal.svc/mcp"
+    auth: { mode: token_exchange, tokenEndpoint: "http://sts.internal/token", audience: api, clientId: gw }
+  - name: saas
+    url: "http://saas.internal/mcp"
+    auth: { mode: oauth }
+`),
+      from,
+    );
+    assert.ok(problems.some((p) => /^upstreams\[0\]\.auth\.tokenEndpoint: must be an https URL/.test(p)), problems.join('\n'));
+    assert.ok(problems.some((p) => /^upstreams\[1\]\.url: must be an https URL/.test(p)), problems.join('\n'));
+    assert.ok(!problems.some((p) => p.startsWith('upstreams[0].url')), 'a proxied upstream may be http (only mode oauth discovers from it)');
+  });
+
+  it('server.allowHosts takes host names and IP addresses; server.rateLimits takes positive limits per known route', () => {
+    const config = parseConfig(file(`  - name: kube
+    url: "https://kube.example.com/mcp"
+`, `  allowHosts: ["sts.internal", "10.0.0.7", "[fd00::1]"]
+  rateLimits: { token: { perIp: 1000 } }
+`), 'x', from);
+    assert.deepEqual(config.server.allowHosts, ['sts.internal', '10.0.0.7', '[fd00::1]']);
+    assert.deepEqual(config.server.rateLimits, { token: { perIp: 1000 } });
+    const problems = problemsOf(file(`  - name: kube
+    url: "https://kube.example.com/mcp"
+`, `  allowHosts: ["https://sts.internal:8443"]
+  rateLimits: { token: { perIp: 0 }, tokn: { perIp: 1 } }
+`), from);
+    assert.ok(problems.some((p) => /^server\.allowHosts\[0\]: must be a host name/.test(p)), problems.join('\n'));
+    assert.ok(problems.some((p) => p.startsWith('server.rateLimits.token.perIp')), problems.join('\n'));
+    assert.ok(problems.some((p) => p.startsWith('server.rateLimits') && /tokn/.test(p)), problems.join('\n'));
+  });
+});

@@ -259,7 +259,7 @@ describe('connecting a user to an upstream with its own authorization server', (
     try {
       const browser = limited.browser(sessionOf('alice'));
       for (let i = 0; i < 3; i++) assert.equal((await browser.open(`${limited.publicUrl}/oauth/upstream/start?flow=${'x'.repeat(i)}`)).status, 400);
-      const refused = await browser.open(`${limited.publicUrl}/oauth/upstream/callback?state=abc`);
+      const refused = await browser.open(`${limited.publicUrl}/oauth/upstream/start?flow=abc`);
       assert.equal(refused.status, 429);
       assert.ok(Number(refused.headers['retry-after']) >= 1);
     } finally {

@@ -11,6 +11,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { Writable } from 'node:stream';
 import { Pool } from 'undici';
+import { sendErrorPage } from '../../src/authserver/html.ts';
 import { createOAuthCredential } from '../../src/credentials/oauth.ts';
 import type { Principal } from '../../src/credentials/types.ts';
 import type { Authenticator } from '../../src/gateway/authenticate.ts';
@@ -20,7 +21,7 @@ import { createMcpRoutes } from '../../src/gateway/mcp-route.ts';
 import { createStreamRegistry } from '../../src/gateway/stream-registry.ts';
 import type { Upstream } from '../../src/gateway/upstream.ts';
 import { InvalidToken } from '../../src/http/errors.ts';
-import { createRateLimiter } from '../../src/http/rate-limit.ts';
+import { applyRouteLimits } from '../../src/http/route-limits.ts';
 import { createFrontDoor } from '../../src/http/server.ts';
 import { createGuardedFetch, type GuardedFetch } from '../../src/net/guarded-fetch.ts';
 import { createLogger } from '../../src/observability/logger.ts';
@@ -66,7 +67,7 @@ export interface HarnessOptions {
   /** Requests per minute and client address on the browser legs. Default unlimited. */
   rateLimit?: number;
   /** Extra upstreams served by the same gateway (hostile or broken ones), all in mode `oauth`. */
-  extraUpstreams?: Array<{ name: string; url: string; scopes?: string[] }>;
+  extraUpstreams?: Array<{ name: string; url: string; scopes?: string[]; clientId?: string; clientSecret?: string; issuer?: string }>;
 }
 
 /** A running harness. */
@@ -125,8 +126,8 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
   const flows = createUpstreamFlows({ stores, discovery, registration, fetch, publicUrl, now });
 
   const oauthUpstreams: OAuthUpstream[] = [
-    { name: 'notes', url: upstream.mcpUrl, scopes: options.scopes ?? [], ...(upstream.client ?? {}) },
-    ...(options.extraUpstreams ?? []).map((u) => ({ name: u.name, url: u.url, scopes: u.scopes ?? [] })),
+    { name: 'notes', url: upstream.mcpUrl, scopes: options.scopes ?? [], ...(upstream.client ? { ...upstream.client, issuer: upstream.issuer } : {}) },
+    ...(options.extraUpstreams ?? []).map((u) => ({ ...u, scopes: u.scopes ?? [] })),
   ];
   const logger = createLogger({ level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
   const metrics = createGatewayMetrics(createRegistry());
@@ -149,7 +150,7 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
     },
   };
   const forms = formTokens(createCookieCodec({ key: randomBytes(32), secure: false }));
-  const routes = [
+  const routes = applyRouteLimits([
     ...createUpstreamOAuthRoutes({
       flows,
       stores,
@@ -165,7 +166,6 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
       },
       authenticate: async (ctx) => (await authenticator.authenticate(ctx, gatewayUpstreams[0]!))!,
       basePath: '',
-      limiter: options.rateLimit ? createRateLimiter({ store, name: 'upstream-oauth', limit: options.rateLimit, windowMs: 60_000, now }) : undefined,
       onConnected: (event) => {
         connected.push(event);
         streams.notifyElicitationComplete(event);
@@ -185,7 +185,15 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
       clientCapabilities: capabilities,
       streams,
     }),
-  ];
+  ], {
+    store,
+    basePath: '',
+    overrides: Object.fromEntries(
+      (['upstreamStart', 'upstreamCallback', 'connect'] as const).map((id) => [id, { perIp: options.rateLimit ?? 1000, global: 100_000 }]),
+    ),
+    sendPage: (ctx, status, title, message, headers) => sendErrorPage(ctx.res, status, title, message, { headers }),
+    now,
+  });
   const frontDoor = createFrontDoor({ routes, logger, metrics, publicUrl: new URL(publicUrl), trustedProxies: [] });
   await frontDoor.listen('127.0.0.1', port);
 

@@ -177,13 +177,23 @@ describe('dynamic registration (RFC 7591)', () => {
 
   test('a preconfigured client wins, with the auth method the server supports', async () => {
     const registration = setup();
-    assert.deepEqual(await registration.clientFor({ upstream: { name: 'x', clientId: 'id', clientSecret: 's' }, server: server_({ token_endpoint_auth_methods_supported: ['client_secret_post'] }), scopes: [] }), {
+    assert.deepEqual(await registration.clientFor({ upstream: { name: 'x', clientId: 'id', clientSecret: 's', issuer: base }, server: server_({ token_endpoint_auth_methods_supported: ['client_secret_post'] }), scopes: [] }), {
       clientId: 'id',
       clientSecret: 's',
       authMethod: 'client_secret_post',
       source: 'preconfigured',
     });
-    assert.equal((await registration.clientFor({ upstream: { name: 'x', clientId: 'id' }, server: server_(), scopes: [] })).authMethod, 'none');
+    assert.equal((await registration.clientFor({ upstream: { name: 'x', clientId: 'id', issuer: base }, server: server_(), scopes: [] })).authMethod, 'none');
+    assert.equal(requests.length, 0);
+  });
+
+  test('a preconfigured client is handed out only for the server it was configured for', async () => {
+    const registration = setup();
+    await assert.rejects(
+      registration.clientFor({ upstream: { name: 'x', clientId: 'id', clientSecret: 's', issuer: 'https://as.example' }, server: server_(), scopes: [] }),
+      /preconfigured client of upstream "x" belongs to another authorization server/,
+    );
+    await assert.rejects(registration.clientFor({ upstream: { name: 'x', clientId: 'id', clientSecret: 's' }, server: server_(), scopes: [] }), /belongs to another/);
     assert.equal(requests.length, 0);
   });
 });
