@@ -327,7 +327,9 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     // Registered clients, and https client ids fetched as metadata documents when those are on.
     const clients = createClientLookup({
       stores: authStores,
-      cimd: config.authServer.clientMetadataDocuments ? createCimdResolver({ fetch: serverFetch, allowHttp: config.server.devMode, now }) : undefined,
+      cimd: config.authServer.clientMetadataDocuments
+        ? createCimdResolver({ fetch: serverFetch, allowHttp: config.server.devMode, now, redirectSchemes: config.authServer.registration.redirectSchemes })
+        : undefined,
     });
     const routes: Route[] = [
       ...createMetadataRoutes({
@@ -382,6 +384,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
             oauthUpstreams.length > 0
               ? createConnectChain({ upstreams: oauthUpstreams, flows: upstreamFlows, stores: authStores, basePath, pendingTtlMs: 600_000, logger })
               : undefined,
+          redirectSchemes: config.authServer.registration.redirectSchemes,
         },
         registration: config.authServer.registration,
         registrationLimiter: createRateLimiter({ store, name: 'register', limit: 30, windowMs: 60_000, now }),

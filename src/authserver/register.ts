@@ -10,6 +10,7 @@ import { InvalidClientMetadata, InvalidToken, UnsupportedMediaType } from '../ht
 import type { RateLimiter } from '../http/rate-limit.ts';
 import type { Handler, RequestContext } from '../http/router.ts';
 import { parseClientMetadata } from './client-metadata.ts';
+import type { RedirectSchemePolicy } from './redirect-uri.ts';
 import type { AuthStores, ClientRecord } from './records.ts';
 import { tokenHash } from './stores.ts';
 
@@ -29,6 +30,8 @@ export interface RegistrationEndpointOptions {
   clientIdleTtlMs?: number;
   /** The clock, epoch milliseconds. Default `Date.now`. */
   now?: () => number;
+  /** `authServer.registration.redirectSchemes`. Default: any scheme but the never-accepted ones. */
+  redirectSchemes?: RedirectSchemePolicy;
 }
 
 /** Creates the handler of `POST /oauth/register`. */
@@ -40,7 +43,7 @@ export function createRegistrationEndpoint(options: RegistrationEndpointOptions)
   return async function register(ctx) {
     await options.limiter.enforce(ctx.clientIp, ctx.signal);
     checkInitialAccessToken(ctx);
-    const metadata = parseClientMetadata(await readJson(ctx), { publicOnly: false });
+    const metadata = parseClientMetadata(await readJson(ctx), { publicOnly: false, redirectSchemes: options.redirectSchemes });
     const secret = metadata.tokenEndpointAuthMethod === 'none' ? undefined : randomBytes(32).toString('base64url');
     const createdAt = now();
     const client: ClientRecord = {
@@ -61,7 +64,8 @@ export function createRegistrationEndpoint(options: RegistrationEndpointOptions)
     await options.stores.clients.put(client, ttl);
     ctx.log.clientId = client.clientId;
 
-    // RFC 7591 §3.2.1: the registered metadata, with defaults, and the secret this one time.
+    // RFC 7591 §3.2.1: the registered metadata as registered (defaults filled, unsupported grant and
+    // response types left out), and the secret this one time.
     const response = JSON.stringify({
       client_id: client.clientId,
       client_id_issued_at: Math.floor(createdAt / 1000),

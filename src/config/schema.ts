@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { parseDuration } from './duration.ts';
+import { NEVER_REDIRECT_SCHEMES, URI_SCHEME } from './redirect-schemes.ts';
 import { isSecretRef, resolveSecretRef, type SecretSources } from './secrets.ts';
 
 /**
@@ -87,13 +88,40 @@ export function createConfigSchema(sources: SecretSources) {
     authParams: z.record(z.string(), z.string()).default({}),
   });
 
+  /** A URI scheme named without its colon, compared in lower case (RFC 3986 §3.1: schemes are case-insensitive). */
+  const scheme = z
+    .string()
+    .regex(URI_SCHEME, 'must be a URI scheme without the colon (letters, digits, "+", "-", "."; a letter first), e.g. "cursor"')
+    .transform((text) => text.toLowerCase());
+  const redirectSchemes = z
+    .strictObject({
+      /** When set, the only private-use schemes a redirect URI may use (https and loopback http stay accepted). */
+      allow: z
+        .array(
+          scheme
+            .refine((text) => !NEVER_REDIRECT_SCHEMES.includes(text), `is never accepted as a redirect scheme (${NEVER_REDIRECT_SCHEMES.join(', ')})`)
+            .refine((text) => text !== 'http' && text !== 'https', 'http and https are always accepted (http on a loopback host only): list private-use schemes here'),
+        )
+        .optional(),
+      /** Schemes refused, `http` and `https` included. */
+      deny: z.array(scheme).default([]),
+    })
+    .superRefine((value, ctx) => {
+      const both = (value.allow ?? []).filter((s) => value.deny.includes(s));
+      if (both.length > 0) ctx.addIssue({ code: 'custom', path: ['deny'], message: `${both.join(', ')} cannot be both allowed and denied` });
+    });
+
   const authServer = z.strictObject({
     signingKeys: z.array(secret).default([]),
     accessTokenTtl: duration.default(600_000),
     refreshTokenTtl: duration.default(30 * 86_400_000),
     registration: z
-      .strictObject({ dynamic: z.boolean().default(true), initialAccessToken: secret.nullable().default(null) })
-      .default({ dynamic: true, initialAccessToken: null }),
+      .strictObject({
+        dynamic: z.boolean().default(true),
+        initialAccessToken: secret.nullable().default(null),
+        redirectSchemes: redirectSchemes.default({ deny: [] }),
+      })
+      .default({ dynamic: true, initialAccessToken: null, redirectSchemes: { deny: [] } }),
     clientMetadataDocuments: z.boolean().default(true),
   });
 
@@ -193,7 +221,7 @@ export function createConfigSchema(sources: SecretSources) {
         signingKeys: [],
         accessTokenTtl: 600_000,
         refreshTokenTtl: 30 * 86_400_000,
-        registration: { dynamic: true, initialAccessToken: null },
+        registration: { dynamic: true, initialAccessToken: null, redirectSchemes: { deny: [] } },
         clientMetadataDocuments: true,
       }),
       storage: storage.default({ kind: 'memory', encryptionKeys: [], allowUnencrypted: false }),

@@ -10,6 +10,7 @@ import { createCimdResolver, type CimdResolver } from '../../src/authserver/cimd
 import { createCookieCodec } from '../../src/authserver/cookies.ts';
 import { createClientLookup, createLoginRoutes, type LoginFlow } from '../../src/authserver/login-flow.ts';
 import type { AuthStores } from '../../src/authserver/records.ts';
+import type { RedirectSchemePolicy } from '../../src/authserver/redirect-uri.ts';
 import { createAuthStores } from '../../src/authserver/stores.ts';
 import { createRateLimiter } from '../../src/http/rate-limit.ts';
 import { createFrontDoor, type FrontDoor } from '../../src/http/server.ts';
@@ -38,6 +39,8 @@ export interface LoginServerOptions {
   authorizeLimit?: number;
   /** Metadata documents: `dev` allows http and loopback documents, `strict` is production, `off` disables CIMD. Default `dev`. */
   cimd?: 'dev' | 'strict' | 'off';
+  /** `authServer.registration.redirectSchemes`. Default: none (any scheme but the never-accepted ones). */
+  redirectSchemes?: RedirectSchemePolicy;
 }
 
 export interface LoginServer {
@@ -77,7 +80,7 @@ export async function startLoginServer(options: LoginServerOptions = {}): Promis
   let cimd: CimdResolver | undefined;
   if (mode !== 'off') {
     fetcher = createGuardedFetch(mode === 'dev' ? { allowHttp: true, allowPrivate: true } : {});
-    cimd = createCimdResolver({ fetch: fetcher, allowHttp: mode === 'dev', now });
+    cimd = createCimdResolver({ fetch: fetcher, allowHttp: mode === 'dev', now, redirectSchemes: options.redirectSchemes });
   }
   const flow: LoginFlow = {
     issuer,
@@ -96,6 +99,7 @@ export async function startLoginServer(options: LoginServerOptions = {}): Promis
     clientIdleTtlMs: 90 * 86_400_000,
     limiter: createRateLimiter({ store, name: 'authorize', limit: options.authorizeLimit ?? 1000, windowMs: 60_000, now }),
     now,
+    redirectSchemes: options.redirectSchemes,
   };
   const routes = createLoginRoutes({
     flow,
