@@ -365,7 +365,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     // Registered clients, and https client ids as metadata documents when those are on: fetched only
     // by authorize, read from the store by the token and revocation endpoints.
     const cimd = config.authServer.clientMetadataDocuments
-      ? createCimdResolver({ fetch: serverFetch, store, sealer, allowHttp: config.server.devMode, retainMs: config.authServer.refreshTokenTtl, now })
+      ? createCimdResolver({ fetch: serverFetch, store, sealer, allowHttp: config.server.devMode, retainMs: config.authServer.refreshTokenTtl, now, redirectSchemes: config.authServer.registration.redirectSchemes })
       : undefined;
     const clients = createClientLookup({ stores: authStores, cimd });
     const knownClients = createKnownClientLookup({ stores: authStores, cimd });
@@ -438,6 +438,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
             oauthUpstreams.length > 0
               ? createConnectChain({ upstreams: oauthUpstreams, flows: upstreamFlows, stores: authStores, basePath, pendingTtlMs: 600_000, logger })
               : undefined,
+          redirectSchemes: config.authServer.registration.redirectSchemes,
         },
         registration: config.authServer.registration,
       }),

@@ -16,7 +16,7 @@ import { SCOPE } from './client-metadata.ts';
 import { withHtmlErrors } from './html.ts';
 import type { LoginFlow } from './login-flow.ts';
 import type { ClientRecord, PendingAuthorization } from './records.ts';
-import { matchRedirectUri } from './redirect-uri.ts';
+import { matchRedirectUri, redirectUriProblem } from './redirect-uri.ts';
 import { idpRoundTrip } from './cookies.ts';
 
 /** A refusal to send back to the client's redirect URI. */
@@ -88,7 +88,14 @@ export function createAuthorizeEndpoint(flow: LoginFlow): Handler {
   }
 
   function verifiedRedirectUri(client: ClientRecord, params: URLSearchParams): string {
-    const requested = params.get('redirect_uri');
+    const uri = registeredRedirectUri(client, params.get('redirect_uri'));
+    // The operator's scheme lists may have changed since the client registered: they apply now.
+    const problem = flow.redirectSchemes && redirectUriProblem(uri, flow.redirectSchemes);
+    if (problem) throw new InvalidRequest(`The return address (redirect_uri) ${problem}.`);
+    return uri;
+  }
+
+  function registeredRedirectUri(client: ClientRecord, requested: string | null): string {
     if (requested === null) {
       // OAuth 2.1 §4.1.1: may be omitted only when exactly one is registered.
       if (client.redirectUris.length === 1) return client.redirectUris[0]!;

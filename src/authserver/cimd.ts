@@ -26,6 +26,7 @@ import type { Store } from '../store/port.ts';
 import type { Sealer } from '../store/sealed.ts';
 import { parseClientMetadata } from './client-metadata.ts';
 import type { ClientRecord } from './records.ts';
+import type { RedirectSchemePolicy } from './redirect-uri.ts';
 
 /** Options of {@link createCimdResolver}; checked when it is called. Durations in milliseconds. */
 export interface CimdResolverOptions {
@@ -58,6 +59,8 @@ export interface CimdResolverOptions {
   retainMs?: number;
   /** The clock, epoch milliseconds. Default `Date.now`. */
   now?: () => number;
+  /** `authServer.registration.redirectSchemes`: a document's redirect URIs obey the same lists as a registration's. */
+  redirectSchemes?: RedirectSchemePolicy;
 }
 
 /** Resolves metadata-document client ids. */
@@ -173,7 +176,7 @@ export function createCimdResolver(options: CimdResolverOptions): CimdResolver {
     }
     let metadata;
     try {
-      metadata = parseClientMetadata(document, { publicOnly: true });
+      metadata = parseClientMetadata(document, { publicOnly: true, redirectSchemes: options.redirectSchemes });
     } catch (error) {
       throw new InvalidClient(`the client metadata document is invalid: ${(error as Error).message}`, { cause: error });
     }

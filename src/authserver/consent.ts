@@ -2,8 +2,9 @@
  * The consent page (DESIGN §4, the MCP spec's confused-deputy rule): a gateway that logs users in
  * at the company IdP with one fixed client of its own must ask each user before it hands a code
  * to a client that anyone could have registered. The page names the client and the host its
- * answer goes to (with a warning when the client lives on the user's own computer), lists the
- * scopes, and cannot be framed. Its form is protected by a CSRF token bound to the parked request
+ * answer goes to (with a warning when the client lives on the user's own computer, and one naming
+ * the scheme when the answer opens whichever app on the device registered a private-use scheme),
+ * lists the scopes, and cannot be framed. Its form is protected by a CSRF token bound to the parked request
  * and to a cookie of this browser, and by Origin / Fetch-Metadata checks.
  *
  * An approval is remembered per user and client, both in this browser (a signed cookie) and
@@ -18,7 +19,7 @@ import { finishAuthorization } from './connect-chain.ts';
 import { escapeHtml, page, sendHtml, withHtmlErrors } from './html.ts';
 import type { LoginFlow } from './login-flow.ts';
 import type { ClientRecord, PendingAuthorization } from './records.ts';
-import { isLoopbackRedirect } from './redirect-uri.ts';
+import { isLoopbackRedirect, privateUseScheme } from './redirect-uri.ts';
 import { formTokens } from './cookies.ts';
 
 /** Remembered approvals kept in the consent cookie (the most recent first). */
@@ -60,7 +61,8 @@ export function sendConsentPage(flow: LoginFlow, ctx: RequestContext, input: Con
   const { token: csrf, setCookie: csrfCookie } = formTokens(flow.cookies).issue(ctx.req, Math.ceil(flow.pendingTtlMs / 1000), 'csrf', input.consentId);
 
   const redirect = new URL(pending.redirectUri);
-  const redirectHost = redirect.protocol === 'http:' || redirect.protocol === 'https:' ? redirect.host : redirect.protocol.slice(0, -1);
+  const appScheme = privateUseScheme(pending.redirectUri);
+  const redirectHost = appScheme === undefined ? redirect.host : `the app registered for ${appScheme}: on your device`;
   const onThisComputer = client.redirectUris.every(isLoopbackRedirect);
   const identity =
     client.kind === 'cimd'
@@ -74,6 +76,7 @@ export function sendConsentPage(flow: LoginFlow, ctx: RequestContext, input: Con
   const body = `<p>You are signed in as <strong>${escapeHtml(input.userLabel)}</strong>.</p>
 <p>Application: ${identity}<br><span class="muted">Client ID: <code>${escapeHtml(client.clientId)}</code></span></p>
 <p>After you answer, you are sent to <strong id="redirect-host">${escapeHtml(redirectHost)}</strong>.</p>
+${appScheme !== undefined ? `<p class="warning" role="alert" id="private-use-warning"><strong>Your answer opens the app registered for <code>${escapeHtml(appScheme)}:</code> on your device.</strong> Any application installed on this device can claim that scheme. Approve only if you just started this sign-in yourself, from an application you trust.</p>` : ''}
 ${onThisComputer ? `<p class="warning" role="alert" id="loopback-warning"><strong>This app runs on your computer.</strong> It receives your approval at <code>${escapeHtml(redirectHost)}</code>, an address on the device you are using. Approve only if you just started this sign-in yourself, from an application you trust.</p>` : ''}
 <p>It asks for access to <code>${escapeHtml(pending.resource)}</code>:</p>
 <ul>

@@ -24,6 +24,7 @@ import { createResumeEndpoint, type ConnectChain } from './connect-chain.ts';
 import { createConsentEndpoint } from './consent.ts';
 import type { CookieCodec } from './cookies.ts';
 import type { AuthStores, ClientRecord } from './records.ts';
+import type { RedirectSchemePolicy } from './redirect-uri.ts';
 import { createRegistrationEndpoint } from './register.ts';
 import type { EndSession } from './session-end.ts';
 import { createSignInEndpoint } from './sign-in.ts';
@@ -64,6 +65,12 @@ export interface LoginFlow {
   now: () => number;
   /** Connects the upstreams a request's `mcpgate:connect:<name>` scopes name before the code is issued (the re-challenge chain). */
   connect?: ConnectChain;
+  /**
+   * `authServer.registration.redirectSchemes`, checked at registration and again at each
+   * authorization request (a scheme denied after a client registered stops working at once).
+   * Default: any scheme but the never-accepted ones.
+   */
+  redirectSchemes?: RedirectSchemePolicy;
 }
 
 /** Finds a client by id. @throws InvalidClient when a metadata document cannot be used (the reason is safe to show). */
@@ -131,6 +138,7 @@ export function createLoginRoutes(options: LoginRoutesOptions): Route[] {
         unusedTtlMs: options.registration.unusedTtl,
         maxUnused: options.registration.maxUnused,
         now: flow.now,
+        redirectSchemes: flow.redirectSchemes,
       }),
     });
   }

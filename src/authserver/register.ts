@@ -17,6 +17,7 @@ import { readBody } from '../http/body.ts';
 import { InvalidClientMetadata, InvalidToken, TemporarilyUnavailable, UnsupportedMediaType } from '../http/errors.ts';
 import type { Handler, RequestContext } from '../http/router.ts';
 import { parseClientMetadata } from './client-metadata.ts';
+import type { RedirectSchemePolicy } from './redirect-uri.ts';
 import type { AuthStores, ClientRecord } from './records.ts';
 import { tokenHash } from './stores.ts';
 
@@ -40,6 +41,8 @@ export interface RegistrationEndpointOptions {
   maxUnused?: number;
   /** The clock, epoch milliseconds. Default `Date.now`. */
   now?: () => number;
+  /** `authServer.registration.redirectSchemes`. Default: any scheme but the never-accepted ones. */
+  redirectSchemes?: RedirectSchemePolicy;
 }
 
 /** Creates the handler of `POST /oauth/register`. */
@@ -53,7 +56,7 @@ export function createRegistrationEndpoint(options: RegistrationEndpointOptions)
 
   return async function register(ctx) {
     checkInitialAccessToken(ctx);
-    const metadata = parseClientMetadata(await readJson(ctx), { publicOnly: false });
+    const metadata = parseClientMetadata(await readJson(ctx), { publicOnly: false, redirectSchemes: options.redirectSchemes });
     // Counted once the request is valid: a malformed one spends nothing.
     const budget = await options.stores.clients.admitUnused({ max: maxUnused, windowMs: unusedTtlMs });
     if (!budget.admitted) {
@@ -81,7 +84,8 @@ export function createRegistrationEndpoint(options: RegistrationEndpointOptions)
     await options.stores.clients.put(client, unusedTtlMs);
     ctx.log.clientId = client.clientId;
 
-    // RFC 7591 §3.2.1: the registered metadata, with defaults, and the secret this one time.
+    // RFC 7591 §3.2.1: the registered metadata as registered (defaults filled, unsupported grant and
+    // response types left out), and the secret this one time.
     const response = JSON.stringify({
       client_id: client.clientId,
       client_id_issued_at: Math.floor(createdAt / 1000),

@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { parseDuration } from './duration.ts';
+import { NEVER_REDIRECT_SCHEMES, URI_SCHEME } from './redirect-schemes.ts';
 import { isSecretRef, resolveSecretRef, type SecretSources } from './secrets.ts';
 
 /**
@@ -110,6 +111,29 @@ export function createConfigSchema(sources: SecretSources) {
     authParams: z.record(z.string(), z.string()).default({}),
   });
 
+  /** A URI scheme named without its colon, compared in lower case (RFC 3986 §3.1: schemes are case-insensitive). */
+  const scheme = z
+    .string()
+    .regex(URI_SCHEME, 'must be a URI scheme without the colon (letters, digits, "+", "-", "."; a letter first), e.g. "cursor"')
+    .transform((text) => text.toLowerCase());
+  const redirectSchemes = z
+    .strictObject({
+      /** When set, the only private-use schemes a redirect URI may use (https and loopback http stay accepted). */
+      allow: z
+        .array(
+          scheme
+            .refine((text) => !NEVER_REDIRECT_SCHEMES.includes(text), `is never accepted as a redirect scheme (${NEVER_REDIRECT_SCHEMES.join(', ')})`)
+            .refine((text) => text !== 'http' && text !== 'https', 'http and https are always accepted (http on a loopback host only): list private-use schemes here'),
+        )
+        .optional(),
+      /** Schemes refused, `http` and `https` included. */
+      deny: z.array(scheme).default([]),
+    })
+    .superRefine((value, ctx) => {
+      const both = (value.allow ?? []).filter((s) => value.deny.includes(s));
+      if (both.length > 0) ctx.addIssue({ code: 'custom', path: ['deny'], message: `${both.join(', ')} cannot be both allowed and denied` });
+    });
+
   const authServer = z.strictObject({
     signingKeys: z.array(secret).default([]),
     accessTokenTtl: duration.default(600_000),
@@ -122,12 +146,13 @@ export function createConfigSchema(sources: SecretSources) {
       .strictObject({
         dynamic: z.boolean().default(true),
         initialAccessToken: secret.nullable().default(null),
-        /** How long a registration lives until its first use (an authorization or token request). */
+        /** How long a registration lives until its first use (a sign-in at the IdP for it). */
         unusedTtl: duration.default(600_000),
         /** Most registrations not used yet, across the fleet; past it new ones are refused. */
-        maxUnused: z.number().int().positive().default(10_000),
+        maxUnused: z.number().int().positive().default(1000),
+        redirectSchemes: redirectSchemes.default({ deny: [] }),
       })
-      .default({ dynamic: true, initialAccessToken: null, unusedTtl: 600_000, maxUnused: 10_000 }),
+      .default({ dynamic: true, initialAccessToken: null, unusedTtl: 600_000, maxUnused: 1000, redirectSchemes: { deny: [] } }),
     clientMetadataDocuments: z.boolean().default(true),
   });
 
@@ -233,7 +258,7 @@ export function createConfigSchema(sources: SecretSources) {
         refreshTokenTtl: 30 * 86_400_000,
         sessionMaxLifetime: 7 * 86_400_000,
         maxSessionsPerUser: 20,
-        registration: { dynamic: true, initialAccessToken: null, unusedTtl: 600_000, maxUnused: 10_000 },
+        registration: { dynamic: true, initialAccessToken: null, unusedTtl: 600_000, maxUnused: 1000, redirectSchemes: { deny: [] } },
         clientMetadataDocuments: true,
       }),
       storage: storage.default({ kind: 'memory', memory: { maxBytes: 256 * 1024 * 1024 }, encryptionKeys: [], allowUnencrypted: false }),

@@ -2,9 +2,9 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Logger } from '../observability/logger.ts';
 import { sessionTag } from '../observability/logger.ts';
 import type { GatewayMetrics } from '../observability/metrics.ts';
-import { readBody } from '../http/body.ts';
+import { discardBody, readBody } from '../http/body.ts';
 import type { BodyBudget } from '../http/body-budget.ts';
-import { BadGateway, Forbidden, GatewayTimeout, NotFound } from '../http/errors.ts';
+import { BadGateway, Forbidden, GatewayTimeout, NotFound, PayloadTooLarge } from '../http/errors.ts';
 import type { RequestContext, Route } from '../http/router.ts';
 import type { CredentialRequest, Principal } from '../credentials/types.ts';
 import { AuthRequiredError } from '../upstream-oauth/auth-required.ts';
@@ -64,6 +64,13 @@ const CORS_EXPOSE_HEADERS = 'mcp-session-id, mcp-protocol-version, www-authentic
  * a request we never serve.
  */
 const REFUSED_BODY_READ_BYTES = 16 * 1024;
+/**
+ * How much of a body over `maxBodyBytes` an authenticated (or open-access) request gets read and
+ * thrown away before its 413, so that an agent that sends its whole body before reading (Node's
+ * fetch) reads the 413 instead of failing with EPIPE: up to 16 MiB past the limit, for 5 s. An
+ * unauthenticated request never gets this: its 401 may close the connection at once.
+ */
+const OVERSIZE_DISCARD = { extraBytes: 16 * 1024 * 1024, timeoutMs: 5_000 };
 
 /**
  * The routes of `/{name}/mcp`: check the origin, authenticate, read and inspect the body
@@ -148,7 +155,12 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
     if (ctx.req.method !== 'POST') return relay(ctx, upstream, principal, undefined);
     // Booked in the in-flight budget while it is read, released once the request is answered (a
     // replay after an upstream 401 needs it until then).
-    const body = await readBody(ctx.req, options.maxBodyBytes, options.bodyBudget);
+    const body = await readBody(ctx.req, options.maxBodyBytes, options.bodyBudget).catch(async (error: unknown) => {
+      if (error instanceof PayloadTooLarge) {
+        await discardBody(ctx.req, { maxBytes: options.maxBodyBytes + OVERSIZE_DISCARD.extraBytes, timeoutMs: OVERSIZE_DISCARD.timeoutMs });
+      }
+      throw error;
+    });
     try {
       return await relay(ctx, upstream, principal, body);
     } finally {

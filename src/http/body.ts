@@ -87,6 +87,57 @@ export function readBody(req: IncomingMessage, limit: number, budget?: BodyBudge
 }
 
 function tooLarge(limit: number) {
-  // The rest of the body stays unread: close the connection after answering.
+  // The rest of the body stays unread (or is discarded, see discardBody): close the connection after answering.
   return new PayloadTooLarge(`request body exceeds ${limit} bytes`, { headers: { connection: 'close' } });
+}
+
+/** Bounds of {@link discardBody}. */
+export interface DiscardLimits {
+  /** Bytes read and thrown away at most, counted from the call. */
+  maxBytes: number;
+  /** Time spent at most, in milliseconds. */
+  timeoutMs: number;
+}
+
+/**
+ * Reads the rest of a request body and throws it away, within `limits`; resolves true when the
+ * body ended, false when a bound was reached or the client went away (the caller then answers and
+ * closes the connection anyway).
+ *
+ * Why: an HTTP/1.1 client such as Node's fetch (undici, under the MCP SDKs) writes its whole body
+ * before it reads the answer. A server that answers 413 and closes while the body is still coming
+ * makes that client fail with EPIPE / ECONNRESET, and the agent never learns it was a 413
+ * (RFC 9112 §9.6: close in stages, reading on for a while). A body larger than `maxBytes`, or
+ * slower than `timeoutMs`, is cut as before. Nothing is buffered.
+ */
+export function discardBody(req: IncomingMessage, limits: DiscardLimits): Promise<boolean> {
+  if (req.readableEnded) return Promise.resolve(true);
+  if (req.destroyed) return Promise.resolve(false);
+  // A declared length we would never finish reading is not worth starting on (a body refused by
+  // its Content-Length was not read at all).
+  if (Number(req.headers['content-length']) > limits.maxBytes) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    let read = 0;
+    const finish = (ended: boolean) => {
+      clearTimeout(timer);
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onGone);
+      req.off('close', onGone);
+      if (!ended) req.pause();
+      resolve(ended);
+    };
+    const onData = (chunk: Buffer) => {
+      read += chunk.length;
+      if (read > limits.maxBytes) finish(false);
+    };
+    const onEnd = () => finish(true);
+    const onGone = () => finish(false);
+    const timer = setTimeout(() => finish(false), limits.timeoutMs);
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onGone);
+    req.on('close', onGone);
+    req.resume();
+  });
 }

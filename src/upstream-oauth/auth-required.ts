@@ -13,7 +13,7 @@ export interface AuthRequired {
   flowId: string;
   /** Identifies the pending flow for URL elicitation (`elicitationId`) and `notifications/elicitation/complete`. */
   elicitationId: string;
-  /** A sentence for the user, e.g. "Authorize access to github, then retry." */
+  /** A sentence for the user that names `authUrl` (see {@link authRequiredMessage}). */
   message: string;
   /** Our scope that stands for "connected to this upstream" (the re-challenge channel asks for it). */
   connectScope: string;
@@ -31,4 +31,12 @@ export class AuthRequiredError extends Error {
 /** Our scope meaning "this session may use upstream `name`, connected through its own OAuth". */
 export function connectScopeFor(upstream: string): string {
   return `mcpgate:connect:${upstream}`;
+}
+
+/**
+ * The sentence shown to the user: it carries the URL itself, because agents display a JSON-RPC
+ * error's `message` and not its `data` (where `auth_url` also travels).
+ */
+export function authRequiredMessage(upstream: string, authUrl: string): string {
+  return `Authorization is needed to use "${upstream}": open ${authUrl}, approve access, then retry.`;
 }

@@ -19,7 +19,7 @@ import { BadGateway, ServiceUnavailable } from '../http/errors.ts';
 import { retryOnOutage } from '../store/retry.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Counter } from '../observability/metrics.ts';
-import { connectScopeFor, type AuthRequired } from './auth-required.ts';
+import { authRequiredMessage, connectScopeFor, type AuthRequired } from './auth-required.ts';
 import type { ClientRegistration } from './client-registration.ts';
 import type { Discovery } from './discovery.ts';
 import type { UpstreamFlow, UpstreamToken } from './records.ts';
@@ -195,12 +195,13 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
   const singleFlight = options.singleFlight ?? createSingleFlight();
 
   function signal(flow: UpstreamFlow): AuthRequired {
+    const authUrl = `${base}/oauth/upstream/start?flow=${encodeURIComponent(flow.flowId)}`;
     return {
       upstream: flow.upstream,
-      authUrl: `${base}/oauth/upstream/start?flow=${encodeURIComponent(flow.flowId)}`,
+      authUrl,
       flowId: flow.flowId,
       elicitationId: flow.elicitationId,
-      message: `Authorization is needed to use "${flow.upstream}": open the link, approve access, then retry.`,
+      message: authRequiredMessage(flow.upstream, authUrl),
       connectScope: connectScopeFor(flow.upstream),
     };
   }

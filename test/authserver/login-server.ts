@@ -11,6 +11,7 @@ import { createCookieCodec } from '../../src/authserver/cookies.ts';
 import { sendErrorPage } from '../../src/authserver/html.ts';
 import { createClientLookup, createLoginRoutes, type LoginFlow } from '../../src/authserver/login-flow.ts';
 import type { AuthStores } from '../../src/authserver/records.ts';
+import type { RedirectSchemePolicy } from '../../src/authserver/redirect-uri.ts';
 import { createAuthStores } from '../../src/authserver/stores.ts';
 import { createSessionEnding } from '../../src/authserver/session-end.ts';
 import { applyRouteLimits } from '../../src/http/route-limits.ts';
@@ -46,6 +47,8 @@ export interface LoginServerOptions {
   userClaim?: string;
   /** Metadata documents: `dev` allows http and loopback documents, `strict` is production, `off` disables CIMD. Default `dev`. */
   cimd?: 'dev' | 'strict' | 'off';
+  /** `authServer.registration.redirectSchemes`. Default: none (any scheme but the never-accepted ones). */
+  redirectSchemes?: RedirectSchemePolicy;
 }
 
 export interface LoginServer {
@@ -85,7 +88,7 @@ export async function startLoginServer(options: LoginServerOptions = {}): Promis
   let cimd: CimdResolver | undefined;
   if (mode !== 'off') {
     fetcher = createGuardedFetch(mode === 'dev' ? { allowHttp: true, allowPrivate: true } : {});
-    cimd = createCimdResolver({ fetch: fetcher, store, sealer: createSealer({ keys: [{ id: 'k1', key: randomBytes(32) }] }), allowHttp: mode === 'dev', now });
+    cimd = createCimdResolver({ fetch: fetcher, store, sealer: createSealer({ keys: [{ id: 'k1', key: randomBytes(32) }] }), allowHttp: mode === 'dev', now, redirectSchemes: options.redirectSchemes });
   }
   const flow: LoginFlow = {
     issuer,
@@ -105,6 +108,7 @@ export async function startLoginServer(options: LoginServerOptions = {}): Promis
     now,
     maxSessionsPerUser: options.maxSessionsPerUser,
     endSession: createSessionEnding({ sessions: stores.sessions, onSessionEnded: options.onSessionEnded ? [options.onSessionEnded] : [], logger }),
+    redirectSchemes: options.redirectSchemes,
   };
   const browserLimit = { perIp: options.authorizeLimit ?? 1000, global: 100_000 };
   const routes = applyRouteLimits(

@@ -73,6 +73,13 @@ describe('registration', () => {
     'http://localhost:6274/oauth/callback',
     'com.example.app:/oauth2redirect',
     'cursor.app://anysphere.cursor-retrieval/oauth/callback',
+    // Private-use schemes without a dot, as editors register them.
+    'cursor://anysphere.cursor-retrieval/oauth/user-notes/callback',
+    'windsurf://codeium.windsurf/oauth/callback',
+    'vscode://vscode.github-authentication/did-authenticate',
+    'vscode-insiders://vscode.github-authentication/did-authenticate',
+    'myapp:/callback',
+    'x-my+app.v2:callback',
   ];
   for (const uri of accepted) {
     test(`accepts the redirect URI ${uri}`, async () => {
@@ -90,9 +97,21 @@ describe('registration', () => {
     ['an empty fragment', 'https://app.example.com/cb#'],
     ['credentials', 'https://user:pw@app.example.com/cb'],
     ['javascript:', 'javascript:alert(1)'],
+    ['JAVASCRIPT: in capitals', 'JavaScript:alert(1)'],
+    ['javascript: after a space', ' javascript:alert(1)'],
+    ['javascript: cut by a tab', 'java\tscript:alert(1)'],
+    ['javascript: made to look like a path', 'javascript://app.example.com/%0aalert(1)'],
+    ['vbscript:', 'vbscript:msgbox(1)'],
     ['data:', 'data:text/html,<script>alert(1)</script>'],
     ['file:', 'file:///etc/passwd'],
-    ['a custom scheme without a dot', 'myapp:/callback'],
+    ['about:', 'about:blank'],
+    ['blob:', 'blob:https://app.example.com/3f1c2a7e'],
+    ['view-source:', 'view-source:https://app.example.com/'],
+    ['ws:', 'ws://app.example.com/cb'],
+    ['a fragment on a private-use scheme', 'cursor://anysphere.cursor-retrieval/cb#x'],
+    ['credentials on a private-use scheme', 'cursor://user:pw@anysphere.cursor-retrieval/cb'],
+    ['a user name on a private-use scheme', 'cursor://user@anysphere.cursor-retrieval/cb'],
+    ['a newline', 'https://app.example.com/cb\n'],
     ['a relative reference', '/callback'],
     ['not a URI', 'not a uri'],
     ['an empty string', ''],
@@ -117,9 +136,11 @@ describe('registration', () => {
   });
 
   const badMetadata: Array<[string, Record<string, unknown>]> = [
-    ['an unsupported grant type', { grant_types: ['client_credentials'] }],
-    ['no authorization_code grant', { grant_types: ['refresh_token'] }],
-    ['the implicit response type', { response_types: ['token'] }],
+    ['only an unsupported grant type', { grant_types: ['client_credentials'] }],
+    ['no authorization_code grant', { grant_types: ['refresh_token', 'urn:ietf:params:oauth:grant-type:device_code'] }],
+    ['an empty grant_types', { grant_types: [] }],
+    ['only the implicit response type', { response_types: ['token'] }],
+    ['an empty response_types', { response_types: [] }],
     ['an unsupported auth method', { token_endpoint_auth_method: 'private_key_jwt' }],
     ['a non-string client_name', { client_name: ['x'] }],
     ['a client_name with control characters', { client_name: 'Good\u202eApp' }],
@@ -134,6 +155,32 @@ describe('registration', () => {
       assert.equal(res.body.error, 'invalid_client_metadata');
     });
   }
+
+  test('unsupported grant and response types are left out, and the response shows what was registered (RFC 7591 §3.2.1)', async () => {
+    const res = await register({
+      redirect_uris: ['https://app.example.com/cb'],
+      grant_types: ['refresh_token', 'urn:ietf:params:oauth:grant-type:device_code', 'authorization_code', 'client_credentials', 'authorization_code'],
+      response_types: ['code', 'token', 'code id_token'],
+    });
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+    assert.deepEqual(res.body.grant_types, ['authorization_code', 'refresh_token']);
+    assert.deepEqual(res.body.response_types, ['code']);
+    const stored = await server.stores.clients.get(res.body.client_id as string);
+    assert.deepEqual(stored?.grantTypes, ['authorization_code', 'refresh_token']);
+
+    // Only what was asked for: a client that did not ask for refresh_token does not get it.
+    const codeOnly = await register({ redirect_uris: ['https://app.example.com/cb'], grant_types: ['authorization_code', 'implicit'] });
+    assert.deepEqual(codeOnly.body.grant_types, ['authorization_code']);
+  });
+
+  test('an empty or blank scope is no scope: the client is not restricted to nothing', async () => {
+    for (const scope of ['', ' ']) {
+      const res = await register({ redirect_uris: ['https://app.example.com/cb'], scope });
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+      assert.equal(res.body.scope, undefined);
+      assert.equal((await server.stores.clients.get(res.body.client_id as string))?.scope, undefined);
+    }
+  });
 
   test('refuses a body that is not a JSON object, and another media type', async () => {
     for (const raw of ['[]', 'null', '{"redirect_uris":', '"x"']) {
@@ -309,5 +356,60 @@ describe('rate limit', () => {
     assert.equal((await registerFrom('127.0.0.2')).status, 201, 'another address has its own budget');
     limited.advance(60_000);
     assert.equal((await registerFrom('127.0.0.1')).status, 201, 'a new window, a new budget');
+  });
+});
+
+describe('the operator’s redirect scheme lists (authServer.registration.redirectSchemes)', () => {
+  let listed: LoginServer;
+  let denied: LoginServer;
+  before(async () => {
+    listed = await startLoginServer({ idp, redirectSchemes: { allow: ['cursor', 'vscode'], deny: [] } });
+    denied = await startLoginServer({ idp, redirectSchemes: { deny: ['windsurf', 'http'] } });
+  });
+  after(async () => {
+    await listed?.close();
+    await denied?.close();
+  });
+
+  test('an allow list admits only its private-use schemes; https and loopback http stay accepted', async () => {
+    for (const uri of ['cursor://anysphere.cursor-retrieval/oauth/callback', 'vscode://ext/cb', 'https://app.example.com/cb', 'http://127.0.0.1/cb']) {
+      const res = await register({ redirect_uris: [uri] }, { issuer: listed.issuer });
+      assert.equal(res.status, 201, `${uri}: ${JSON.stringify(res.body)}`);
+    }
+    const res = await register({ redirect_uris: ['https://app.example.com/cb', 'windsurf://codeium.windsurf/cb'] }, { issuer: listed.issuer });
+    assert.equal(res.status, 400);
+    assert.equal(res.body.error, 'invalid_redirect_uri');
+    assert.equal(res.body.error_description, 'redirect_uris[1] uses the windsurf: scheme, which this server does not accept (accepted: https, http (loopback), cursor:, vscode:)');
+  });
+
+  test('a deny list refuses its schemes, http included, and leaves the others open', async () => {
+    for (const uri of ['windsurf://codeium.windsurf/cb', 'http://127.0.0.1:33418/']) {
+      const res = await register({ redirect_uris: [uri] }, { issuer: denied.issuer });
+      assert.equal(res.status, 400, uri);
+      assert.match(String(res.body.error_description), /which this server does not accept/);
+    }
+    assert.equal((await register({ redirect_uris: ['cursor://anysphere.cursor-retrieval/cb'] }, { issuer: denied.issuer })).status, 201);
+  });
+
+  test('a scheme denied after a client registered is refused at the authorization request', async () => {
+    // Registered at `denied` directly in the store, as if before the operator added windsurf to the list.
+    const uri = 'windsurf://codeium.windsurf/cb';
+    await denied.stores.clients.put(
+      { clientId: 'old-windsurf', kind: 'dcr', tokenEndpointAuthMethod: 'none', redirectUris: [uri], grantTypes: ['authorization_code'], createdAt: denied.now() },
+      86_400_000,
+    );
+    const params = new URLSearchParams({
+      client_id: 'old-windsurf',
+      redirect_uri: uri,
+      response_type: 'code',
+      code_challenge: pkcePair().challenge,
+      code_challenge_method: 'S256',
+      state: 's',
+      resource: denied.resource('kube'),
+    });
+    const res = await fetch(`${denied.issuer}/oauth/authorize?${params}`, { redirect: 'manual' });
+    assert.equal(res.status, 400);
+    assert.equal(res.headers.get('location'), null, 'never redirected to a refused scheme');
+    assert.match(await res.text(), /uses the windsurf: scheme, which this server does not accept/);
   });
 });

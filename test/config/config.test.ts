@@ -282,6 +282,38 @@ upstreams: [{ name: a, url: "https://a.example/mcp", auth: ${auth} }]
       (error: unknown) => error instanceof ConfigError && error.problems.some((p) => /cannot read \(ENOENT\)/.test(p)),
     );
   });
+
+  it('reads authServer.registration.redirectSchemes: lower case, never a dangerous scheme in allow, nothing both allowed and denied', () => {
+    const defaults = parseConfig(MINIMAL, 'mcpgate.yaml', sources());
+    assert.deepEqual(defaults.authServer.registration.redirectSchemes, { deny: [] });
+
+    const config = parseConfig(
+      `${MINIMAL}
+authServer:
+  registration:
+    redirectSchemes: { allow: ["Cursor", "vscode-insiders"], deny: ["windsurf"] }
+`,
+      'mcpgate.yaml',
+      sources(),
+    );
+    assert.deepEqual(config.authServer.registration.redirectSchemes, { allow: ['cursor', 'vscode-insiders'], deny: ['windsurf'] });
+
+    const problems = problemsOf(`${MINIMAL}
+authServer:
+  registration:
+    redirectSchemes: { allow: ["javascript", "https", "cursor:", "cursor"], deny: ["cursor"], extra: true }
+`);
+    const expect: Array<[string, RegExp]> = [
+      ['authServer.registration.redirectSchemes.allow[0]', /never accepted as a redirect scheme/],
+      ['authServer.registration.redirectSchemes.allow[1]', /always accepted/],
+      ['authServer.registration.redirectSchemes.allow[2]', /without the colon/],
+      ['authServer.registration.redirectSchemes.deny', /cursor cannot be both allowed and denied/],
+      ['authServer.registration.redirectSchemes', /extra/],
+    ];
+    for (const [path, message] of expect) {
+      assert.ok(problems.some((p) => p.startsWith(`${path}: `) && message.test(p)), `${path} ${message}:\n${problems.join('\n')}`);
+    }
+  });
 });
 
 describe('what cannot work or would leak is flagged by the schema (issue 10, items 4, 7, 9)', () => {

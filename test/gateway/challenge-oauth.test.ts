@@ -89,6 +89,8 @@ describe('auth_required through the real oauth mode, seen by the SDK client', ()
     assert.ok(error instanceof McpError);
     assert.equal(error.code, AUTH_REQUIRED_RPC_CODE);
     assert.equal((error.data as { auth_url: string }).auth_url, data.auth_url, 'concurrent requests share one pending flow');
+    // Agents show the error's message, not its data: the URL must be in the text the user reads.
+    assert.equal(error.message, `MCP error ${AUTH_REQUIRED_RPC_CODE}: Authorization is needed to use "notes": open ${data.auth_url}, approve access, then retry.`);
 
     assert.equal((await h.connect(h.browser(user), data.auth_url)).status, 200);
     assert.equal((await whoami(client)).isError, undefined);
