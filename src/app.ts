@@ -32,6 +32,7 @@ import { createClientCapabilities } from './gateway/client-capabilities.ts';
 import { createMcpRoutes } from './gateway/mcp-route.ts';
 import { createSessionOwners } from './gateway/session-owner.ts';
 import { createStreamRegistry } from './gateway/stream-registry.ts';
+import { createToolCatalog } from './gateway/tool-catalog.ts';
 import type { Upstream } from './gateway/upstream.ts';
 import { createJwtAuthenticator } from './gateway/verify-token.ts';
 import { createBodyBudget } from './http/body-budget.ts';
@@ -218,6 +219,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         streams,
         // With login, each MCP session id is served only to the user it was issued to.
         sessionOwners: login ? createSessionOwners({ store, sealer, now }) : undefined,
+        logUser: config.log.user,
+        toolCatalog: createToolCatalog({ maxPerUpstream: 200 }),
       }),
     ],
   });

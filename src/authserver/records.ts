@@ -77,6 +77,8 @@ export interface AuthorizationCodeRecord {
 export interface SessionRecord {
   sessionId: string;
   subject: string;
+  /** The IdP's own `sub` for the user, when it differs from `subject` (`idp.userClaim` is another claim); for the access log. */
+  idpSubject?: string;
   clientId: string;
   createdAt: number;
   /** When the family ends unless refreshed again (now + refreshTokenTtl at each refresh). */

@@ -2,6 +2,7 @@ import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import type { UpstreamRejection } from '../credentials/types.ts';
 import { agentResponseHeaders, isEventStream, relocate, type UpstreamPlace } from './headers.ts';
+import type { ResponseObserver } from './response-tap.ts';
 
 /** One request to send upstream and where its answer goes. */
 export interface ForwardRequest {
@@ -44,6 +45,12 @@ export interface ForwardRequest {
   onCut?(): void;
   /** Called when an SSE response starts, with a way to add our own events to it (notifications/elicitation/complete). */
   onSse?(injector: SseInjector): void;
+  /**
+   * Sees a streamed (not held) response as it is written to the agent: its head, a copy of each
+   * chunk, and its end before the agent's response ends. It never delays a byte (the audit's
+   * upstream status, tool names and tool errors).
+   */
+  observe?: ResponseObserver;
 }
 
 /** Adds whole SSE events to a forwarded stream without splitting the upstream's events. */
@@ -220,6 +227,7 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
     function startStreaming(statusCode: number, headers: IncomingHttpHeaders): void {
       mode = 'streaming';
       stream = isEventStream(headers);
+      request.observe?.head(statusCode, headers);
       res.writeHead(statusCode, agentResponseHeaders(headers, request.place));
       if (stream) {
         // Send headers now: an idle GET stream must reach the agent before its first event.
@@ -244,6 +252,7 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
         tail = Buffer.concat([tail, chunk.subarray(-4)]).subarray(-4);
         atBoundary = endsEvent(tail);
       }
+      request.observe?.data(chunk);
       const flowing = res.write(chunk);
       if (atBoundary && pending.length > 0) flushPending();
       if (!flowing) {
@@ -253,6 +262,7 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
     }
 
     function streamEnd(): void {
+      request.observe?.end();
       if (atBoundary) flushPending();
       res.end();
       finish({ kind: 'sent', status, stream, bytes, cut: false });
