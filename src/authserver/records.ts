@@ -160,6 +160,11 @@ export interface AuthStores {
     extend(sessionId: string, expiresAt: number): Promise<SessionRecord | undefined>;
     /** The sessions of a user (for "sign out everywhere"). */
     listForUser(subject: string): Promise<string[]>;
+    /**
+     * Every live session (operators: `mcpgate sessions list`). Sessions created before this index
+     * existed appear once they are refreshed.
+     */
+    listAll(): Promise<string[]>;
     /** Ends a session: its record, its IdP tokens, its refresh tokens and upstream tokens stop working. */
     revoke(sessionId: string): Promise<void>;
   };

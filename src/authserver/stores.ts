@@ -11,6 +11,7 @@
  * - `session:{<sid>}`                    SessionRecord
  * - `idp:{<sid>}`                        IdpTokens, sealed
  * - `user:<sub>:sessions`                set of sids
+ * - `sessions`                           set of every sid (operators' `mcpgate sessions list`); pruned when listed
  * - `rt:<sha256(token)>`                 RefreshTokenRecord (rotated in place, never deleted on use)
  *
  * Sealed values are sealed under their own key name, so a value copied under another key (one
@@ -85,6 +86,7 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
     session: (sid: string) => `session:{${sid}}`,
     idp: (sid: string) => `idp:{${sid}}`,
     userSessions: (subject: string) => `user:${encodeURIComponent(subject)}:sessions`,
+    allSessions: () => 'sessions',
     refreshToken: (token: string) => `rt:${tokenHash(token)}`,
   };
 
@@ -145,6 +147,7 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
       if (ttl <= 0) throw new RangeError('session.expiresAt is in the past');
       // Index first: a session missing from its user's index would survive "sign out everywhere".
       await store.addMembers(keys.userSessions(session.subject), [session.sessionId], ttl);
+      await store.addMembers(keys.allSessions(), [session.sessionId], ttl);
       await store.set(keys.session(session.sessionId), JSON.stringify(session), ttl);
     },
     async extend(sessionId, expiresAt) {
@@ -160,6 +163,7 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
         // Compare-and-set, not set: a revoke that lands between the read and the write wins.
         if (!(await store.compareAndSet(key, text, JSON.stringify(extended), ttlUntil(extended.expiresAt)))) continue;
         await store.addMembers(keys.userSessions(session.subject), [sessionId], ttlUntil(extended.expiresAt));
+        await store.addMembers(keys.allSessions(), [sessionId], ttlUntil(extended.expiresAt));
         // The IdP tokens must live as long as the session. Rewriting the same sealed bytes by
         // compare-and-set only moves the TTL, so an IdP refresh racing with this is never undone.
         const idpKey = keys.idp(sessionId);
@@ -172,6 +176,17 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
     async listForUser(subject) {
       return store.members(keys.userSessions(subject));
     },
+    async listAll() {
+      // Members never expire one by one: a session that ran out is dropped from the index here.
+      const live: string[] = [];
+      const gone: string[] = [];
+      for (const sid of await store.members(keys.allSessions())) {
+        if (await sessions.get(sid)) live.push(sid);
+        else gone.push(sid);
+      }
+      if (gone.length > 0) await store.removeMembers(keys.allSessions(), gone);
+      return live;
+    },
     async revoke(sessionId) {
       const session = await readJson<SessionRecord>(keys.session(sessionId));
       // The session record goes first: every refresh and every gateway request checks it, so the
@@ -179,6 +194,7 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
       await store.delete([keys.session(sessionId), keys.idp(sessionId)]);
       opened.delete(keys.idp(sessionId));
       if (session) await store.removeMembers(keys.userSessions(session.subject), [sessionId]);
+      await store.removeMembers(keys.allSessions(), [sessionId]);
     },
   };
 

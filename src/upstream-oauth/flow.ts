@@ -131,8 +131,12 @@ export interface UpstreamFlows {
   refresh(sessionId: string, upstream: string, stale?: (token: UpstreamToken) => boolean): Promise<UpstreamToken>;
   /** Forgets the token and revokes it at the upstream (RFC 7009) when it lists a revocation endpoint. */
   disconnect(sessionId: string, upstream: string): Promise<{ connected: boolean; revoked: boolean }>;
-  /** Logout: forgets (and revokes) every upstream token of a session. */
-  forgetSession(sessionId: string): Promise<void>;
+  /**
+   * Logout: forgets (and revokes) every upstream token of a session. Resolves with how many rows
+   * were forgotten and how many of them the upstream's authorization server confirmed revoked
+   * (a server without a revocation endpoint, or one that failed, leaves the grant to expire there).
+   */
+  forgetSession(sessionId: string): Promise<{ forgotten: number; revoked: number }>;
 }
 
 const FLOW_TTL_MS = 10 * 60_000;
@@ -414,7 +418,8 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
 
     async forgetSession(sessionId) {
       const rows = await stores.tokens.forgetSession(sessionId);
-      await Promise.all(rows.map(revokeAll));
+      const revoked = await Promise.all(rows.map(revokeAll));
+      return { forgotten: rows.length, revoked: revoked.filter(Boolean).length };
     },
   };
 }
