@@ -271,6 +271,7 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
       }
       // Only the row holding the refused refresh token goes: never one written meanwhile (compare-and-delete).
       if (latest) await stores.tokens.takeIf(sessionId, upstream, latest.version);
+      await forgetUnknownClient(row.server.issuer, row.client, err);
       counted.outcome = 'rejected';
       throw new RefreshRejectedError(`the authorization server of upstream "${upstream}" refused the refresh token (${err.oauthError ?? 'rejected'})`, { cause: err });
     }
@@ -314,6 +315,17 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
     return revokeToken({ fetch, endpoint, client: row.client, token, tokenTypeHint });
   }
 
+  /**
+   * `invalid_client` for a dynamically registered client means the server dropped our
+   * registration (expired, deleted): the cached one is forgotten so the next flow registers again.
+   * True when the error was that.
+   */
+  async function forgetUnknownClient(issuer: string, client: UpstreamToken['client'], err: TokenEndpointError): Promise<boolean> {
+    if (err.oauthError !== 'invalid_client' || client.source !== 'dcr') return false;
+    await registration.forgetClient({ issuer, clientId: client.clientId });
+    return true;
+  }
+
   /** The callback's checks and the code exchange of `complete`, uncounted. */
   async function exchangeCode(flow: UpstreamFlow, params: URLSearchParams, abort: AbortSignal | undefined): Promise<UpstreamToken> {
     const iss = params.get('iss');
@@ -347,8 +359,13 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
         signal: abort,
       });
     } catch (err) {
-      if (err instanceof TokenEndpointError) throw new FlowError('exchange_failed', `the code could not be exchanged: ${err.message}`, { cause: err });
-      throw err;
+      if (!(err instanceof TokenEndpointError)) throw err;
+      // The code was issued to the registration the server has now forgotten: no new registration
+      // can redeem it, so the user starts again, and that flow registers anew.
+      if (await forgetUnknownClient(flow.server.issuer, flow.client, err)) {
+        throw new FlowError('exchange_failed', `the authorization server of "${flow.upstream}" no longer knows this gateway's registration; it has been renewed: start again from your agent`, { cause: err });
+      }
+      throw new FlowError('exchange_failed', `the code could not be exchanged: ${err.message}`, { cause: err });
     }
     const token: UpstreamToken = {
       upstream: flow.upstream,
