@@ -90,6 +90,10 @@ export interface UpstreamWithAs {
   asRequests: RecordedAsRequest[];
   /** Successful dynamic registrations. */
   registrations(): number;
+  /** Whether the server still knows a (dynamically registered) client. */
+  knowsClient(clientId: string): Promise<boolean>;
+  /** Deletes a client at the server, behind its owner's back (as an administrator or an expiry would). */
+  deleteClient(clientId: string): Promise<void>;
   /** Client ID metadata documents fetched. */
   metadataFetches(): number;
   /** Refresh-token grants answered successfully. */
@@ -137,6 +141,7 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
     : undefined;
 
   const { privateKey } = await generateKeyPair('ES256', { extractable: true });
+  const Adapter = createMemoryAdapter();
   const provider = new Provider(issuer, {
     clients: client
       ? [{
@@ -149,7 +154,7 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
         }]
       : [],
     jwks: { keys: [{ ...(await exportJWK(privateKey)), alg: 'ES256', use: 'sig', kid: 'upstream-as-1' }] },
-    adapter: createMemoryAdapter(),
+    adapter: Adapter,
     // Cookies ignore ports: on 127.0.0.1 the default names would clobber another provider's (the company IdP's).
     cookies: { keys: [randomBytes(32).toString('base64url')], names: { session: 'upstream_as_session', interaction: 'upstream_as_interaction', resume: 'upstream_as_interaction_resume' } },
     // Its one signing key is ES256; clients that never asked for ID tokens still get a default alg.
@@ -160,6 +165,8 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
       devInteractions: { enabled: false },
       revocation: { enabled: true },
       registration: { enabled: options.registration === 'dcr' },
+      // RFC 7592: clients it registers get a registration access token and URI (read, update, delete).
+      registrationManagement: { enabled: options.registration === 'dcr' },
       clientIdMetadataDocument: { enabled: options.registration === 'cimd', ack: 'draft-02' },
       resourceIndicators: {
         enabled: true,
@@ -347,6 +354,8 @@ export async function startUpstreamWithAs(options: UpstreamWithAsOptions): Promi
     revocations,
     asRequests,
     registrations: () => registrations,
+    knowsClient: async (clientId) => (await new Adapter('Client').find(clientId)) !== undefined,
+    deleteClient: (clientId) => new Adapter('Client').destroy(clientId),
     metadataFetches: () => metadataFetches,
     refreshCount: () => refreshes,
     refreshRejections: () => refreshRejections,

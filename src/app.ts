@@ -34,6 +34,7 @@ import { createElicitationEvents } from './gateway/elicitation-events.ts';
 import { createMcpRoutes } from './gateway/mcp-route.ts';
 import { createSessionOwners } from './gateway/session-owner.ts';
 import { createStreamRegistry } from './gateway/stream-registry.ts';
+import { createToolCatalog } from './gateway/tool-catalog.ts';
 import type { Upstream } from './gateway/upstream.ts';
 import { createJwtAuthenticator } from './gateway/verify-token.ts';
 import { createBodyBudget } from './http/body-budget.ts';
@@ -243,6 +244,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         sessionOwners: login ? createSessionOwners({ store, sealer, now }) : undefined,
         // Answers to requests in flight get most of drainTimeout; the last second is for ending them at an event boundary.
         drain: { signal: drain.signal, requestGraceMs: config.server.drainTimeout - Math.min(1000, Math.floor(config.server.drainTimeout / 5)) },
+        logUser: config.log.user,
+        toolCatalog: createToolCatalog({ maxPerUpstream: 200 }),
       }),
     ], {
       store,

@@ -4,6 +4,8 @@ import { parseArgs } from 'node:util';
 import { createApp } from './app.ts';
 import { generateSigningKeyPem, generateStoreKey } from './authserver/keys.ts';
 import { ConfigError, loadConfigFile } from './config/load.ts';
+import { sessionsCommand } from './cli/sessions.ts';
+import { upstreamsCommand } from './cli/upstreams.ts';
 import type { Config } from './config/schema.ts';
 import { formatResealReport, resealComplete, resealValues } from './store/reseal.ts';
 import { createValkeyMaintenance } from './store/valkey_maintenance.ts';
@@ -19,6 +21,13 @@ Usage:
   mcpgate keys reseal --config FILE
                                   seal every stored value under the first of storage.encryptionKeys,
                                   so an older key can be removed (safe while the gateway serves)
+  mcpgate sessions list [--user USER] --config FILE
+                                  the live login sessions (user, session id prefix, client, created, expires)
+  mcpgate sessions revoke (--user USER | --session ID) --config FILE
+                                  end sessions now on every replica and revoke their upstream grants
+  mcpgate upstreams deregister NAME --config FILE
+                                  delete this gateway's registrations at the upstream's authorization
+                                  server (RFC 7592) and forget them
   mcpgate --version | --help
 
 Environment overrides: MCPGATE_LISTEN, MCPGATE_PUBLIC_URL, MCPGATE_LOG_LEVEL.
@@ -29,7 +38,13 @@ function version(): string {
   return pkg.version;
 }
 
+/** Where operators' commands write. */
+const stdio = { stdout: (text: string) => void process.stdout.write(text), stderr: (text: string) => void process.stderr.write(text) };
+
 async function main(argv: string[]): Promise<number> {
+  // Subcommand modules parse their own options.
+  if (argv[0] === 'sessions') return sessionsCommand(argv.slice(1), loadOrReport, stdio);
+  if (argv[0] === 'upstreams') return upstreamsCommand(argv.slice(1), loadOrReport, stdio);
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,

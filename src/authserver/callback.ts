@@ -86,7 +86,9 @@ export function createCallbackEndpoint(flow: LoginFlow): Handler {
     const now = flow.now();
     const sessionId = randomBytes(32).toString('base64url');
     const lifetime = consented ? flow.sessionTtlMs : flow.pendingTtlMs;
-    await flow.stores.sessions.put({ sessionId, subject, clientId: client.clientId, createdAt: now, expiresAt: now + lifetime });
+    // The IdP's `sub` is kept only when it says something `subject` does not (log.user: sub).
+    const idpSub = typeof result.claims['sub'] === 'string' && result.claims['sub'] !== subject ? result.claims['sub'].slice(0, 256) : undefined;
+    await flow.stores.sessions.put({ sessionId, subject, ...(idpSub === undefined ? {} : { idpSubject: idpSub }), clientId: client.clientId, createdAt: now, expiresAt: now + lifetime });
     await flow.stores.idpTokens.put(sessionId, result.tokens, lifetime);
     await endSessionsOverCap(flow, subject, sessionId);
     const cookies = [login.issue({ sub: subject, sid: sessionId })];

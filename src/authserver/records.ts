@@ -81,6 +81,8 @@ export interface AuthorizationCodeRecord {
 export interface SessionRecord {
   sessionId: string;
   subject: string;
+  /** The IdP's own `sub` for the user, when it differs from `subject` (`idp.userClaim` is another claim); for the access log. */
+  idpSubject?: string;
   clientId: string;
   createdAt: number;
   /** When the family ends unless refreshed again (now + refreshTokenTtl at each refresh). */
@@ -169,6 +171,11 @@ export interface AuthStores {
     extend(sessionId: string, expiresAt: number): Promise<SessionRecord | undefined>;
     /** The sessions of a user (for "sign out everywhere"). */
     listForUser(subject: string): Promise<string[]>;
+    /**
+     * Every live session (operators: `mcpgate sessions list`). Sessions created before this index
+     * existed appear once they are refreshed.
+     */
+    listAll(): Promise<string[]>;
     /** Ends a session: its record, its IdP tokens, its refresh tokens and upstream tokens stop working. */
     revoke(sessionId: string): Promise<void>;
   };

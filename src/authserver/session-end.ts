@@ -16,7 +16,7 @@ import { sessionTag } from '../observability/logger.ts';
 import type { AuthStores } from './records.ts';
 
 /** Runs after a session has ended, with its `sid`. */
-export type SessionEndedHook = (sessionId: string) => Promise<void>;
+export type SessionEndedHook = (sessionId: string) => Promise<unknown>;
 
 /** Ends a session and runs the hooks (see the module comment). Throws only when the session itself could not be revoked. */
 export type EndSession = (sessionId: string) => Promise<void>;

@@ -8,9 +8,10 @@
  * - `pending:<state>`                    PendingAuthorization (our IdP PKCE verifier)
  * - `signin:<state>`                     PendingSignIn (our IdP PKCE verifier)
  * - `code:<sha256(code)>`                AuthorizationCodeRecord; once consumed, a "used" marker
- * - `session:{<sid>}`                    SessionRecord, with the session's entry in its user's index
+ * - `session:{<sid>}`                    SessionRecord, with the session's entries in its user's index and in `sessions`
  * - `idp:{<sid>}`                        IdpTokens
  * - `user:<sub>:sessions`                set of the user's sids, each sealed (see below)
+ * - `sessions`                           set of every sid, each sealed (operators' `mcpgate sessions list`); pruned when listed
  * - `rt:<sha256(token)>`                 RefreshTokenRecord (rotated in place, never deleted on use)
  * - `registrations:unused:<window>`      count of registrations admitted in that window (not sealed: a
  *                                        number that grants nothing; forging it can only refuse registrations)
@@ -72,6 +73,8 @@ type StoredCode = { live: AuthorizationCodeRecord } | { usedBy: string };
 interface StoredSession {
   session: SessionRecord;
   indexEntry: string;
+  /** The session's entry in the set of every session (absent on records written before that set existed). */
+  allEntry?: string;
 }
 
 /** A stored refresh token with its own deadline, so rotation can keep the TTL it had. */
@@ -104,6 +107,7 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
     session: (sid: string) => `session:{${sid}}`,
     idp: (sid: string) => `idp:{${sid}}`,
     userSessions: (subject: string) => `user:${encodeURIComponent(subject)}:sessions`,
+    allSessions: () => 'sessions',
     refreshToken: (token: string) => `rt:${tokenHash(token)}`,
   };
 
@@ -195,9 +199,11 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
       // An existing session keeps its index entry (a second one would outlive it in the index).
       const existing = await read<StoredSession>(key);
       const indexEntry = existing?.session.subject === session.subject ? existing.indexEntry : indexEntryFor(session);
+      const allEntry = existing?.allEntry ?? seal(keys.allSessions(), session.sessionId);
       // Index first: a session missing from its user's index would survive "sign out everywhere".
       await store.addMembers(keys.userSessions(session.subject), [indexEntry], ttl);
-      await store.set(key, seal(key, { session, indexEntry } satisfies StoredSession), ttl);
+      await store.addMembers(keys.allSessions(), [allEntry], ttl);
+      await store.set(key, seal(key, { session, indexEntry, allEntry } satisfies StoredSession), ttl);
     },
     async extend(sessionId, expiresAt) {
       const ttl = ttlUntil(expiresAt);
@@ -207,12 +213,13 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
         const text = await store.get(key);
         const stored = open<StoredSession>(key, text);
         if (text === undefined || stored === undefined) return undefined;
-        const { session, indexEntry } = stored;
+        const { session, indexEntry, allEntry } = stored;
         if (session.expiresAt <= now()) return undefined;
         const extended: SessionRecord = { ...session, expiresAt: Math.max(session.expiresAt, expiresAt) };
         // Compare-and-set, not set: a revoke that lands between the read and the write wins.
-        if (!(await store.compareAndSet(key, text, seal(key, { session: extended, indexEntry } satisfies StoredSession), ttlUntil(extended.expiresAt)))) continue;
+        if (!(await store.compareAndSet(key, text, seal(key, { session: extended, indexEntry, allEntry } satisfies StoredSession), ttlUntil(extended.expiresAt)))) continue;
         await store.addMembers(keys.userSessions(session.subject), [indexEntry], ttlUntil(extended.expiresAt));
+        if (allEntry) await store.addMembers(keys.allSessions(), [allEntry], ttlUntil(extended.expiresAt));
         // The IdP tokens must live as long as the session. Rewriting the same sealed bytes by
         // compare-and-set only moves the TTL, so an IdP refresh racing with this is never undone.
         const idpKey = keys.idp(sessionId);
@@ -235,6 +242,19 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
       if (unreadable.length > 0) await store.removeMembers(indexKey, unreadable);
       return sessionIds;
     },
+    async listAll() {
+      // Members never expire one by one: a session that ran out (or an entry that does not open) is dropped here.
+      const allKey = keys.allSessions();
+      const live: string[] = [];
+      const gone: string[] = [];
+      for (const entry of await store.members(allKey)) {
+        const sid = open<string>(allKey, entry);
+        if (sid !== undefined && (await sessions.get(sid))) live.push(sid);
+        else gone.push(entry);
+      }
+      if (gone.length > 0) await store.removeMembers(allKey, gone);
+      return live;
+    },
     async revoke(sessionId) {
       const stored = await read<StoredSession>(keys.session(sessionId));
       // The session record goes first: every refresh and every gateway request checks it, so the
@@ -242,6 +262,7 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
       await store.delete([keys.session(sessionId), keys.idp(sessionId)]);
       opened.delete(keys.idp(sessionId));
       if (stored) await store.removeMembers(keys.userSessions(stored.session.subject), [stored.indexEntry]);
+      if (stored?.allEntry) await store.removeMembers(keys.allSessions(), [stored.allEntry]);
     },
   };
 

@@ -212,6 +212,14 @@ export function createConfigSchema(sources: SecretSources) {
     allowUnencrypted: z.boolean().default(false),
   });
 
+  const log = z.strictObject({
+    /**
+     * Who the access log names on MCP requests: `sub` the IdP's `sub` claim (opaque, stable), `claim`
+     * the claim `idp.userClaim` names (what the gateway knows the user by), `none` nobody.
+     */
+    user: z.enum(['none', 'sub', 'claim']).default('sub'),
+  });
+
   const challenge = z.enum(['auto', 'elicitation', 'tool_result', 'reauthorize']);
   const auth = z.discriminatedUnion('mode', [
     z.strictObject({ mode: z.literal('none') }),
@@ -262,6 +270,7 @@ export function createConfigSchema(sources: SecretSources) {
         clientMetadataDocuments: true,
       }),
       storage: storage.default({ kind: 'memory', memory: { maxBytes: 256 * 1024 * 1024 }, encryptionKeys: [], allowUnencrypted: false }),
+      log: log.default({ user: 'sub' }),
       upstreams: z.array(upstream).min(1, 'at least one upstream is required'),
     })
     // `when`: the cross-field rules run even when some field failed, so a file's problems are all

@@ -9,6 +9,8 @@ import type { RpcInfo } from '../gateway/jsonrpc.ts';
 export interface Principal {
   /** The user (the configured `userClaim` of the IdP's ID token). */
   subject: string;
+  /** The IdP's `sub` of the user when it differs from `subject` (from the session; the access log's `log.user: sub`). */
+  idpSubject?: string;
   /** The session / token family (`sid`): the key of the stored upstream credentials. */
   sessionId: string;
   clientId: string;

@@ -2,6 +2,7 @@ import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import type { UpstreamRejection } from '../credentials/types.ts';
 import { agentResponseHeaders, isEventStream, relocate, type UpstreamPlace } from './headers.ts';
+import type { ResponseObserver } from './response-tap.ts';
 
 /** One request to send upstream and where its answer goes. */
 export interface ForwardRequest {
@@ -35,6 +36,8 @@ export interface ForwardRequest {
   onCut?(): void;
   /** Called when an SSE response starts, with a way to add our own events to it (notifications/elicitation/complete). */
   onSse?(injector: SseInjector): void;
+  /** Time allowed for a held body after its headers, in ms. Default 5000. */
+  heldBodyTimeoutMs?: number;
   /**
    * Called with a response's status and headers before any of it reaches the agent (not for held
    * responses). A returned promise pauses the upstream until it settles: the agent sees nothing
@@ -42,8 +45,6 @@ export interface ForwardRequest {
    * is in the store before the agent can send its next request, to any replica. A rejection aborts the
    * upstream request and `forward` rejects with it (a store failure: 503).
    */
-  /** Time allowed for a held body after its headers, in ms. Default 5000. */
-  heldBodyTimeoutMs?: number;
   beforeResponse?(status: number, headers: IncomingHttpHeaders): Promise<void> | undefined;
   /**
    * When aborted (the gateway is shutting down), an SSE response ends at the next event boundary,
@@ -51,6 +52,12 @@ export interface ForwardRequest {
    * replica) with the `Last-Event-ID` of the last whole event it received. Other responses are not affected.
    */
   endStream?: AbortSignal;
+  /**
+   * Sees a streamed (not held) response as it is written to the agent: its head, a copy of each
+   * chunk, and its end before the agent's response ends. It never delays a byte (the audit's
+   * upstream status, tool names and tool errors).
+   */
+  observe?: ResponseObserver;
 }
 
 /** Adds whole SSE events to a forwarded stream without splitting the upstream's events. */
@@ -208,6 +215,7 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
           // Only the rest of the event under way goes out; what follows it is left to the resumed stream.
           const end = eventEnd(tail, chunk);
           if (end >= 0) {
+            request.observe?.data(chunk.subarray(0, end));
             res.write(chunk.subarray(0, end));
             bytes += end;
             atBoundary = true;
@@ -221,6 +229,7 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
           tail = Buffer.concat([tail, chunk.subarray(-4)]).subarray(-4);
           atBoundary = endsEvent(tail);
         }
+        request.observe?.data(chunk);
         const flowing = res.write(chunk);
         if (atBoundary && pending.length > 0) flushPending();
         if (!flowing) {
@@ -238,6 +247,7 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
           finishHeld(false);
           return;
         }
+        request.observe?.end();
         if (atBoundary) flushPending();
         res.end();
         finish({ kind: 'sent', status, stream, bytes, cut: false });
@@ -266,6 +276,7 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
     function startResponse(statusCode: number, headers: IncomingHttpHeaders): void {
       mode = 'streaming';
       stream = isEventStream(headers);
+      request.observe?.head(statusCode, headers);
       res.writeHead(statusCode, agentResponseHeaders(headers, request.place));
       if (stream) {
         // Send headers now: an idle GET stream must reach the agent before its first event.

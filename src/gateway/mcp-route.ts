@@ -16,6 +16,8 @@ import type { StreamRegistry } from './stream-registry.ts';
 import { forward, UpstreamError } from './forward.ts';
 import { upstreamRequestHeaders } from './headers.ts';
 import { inspectRpc, type RpcInfo } from './jsonrpc.ts';
+import { createRpcResponseTap, type ResponseObserver } from './response-tap.ts';
+import type { ToolCatalog } from './tool-catalog.ts';
 import type { Upstream } from './upstream.ts';
 
 /** Dependencies of the MCP gateway path. */
@@ -53,7 +55,27 @@ export interface McpRouteOptions {
    * flight, may run `requestGraceMs` longer before it is ended the same way.
    */
   drain?: { signal: AbortSignal; requestGraceMs: number };
+  /**
+   * Who the access-log line names (`log.user`): `sub` the IdP's `sub`, `claim` the user as the
+   * gateway knows them (`idp.userClaim`), `none` nobody. Default `sub`.
+   */
+  logUser?: 'none' | 'sub' | 'claim';
+  /** The tool names upstreams listed: the label set of the tool-call metric. Without it every tool is `other`. */
+  toolCatalog?: ToolCatalog;
 }
+
+/**
+ * What became of an MCP request, in its access-log line (`outcome`) and the tool-call metric:
+ * `ok` the upstream answered below 400; `tool_error` a `tools/call` answered with a JSON-RPC
+ * error or a result with `isError`; `upstream_error` the upstream answered 400 or more;
+ * `auth_required` the user must authorize an upstream (the channel is in `authRequired`);
+ * `denied` our access token was refused (401/403); `error` anything else (502, 504, 503…);
+ * `cancelled` the agent left first.
+ */
+export type RequestOutcome = 'ok' | 'tool_error' | 'upstream_error' | 'auth_required' | 'denied' | 'error' | 'cancelled';
+
+/** Most bytes of one `tools/list` answer read for tool names, and of a `tools/call` answer for its error flag. */
+const TAP_BYTES = { list: 1024 * 1024, call: 256 * 1024 };
 
 const CORS_ALLOW_HEADERS = 'authorization, content-type, accept, mcp-session-id, mcp-protocol-version, last-event-id, mcp-method, mcp-name';
 const CORS_EXPOSE_HEADERS = 'mcp-session-id, mcp-protocol-version, www-authenticate';
@@ -149,9 +171,27 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
   }
 
   async function proxy(ctx: RequestContext): Promise<void> {
+    try {
+      await serve(ctx);
+    } catch (error) {
+      ctx.log.outcome ??= ctx.signal.aborted ? 'cancelled' : (error as { status?: number }).status === 401 || (error as { status?: number }).status === 403 ? 'denied' : 'error';
+      throw error;
+    }
+  }
+
+  /** The access log's `user` (log.user); never a token, never a session id. */
+  const logUser = options.logUser ?? 'sub';
+  function noteUser(ctx: RequestContext, principal: Principal | undefined): void {
+    if (!principal || logUser === 'none') return;
+    const user = logUser === 'sub' ? (principal.idpSubject ?? principal.subject) : principal.subject;
+    ctx.log.user = user.length > 128 ? `${user.slice(0, 128)}…` : user;
+  }
+
+  async function serve(ctx: RequestContext): Promise<void> {
     const upstream = upstreamFor(ctx);
     checkOrigin(ctx);
     const principal = await authenticateFirst(ctx, upstream);
+    noteUser(ctx, principal);
     if (ctx.req.method !== 'POST') return relay(ctx, upstream, principal, undefined);
     // Booked in the in-flight budget while it is read, released once the request is answered (a
     // replay after an upstream 401 needs it until then).
@@ -176,6 +216,14 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
       ctx.rpcId = rpc.id;
       // Cut: the method is the client's text (a 500 KB method was a 500 KB log line).
       if (rpc.method) ctx.log.rpc = rpc.method.length > 128 ? `${rpc.method.slice(0, 128)}…` : rpc.method;
+      if (rpc.toolName !== undefined) {
+        ctx.log.tool = rpc.toolName.length > 128 ? `${rpc.toolName.slice(0, 128)}…` : rpc.toolName;
+        // Counted once the answer is complete (or failed), whatever path it took.
+        const toolName = rpc.toolName;
+        ctx.res.once('close', () => {
+          options.metrics.toolCalls.inc({ upstream: upstream.name, tool: options.toolCatalog?.label(upstream.name, toolName) ?? 'other', outcome: String(ctx.log.outcome ?? 'error') });
+        });
+      }
     }
     const mcpSessionId = headerValue(ctx.req.headers, 'mcp-session-id');
     if (mcpSessionId) ctx.log.session = sessionTag(mcpSessionId);
@@ -196,8 +244,10 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
     /** auth_required goes to the agent by channel; anything else is thrown as it was. */
     const answerAuthRequired = async (error: unknown): Promise<void> => {
       if (!(error instanceof AuthRequiredError) || !options.authRequired) throw error;
+      ctx.log.outcome = 'auth_required';
       await options.authRequired.render({ ctx, upstream, rpc, mcpSessionId, principal, authRequired: error.authRequired });
     };
+    const observe = observerFor(ctx, upstream, rpc);
     // A GET stream of a session can carry our notifications/elicitation/complete.
     let unregisterStream: (() => void) | undefined;
     const streams = method === 'GET' && mcpSessionId ? options.streams : undefined;
@@ -244,6 +294,7 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
           onCut: () => void (ctx.log.cut = true),
           beforeResponse: recordInitialize,
           endStream: drain && (method === 'GET' ? drain.signal : requestsEnd.signal),
+          observe,
           onStream: (open) => (open ? options.metrics.openStreams.inc({ upstream: upstream.name }) : options.metrics.openStreams.dec({ upstream: upstream.name })),
           onSse: streams
             ? (injector) => {
@@ -258,7 +309,10 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
             : undefined,
         });
       } catch (error) {
-        if (ctx.signal.aborted) return; // the agent left: nobody to answer
+        if (ctx.signal.aborted) {
+          ctx.log.outcome = 'cancelled';
+          return; // the agent left: nobody to answer
+        }
         throw upstreamFailure(error, upstream);
       } finally {
         unregisterStream?.();
@@ -276,6 +330,7 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
         return;
       }
       ctx.log.upstreamStatus = outcome.rejection.status;
+      ctx.log.outcome = 'upstream_error';
       const decision = await upstream.credentials.rejected(credentialRequest, outcome.rejection, attempt);
       switch (decision.action) {
         case 'retry':
@@ -295,6 +350,41 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
         }
       }
     }
+  }
+
+  /**
+   * The audit's view of a forwarded answer: the upstream status and outcome as soon as the head
+   * passes (the access-log line can be written before `forward` resolves), and for `tools/list`
+   * and `tools/call` a tap that reads the tool names and the error flag as the bytes stream by.
+   */
+  function observerFor(ctx: RequestContext, upstream: Upstream, rpc: RpcInfo | undefined): ResponseObserver {
+    const head = (status: number) => {
+      ctx.log.upstreamStatus = status;
+      ctx.log.outcome = status < 400 ? 'ok' : 'upstream_error';
+    };
+    const method = rpc?.id !== undefined ? rpc.method : undefined;
+    const catalog = options.toolCatalog;
+    if (method === 'tools/list' && catalog) {
+      const tap = createRpcResponseTap({
+        maxBytes: TAP_BYTES.list,
+        onMessage: (m) => {
+          if (m.id === rpc!.id && 'result' in m) catalog.learn(upstream.name, m.result);
+        },
+      });
+      return { head: (status, headers) => (head(status), tap.head(status, headers)), data: tap.data, end: tap.end };
+    }
+    if (method === 'tools/call') {
+      const tap = createRpcResponseTap({
+        maxBytes: TAP_BYTES.call,
+        onMessage: (m) => {
+          if (m.id !== rpc!.id) return;
+          const result = m.result as { isError?: unknown } | undefined;
+          if ('error' in m || result?.isError === true) ctx.log.outcome = 'tool_error';
+        },
+      });
+      return { head: (status, headers) => (head(status), tap.head(status, headers)), data: tap.data, end: tap.end };
+    }
+    return { head, data: noop, end: noop };
   }
 
   function upstreamFailure(error: unknown, upstream: Upstream): Error {
@@ -323,6 +413,8 @@ function isAuthRejection(status: number, headers: IncomingHttpHeaders): boolean 
   const challenge = headers['www-authenticate'];
   return challenge !== undefined && /insufficient_scope/i.test(String(challenge));
 }
+
+function noop(): void {}
 
 function headerValue(headers: IncomingHttpHeaders, name: string): string | undefined {
   const value = headers[name];

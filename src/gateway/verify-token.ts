@@ -122,7 +122,8 @@ export function createJwtAuthenticator(options: JwtAuthenticatorOptions): JwtAut
       if (scopes.length > 0 && !scopes.every((s) => principal.scopes.includes(s))) {
         throw insufficientScope({ resource: upstream.resource, scopes });
       }
-      return principal;
+      // The cached principal is shared by every request with this token: never mutated.
+      return session.idpSubject === undefined ? principal : { ...principal, idpSubject: session.idpSubject };
     },
     stats: () => ({ verifications, cacheHits, cached: cache.size }),
   };

@@ -6,13 +6,16 @@
  *    serves its metadata at a stable https URL and uses that URL as `client_id`, where the server
  *    advertises `client_id_metadata_document_supported`;
  * 3. RFC 7591 dynamic registration, cached per (our issuer, their issuer, redirect URI, scopes)
- *    and renewed before `client_secret_expires_at`.
+ *    and renewed before `client_secret_expires_at`. The registration access token and client
+ *    URI the server returns (RFC 7592 §3) are kept with it, sealed, so the registration can be
+ *    deleted there (`mcpgate upstreams deregister`). A registration the server no longer knows
+ *    (`invalid_client` at its token endpoint) is forgotten, and the next flow registers again.
  */
 import { createHash } from 'node:crypto';
 import { createSingleFlight, type SingleFlight } from '../credentials/single-flight.ts';
 import { FetchRefusedError, type GuardedRequest, type GuardedResponse } from '../net/guarded-fetch.ts';
 import type { AuthorizationServerMetadata } from './discovery.ts';
-import type { TokenEndpointAuthMethod, UpstreamClient } from './records.ts';
+import type { DcrRegistration, TokenEndpointAuthMethod, UpstreamClient } from './records.ts';
 import type { UpstreamStores } from './stores.ts';
 
 /** Why no client could be had. `message` names the server's host and error code, never a secret. */
@@ -62,6 +65,30 @@ export interface ClientRegistration {
   metadataDocument(): Record<string, unknown>;
   /** Our client at `server` for `upstream`; registers (and caches) when it must. */
   clientFor(options: { upstream: UpstreamClientConfig; server: AuthorizationServerMetadata; scopes: readonly string[] }): Promise<UpstreamClient>;
+  /**
+   * Forgets our cached registrations at `issuer` that hold `clientId` (the server answered
+   * `invalid_client` for it: expired or deleted), so the next `clientFor` registers again — once
+   * for the fleet: a registration another replica already made in its place is kept. Returns how many were dropped.
+   */
+  forgetClient(options: { issuer: string; clientId: string }): Promise<number>;
+  /**
+   * Deletes every registration of ours at `issuer` there (RFC 7592 §2.3: DELETE on the
+   * registration client URI with the registration access token) and forgets it here.
+   */
+  deregister(options: { issuer: string }): Promise<Deregistration[]>;
+}
+
+/** What `deregister` did with one registration. */
+export interface Deregistration {
+  clientId: string;
+  /**
+   * `deleted`: the server confirmed (204, or 401/403/404: it no longer knows the client or its token);
+   * `not_manageable`: the server gave no registration access token or URI, so only our copy is forgotten;
+   * `failed`: the server could not be reached or answered otherwise; our copy is kept (run it again).
+   */
+  outcome: 'deleted' | 'not_manageable' | 'failed';
+  /** For `failed`: the status or transport problem (no secret). */
+  detail?: string;
 }
 
 const REGISTRATION_MAX_BYTES = 64 * 1024;
@@ -153,9 +180,39 @@ export function createClientRegistration(options: ClientRegistrationOptions): Cl
     return { clientId: registration.clientId, clientSecret: registration.clientSecret, authMethod: registration.authMethod, source: 'dcr' };
   }
 
+  async function deleteAt(registration: DcrRegistration): Promise<Deregistration> {
+    const { clientId, registrationAccessToken: token, registrationClientUri: uri } = registration;
+    if (!token || !uri) return { clientId, outcome: 'not_manageable' };
+    let res: GuardedResponse;
+    try {
+      res = await fetch(uri, { method: 'DELETE', headers: { authorization: `Bearer ${token}`, accept: 'application/json' }, maxBytes: REGISTRATION_MAX_BYTES });
+    } catch (err) {
+      return { clientId, outcome: 'failed', detail: err instanceof FetchRefusedError ? err.reason : 'request failed' };
+    }
+    // RFC 7592 §2.3: 204 deleted; 401 (and 403/404 in practice) means the client or its token is already gone.
+    if (res.status === 204 || res.status === 200 || res.status === 401 || res.status === 403 || res.status === 404) return { clientId, outcome: 'deleted' };
+    return { clientId, outcome: 'failed', detail: `${hostOf(uri)} answered ${res.status}` };
+  }
+
   return {
     metadataUrl,
     redirectUri,
+    async forgetClient({ issuer, clientId }) {
+      let dropped = 0;
+      for (const { id, registration } of await stores.registrations.atIssuer(base, issuer)) {
+        if (registration.clientId === clientId && (await stores.registrations.forget(base, issuer, id, clientId))) dropped++;
+      }
+      return dropped;
+    },
+    async deregister({ issuer }) {
+      const results: Deregistration[] = [];
+      for (const { id, registration } of await stores.registrations.atIssuer(base, issuer)) {
+        const result = await deleteAt(registration);
+        if (result.outcome !== 'failed') await stores.registrations.forget(base, issuer, id, registration.clientId);
+        results.push(result);
+      }
+      return results;
+    },
     metadataDocument: () => ({ ...document, redirect_uris: [...document.redirect_uris], grant_types: [...document.grant_types], response_types: [...document.response_types] }),
     async clientFor({ upstream, server, scopes }) {
       if (upstream.clientId !== undefined) {
@@ -199,6 +256,9 @@ function checkRegistration(body: Record<string, unknown> | undefined, endpoint: 
   const bad = (what: string) => new ClientRegistrationError('registration_failed', `${where}: ${what}`);
   if (!body) throw bad('the response is not a JSON object');
   const { client_id: clientId, client_secret: secret, token_endpoint_auth_method: method, client_secret_expires_at: expires } = body;
+  const { registration_access_token: rat, registration_client_uri: rcu } = body;
+  if (rat !== undefined && (typeof rat !== 'string' || rat.length === 0 || rat.length > 4096)) throw bad('registration_access_token invalid');
+  if (rcu !== undefined && (typeof rcu !== 'string' || !/^https?:\/\//.test(rcu) || !URL.canParse(rcu))) throw bad('registration_client_uri invalid');
   if (typeof clientId !== 'string' || clientId.length === 0 || clientId.length > 1024) throw bad('client_id missing or invalid');
   if (secret !== undefined && (typeof secret !== 'string' || secret.length === 0 || secret.length > 4096)) throw bad('client_secret invalid');
   let authMethod: TokenEndpointAuthMethod;
@@ -213,6 +273,8 @@ function checkRegistration(body: Record<string, unknown> | undefined, endpoint: 
     authMethod,
     // RFC 7591 §3.2.1: seconds since the epoch, 0 when the secret does not expire.
     secretExpiresAt: typeof expires === 'number' && expires > 0 ? expires * 1000 : undefined,
+    // RFC 7592 §3: both or neither; one alone cannot manage anything.
+    ...(typeof rat === 'string' && typeof rcu === 'string' ? { registrationAccessToken: rat, registrationClientUri: rcu } : {}),
   };
 }
 

@@ -141,8 +141,12 @@ export interface UpstreamFlows {
   refresh(sessionId: string, upstream: string, stale?: (token: UpstreamToken) => boolean): Promise<UpstreamToken>;
   /** Forgets the token and revokes it at the upstream (RFC 7009) when it lists a revocation endpoint. */
   disconnect(sessionId: string, upstream: string): Promise<{ connected: boolean; revoked: boolean }>;
-  /** Logout: forgets (and revokes) every upstream token of a session. */
-  forgetSession(sessionId: string): Promise<void>;
+  /**
+   * Logout: forgets (and revokes) every upstream token of a session. Resolves with how many rows
+   * were forgotten and how many of them the upstream's authorization server confirmed revoked
+   * (a server without a revocation endpoint, or one that failed, leaves the grant to expire there).
+   */
+  forgetSession(sessionId: string): Promise<{ forgotten: number; revoked: number }>;
 }
 
 const FLOW_TTL_MS = 10 * 60_000;
@@ -314,6 +318,7 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
       }
       // Only the row holding the refused refresh token goes: never one written meanwhile (compare-and-delete).
       if (latest) await stores.tokens.takeIf(sessionId, upstream, latest.version);
+      await forgetUnknownClient(row.server.issuer, row.client, err);
       counted.outcome = 'rejected';
       throw new RefreshRejectedError(`the authorization server of upstream "${upstream}" refused the refresh token (${err.oauthError ?? 'rejected'})`, { cause: err });
     }
@@ -357,6 +362,17 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
     return revokeToken({ fetch, endpoint, client: row.client, token, tokenTypeHint });
   }
 
+  /**
+   * `invalid_client` for a dynamically registered client means the server dropped our
+   * registration (expired, deleted): the cached one is forgotten so the next flow registers again.
+   * True when the error was that.
+   */
+  async function forgetUnknownClient(issuer: string, client: UpstreamToken['client'], err: TokenEndpointError): Promise<boolean> {
+    if (err.oauthError !== 'invalid_client' || client.source !== 'dcr') return false;
+    await registration.forgetClient({ issuer, clientId: client.clientId });
+    return true;
+  }
+
   /** The callback's checks and the code exchange of `complete`, uncounted. */
   async function exchangeCode(flow: UpstreamFlow, params: URLSearchParams, abort: AbortSignal | undefined): Promise<UpstreamToken> {
     const iss = params.get('iss');
@@ -390,8 +406,13 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
         signal: abort,
       });
     } catch (err) {
-      if (err instanceof TokenEndpointError) throw new FlowError('exchange_failed', `the code could not be exchanged: ${err.message}`, { cause: err });
-      throw err;
+      if (!(err instanceof TokenEndpointError)) throw err;
+      // The code was issued to the registration the server has now forgotten: no new registration
+      // can redeem it, so the user starts again, and that flow registers anew.
+      if (await forgetUnknownClient(flow.server.issuer, flow.client, err)) {
+        throw new FlowError('exchange_failed', `the authorization server of "${flow.upstream}" no longer knows this gateway's registration; it has been renewed: start again from your agent`, { cause: err });
+      }
+      throw new FlowError('exchange_failed', `the code could not be exchanged: ${err.message}`, { cause: err });
     }
     const token: UpstreamToken = {
       upstream: flow.upstream,
@@ -461,7 +482,8 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
 
     async forgetSession(sessionId) {
       const rows = await stores.tokens.forgetSession(sessionId);
-      await Promise.all(rows.map(revokeAll));
+      const revoked = await Promise.all(rows.map(revokeAll));
+      return { forgotten: rows.length, revoked: revoked.filter(Boolean).length };
     },
   };
 }

@@ -85,4 +85,8 @@ export interface DcrRegistration {
   /** RFC 7591 §3.2.1 `client_secret_expires_at` in milliseconds; undefined when it does not expire. */
   secretExpiresAt?: number;
   registeredAt: number;
+  /** RFC 7592 §3: the bearer token that manages this registration (sealed with the record). */
+  registrationAccessToken?: string;
+  /** RFC 7592 §3: where this registration is read, updated and deleted. */
+  registrationClientUri?: string;
 }

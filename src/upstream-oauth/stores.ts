@@ -9,6 +9,7 @@
  * - `utoken:{<sid>}:<upstream>`             UpstreamToken, sealed
  * - `utokens:{<sid>}`                       set of upstream names with a token (logout, /connections)
  * - `udcr:<sha256(our iss, their iss, redirect URI, scopes)>`  DcrRegistration, sealed
+ * - `udcrs:<sha256(our iss, their iss)>`    set of the `udcr:` ids at one issuer (RFC 7592 deregistration, invalid_client)
  *
  * One token row per (session, upstream): the row records the issuer, resource and granted scopes
  * it was issued for, and a step-up replaces it with the larger grant. The row is never handed to
@@ -90,6 +91,13 @@ export interface UpstreamStores {
     get(key: RegistrationKey): Promise<DcrRegistration | undefined>;
     /** Caches until `client_secret_expires_at` (less a minute) or `registrationTtlMs`. */
     put(key: RegistrationKey, registration: DcrRegistration): Promise<void>;
+    /** Every cached registration at an issuer (one per scope set), with the id {@link forget} takes. */
+    atIssuer(ourIssuer: string, issuer: string): Promise<Array<{ id: string; registration: DcrRegistration }>>;
+    /**
+     * Drops a cached registration, only while it still holds `clientId` (compare-and-delete): a
+     * registration another replica made meanwhile survives. True when it was dropped.
+     */
+    forget(ourIssuer: string, issuer: string, id: string, clientId: string): Promise<boolean>;
   };
 }
 
@@ -114,8 +122,9 @@ export function createUpstreamStores(options: UpstreamStoresOptions): UpstreamSt
     pending: (sid: string, upstream: string) => `upending:{${sid}}:${upstream}`,
     token: (sid: string, upstream: string) => `utoken:{${sid}}:${upstream}`,
     tokens: (sid: string) => `utokens:{${sid}}`,
-    registration: (k: RegistrationKey) =>
-      `udcr:${sha256(JSON.stringify([k.ourIssuer, k.issuer, k.redirectUri, sha256([...new Set(k.scopes)].sort().join(' '))]))}`,
+    registration: (k: RegistrationKey) => `udcr:${registrationId(k)}`,
+    registrationById: (id: string) => `udcr:${id}`,
+    issuerRegistrations: (ourIssuer: string, issuer: string) => `udcrs:${sha256(JSON.stringify([ourIssuer, issuer]))}`,
   };
 
   async function readSealed<T>(key: string): Promise<T | undefined> {
@@ -226,11 +235,36 @@ export function createUpstreamStores(options: UpstreamStoresOptions): UpstreamSt
         ? registrationTtlMs
         : Math.min(registrationTtlMs, registration.secretExpiresAt - SECRET_EXPIRY_MARGIN_MS - now());
       if (ttl <= 0) return; // expires too soon to be worth reusing
+      // Index first: a registration missing from it could never be deregistered.
+      await store.addMembers(keys.issuerRegistrations(key.ourIssuer, key.issuer), [registrationId(key)], registrationTtlMs);
       await writeSealed(keys.registration(key), registration, ttl);
+    },
+    async atIssuer(ourIssuer, issuer) {
+      const found: Array<{ id: string; registration: DcrRegistration }> = [];
+      for (const id of await store.members(keys.issuerRegistrations(ourIssuer, issuer))) {
+        const registration = await readSealed<DcrRegistration>(keys.registrationById(id));
+        if (registration) found.push({ id, registration });
+      }
+      return found;
+    },
+    async forget(ourIssuer, issuer, id, clientId) {
+      const key = keys.registrationById(id);
+      const sealed = await store.get(key);
+      let dropped = false;
+      if (sealed !== undefined && (JSON.parse(sealer.open(key, sealed)) as DcrRegistration).clientId === clientId) {
+        dropped = await store.deleteIfEquals(key, sealed);
+      }
+      if (dropped || sealed === undefined) await store.removeMembers(keys.issuerRegistrations(ourIssuer, issuer), [id]);
+      return dropped;
     },
   };
 
   return { flows, tokens, registrations };
+}
+
+/** The id of a registration's cache entry. */
+function registrationId(k: RegistrationKey): string {
+  return sha256(JSON.stringify([k.ourIssuer, k.issuer, k.redirectUri, sha256([...new Set(k.scopes)].sort().join(' '))]));
 }
 
 function positive(value: number, name: string): number {

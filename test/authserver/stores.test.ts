@@ -94,6 +94,24 @@ function storesSuite(name: string, make: () => Promise<Fixture>): void {
       await f.stores.sessions.revoke('never-existed');
     });
 
+    test('sessions: listAll holds every live session (operators\' list); revoked and expired ones leave it', async () => {
+      const a = `all-a-${unique()}`;
+      const b = `all-b-${unique()}`;
+      const short = `all-c-${unique()}`;
+      await f.stores.sessions.put(session(a, 'x'));
+      await f.stores.sessions.put(session(b, 'y'));
+      await f.stores.sessions.put({ ...session(short, 'z'), expiresAt: f.now() + 1500 });
+      const listed = await f.stores.sessions.listAll();
+      for (const sid of [a, b, short]) assert.ok(listed.includes(sid), sid);
+      await f.stores.sessions.revoke(a);
+      await f.advance(2000);
+      const after = await f.stores.sessions.listAll();
+      assert.ok(after.includes(b));
+      assert.ok(!after.includes(a) && !after.includes(short));
+      // Pruned from the index itself, not only filtered.
+      assert.ok(!(await f.store.members('sessions')).includes(short));
+    });
+
     test('IdP tokens are sealed under their own key and round-trip', async () => {
       await f.stores.sessions.put(session('s-idp'));
       await f.stores.idpTokens.put('s-idp', idp, HOUR);

@@ -153,6 +153,7 @@ describe('the verified-token cache', () => {
           put: async () => undefined,
           extend: async () => undefined,
           listForUser: async () => [],
+          listAll: async () => [...sessions.keys()],
           revoke: async (sid) => void sessions.delete(sid),
         },
       },

@@ -20,6 +20,10 @@ export interface TestGatewayOptions {
   files?: Record<string, string>;
   /** The company IdP (e.g. the dev IdP): adds the `idp:` section, its secret passed by `env:`. */
   idp?: { issuer: string; clientId: string; clientSecret: string };
+  /** Extra `idp:` keys (e.g. `userClaim`). */
+  idpExtra?: Record<string, unknown>;
+  /** The `log:` section. */
+  log?: Record<string, unknown>;
   /** The store encryption key (32 bytes): adds `storage.encryptionKeys`, so tests can open what the app sealed. */
   storeKey?: Buffer;
   /** The storage backend handed to `createApp` (default: the one the config names). */
@@ -61,10 +65,11 @@ export async function startGateway(options: TestGatewayOptions): Promise<TestGat
     upstreams: options.upstreams.map((u) => ({ name: u.name, url: String(u.url), auth: u.auth ?? { mode: 'none' } })),
   };
   if (options.idp) {
-    raw.idp = { issuer: options.idp.issuer, clientId: options.idp.clientId, clientSecret: 'env:TEST_IDP_SECRET' };
+    raw.idp = { issuer: options.idp.issuer, clientId: options.idp.clientId, clientSecret: 'env:TEST_IDP_SECRET', ...options.idpExtra };
     env.TEST_IDP_SECRET = options.idp.clientSecret;
   }
   if (options.authServer) raw.authServer = options.authServer;
+  if (options.log) raw.log = options.log;
   if (options.storeKey) {
     raw.storage = { kind: 'memory', encryptionKeys: [{ id: 'k1', key: 'env:TEST_STORE_KEY' }] };
     env.TEST_STORE_KEY = options.storeKey.toString('base64');
