@@ -40,6 +40,7 @@ import type { RequestContext, Route } from './http/router.ts';
 import { InvalidToken } from './http/errors.ts';
 import { createRateLimiter } from './http/rate-limit.ts';
 import { createFrontDoor, type FrontDoor } from './http/server.ts';
+import { createOAuth2IdpClient } from './idp/oauth2.ts';
 import { createOidcIdpClient } from './idp/oidc.ts';
 import { createGuardedFetch } from './net/guarded-fetch.ts';
 import type { IdpClient } from './idp/types.ts';
@@ -72,7 +73,7 @@ export interface AppOptions {
   logDestination?: DestinationStream;
   /** The storage backend; default the one `storage.kind` names. Tests pass a memory store on a fake clock. */
   store?: Store;
-  /** The company IdP; default openid-client against `idp.issuer`. */
+  /** The company IdP; default the client `idp.kind` names (openid-client against `idp.issuer`, or plain OAuth 2.0). */
   idpClient?: IdpClient;
   /** The clock of the authorization server, the stores and the token checks, epoch ms. Default `Date.now`. */
   now?: () => number;
@@ -264,14 +265,19 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         return createTokenExchangeCredential({
           upstream: { name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) },
           tokenEndpoint: u.auth.tokenEndpoint,
+          subjectToken: u.auth.subjectToken,
           audience: u.auth.audience,
+          resource: u.auth.resource,
           scopes: u.auth.scopes,
+          extraParams: u.auth.extraParams,
+          expectedIssuer: u.auth.expectedIssuer,
           clientId: u.auth.clientId,
           clientSecret: u.auth.clientSecret,
           session: idpSession(u),
           endSession,
           fetch: serverFetch,
           logger,
+          exchanges: metrics.tokenExchanges,
         });
       case 'oauth':
         return createOAuthCredential({
@@ -320,8 +326,10 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     browser: BrowserSession;
   } {
     const keys = loadSigningKeys({ pems: config.authServer.signingKeys, devMode: config.server.devMode, warn: (msg) => logger.warn({ msg }) });
+    const idpOptions = { redirectUri: `${issuer}/oauth/callback`, devMode: config.server.devMode, now };
     const idpClient =
-      options.idpClient ?? createOidcIdpClient({ config: idpConfig, redirectUri: `${issuer}/oauth/callback`, devMode: config.server.devMode, now });
+      options.idpClient ??
+      (idpConfig.kind === 'oauth2' ? createOAuth2IdpClient({ config: idpConfig, ...idpOptions }) : createOidcIdpClient({ config: idpConfig, ...idpOptions }));
     const resources = config.upstreams.map((u) => ({ name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) }));
     const tokenIssuer = createTokenIssuer({ issuer, keys, accessTokenTtlMs: config.authServer.accessTokenTtl, now });
     // Registered clients, and https client ids fetched as metadata documents when those are on.
