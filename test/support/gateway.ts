@@ -18,8 +18,11 @@ export interface TestGatewayOptions {
   env?: Record<string, string>;
   /** Files `file:` references resolve against, by path. */
   files?: Record<string, string>;
-  /** The company IdP (e.g. the dev IdP): adds the `idp:` section, its secret passed by `env:`. */
-  idp?: { issuer: string; clientId: string; clientSecret: string };
+  /**
+   * The company IdP (e.g. the dev IdP): adds the `idp:` section, its secret passed by `env:`.
+   * Any other `idp:` keys (`kind: oauth2` and its endpoints, `userClaim`) go in `extra`.
+   */
+  idp?: { issuer?: string; clientId: string; clientSecret: string; extra?: Record<string, unknown> };
   /** The store encryption key (32 bytes): adds `storage.encryptionKeys`, so tests can open what the app sealed. */
   storeKey?: Buffer;
   /** The storage backend handed to `createApp` (default: the one the config names). */
@@ -61,7 +64,7 @@ export async function startGateway(options: TestGatewayOptions): Promise<TestGat
     upstreams: options.upstreams.map((u) => ({ name: u.name, url: String(u.url), auth: u.auth ?? { mode: 'none' } })),
   };
   if (options.idp) {
-    raw.idp = { issuer: options.idp.issuer, clientId: options.idp.clientId, clientSecret: 'env:TEST_IDP_SECRET' };
+    raw.idp = { issuer: options.idp.issuer, clientId: options.idp.clientId, clientSecret: 'env:TEST_IDP_SECRET', ...options.idp.extra };
     env.TEST_IDP_SECRET = options.idp.clientSecret;
   }
   if (options.authServer) raw.authServer = options.authServer;
