@@ -44,6 +44,7 @@ import { createOAuth2IdpClient } from './idp/oauth2.ts';
 import { createOidcIdpClient } from './idp/oidc.ts';
 import { createGuardedFetch } from './net/guarded-fetch.ts';
 import type { IdpClient } from './idp/types.ts';
+import type { IdpTokens } from './authserver/records.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
 import { createGatewayMetrics, createRegistry } from './observability/metrics.ts';
 import { createMemoryStore } from './store/memory.ts';
@@ -143,10 +144,18 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   // Every way a session ends (logout, revocation, an IdP or upstream that refuses it) also forgets
   // the session's upstream grants and revokes them at their own authorization servers (DESIGN §4).
   const onSessionEnded: SessionEndedHook[] = oauthUpstreams.length > 0 ? [(sid) => upstreamFlows.forgetSession(sid)] : [];
-  const endSession = createSessionEnding({ sessions: authStores.sessions, onSessionEnded, logger });
+  // The company IdP our login is federated to, by `idp.kind`.
+  const idpClient = config.idp ? (options.idpClient ?? createIdpClient(config.idp)) : undefined;
+  const endSession = createSessionEnding({
+    sessions: authStores.sessions,
+    onSessionEnded,
+    logger,
+    // An IdP with a revocation endpoint: signing out of mcpgate also revokes the IdP's grant.
+    ...(idpClient?.revoke && { revokeIdpTokens: (tokens: IdpTokens) => idpClient.revoke!(tokens), idpTokens: authStores.idpTokens }),
+  });
 
   // Login (DESIGN §4, §5): only when the company IdP is configured.
-  const login = config.idp ? createLogin(config.idp) : undefined;
+  const login = idpClient ? createLogin(idpClient) : undefined;
 
   const upstreams: Upstream[] = config.upstreams.map((u) => ({
     name: u.name,
@@ -318,7 +327,12 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     throw refusal;
   }
 
-  function createLogin(idpConfig: NonNullable<Config['idp']>): {
+  function createIdpClient(idpConfig: NonNullable<Config['idp']>): IdpClient {
+    const idpOptions = { redirectUri: `${issuer}/oauth/callback`, devMode: config.server.devMode, now };
+    return idpConfig.kind === 'oauth2' ? createOAuth2IdpClient({ config: idpConfig, ...idpOptions }) : createOidcIdpClient({ config: idpConfig, ...idpOptions });
+  }
+
+  function createLogin(idpClient: IdpClient): {
     routes: Route[];
     authenticator: Authenticator;
     idpSession: IdpSessionTokens;
@@ -326,10 +340,6 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     browser: BrowserSession;
   } {
     const keys = loadSigningKeys({ pems: config.authServer.signingKeys, devMode: config.server.devMode, warn: (msg) => logger.warn({ msg }) });
-    const idpOptions = { redirectUri: `${issuer}/oauth/callback`, devMode: config.server.devMode, now };
-    const idpClient =
-      options.idpClient ??
-      (idpConfig.kind === 'oauth2' ? createOAuth2IdpClient({ config: idpConfig, ...idpOptions }) : createOidcIdpClient({ config: idpConfig, ...idpOptions }));
     const resources = config.upstreams.map((u) => ({ name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) }));
     const tokenIssuer = createTokenIssuer({ issuer, keys, accessTokenTtlMs: config.authServer.accessTokenTtl, now });
     // Registered clients, and https client ids fetched as metadata documents when those are on.

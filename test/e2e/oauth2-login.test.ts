@@ -71,11 +71,16 @@ async function startUserinfoUpstream(idp: OAuth2Idp): Promise<UserinfoUpstream> 
 }
 
 /** A gateway whose login is federated to `idp` (kind oauth2, userClaim login), with one `idp`-mode upstream. */
-async function startOAuth2Gateway(idp: OAuth2Idp, upstream: UserinfoUpstream, options: { storeKey: Buffer; store: Store; refreshMargin?: string }): Promise<TestGateway> {
+async function startOAuth2Gateway(
+  idp: OAuth2Idp,
+  upstream: UserinfoUpstream,
+  options: { storeKey: Buffer; store: Store; refreshMargin?: string; revocation?: boolean },
+): Promise<TestGateway> {
   const { storeKey, store, refreshMargin } = options;
-  const { authorizationEndpoint, tokenEndpoint, userinfoEndpoint } = idp.endpoints;
+  const { authorizationEndpoint, tokenEndpoint, userinfoEndpoint, revocationEndpoint } = idp.endpoints;
+  const endpoints = { authorizationEndpoint, tokenEndpoint, userinfoEndpoint, ...(options.revocation && { revocationEndpoint }) };
   const gateway = await startGateway({
-    idp: { clientId: idp.clientId, clientSecret: idp.clientSecret, extra: { kind: 'oauth2', authorizationEndpoint, tokenEndpoint, userinfoEndpoint, userClaim: 'login', scopes: ['read:user'] } },
+    idp: { clientId: idp.clientId, clientSecret: idp.clientSecret, extra: { kind: 'oauth2', ...endpoints, userClaim: 'login', scopes: ['read:user'] } },
     storeKey,
     store,
     server: { logLevel: 'debug' },
@@ -126,7 +131,7 @@ describe('SDK agent → gateway → plain OAuth 2.0 IdP (tokens that never expir
   before(async () => {
     idp = await startOAuth2Idp();
     upstream = await startUserinfoUpstream(idp);
-    gateway = await startOAuth2Gateway(idp, upstream, { storeKey, store });
+    gateway = await startOAuth2Gateway(idp, upstream, { storeKey, store, revocation: true });
   });
   after(async () => {
     await aliceClient?.close();
@@ -194,6 +199,18 @@ describe('SDK agent → gateway → plain OAuth 2.0 IdP (tokens that never expir
     assert.equal(((await refreshed.json()) as { error: string }).error, 'invalid_grant');
     assert.equal(await stores.sessions.get(sidOf(alice)), undefined, 'the session ended');
     assert.equal(await stores.idpTokens.get(sidOf(alice)), undefined, 'its IdP tokens are forgotten');
+  });
+
+  test('signing out of mcpgate revokes the IdP token at its revocation endpoint (RFC 7009): it never expires otherwise', async () => {
+    const bob = createBrowserAgent({ context: await newBrowserContext(browser), user: userOf(idp, 'bob'), redirectUri: `${catcher.url}/callback` });
+    const { client } = await connectWithLogin(bob, gateway.mcpUrl('gh'));
+    assert.deepEqual((await client.callTool({ name: 'whoami', arguments: {} })).content, [{ type: 'text', text: 'bob' }]);
+    await client.close();
+    const idpToken = (await stores.idpTokens.get(sidOf(bob)))!.accessToken;
+    const res = await fetch(new URL('/oauth/logout', gateway.url), { method: 'POST', headers: { authorization: `Bearer ${bob.tokens()!.access_token}` } });
+    assert.ok(res.status < 300, `logout answered ${res.status}`);
+    assert.ok(idp.revoked.includes(idpToken), 'the IdP token was revoked at the IdP');
+    assert.equal(idp.userOf(idpToken), undefined, 'the IdP no longer accepts it');
   });
 
   test('the gateway log holds no token, code or secret', () => {
