@@ -43,9 +43,11 @@ import type { RequestContext, Route } from './http/router.ts';
 import { InvalidToken } from './http/errors.ts';
 import { applyRouteLimits } from './http/route-limits.ts';
 import { createFrontDoor, type FrontDoor } from './http/server.ts';
+import { createOAuth2IdpClient } from './idp/oauth2.ts';
 import { createOidcIdpClient } from './idp/oidc.ts';
 import { createGuardedFetch } from './net/guarded-fetch.ts';
 import type { IdpClient } from './idp/types.ts';
+import type { IdpTokens } from './authserver/records.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
 import { createGatewayMetrics, createRegistry } from './observability/metrics.ts';
 import { createMemoryStore } from './store/memory.ts';
@@ -77,7 +79,7 @@ export interface AppOptions {
   logDestination?: DestinationStream;
   /** The storage backend; default the one `storage.kind` names. Tests pass a memory store on a fake clock. */
   store?: Store;
-  /** The company IdP; default openid-client against `idp.issuer`. */
+  /** The company IdP; default the client `idp.kind` names (openid-client against `idp.issuer`, or plain OAuth 2.0). */
   idpClient?: IdpClient;
   /** The clock of the authorization server, the stores and the token checks, epoch ms. Default `Date.now`. */
   now?: () => number;
@@ -152,10 +154,18 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   // Every way a session ends (logout, revocation, an IdP or upstream that refuses it) also forgets
   // the session's upstream grants and revokes them at their own authorization servers (DESIGN §4).
   const onSessionEnded: SessionEndedHook[] = oauthUpstreams.length > 0 ? [(sid) => upstreamFlows.forgetSession(sid)] : [];
-  const endSession = createSessionEnding({ sessions: authStores.sessions, onSessionEnded, logger });
+  // The company IdP our login is federated to, by `idp.kind`.
+  const idpClient = config.idp ? (options.idpClient ?? createIdpClient(config.idp)) : undefined;
+  const endSession = createSessionEnding({
+    sessions: authStores.sessions,
+    onSessionEnded,
+    logger,
+    // An IdP with a revocation endpoint: signing out of mcpgate also revokes the IdP's grant.
+    ...(idpClient?.revoke && { revokeIdpTokens: (tokens: IdpTokens) => idpClient.revoke!(tokens), idpTokens: authStores.idpTokens }),
+  });
 
   // Login (DESIGN §4, §5): only when the company IdP is configured.
-  const login = config.idp ? createLogin(config.idp) : undefined;
+  const login = idpClient ? createLogin(idpClient) : undefined;
 
   const upstreams: Upstream[] = config.upstreams.map((u) => ({
     name: u.name,
@@ -305,14 +315,19 @@ export function createApp(config: Config, options: AppOptions = {}): App {
         return createTokenExchangeCredential({
           upstream: { name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) },
           tokenEndpoint: u.auth.tokenEndpoint,
+          subjectToken: u.auth.subjectToken,
           audience: u.auth.audience,
+          resource: u.auth.resource,
           scopes: u.auth.scopes,
+          extraParams: u.auth.extraParams,
+          expectedIssuer: u.auth.expectedIssuer,
           clientId: u.auth.clientId,
           clientSecret: u.auth.clientSecret,
           session: idpSession(u),
           endSession,
           fetch: serverFetch,
           logger,
+          exchanges: metrics.tokenExchanges,
         });
       case 'oauth':
         return createOAuthCredential({
@@ -353,7 +368,12 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     throw refusal;
   }
 
-  function createLogin(idpConfig: NonNullable<Config['idp']>): {
+  function createIdpClient(idpConfig: NonNullable<Config['idp']>): IdpClient {
+    const idpOptions = { redirectUri: `${issuer}/oauth/callback`, devMode: config.server.devMode, now };
+    return idpConfig.kind === 'oauth2' ? createOAuth2IdpClient({ config: idpConfig, ...idpOptions }) : createOidcIdpClient({ config: idpConfig, ...idpOptions });
+  }
+
+  function createLogin(idpClient: IdpClient): {
     routes: Route[];
     authenticator: Authenticator;
     idpSession: IdpSessionTokens;
@@ -361,8 +381,6 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     browser: BrowserSession;
   } {
     const keys = loadSigningKeys({ pems: config.authServer.signingKeys, devMode: config.server.devMode, warn: (msg) => logger.warn({ msg }) });
-    const idpClient =
-      options.idpClient ?? createOidcIdpClient({ config: idpConfig, redirectUri: `${issuer}/oauth/callback`, devMode: config.server.devMode, now });
     const resources = config.upstreams.map((u) => ({ name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) }));
     const tokenIssuer = createTokenIssuer({ issuer, keys, accessTokenTtlMs: config.authServer.accessTokenTtl, now });
     // Registered clients, and https client ids as metadata documents when those are on: fetched only

@@ -102,13 +102,42 @@ export function createConfigSchema(sources: SecretSources) {
     allowHosts: z.array(z.string().regex(/^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*|[A-Za-z0-9.-]+)$/, 'must be a host name or IP address, without scheme or port')).default([]),
   });
 
-  const idp = z.strictObject({
+  /** Extra authorization request parameters; the ones the flow's security rests on always win. */
+  const authParams = z.record(z.string(), z.string()).default({});
+
+  /** The company IdP over OpenID Connect (the default): discovery from `issuer`, identity from the ID token. */
+  const idpOidc = z.strictObject({
+    kind: z.literal('oidc').optional(),
     issuer: httpUrl,
     clientId: z.string().min(1),
     clientSecret: secret.optional(),
     scopes: z.array(z.string().min(1)).default(['openid', 'profile', 'email', 'offline_access']),
     userClaim: z.string().min(1).default('sub'),
-    authParams: z.record(z.string(), z.string()).default({}),
+    authParams,
+  });
+
+  /**
+   * The company IdP over plain OAuth 2.0 (RFC 6749, e.g. GitHub): no discovery and no ID token;
+   * the user is read from a user-info API with the access token.
+   */
+  const idpOAuth2 = z.strictObject({
+    kind: z.literal('oauth2'),
+    authorizationEndpoint: httpUrl,
+    tokenEndpoint: httpUrl,
+    userinfoEndpoint: httpUrl,
+    revocationEndpoint: httpUrl.optional(),
+    clientId: z.string().min(1),
+    clientSecret: secret.optional(),
+    tokenEndpointAuthMethod: z.enum(['client_secret_post', 'client_secret_basic']).default('client_secret_post'),
+    scopes: z.array(z.string().min(1)).default([]),
+    userClaim: z
+      .string({ error: 'is required with kind oauth2: the member of the user-info JSON that names the user, e.g. "id" or "login"' })
+      .regex(/^[^.\s]+(\.[^.\s]+)*$/, 'must be a member of the user-info JSON, or a dotted path into it ("id", "login", "data.user.id")'),
+    authParams,
+  });
+
+  const idp = z.discriminatedUnion('kind', [idpOidc, idpOAuth2], {
+    error: (issue) => (issue.code === 'invalid_union' ? 'kind must be "oidc" (the default: an OpenID Connect issuer) or "oauth2" (plain OAuth 2.0 with a user-info API)' : undefined),
   });
 
   /** A URI scheme named without its colon, compared in lower case (RFC 3986 §3.1: schemes are case-insensitive). */
@@ -221,6 +250,8 @@ export function createConfigSchema(sources: SecretSources) {
   });
 
   const challenge = z.enum(['auto', 'elicitation', 'tool_result', 'reauthorize']);
+  /** RFC 3986 absolute URI without a fragment (RFC 8707 §2 `resource`). */
+  const absoluteUri = z.string().refine((text) => /^[A-Za-z][A-Za-z0-9+.-]*:/.test(text) && URL.canParse(text) && !text.includes('#'), 'must be an absolute URI without a fragment');
   const auth = z.discriminatedUnion('mode', [
     z.strictObject({ mode: z.literal('none') }),
     z.strictObject({ mode: z.literal('static'), header: z.string().regex(/^[A-Za-z0-9-]+$/).default('Authorization'), value: secret }),
@@ -239,8 +270,19 @@ export function createConfigSchema(sources: SecretSources) {
     z.strictObject({
       mode: z.literal('token_exchange'),
       tokenEndpoint: httpUrl,
-      audience: z.string().min(1),
+      /** Which of the session's IdP tokens is the subject token (RFC 8693 §2.1 `subject_token_type`). */
+      subjectToken: z.enum(['access_token', 'id_token']).default('access_token'),
+      audience: z.string().min(1).optional(),
+      /** RFC 8693 §2.1 `resource`: absolute URIs of the services the token is for. */
+      resource: z
+        .union([absoluteUri, z.array(absoluteUri).min(1)])
+        .transform((value) => (Array.isArray(value) ? value : [value]))
+        .optional(),
       scopes: z.array(z.string().min(1)).default([]),
+      /** Extra form parameters of the exchange request (e.g. Dex's `connector_id`). */
+      extraParams: z.record(z.string().min(1), z.string()).default({}),
+      /** The `iss` the exchanged token must carry when it is a JWT. */
+      expectedIssuer: z.string().min(1).optional(),
       clientId: z.string().min(1),
       clientSecret: secret.optional(),
       challenge: challenge.default('auto'),
@@ -290,9 +332,16 @@ export function createConfigSchema(sources: SecretSources) {
         ctx.addIssue({ code: 'custom', path: ['server', 'maxBodyBytesInFlight'], message: `must be at least maxBodyBytes (${server.maxBodyBytes}), or no request of the largest size could ever pass` });
       }
       const idp = config.idp as Partial<NonNullable<typeof config.idp>> | undefined;
-      if (idp && !devMode && typeof idp.issuer === 'string' && !idp.issuer.startsWith('https:')) {
-        ctx.addIssue({ code: 'custom', path: ['idp', 'issuer'], message: 'must be an https URL (http is allowed only with devMode: true)' });
+      if (idp && !devMode) {
+        for (const key of ['issuer', 'authorizationEndpoint', 'tokenEndpoint', 'userinfoEndpoint', 'revocationEndpoint'] as const) {
+          const value = (idp as Record<string, unknown>)[key];
+          if (typeof value === 'string' && !value.startsWith('https:')) {
+            ctx.addIssue({ code: 'custom', path: ['idp', key], message: 'must be an https URL (http is allowed only with devMode: true)' });
+          }
+        }
       }
+      // A plain OAuth 2.0 IdP issues no ID token: nothing could be forwarded or exchanged.
+      const withoutIdToken = idp?.kind === 'oauth2';
       const seen = new Set<string>();
       (Array.isArray(config.upstreams) ? config.upstreams : []).forEach((u: Partial<UpstreamShape> | undefined, index) => {
         if (typeof u?.name === 'string') {
@@ -326,6 +375,11 @@ export function createConfigSchema(sources: SecretSources) {
         if (typeof mode === 'string' && mode !== 'none' && mode !== 'static' && AUTH_MODES.has(mode) && !idp) {
           ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'auth', 'mode'], message: `mode "${mode}" needs the idp: section (users must log in)` });
         }
+        if (withoutIdToken && mode === 'id_token') {
+          ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'auth', 'mode'], message: 'mode "id_token" needs an OpenID Connect IdP: idp.kind oauth2 issues no ID token (use mode idp or token_exchange)' });
+        }
+        const auth = u?.auth as Partial<Extract<UpstreamShape['auth'], { mode: 'token_exchange' }>> | undefined;
+        if (mode === 'token_exchange' && auth) checkTokenExchange(auth, ['upstreams', index, 'auth'], { withoutIdToken, devMode }, ctx);
       });
       const storage = config.storage as Partial<typeof config.storage> | undefined;
       const encryptionKeys = Array.isArray(storage?.encryptionKeys) ? storage.encryptionKeys : [];
@@ -353,6 +407,40 @@ export function createConfigSchema(sources: SecretSources) {
     }, { when: () => true });
 }
 
+/**
+ * RFC 8693 §2.1 parameters mcpgate sets itself: `extraParams` may not replace them (a subject
+ * token or grant type from the config would undo what the mode is for).
+ */
+const EXCHANGE_PARAMS = new Set([
+  'grant_type', 'subject_token', 'subject_token_type', 'requested_token_type', 'actor_token', 'actor_token_type',
+  'audience', 'resource', 'scope', 'client_id', 'client_secret', 'client_assertion', 'client_assertion_type',
+]);
+
+/** Cross-field rules of a `token_exchange` upstream; every access is guarded. */
+function checkTokenExchange(
+  auth: { tokenEndpoint?: unknown; subjectToken?: unknown; audience?: unknown; resource?: unknown; extraParams?: unknown },
+  path: (string | number)[],
+  context: { withoutIdToken: boolean; devMode: boolean },
+  ctx: z.RefinementCtx,
+): void {
+  if (context.withoutIdToken && auth.subjectToken === 'id_token') {
+    ctx.addIssue({ code: 'custom', path: [...path, 'subjectToken'], message: 'must be access_token: idp.kind oauth2 issues no ID token' });
+  }
+  if (auth.audience === undefined && auth.resource === undefined) {
+    ctx.addIssue({ code: 'custom', path, message: 'needs audience or resource (or both): the token the exchange issues must be bound to the upstream' });
+  }
+  if (!context.devMode && typeof auth.tokenEndpoint === 'string' && !auth.tokenEndpoint.startsWith('https:')) {
+    ctx.addIssue({ code: 'custom', path: [...path, 'tokenEndpoint'], message: 'must be an https URL (http is allowed only with devMode: true)' });
+  }
+  if (typeof auth.extraParams === 'object' && auth.extraParams !== null) {
+    for (const name of Object.keys(auth.extraParams)) {
+      if (EXCHANGE_PARAMS.has(name)) {
+        ctx.addIssue({ code: 'custom', path: [...path, 'extraParams', name], message: `is set by mcpgate (use the mode's own keys: subjectToken, audience, resource, scopes, clientId, clientSecret)` });
+      }
+    }
+  }
+}
+
 /** Cross-field rules of `storage.valkey`; every access is guarded (the fields may have failed on their own). */
 function checkValkey(valkey: { url?: unknown; sentinel?: unknown; cluster?: unknown; tls?: unknown }, ctx: z.RefinementCtx): void {
   const path = ['storage', 'valkey'];
@@ -373,6 +461,12 @@ function checkValkey(valkey: { url?: unknown; sentinel?: unknown; cluster?: unkn
 
 /** The validated configuration, with defaults filled, durations in milliseconds and secrets resolved. */
 export type Config = z.output<ReturnType<typeof createConfigSchema>>;
+/** The `idp:` section, either kind. */
+export type IdpConfig = NonNullable<Config['idp']>;
+/** `idp:` with `kind: oidc` (the default, so `kind` may be absent). */
+export type OidcIdpConfig = Exclude<IdpConfig, { kind: 'oauth2' }>;
+/** `idp:` with `kind: oauth2`. */
+export type OAuth2IdpConfig = Extract<IdpConfig, { kind: 'oauth2' }>;
 export type UpstreamConfig = Config['upstreams'][number];
 export type UpstreamAuthConfig = UpstreamConfig['auth'];
 export type AuthMode = UpstreamAuthConfig['mode'];

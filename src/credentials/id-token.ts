@@ -68,7 +68,7 @@ export function createIdTokenCredential(options: IdTokenCredentialOptions): Cred
 }
 
 /** `exp` of a stored ID token in epoch ms (it was validated at login; this only reads it). */
-function idTokenExpiry(idToken: string): number | undefined {
+export function idTokenExpiry(idToken: string): number | undefined {
   try {
     const { exp } = decodeJwt(idToken);
     return typeof exp === 'number' ? exp * 1000 : undefined;

@@ -81,7 +81,23 @@ export function createIdpSessionTokens(options: IdpSessionTokensOptions): IdpSes
     // Read again inside the flight: the tokens may have been refreshed since the caller looked.
     const current = await load(sessionId);
     if (!stale(current)) return current;
-    if (!current.refreshToken) return endSession(sessionId, 'the IdP access token expired and there is no refresh token');
+    if (!current.refreshToken) {
+      // A token that cannot be refreshed and has not expired (a plain OAuth 2.0 IdP's token that
+      // never expires, e.g. GitHub's) was refused by an upstream. Only the IdP can tell a revoked
+      // token from an upstream that refuses a good one; the latter must not log the user out of
+      // every upstream, so the same token is handed back (the caller's retry then answers 502).
+      if (idp.checkAccess && (current.expiresAt === undefined || current.expiresAt > now())) {
+        try {
+          await idp.checkAccess(current);
+        } catch (error) {
+          if (error instanceof IdpError && error.kind === 'rejected') return endSession(sessionId, 'the IdP no longer accepts the access token (revoked)');
+          logger.warn({ msg: 'IdP token check failed; tokens kept', sid: sessionTag(sessionId), err: error instanceof Error ? error.message : 'unknown' });
+          throw error;
+        }
+        return current;
+      }
+      return endSession(sessionId, 'the IdP access token expired and there is no refresh token');
+    }
     let next: IdpTokens;
     try {
       next = await idp.refresh(current);

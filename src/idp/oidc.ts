@@ -35,6 +35,7 @@ export interface OidcIdpClientOptions {
  */
 export function createOidcIdpClient(options: OidcIdpClientOptions): IdpClient {
   const { config, redirectUri, devMode } = options;
+  if (config.kind === 'oauth2') throw new TypeError('idp.kind oauth2 is served by createOAuth2IdpClient (oauth2.ts)');
   const issuer = new URL(config.issuer);
   if (issuer.protocol !== 'https:' && !(devMode && issuer.protocol === 'http:')) {
     throw new TypeError('idp.issuer must be an https URL (http only in devMode)');

@@ -33,16 +33,16 @@ export interface IdpLoginStart {
 
 /** The result of the IdP callback: who logged in and the tokens to keep server-side. */
 export interface IdpLoginResult {
-  /** The user, from the configured `userClaim` of the validated ID token. */
+  /** The user, from the configured `userClaim` of the validated ID token (OIDC) or of the user-info JSON (OAuth 2.0). */
   subject: string;
   tokens: IdpTokens;
-  /** Claims of the ID token (for display: name, email). */
+  /** Claims of the ID token, or the user-info JSON (for display: name, email). */
   claims: Record<string, unknown>;
 }
 
 /**
- * The company IdP (OIDC) as our authorization server uses it (DESIGN §4), implemented with
- * openid-client in `oidc.ts`. Throws `IdpError`.
+ * The company IdP as our authorization server uses it: OpenID Connect through openid-client
+ * (`oidc.ts`), or plain OAuth 2.0 with a user-info API (`oauth2.ts`). Throws `IdpError`.
  */
 export interface IdpClient {
   /** Builds the authorization request: our `state`, a fresh PKCE verifier and nonce, `redirect_uri` = our `/oauth/callback`. */
@@ -51,4 +51,16 @@ export interface IdpClient {
   finishLogin(callbackUrl: URL, expected: { state: string; codeVerifier: string; nonce: string }): Promise<IdpLoginResult>;
   /** Refresh-token grant. A refresh token the IdP omits is carried forward from `current`. */
   refresh(current: IdpTokens): Promise<IdpTokens>;
+  /**
+   * Asks the IdP whether it still accepts an access token (a plain OAuth 2.0 IdP: its user-info
+   * API). For tokens that cannot be refreshed: tells "revoked at the IdP" (`IdpError`
+   * `rejected`) from "an upstream refuses a token the IdP still backs" (resolves). Absent when
+   * the IdP offers no such check.
+   */
+  checkAccess?(tokens: IdpTokens): Promise<void>;
+  /**
+   * Revokes the session's tokens at the IdP (RFC 7009), best effort: resolves whatever the IdP
+   * answers. Absent when no revocation endpoint is configured.
+   */
+  revoke?(tokens: IdpTokens): Promise<void>;
 }

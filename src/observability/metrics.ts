@@ -126,6 +126,7 @@ export function createGatewayMetrics(registry: Registry) {
     authFlows: registry.counter('mcpgate_auth_flows_total', 'Upstream OAuth flows by upstream and outcome (started, completed, failed)'),
     refreshes: registry.counter('mcpgate_token_refreshes_total', 'Token refreshes by kind (idp: the company IdP, per session; oauth: an upstream authorization server, with upstream) and outcome'),
     toolCalls: registry.counter('mcpgate_tool_calls_total', 'tools/call requests by upstream, tool (a name the upstream listed in tools/list, else "other") and outcome'),
+    tokenExchanges: registry.counter('mcpgate_token_exchanges_total', 'RFC 8693 token exchanges by upstream and outcome (hit: served from the cache, miss: exchanged, failure: the exchange failed)'),
     storeErrors: registry.counter('mcpgate_store_errors_total', 'Storage operations that failed (the backend unavailable), by operation'),
     elicitationNotifications: registry.counter(
       'mcpgate_elicitation_notifications_total',

@@ -87,12 +87,12 @@ export async function requestToken(options: {
   fetch: TokenFetch;
   endpoint: string;
   client: UpstreamClient;
-  /** `grant_type` and its parameters (`code`, `redirect_uri`, `code_verifier`, `refresh_token`, `resource`, …). */
-  params: Record<string, string>;
+  /** `grant_type` and its parameters (`code`, `redirect_uri`, `code_verifier`, `refresh_token`, `resource`, …); pairs for a repeated name. */
+  params: Record<string, string> | ReadonlyArray<[string, string]>;
   signal?: AbortSignal;
 }): Promise<TokenResponse> {
   const host = new URL(options.endpoint).host;
-  const res = await post(options.fetch, options.endpoint, options.client, new URLSearchParams(options.params), options.signal);
+  const res = await post(options.fetch, options.endpoint, options.client, new URLSearchParams(options.params as Record<string, string> | Array<[string, string]>), options.signal);
   let body: Record<string, unknown> | undefined;
   try {
     const value = res.json();

@@ -9,17 +9,19 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { Writable } from 'node:stream';
-import { createRemoteJWKSet, decodeJwt, jwtVerify } from 'jose';
+import { createRemoteJWKSet, decodeJwt, jwtVerify, SignJWT } from 'jose';
 import type { AuthStores, IdpTokens } from '../../src/authserver/records.ts';
 import { createAuthStores } from '../../src/authserver/stores.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import { createIdpSessionTokens } from '../../src/credentials/idp-session.ts';
-import { ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT, createTokenExchangeCredential } from '../../src/credentials/token-exchange.ts';
+import { ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT, createTokenExchangeCredential, type TokenExchangeOptions } from '../../src/credentials/token-exchange.ts';
 import type { CredentialRequest, CredentialSource, Principal } from '../../src/credentials/types.ts';
 import { HttpError } from '../../src/http/errors.ts';
 import { createOidcIdpClient } from '../../src/idp/oidc.ts';
 import { createGuardedFetch, type GuardedFetch } from '../../src/net/guarded-fetch.ts';
 import { createLogger } from '../../src/observability/logger.ts';
+import { createGatewayMetrics, createRegistry } from '../../src/observability/metrics.ts';
+import { metricValue } from '../support/metrics.ts';
 import { createMemoryStore } from '../../src/store/memory.ts';
 import { createSealer } from '../../src/store/sealed.ts';
 import { startDevIdp, type DevIdp } from '../support/idp.ts';
@@ -43,7 +45,10 @@ async function startExchangeEndpoint(idp: DevIdp) {
     expiresIn: 120,
     requests: [] as URLSearchParams[],
     issued: 0,
+    /** When set, the issued tokens are JWTs with this `iss` (as Keycloak's or Dex's); else opaque. */
+    jwtIssuer: undefined as string | undefined,
   };
+  const jwtKey = randomBytes(32);
   const server = createServer((req, res) => void handle(req, res).catch(() => res.writeHead(500).end()));
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -60,19 +65,24 @@ async function startExchangeEndpoint(idp: DevIdp) {
     const given = Buffer.from(req.headers.authorization ?? '');
     if (state.mode === 'invalid_client' || given.length !== expected.length || !timingSafeEqual(given, expected)) return answer(401, { error: 'invalid_client' });
     if (form.get('grant_type') !== TOKEN_EXCHANGE_GRANT) return answer(400, { error: 'unsupported_grant_type' });
-    if (form.get('subject_token_type') !== ACCESS_TOKEN_TYPE || form.get('requested_token_type') !== ACCESS_TOKEN_TYPE) return answer(400, { error: 'invalid_request' });
-    if (form.get('audience') !== AUDIENCE) return answer(400, { error: 'invalid_target' });
+    const subjectType = form.get('subject_token_type');
+    if ((subjectType !== ACCESS_TOKEN_TYPE && subjectType !== ID_TOKEN_TYPE) || form.get('requested_token_type') !== ACCESS_TOKEN_TYPE) return answer(400, { error: 'invalid_request' });
+    // The target: the configured audience, or resource URIs alone.
+    if (form.get('audience') !== AUDIENCE && !(form.get('audience') === null && form.getAll('resource').length > 0)) return answer(400, { error: 'invalid_target' });
     const subjectToken = form.get('subject_token') ?? '';
     let sub: string;
     try {
-      ({ payload: { sub: sub = '' } } = await jwtVerify(subjectToken, jwks, { issuer: idp.issuer, audience: idp.audience }));
+      // An ID token is verified as one: issued to the IdP's client (mcpgate), not to an API.
+      const audience = subjectType === ID_TOKEN_TYPE ? idp.clientId : idp.audience;
+      ({ payload: { sub: sub = '' } } = await jwtVerify(subjectToken, jwks, { issuer: idp.issuer, audience }));
     } catch {
       return answer(400, { error: 'invalid_request', error_description: 'subject_token is invalid' });
     }
     if (state.refusedSubjects.has(sub) || state.refusedTokens.delete(subjectToken)) return answer(400, { error: 'invalid_request', error_description: 'subject_token is not acceptable' });
     state.issued++;
+    const jwt = state.jwtIssuer && (await new SignJWT({ sub }).setProtectedHeader({ alg: 'HS256' }).setIssuer(state.jwtIssuer).setIssuedAt().setExpirationTime('2m').sign(jwtKey));
     return answer(200, {
-      access_token: `xchg-${sub}-${state.issued}`,
+      access_token: jwt || `xchg-${sub}-${state.issued}`,
       issued_token_type: ACCESS_TOKEN_TYPE,
       token_type: 'Bearer',
       expires_in: state.expiresIn,
@@ -284,5 +294,193 @@ describe('token_exchange credential', () => {
     assert.equal(error.status, 401);
     assert.match(error.headers['www-authenticate']!, /^Bearer resource_metadata="http:\/\/127\.0\.0\.1:1\/\.well-known\/oauth-protected-resource\/api\/mcp".*error="invalid_token"/);
     assert.equal(await stores.sessions.get('sid-bob'), undefined, 'the session ended');
+  });
+});
+
+describe('token_exchange as real deployments need it: subject token, extra parameters, target, issuer, metrics', () => {
+  let idp: DevIdp;
+  let endpoint: Awaited<ReturnType<typeof startExchangeEndpoint>>;
+  let fetcher: GuardedFetch;
+  let stores: AuthStores;
+  const t = Date.now();
+  const now = () => t;
+  const logger = createLogger({ level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
+  const registry = createRegistry();
+  const metrics = createGatewayMetrics(registry);
+  const principal: Principal = { subject: 'alice', sessionId: 'sid-alice', clientId: 'agent', scopes: ['mcp'], expiresAt: Math.floor(t / 1000) + 600 };
+  const request = (): CredentialRequest => ({ principal, rpc: undefined, mcpSessionId: undefined, signal: new AbortController().signal });
+  let sessionTokens: ReturnType<typeof createIdpSessionTokens>;
+  const credentialFor = (name: string, options: Partial<TokenExchangeOptions>) =>
+    createTokenExchangeCredential({
+      upstream: { name, resource: `http://127.0.0.1:1/${name}/mcp`, scopes: ['mcp'] },
+      tokenEndpoint: endpoint.url,
+      scopes: [],
+      clientId: EXCHANGE_CLIENT,
+      clientSecret: EXCHANGE_SECRET,
+      session: sessionTokens,
+      endSession: (sid) => stores.sessions.revoke(sid),
+      fetch: fetcher,
+      logger,
+      exchanges: metrics.tokenExchanges,
+      ...options,
+    });
+  const exchanges = (upstream: string, outcome: string) => metricValue(registry.render(), 'mcpgate_token_exchanges_total', { upstream, outcome });
+
+  before(async () => {
+    idp = await startDevIdp({ accessTokenTtlSeconds: 300, users: [{ login: 'alice', password: randomBytes(6).toString('base64url') }] });
+    endpoint = await startExchangeEndpoint(idp);
+    fetcher = createGuardedFetch({ allowHttp: true, allowPrivate: true });
+    stores = createAuthStores({ store: createMemoryStore({ now }), sealer: createSealer({ keys: [{ id: 'k1', key: randomBytes(32) }] }), now });
+    await stores.sessions.put({ sessionId: 'sid-alice', subject: 'alice', clientId: 'agent', createdAt: t, expiresAt: t + 86_400_000 });
+    await stores.idpTokens.put('sid-alice', await signIn(idp, 'alice', now), 86_400_000);
+    const idpClient = createOidcIdpClient({
+      config: { issuer: idp.issuer, clientId: idp.clientId, clientSecret: idp.clientSecret, scopes: ['openid', 'offline_access'], userClaim: 'sub', authParams: {} },
+      redirectUri: 'http://127.0.0.1:1/oauth/callback',
+      devMode: true,
+      now,
+    });
+    sessionTokens = createIdpSessionTokens({ stores, idp: idpClient, logger, now });
+  });
+  after(async () => {
+    await endpoint?.close();
+    await fetcher?.close();
+    await idp?.close();
+  });
+
+  test('subjectToken id_token, extraParams, audience, several resources and scopes are what the request carries', async () => {
+    const credential = credentialFor('dex', {
+      subjectToken: 'id_token',
+      extraParams: { connector_id: 'github' },
+      audience: AUDIENCE,
+      resource: ['https://api.example.test/v1', 'https://files.example.test/'],
+      scopes: ['read', 'write'],
+    });
+    assert.match((await credential.headers(request())).authorization!, /^Bearer xchg-alice-/);
+    const form = endpoint.state.requests.at(-1)!;
+    const idToken = (await stores.idpTokens.get('sid-alice'))!.idToken!;
+    assert.ok(idToken, 'the session has an ID token');
+    assert.equal(form.get('subject_token'), idToken, 'the ID token, not the access token');
+    assert.equal(form.get('subject_token_type'), ID_TOKEN_TYPE);
+    assert.equal(form.get('requested_token_type'), ACCESS_TOKEN_TYPE);
+    assert.equal(form.get('connector_id'), 'github');
+    assert.equal(form.get('audience'), AUDIENCE);
+    assert.deepEqual(form.getAll('resource'), ['https://api.example.test/v1', 'https://files.example.test/']);
+    assert.equal(form.get('scope'), 'read write');
+  });
+
+  test('resource without audience; the default subject is the access token', async () => {
+    const credential = credentialFor('files', { resource: ['https://files.example.test/'] });
+    await credential.headers(request());
+    const form = endpoint.state.requests.at(-1)!;
+    assert.equal(form.get('audience'), null);
+    assert.deepEqual(form.getAll('resource'), ['https://files.example.test/']);
+    assert.equal(form.get('subject_token'), (await stores.idpTokens.get('sid-alice'))!.accessToken);
+    assert.equal(form.get('subject_token_type'), ACCESS_TOKEN_TYPE);
+    assert.equal(form.has('scope'), false, 'no scopes configured: no scope parameter');
+  });
+
+  test('expectedIssuer: a JWT from that issuer is used; one from another issuer is refused with 502, not cached, the session kept', async () => {
+    endpoint.state.jwtIssuer = 'https://sts.example.test/realms/tools';
+    try {
+      const good = credentialFor('realm-ok', { audience: AUDIENCE, expectedIssuer: 'https://sts.example.test/realms/tools' });
+      const token = (await good.headers(request())).authorization!.slice('Bearer '.length);
+      assert.equal(decodeJwt(token).iss, 'https://sts.example.test/realms/tools');
+
+      const wrong = credentialFor('realm-wrong', { audience: AUDIENCE, expectedIssuer: 'https://sts.example.test/realms/apps' });
+      const before = endpoint.state.requests.length;
+      for (let i = 0; i < 2; i++) {
+        const error = await wrong.headers(request()).then(() => assert.fail('expected 502'), (e: unknown) => e);
+        assert.ok(error instanceof HttpError);
+        assert.equal(error.status, 502);
+        assert.match(error.message, /unexpected issuer \(expected https:\/\/sts\.example\.test\/realms\/apps\)/);
+      }
+      assert.equal(endpoint.state.requests.length, before + 2, 'nothing cached: each request exchanged again');
+      assert.ok(await stores.sessions.get('sid-alice'), 'our configuration is wrong, not the sign-in');
+    } finally {
+      endpoint.state.jwtIssuer = undefined;
+    }
+    // An opaque token carries no issuer to compare: it passes.
+    const opaque = credentialFor('opaque', { audience: AUDIENCE, expectedIssuer: 'https://sts.example.test/realms/apps' });
+    assert.match((await opaque.headers(request())).authorization!, /^Bearer xchg-alice-/);
+  });
+
+  test('mcpgate_token_exchanges_total counts hits, misses and failures per upstream', async () => {
+    const credential = credentialFor('counted', { audience: AUDIENCE });
+    await credential.headers(request());
+    await credential.headers(request());
+    await credential.headers(request());
+    assert.equal(exchanges('counted', 'miss'), 1);
+    assert.equal(exchanges('counted', 'hit'), 2);
+    assert.equal(exchanges('counted', 'failure'), 0);
+    assert.equal(exchanges('realm-wrong', 'failure'), 2, 'the refused issuer counted as failures');
+    endpoint.state.mode = 'down';
+    try {
+      const down = credentialFor('down', { audience: AUDIENCE });
+      await assert.rejects(down.headers(request()), (e: unknown) => e instanceof HttpError && e.status === 503);
+      assert.equal(exchanges('down', 'failure'), 1);
+      assert.equal(exchanges('down', 'miss'), 0);
+    } finally {
+      endpoint.state.mode = 'ok';
+    }
+  });
+
+  test('options are checked when the credential is made', () => {
+    assert.throws(() => credentialFor('x', { audience: undefined, resource: [] }), /audience or resource/);
+    assert.throws(() => credentialFor('x', { audience: AUDIENCE, extraParams: { subject_token: 'mine' } }), /subject_token is set by the exchange/);
+  });
+});
+
+describe('token_exchange configuration', () => {
+  const parse = (auth: Record<string, unknown>, extra: { devMode?: boolean; idp?: Record<string, unknown> } = {}) =>
+    parseConfig(
+      JSON.stringify({
+        server: { publicUrl: extra.devMode === false ? 'https://gw.example.test' : 'http://127.0.0.1:1', devMode: extra.devMode ?? true },
+        idp: extra.idp ?? { issuer: 'https://idp.example.test', clientId: 'mcpgate' },
+        authServer: { signingKeys: ['file:/k.pem'] },
+        upstreams: [{ name: 'api', url: 'https://api.example.test/mcp', auth: { mode: 'token_exchange', clientId: 'x', ...auth } }],
+      }),
+      'test',
+      { env: {}, readFile: () => '-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n' },
+    );
+  const problems = (auth: Record<string, unknown>, extra?: Parameters<typeof parse>[1]) => {
+    try {
+      parse(auth, extra);
+      return [];
+    } catch (error) {
+      return (error as { problems?: string[] }).problems ?? [String(error)];
+    }
+  };
+
+  test('the new keys parse; resource may be one URI or a list', () => {
+    const auth = parse({
+      tokenEndpoint: 'https://sts.example.test/token',
+      subjectToken: 'id_token',
+      resource: 'https://api.example.test/',
+      extraParams: { connector_id: 'github' },
+      expectedIssuer: 'https://sts.example.test/realms/tools',
+    }).upstreams[0]!.auth;
+    assert.equal(auth.mode, 'token_exchange');
+    assert.ok(auth.mode === 'token_exchange');
+    assert.deepEqual(auth.resource, ['https://api.example.test/']);
+    assert.equal(auth.subjectToken, 'id_token');
+    assert.deepEqual(auth.extraParams, { connector_id: 'github' });
+    assert.equal(auth.expectedIssuer, 'https://sts.example.test/realms/tools');
+    assert.equal(auth.audience, undefined);
+  });
+
+  test('every wrong shape is named with its path', () => {
+    assert.deepEqual(problems({ tokenEndpoint: 'https://sts.example.test/token' }), ['upstreams[0].auth: needs audience or resource (or both): the token the exchange issues must be bound to the upstream']);
+    assert.deepEqual(problems({ tokenEndpoint: 'https://sts.example.test/token', audience: 'a', extraParams: { grant_type: 'password' } }), [
+      "upstreams[0].auth.extraParams.grant_type: is set by mcpgate (use the mode's own keys: subjectToken, audience, resource, scopes, clientId, clientSecret)",
+    ]);
+    assert.match(problems({ tokenEndpoint: 'https://sts.example.test/token', audience: 'a', subjectToken: 'refresh_token' })[0]!, /^upstreams\[0\]\.auth\.subjectToken: /);
+    assert.match(problems({ tokenEndpoint: 'https://sts.example.test/token', resource: ['not a uri'] })[0]!, /^upstreams\[0\]\.auth\.resource/);
+    assert.deepEqual(problems({ tokenEndpoint: 'http://10.0.0.5/token', audience: 'a' }, { devMode: false }), [
+      'upstreams[0].auth.tokenEndpoint: must be an https URL (http is allowed only with devMode: true)',
+    ]);
+    const oauth2 = { kind: 'oauth2', authorizationEndpoint: 'https://github.com/login/oauth/authorize', tokenEndpoint: 'https://github.com/login/oauth/access_token', userinfoEndpoint: 'https://api.github.com/user', clientId: 'c', userClaim: 'id' };
+    assert.deepEqual(problems({ tokenEndpoint: 'https://sts.example.test/token', audience: 'a', subjectToken: 'id_token' }, { idp: oauth2 }), [
+      'upstreams[0].auth.subjectToken: must be access_token: idp.kind oauth2 issues no ID token',
+    ]);
   });
 });

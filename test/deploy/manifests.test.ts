@@ -232,7 +232,7 @@ function assertSecretsAreReferences(cfg: Config, where: string): void {
 const CONFIG_KEYS: Record<string, string[]> = {
   '': ['server', 'idp', 'authServer', 'storage', 'upstreams'],
   server: ['listen', 'publicUrl', 'devMode', 'trustedProxies', 'allowedOrigins', 'maxBodyBytes'],
-  idp: ['issuer', 'clientId', 'clientSecret', 'scopes', 'userClaim', 'authParams'],
+  idp: ['kind', 'issuer', 'clientId', 'clientSecret', 'scopes', 'userClaim', 'authParams', 'authorizationEndpoint', 'tokenEndpoint', 'userinfoEndpoint', 'revocationEndpoint', 'tokenEndpointAuthMethod'],
   authServer: ['signingKeys', 'accessTokenTtl', 'refreshTokenTtl', 'sessionMaxLifetime', 'maxSessionsPerUser', 'registration', 'clientMetadataDocuments'],
   'authServer.registration': ['dynamic', 'initialAccessToken', 'unusedTtl', 'maxUnused', 'redirectSchemes'],
   'authServer.registration.redirectSchemes': ['allow', 'deny'],
@@ -525,7 +525,7 @@ test('no committed manifest holds a Secret with real data', async () => {
   }
 });
 
-const EXAMPLES = ['keycloak', 'okta', 'entra-id', 'google', 'dex', 'auth0'];
+const EXAMPLES = ['keycloak', 'okta', 'entra-id', 'google', 'dex', 'auth0', 'github'];
 
 test('every example config parses, uses known keys and only secret references', async () => {
   const dir = join(deployDir, 'examples');
@@ -539,6 +539,11 @@ test('every example config parses, uses known keys and only secret references', 
     assertKnownKeys(cfg, f);
     assertSecretsAreReferences(cfg, f);
     const idp = cfg.idp as Config;
+    if (idp.kind === 'oauth2') {
+      // Plain OAuth 2.0: no issuer and no openid scope, every endpoint https.
+      for (const key of ['authorizationEndpoint', 'tokenEndpoint', 'userinfoEndpoint']) assert.match(String(idp[key]), /^https:\/\//, `${f}: https ${key}`);
+      continue;
+    }
     assert.match(String(idp.issuer), /^https:\/\//, `${f}: https issuer`);
     assert.ok(Array.isArray(idp.scopes) && idp.scopes.includes('openid'), `${f}: openid scope`);
   }
@@ -555,6 +560,13 @@ test('examples follow each IdP’s documented shapes', async () => {
   assert.ok((auth0.authParams as Config).audience, 'Auth0 needs an audience for JWT access tokens');
   assert.match(String((await load('keycloak')).issuer), /\/realms\/[^/]+$/);
   assert.match(String((await load('okta')).issuer), /\/oauth2\/[^/]+$/, 'an Okta custom authorization server');
+  const github = await load('github');
+  assert.deepEqual(
+    [github.kind, github.authorizationEndpoint, github.tokenEndpoint, github.userinfoEndpoint],
+    ['oauth2', 'https://github.com/login/oauth/authorize', 'https://github.com/login/oauth/access_token', 'https://api.github.com/user'],
+    'GitHub: plain OAuth 2.0 at github.com, identity from the user API',
+  );
+  assert.ok(['login', 'id'].includes(String(github.userClaim)), 'GitHub names users by login or id');
 });
 
 test('Dockerfile: multi-stage Node 24, non-root, port and stop signal', async () => {

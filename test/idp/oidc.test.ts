@@ -19,7 +19,7 @@ before(async () => {
 });
 after(() => idp?.close());
 
-function idpConfig(overrides: Partial<NonNullable<Config['idp']>> = {}): NonNullable<Config['idp']> {
+function idpConfig(overrides: Partial<Extract<NonNullable<Config['idp']>, { issuer: string }>> = {}): NonNullable<Config['idp']> {
   return {
     issuer: idp.issuer,
     clientId: idp.clientId,

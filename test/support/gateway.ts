@@ -18,9 +18,12 @@ export interface TestGatewayOptions {
   env?: Record<string, string>;
   /** Files `file:` references resolve against, by path. */
   files?: Record<string, string>;
-  /** The company IdP (e.g. the dev IdP): adds the `idp:` section, its secret passed by `env:`. */
-  idp?: { issuer: string; clientId: string; clientSecret: string };
-  /** Extra `idp:` keys (e.g. `userClaim`). */
+  /**
+   * The company IdP (e.g. the dev IdP): adds the `idp:` section, its secret passed by `env:`.
+   * Any other `idp:` keys (`kind: oauth2` and its endpoints, `userClaim`) go in `extra`.
+   */
+  idp?: { issuer?: string; clientId: string; clientSecret: string; extra?: Record<string, unknown> };
+  /** Extra `idp:` keys (e.g. `userClaim`), as `idp.extra`. */
   idpExtra?: Record<string, unknown>;
   /** The `log:` section. */
   log?: Record<string, unknown>;
@@ -65,7 +68,7 @@ export async function startGateway(options: TestGatewayOptions): Promise<TestGat
     upstreams: options.upstreams.map((u) => ({ name: u.name, url: String(u.url), auth: u.auth ?? { mode: 'none' } })),
   };
   if (options.idp) {
-    raw.idp = { issuer: options.idp.issuer, clientId: options.idp.clientId, clientSecret: 'env:TEST_IDP_SECRET', ...options.idpExtra };
+    raw.idp = { issuer: options.idp.issuer, clientId: options.idp.clientId, clientSecret: 'env:TEST_IDP_SECRET', ...options.idpExtra, ...options.idp.extra };
     env.TEST_IDP_SECRET = options.idp.clientSecret;
   }
   if (options.authServer) raw.authServer = options.authServer;
