@@ -369,7 +369,7 @@ export function createConfigSchema(sources: SecretSources) {
             ctx.addIssue({ code: 'custom', path, message: 'must be an https URL (the gateway fetches it server-side; http is allowed only with devMode: true)' });
           }
         };
-        if (mode === 'token_exchange') httpsOnly(['upstreams', index, 'auth', 'tokenEndpoint'], (u!.auth as { tokenEndpoint?: unknown }).tokenEndpoint);
+        // (A token_exchange tokenEndpoint is checked by its own schema.)
         // Mode oauth discovers the upstream's authorization server from the upstream's own origin.
         if (mode === 'oauth') httpsOnly(['upstreams', index, 'url'], u!.url);
         if (typeof mode === 'string' && mode !== 'none' && mode !== 'static' && AUTH_MODES.has(mode) && !idp) {

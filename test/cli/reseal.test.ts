@@ -187,11 +187,13 @@ describe('mcpgate keys reseal', () => {
 
     before = await dump();
     const sealedBefore = [...before.values()].filter((v) => sealedUnder(v.value) !== undefined);
-    // Per session: its IdP tokens and its upstream token row; plus the one DCR registration.
-    assert.equal(sealedBefore.length, 2 * SESSIONS + 1);
+    // Per session at least its record, its IdP tokens, its refresh token and its upstream token row;
+    // plus the client and the one DCR registration (every authorization-server record is sealed).
+    const sealedCount = sealedBefore.length;
+    assert.ok(sealedCount >= 4 * SESSIONS + 2, `${sealedCount} sealed values`);
     assert.ok(sealedBefore.every((v) => sealedUnder(v.value) === 'k0'));
+    // Unsealed: what names nobody's secret (rate-limit counters, the per-session client facts).
     const notSealed = before.size - sealedBefore.length;
-    assert.ok(notSealed > 0, 'sessions, clients and refresh-token records are stored unsealed');
 
     // 2. The rollout: every replica now seals under k1 and still opens k0. One keeps serving during the reseal.
     const both = configFile('both.yaml', ['k1', 'k0']);
@@ -199,7 +201,7 @@ describe('mcpgate keys reseal', () => {
     try {
       const run = await cli(['keys', 'reseal', '--config', both]);
       assert.equal(run.code, 0, run.stderr);
-      assert.equal(count(run.stdout, 'resealed'), 2 * SESSIONS + 1);
+      assert.equal(count(run.stdout, 'resealed'), sealedCount);
       assert.equal(count(run.stdout, 'already current'), 0);
       assert.equal(count(run.stdout, 'not sealed'), notSealed);
       assert.equal(count(run.stdout, 'unreadable'), 0);
@@ -232,7 +234,7 @@ describe('mcpgate keys reseal', () => {
       const again = await cli(['keys', 'reseal', '--config', both]);
       assert.equal(again.code, 0, again.stderr);
       assert.equal(count(again.stdout, 'resealed'), 0);
-      assert.equal(count(again.stdout, 'already current'), 2 * SESSIONS + 1);
+      assert.ok(count(again.stdout, 'already current') >= sealedCount);
       const afterAgain = await dump();
       for (const [key, { value }] of afterRun) assert.equal(afterAgain.get(key)?.value, value, `${key} untouched by the second run`);
     } finally {

@@ -20,7 +20,7 @@ import { login, registerClient, type AuthGateway } from '../authserver/fixture.t
 import { waitFor } from '../support/mcp-upstream.ts';
 import { metricValue, scrapeMetrics } from '../support/metrics.ts';
 import { startUpstreamWithAs, type UpstreamWithAs } from '../support/upstream-as.ts';
-import { createBrowser, formAction, type Browser } from '../upstream-oauth/browser.ts';
+import { confirmConnect, createBrowser, formAction, isConnectConfirmation, type Browser } from '../upstream-oauth/browser.ts';
 import { startFleet, type Fleet } from './fixture.ts';
 
 let upstream: UpstreamWithAs;
@@ -101,6 +101,8 @@ function agent(options: { upstream: string; accessToken: string; capabilities: R
 /** The user's trip through the upstream's own authorization server: login there, approve. */
 async function authorizeAtUpstream(browser: Browser, url: string, upstreamUser: string) {
   let page = await browser.open(url);
+  // mcpgate asks which account to connect first (a click on its confirmation page).
+  if (isConnectConfirmation(page)) page = await confirmConnect(browser, page);
   for (let step = 0; step < 4 && page.url.startsWith(upstream.issuer) && page.status === 200; step++) {
     page = /\/login"/.test(page.body)
       ? await browser.submit(formAction(page, /\/login$/), { login: upstreamUser })
