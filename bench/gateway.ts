@@ -1,3 +1,5 @@
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
 import { getHeapSpaceStatistics } from 'node:v8';
 import { createApp } from '../src/app.ts';
 import { generateSigningKeyPem, generateStoreKey } from '../src/authserver/keys.ts';
@@ -64,6 +66,7 @@ const config = parseConfig(lines.join('\n'), 'bench/gateway.ts', {
   env: {}, // no MCPGATE_* override from the caller's environment
   readFile: (path) => files[path] ?? '',
 });
+const profiler = new Session();
 const trace = { on: false, calls: [] as { op: string; start: number; end: number }[] };
 const store = traced(valkeyUrl ? await valkeyStore(config) : createMemoryStore());
 const app = createApp(config, { store, idpClient: mode === 'idp' ? unusedIdp() : undefined });
@@ -149,6 +152,22 @@ serveParent(
     /** Committed and used bytes of each V8 heap space, to tell what an RSS figure is made of. */
     heapSpaces: () => getHeapSpaceStatistics().map((s) => ({ space: s.space_name, size: s.space_size, used: s.space_used_size })),
     openRequests: () => app.frontDoor.inFlight(),
+    /**
+     * `{ on: true }` starts V8's sampling heap profiler with collected objects included (what
+     * `--heap-prof` leaves out: it keeps only what is still alive at exit), so the profile counts
+     * every allocation of the requests in between; `{ on: false, file }` writes it to `file`.
+     */
+    allocProfile: async (args) => {
+      if (args.on) {
+        profiler.connect();
+        await profiler.post('HeapProfiler.startSampling', { samplingInterval: 1024, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+        return undefined;
+      }
+      const { profile } = await profiler.post('HeapProfiler.stopSampling');
+      profiler.disconnect();
+      writeFileSync(String(args.file), JSON.stringify(profile));
+      return args.file;
+    },
     /** `{ on: true }` starts recording store calls; `{ on: false }` stops and returns the calls and the round trips they took. */
     storeTrace: (args) => {
       if (args.on) {

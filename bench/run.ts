@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -45,6 +46,9 @@ const { values: opts } = parseArgs({
     store: { type: 'string', default: 'memory' },
     'heap-prof': { type: 'boolean', default: false },
     'trace-gc': { type: 'boolean', default: false },
+    ab: { type: 'string' },
+    'alloc-prof': { type: 'boolean', default: false },
+    quick: { type: 'boolean', default: false },
   },
 });
 const DURATION = Number(opts.duration);
@@ -73,6 +77,8 @@ const TARGETS = { cpuRatio: MODE === 'none' ? 1.25 : STORE === 'valkey' ? 1.6 : 
  * the direct and reference paths too so every path carries the same request bytes.
  */
 let loadAuth: { authorization?: string } = {};
+/** A gateway with its own seeded session (`--ab`'s before) gets its own `Authorization`. */
+const authByUrl = new Map<string, { authorization?: string }>();
 const STARTED = performance.now();
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 /** Where the children's code is: compiled JavaScript (bench/tsconfig.json), or bench/*.ts with --from-src. */
@@ -136,7 +142,7 @@ async function saturate(load: Child, url: string, connections: number, seconds: 
   const before = watched.map((c) => cpuMicros(c.pid));
   const t0 = performance.now();
   const { result: r, foreignPct } = await withForeignLoad(() =>
-    load.call<{ ok: number; rps: number; errors: number; timeouts: number; non2xx: number }>('saturate', { url, connections, duration: seconds, ...loadAuth }),
+    load.call<{ ok: number; rps: number; errors: number; timeouts: number; non2xx: number }>('saturate', { url, connections, duration: seconds, ...(authByUrl.get(url) ?? loadAuth) }),
   );
   const wallUs = (performance.now() - t0) * 1000;
   const cpu: Saturation['cpu'] = {};
@@ -188,6 +194,41 @@ async function authOf(gateway: Child): Promise<{ authorization?: string }> {
   return authorization ? { authorization } : {};
 }
 
+/**
+ * `--quick` (with `--ab DIR` for a before/after): only the c=32 saturation rounds, gateway,
+ * before and plain proxy alternating; prints CPU per request of each (best and median round).
+ */
+async function quick(load: Child, upstream: Child, gateway: Child, plain: Child, before: Child | undefined, directUrl: string): Promise<void> {
+  const parts = [gateway, plain, ...(before ? [before] : [])];
+  for (const p of parts) await saturate(load, String(p.ready), 32, WARMUP, []);
+  const rounds = new Map<Child, Saturation[]>(parts.map((p) => [p, []]));
+  const foreign: number[] = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    for (const p of parts) {
+      const round = await saturate(load, String(p.ready), 32, DURATION, [upstream, p, load]);
+      rounds.get(p)!.push(round);
+      foreign.push(round.foreignPct);
+    }
+  }
+  const plainMedian = median(rounds.get(plain)!.map((s) => s.cpu.plain!.usPerReq));
+  const plainBest = best(rounds.get(plain)!, 'plain').cpu.plain!.usPerReq;
+  for (const p of parts) {
+    const list = rounds.get(p)!;
+    const us = list.map((s) => s.cpu[p.name]!.usPerReq);
+    console.log(
+      `${p.name.padEnd(8)} best ${fmt(Math.min(...us), 1)} µs (${fmt(Math.min(...us) / plainBest)}× plain), median ${fmt(median(us), 1)} µs (${fmt(median(us) / plainMedian)}× plain); ` +
+        `rounds ${us.map((u) => fmt(u, 1)).join(' ')}; req/s ${list.map((s) => fmt(s.rps, 0)).join(' ')}`,
+    );
+  }
+  console.log(`other processes per round: ${foreign.map((f) => fmt(f, 0)).join(' ')} % of a core; direct not measured (${directUrl})`);
+  await stopAll();
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted.length % 2 ? sorted[(sorted.length - 1) / 2]! : (sorted[sorted.length / 2 - 1]! + sorted[sorted.length / 2]!) / 2;
+}
+
 const fmt = (n: number, digits = 2) => (Number.isFinite(n) ? n.toFixed(digits) : 'n/a');
 const mb = (bytes: number) => `${fmt(bytes / 1024 / 1024, 1)} MB`;
 
@@ -218,6 +259,14 @@ async function measure(built: string, niced: boolean, loadCpu: number | undefine
   const gcFlags = opts['trace-gc'] ? ['--trace-gc'] : [];
   const gateway = await start('gateway', 'gateway', gatewayArgs('info'), GATEWAY_CPU, ['--expose-gc', ...profileFlags, ...heapFlags, ...gcFlags]);
   const plain = await start('plain', 'plain-proxy', [directUrl], GATEWAY_CPU, ['--expose-gc']);
+  // --ab DIR: a prebuilt copy of .bench-out/build (the code before a change) joins the saturation rounds.
+  const before = opts.ab
+    ? await startChild({ name: 'before', script: `${opts.ab.replace(/\/$/, '')}/bench/gateway.js`, args: gatewayArgs('info'), cpu: GATEWAY_CPU, nice: NICE, nodeFlags: ['--expose-gc'] })
+    : undefined;
+  if (before) {
+    children.push(before);
+    authByUrl.set(String(before.ready), await authOf(before));
+  }
   const gatewayUrl = String(gateway.ready);
   const plainUrl = String(plain.ready);
   loadAuth = await authOf(gateway);
@@ -228,6 +277,7 @@ async function measure(built: string, niced: boolean, loadCpu: number | undefine
 
   // Memory first, while the processes are fresh: after the load phases V8 keeps a grown young
   // generation and pooled pages committed, and new streams would land in memory already counted.
+  if (opts.quick) return quick(load, upstream, gateway, plain, before, directUrl);
   note(`first SSE event: ${SSE_SAMPLES} sequential GETs each`);
   const sseDirect = await load.call<Latency>('sseFirst', { url: directUrl, count: SSE_SAMPLES, ...loadAuth });
   const sseGateway = await load.call<Latency>('sseFirst', { url: gatewayUrl, count: SSE_SAMPLES, ...loadAuth });
@@ -252,6 +302,7 @@ async function measure(built: string, niced: boolean, loadCpu: number | undefine
   await saturate(load, directUrl, 32, WARMUP, []);
   await saturate(load, gatewayUrl, 32, WARMUP, []);
   await saturate(load, plainUrl, 32, WARMUP, []);
+  if (before) await saturate(load, String(before.ready), 32, WARMUP, []);
 
   // Store calls of one request: 50 requests one at a time, each call timed in the gateway.
   const TRACED = 50;
@@ -261,20 +312,36 @@ async function measure(built: string, niced: boolean, loadCpu: number | undefine
   if (traced.ok !== TRACED) note(`WARNING: ${TRACED - traced.ok} of the traced requests failed`);
 
   const sat: Record<number, { direct: Saturation; gateway: Saturation; plain: Saturation }> = {};
+  const abLines: string[] = [];
   const allRounds: string[] = [];
   let valkeyCommands: { calls: number; requests: number } | undefined;
   for (const c of [32, 256]) {
     note(`saturation c=${c}: direct, gateway and plain proxy alternating, ${ROUNDS} × ${DURATION} s each`);
-    const rounds = { direct: [] as Saturation[], gateway: [] as Saturation[], plain: [] as Saturation[] };
+    const rounds = { direct: [] as Saturation[], gateway: [] as Saturation[], plain: [] as Saturation[], before: [] as Saturation[] };
     for (let r = 0; r < ROUNDS; r++) {
       rounds.direct.push(await saturate(load, directUrl, c, DURATION, [upstream, load]));
       const commandsBefore = valkey?.commandCalls();
+      const profiling = opts['alloc-prof'] && c === 32 && r === 0;
+      if (profiling) await gateway.call('allocProfile', { on: true });
       rounds.gateway.push(await saturate(load, gatewayUrl, c, DURATION, [upstream, gateway, load]));
+      if (profiling) {
+        mkdirSync(`${ROOT}.bench-out/profiles`, { recursive: true });
+        const requests = rounds.gateway.at(-1)!.ok;
+        const file = await gateway.call<string>('allocProfile', { on: false, file: `${ROOT}.bench-out/profiles/alloc-${MODE}-${Date.now()}-${requests}req.heapprofile` });
+        note(`allocation profile of ${requests} requests (CPU figures of this round include the profiler): ${file}`);
+      }
       if (valkey && c === 32) {
         const last = rounds.gateway.at(-1)!;
         valkeyCommands = { calls: (valkeyCommands?.calls ?? 0) + valkey.commandCalls() - commandsBefore!, requests: (valkeyCommands?.requests ?? 0) + last.ok + last.failed };
       }
       rounds.plain.push(await saturate(load, plainUrl, c, DURATION, [upstream, plain, load]));
+      if (before) rounds.before.push(await saturate(load, String(before.ready), c, DURATION, [upstream, before, load]));
+    }
+    if (before) {
+      const b = best(rounds.before, 'before');
+      const p = best(rounds.plain, 'plain');
+      abLines.push(`c=${c}: before ${fmt(b.cpu.before!.usPerReq, 1)} µs = ${fmt(b.cpu.before!.usPerReq / p.cpu.plain!.usPerReq)}× plain, ${fmt(b.rps, 0)} req/s; after ${fmt(best(rounds.gateway, 'gateway').cpu.gateway!.usPerReq, 1)} µs = ${fmt(best(rounds.gateway, 'gateway').cpu.gateway!.usPerReq / p.cpu.plain!.usPerReq)}× plain; medians before ${fmt(median(rounds.before.map((r) => r.cpu.before!.usPerReq)), 1)}, after ${fmt(median(rounds.gateway.map((r) => r.cpu.gateway!.usPerReq)), 1)}, plain ${fmt(median(rounds.plain.map((r) => r.cpu.plain!.usPerReq)), 1)} µs`);
+      allRounds.push(`c=${c} before ${rounds.before.map(roundText).join(' | ')}`);
     }
     sat[c] = { direct: best(rounds.direct, ''), gateway: best(rounds.gateway, 'gateway'), plain: best(rounds.plain, 'plain') };
     for (const which of ['direct', 'gateway', 'plain'] as const) allRounds.push(`c=${c} ${which} ${rounds[which].map(roundText).join(' | ')}`);
@@ -305,6 +372,7 @@ async function measure(built: string, niced: boolean, loadCpu: number | undefine
   const idleAfterGc = (await gateway.call<Memory>('memory', { gc: true })).rss;
   await stop(gateway);
   await stop(plain);
+  if (before) await stop(before);
 
   let logOff: Saturation | undefined;
   let idleFromSrc: number | undefined;
@@ -366,6 +434,10 @@ async function measure(built: string, niced: boolean, loadCpu: number | undefine
   if (valkeyCommands) rows.push(['Valkey commands per request (INFO commandstats, c=32)', fmt(valkeyCommands.calls / valkeyCommands.requests, 2), '—', undefined]);
   printTable(['figure', 'measured', 'target', 'result'], rows.map(([f, m, t, p]) => [f, m, t, p === undefined ? 'info' : p ? 'PASS' : 'MISS']));
 
+  if (abLines.length > 0) {
+    console.log(`\nBefore (${opts.ab}) and after, same rounds:`);
+    for (const line of abLines) console.log(`  ${line}`);
+  }
   console.log('\nAgainst the direct connection (information)');
   const info: string[][] = [];
   for (const c of [32, 256]) {
