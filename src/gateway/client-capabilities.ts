@@ -75,10 +75,12 @@ export function createClientCapabilities(options: ClientCapabilitiesOptions = {}
   // A Map iterates in insertion order: deleting and re-inserting on use makes its first key the LRU.
   const entries = new Map<string, Entry>();
   /** The map keys a session is known by, most specific first. */
-  const keysOf = (key: AgentSessionKey): string[] => [
-    ...(key.mcpSessionId ? [`${key.upstream}\nm\n${key.mcpSessionId}`] : []),
-    ...(key.sessionId ? [`${key.upstream}\ns\n${key.sessionId}`] : []),
-  ];
+  const keysOf = (key: AgentSessionKey): string[] => {
+    const keys: string[] = [];
+    if (key.mcpSessionId) keys.push(`${key.upstream}\nm\n${key.mcpSessionId}`);
+    if (key.sessionId) keys.push(`${key.upstream}\ns\n${key.sessionId}`);
+    return keys;
+  };
 
   function put(key: string, info: ClientSessionInfo): void {
     entries.delete(key);
@@ -101,10 +103,13 @@ export function createClientCapabilities(options: ClientCapabilitiesOptions = {}
       for (const key of keysOf(info)) put(key, { elicitationUrl: declaresUrlElicitation(info.capabilities) });
     },
     noteProtocolVersion(info) {
-      if (!VERSION.test(info.protocolVersion)) return;
+      // Every request of a session carries the header: nothing to note before an initialize was seen.
+      if (entries.size === 0 || !VERSION.test(info.protocolVersion)) return;
       for (const key of keysOf(info)) {
         const entry = live(key);
-        if (entry) put(key, { ...entry.info, protocolVersion: info.protocolVersion });
+        if (!entry) continue;
+        // The same version as before (every request after the first): only its place in the LRU and its TTL move.
+        put(key, entry.info.protocolVersion === info.protocolVersion ? entry.info : { ...entry.info, protocolVersion: info.protocolVersion });
       }
     },
     get(sessionKey) {
