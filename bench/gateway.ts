@@ -59,7 +59,8 @@ if (mode === 'idp') {
 }
 if (valkeyUrl) {
   if (mode !== 'idp') lines.push('storage:', '  encryptionKeys: [{ id: bench, key: "file:/bench/store.key" }]');
-  lines.push('  kind: valkey', `  valkey: { url: "${valkeyUrl}", keyPrefix: "bench:" }`);
+  // A prefix per process: two gateways of one run (--ab) each seed their own session, sealed with their own key.
+  lines.push('  kind: valkey', `  valkey: { url: "${valkeyUrl}", keyPrefix: "bench${process.pid}:" }`);
 }
 const files: Record<string, string> = { '/bench/signing.pem': signingPem, '/bench/store.key': storeKey };
 const config = parseConfig(lines.join('\n'), 'bench/gateway.ts', {
