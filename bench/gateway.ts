@@ -1,9 +1,12 @@
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
 import { getHeapSpaceStatistics } from 'node:v8';
 import { createApp } from '../src/app.ts';
 import { generateSigningKeyPem, generateStoreKey } from '../src/authserver/keys.ts';
 import { parseConfig } from '../src/config/load.ts';
 import type { IdpClient } from '../src/idp/types.ts';
 import { createMemoryStore } from '../src/store/memory.ts';
+import type { Store } from '../src/store/port.ts';
 import { serveParent } from './children.ts';
 
 /**
@@ -13,17 +16,23 @@ import { serveParent } from './children.ts';
  * formatted and written). Memory figures are reported over IPC, never through the gateway's own
  * routes, so the measurement adds no route to the thing measured.
  *
- * Usage: node --expose-gc bench/gateway.ts <upstream URL> [log level] [none|idp]
+ * With a Valkey URL the app keeps its state in that server (`storage.kind: valkey`, the
+ * adapter the app would build itself), and every store call is traced on request so the parent
+ * can count the store round trips of one request.
+ *
+ * Usage: node --expose-gc bench/gateway.ts <upstream URL> [log level] [none|idp] [valkey URL]
  * bench/run.ts runs it compiled (bench/tsconfig.json → .bench-out/build/bench/gateway.js), as
  * the gateway is deployed: Node's type stripping would add some 20 MB to every RSS figure.
  */
 
-const [upstreamUrl, logLevel = 'info', mode = 'none'] = process.argv.slice(2);
-if (!upstreamUrl || (mode !== 'none' && mode !== 'idp')) throw new Error('usage: gateway.ts <upstream URL> [log level] [none|idp]');
+const [upstreamUrl, logLevel = 'info', mode = 'none', valkeyUrl] = process.argv.slice(2);
+if (!upstreamUrl || (mode !== 'none' && mode !== 'idp')) throw new Error('usage: gateway.ts <upstream URL> [log level] [none|idp] [valkey URL]');
+/** The MCP session id every bench request carries (bench/load.ts). */
+const MCP_SESSION_ID = '3f2c9a7e-bench-session-0001';
 
 const PUBLIC_URL = 'http://127.0.0.1:8080';
 const signingPem = mode === 'idp' ? generateSigningKeyPem() : '';
-const storeKey = mode === 'idp' ? generateStoreKey() : '';
+const storeKey = mode === 'idp' || valkeyUrl ? generateStoreKey() : '';
 const lines = [
   'server:',
   '  listen: "127.0.0.1:0"',
@@ -48,12 +57,19 @@ if (mode === 'idp') {
     '  encryptionKeys: [{ id: bench, key: "file:/bench/store.key" }]',
   );
 }
+if (valkeyUrl) {
+  if (mode !== 'idp') lines.push('storage:', '  encryptionKeys: [{ id: bench, key: "file:/bench/store.key" }]');
+  // A prefix per process: two gateways of one run (--ab) each seed their own session, sealed with their own key.
+  lines.push('  kind: valkey', `  valkey: { url: "${valkeyUrl}", keyPrefix: "bench${process.pid}:" }`);
+}
 const files: Record<string, string> = { '/bench/signing.pem': signingPem, '/bench/store.key': storeKey };
 const config = parseConfig(lines.join('\n'), 'bench/gateway.ts', {
   env: {}, // no MCPGATE_* override from the caller's environment
   readFile: (path) => files[path] ?? '',
 });
-const store = createMemoryStore();
+const profiler = new Session();
+const trace = { on: false, calls: [] as { op: string; start: number; end: number }[] };
+const store = traced(valkeyUrl ? await valkeyStore(config) : createMemoryStore());
 const app = createApp(config, { store, idpClient: mode === 'idp' ? unusedIdp() : undefined });
 const base = await app.listen({ host: '127.0.0.1', port: 0 });
 // A clean exit on SIGTERM, so `--cpu-prof` can write its profile.
@@ -84,7 +100,38 @@ async function seedSession(): Promise<string> {
   const keys = loadSigningKeys({ pems: [signingPem], devMode: false, warn: () => undefined });
   const issuer = createTokenIssuer({ issuer: PUBLIC_URL, keys, accessTokenTtlMs: 3_600_000 });
   const grant = { subject: 'bench-user', resource: `${PUBLIC_URL}/bench/mcp`, clientId: 'bench-client', scopes: [...RESOURCE_SCOPES], sessionId };
+  // The MCP session the load generator's requests name belongs to this user (session-owner.ts).
+  const { createSessionOwners } = await import('../src/gateway/session-owner.ts');
+  await createSessionOwners({ store, sealer }).record({ upstream: 'bench', mcpSessionId: MCP_SESSION_ID, owner: 'bench-user' });
   return (await issuer.issueAccessToken(grant)).token;
+}
+
+/** The Valkey store the app would build from `storage.valkey` (app.ts storeFor), built here so it can be traced. */
+async function valkeyStore(settings: typeof config): Promise<Store> {
+  const [{ createValkeyStore }, { valkeyStoreOptions }] = await Promise.all([import('../src/store/valkey.ts'), import('../src/store/valkey_settings.ts')]);
+  return createValkeyStore(valkeyStoreOptions(settings.storage.valkey!));
+}
+
+/**
+ * `store` with every call recorded (operation, start, end) while `trace.on`: the parent sends
+ * requests one at a time and counts the calls, and the round trips as groups of overlapping calls
+ * (a call that starts after every earlier one ended waits for a round trip of its own).
+ */
+function traced(inner: Store): Store {
+  const wrapped = {} as Record<string, unknown>;
+  for (const op of Object.keys(inner) as (keyof Store)[]) {
+    const fn = (inner[op] as (...args: unknown[]) => Promise<unknown>).bind(inner);
+    wrapped[op] =
+      op === 'close' || op === 'ping'
+        ? fn
+        : (...args: unknown[]) => {
+            if (!trace.on) return fn(...args);
+            const call = { op, start: performance.now(), end: Infinity };
+            trace.calls.push(call);
+            return fn(...args).finally(() => (call.end = performance.now()));
+          };
+  }
+  return wrapped as unknown as Store;
 }
 
 /** An IdP the bench never reaches: a call means the measured path is not the one meant. */
@@ -106,6 +153,41 @@ serveParent(
     /** Committed and used bytes of each V8 heap space, to tell what an RSS figure is made of. */
     heapSpaces: () => getHeapSpaceStatistics().map((s) => ({ space: s.space_name, size: s.space_size, used: s.space_used_size })),
     openRequests: () => app.frontDoor.inFlight(),
+    /**
+     * `{ on: true }` starts V8's sampling heap profiler with collected objects included (what
+     * `--heap-prof` leaves out: it keeps only what is still alive at exit), so the profile counts
+     * every allocation of the requests in between; `{ on: false, file }` writes it to `file`.
+     */
+    allocProfile: async (args) => {
+      if (args.on) {
+        profiler.connect();
+        await profiler.post('HeapProfiler.startSampling', { samplingInterval: 1024, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+        return undefined;
+      }
+      const { profile } = await profiler.post('HeapProfiler.stopSampling');
+      profiler.disconnect();
+      writeFileSync(String(args.file), JSON.stringify(profile));
+      return args.file;
+    },
+    /** `{ on: true }` starts recording store calls; `{ on: false }` stops and returns the calls and the round trips they took. */
+    storeTrace: (args) => {
+      if (args.on) {
+        trace.calls = [];
+        trace.on = true;
+        return undefined;
+      }
+      trace.on = false;
+      const calls = [...trace.calls].sort((a, b) => a.start - b.start);
+      let roundTrips = 0;
+      let until = -Infinity;
+      for (const call of calls) {
+        if (call.start >= until) roundTrips++;
+        until = Math.max(until, call.end);
+      }
+      const ops: Record<string, number> = {};
+      for (const call of calls) ops[call.op] = (ops[call.op] ?? 0) + 1;
+      return { calls: calls.length, roundTrips, ops };
+    },
     /** The `Authorization` header every request must carry (idp mode), or undefined. */
     authorization: () => authorization,
   },

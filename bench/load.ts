@@ -9,6 +9,7 @@ import { serveParent } from './children.ts';
  * - `rate`: an open-loop probe at a fixed request rate that times each request with hrtime
  *   (autocannon's latency histogram counts whole milliseconds, too coarse for a 0.25 ms target);
  * - `sseFirst`: sequential GETs timing the first SSE event;
+ * - `sequential`: POSTs one at a time (while the gateway counts its store calls);
  * - `openStreams` / `closeStreams`: idle SSE streams held open for the memory figures.
  */
 
@@ -124,6 +125,20 @@ async function sseFirst(args: Record<string, unknown>) {
   return percentiles(times);
 }
 
+/** `count` POSTs one after the other (the store round trips of one request are counted meanwhile). */
+async function sequential(args: Record<string, unknown>) {
+  const url = new URL(String(args.url));
+  const pool = new Pool(url.origin, { connections: 1, keepAliveTimeout: 30_000 });
+  let ok = 0;
+  for (let i = 0; i < Number(args.count); i++) {
+    const res = await pool.request({ method: 'POST', path: url.pathname, headers: withAuth(args, RPC_HEADERS), body: RPC_BODY });
+    await res.body.dump({ limit: Infinity });
+    if (res.statusCode === 200) ok++;
+  }
+  await pool.close();
+  return { ok };
+}
+
 const agent = new Agent({ keepAlive: false, maxSockets: Infinity });
 const streams: ClientRequest[] = [];
 
@@ -164,4 +179,4 @@ function percentiles(samples: number[]) {
   return { n: sorted.length, p50: at(0.5), p90: at(0.9), p99: at(0.99), max: sorted.length ? sorted[sorted.length - 1]! : NaN };
 }
 
-serveParent({ saturate, rate: fixedRate, sseFirst, openStreams, closeStreams }, 'load');
+serveParent({ saturate, rate: fixedRate, sseFirst, sequential, openStreams, closeStreams }, 'load');

@@ -4,8 +4,18 @@
  * endpoints share: random tokens, PKCE S256, constant-time comparison.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { SignJWT, jwtVerify, type JWTHeaderParameters } from 'jose';
+import type { JWTHeaderParameters } from 'jose';
 import type { SigningKeys } from './keys.ts';
+
+/**
+ * jose, loaded when a token is first signed or verified: a gateway without login (no `idp:`)
+ * never does either, and jose is about 3 MB of idle RSS (bench/README.md). Only a cache miss of
+ * the gateway path's token cache verifies, so the extra await is off the hot path.
+ */
+let jose: Promise<typeof import('jose')> | undefined;
+function loadJose(): Promise<typeof import('jose')> {
+  return (jose ??= import('jose'));
+}
 
 /** The claims of our access tokens (RFC 9068 §2.2, plus `sid`, the token family). Times in epoch seconds. */
 export interface AccessTokenClaims {
@@ -68,6 +78,7 @@ export function createTokenIssuer(options: { issuer: string; keys: SigningKeys; 
         scope: grant.scopes.join(' '),
         sid: grant.sessionId,
       };
+      const { SignJWT } = await loadJose();
       const token = await new SignJWT({ ...claims }).setProtectedHeader(header).sign(keys.signing.privateKey);
       return { token, expiresIn: ttlSeconds };
     },
@@ -90,6 +101,7 @@ export interface VerifyAccessTokenOptions {
  */
 export async function verifyAccessToken(token: string, options: VerifyAccessTokenOptions): Promise<AccessTokenClaims> {
   const { keys } = options;
+  const { jwtVerify } = await loadJose();
   const { payload } = await jwtVerify(
     token,
     (header) => {

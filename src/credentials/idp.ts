@@ -36,9 +36,14 @@ export function createIdpCredential(options: IdpCredentialOptions): CredentialSo
 
   return {
     mode: 'idp',
+    // Only reads: a refresh (a call to the IdP) waits until the session is known to be alive.
+    prefetch(request) {
+      return tokensFor(requirePrincipal(request, challenge), () => false);
+    },
     async headers(request) {
       const principal = requirePrincipal(request, challenge);
-      const tokens = await tokensFor(principal, expiring);
+      const early = request.prefetched ? ((await request.prefetched) as IdpTokens) : undefined;
+      const tokens = early && !expiring(early) ? early : await tokensFor(principal, expiring);
       sent.set(request, tokens.accessToken);
       return { authorization: `Bearer ${tokens.accessToken}` };
     },
@@ -57,7 +62,7 @@ export function createIdpCredential(options: IdpCredentialOptions): CredentialSo
 }
 
 /** The principal the JWT check put on the request; its absence is a wiring bug, answered as "sign in". */
-export function requirePrincipal(request: CredentialRequest, challenge: ChallengeOptions): Principal {
+export function requirePrincipal(request: Pick<CredentialRequest, 'principal'>, challenge: ChallengeOptions): Principal {
   if (!request.principal) throw unauthorized({ ...challenge, tokenSent: false });
   return request.principal;
 }

@@ -26,6 +26,11 @@ export interface CredentialRequest {
   /** The agent's MCP session (`Mcp-Session-Id`), if any. */
   mcpSessionId: string | undefined;
   signal: AbortSignal;
+  /**
+   * What `prefetch` started for this request, when it did: `headers` uses it instead of reading
+   * the store again (first attempt only; a retry after an upstream 401 reads afresh).
+   */
+  prefetched?: Promise<unknown>;
 }
 
 /** An upstream's 401/403, held back from the agent so the credential source can act on it. */
@@ -64,6 +69,13 @@ export interface CredentialSource {
   readonly mode: AuthMode;
   /** Headers to add to the upstream request (e.g. `{ authorization: 'Bearer …' }`). Throws an HttpError to refuse. */
   headers(request: CredentialRequest): Promise<Record<string, string>>;
+  /**
+   * Starts the store reads `headers` will need, as soon as the principal is known and alongside
+   * the session's liveness check (one round trip instead of two). The promise is handed back to
+   * `headers` as `request.prefetched`; it may reject (with what `headers` would throw). Modes
+   * without a per-session credential have none.
+   */
+  prefetch?(request: Pick<CredentialRequest, 'principal' | 'signal'>): Promise<unknown>;
   /** Called when the upstream answered 401, or 403 with `insufficient_scope`. `attempt` is 0 on the first response. */
   rejected(request: CredentialRequest, rejection: UpstreamRejection, attempt: number): Promise<RejectionOutcome>;
 }

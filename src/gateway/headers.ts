@@ -52,10 +52,17 @@ export interface ForwardContext {
   host: string | undefined;
 }
 
+/** The Connection values nearly every message carries, parsed once (read-only: callers only ask `has`). */
+const COMMON_CONNECTION = new Map(['keep-alive', 'close'].map((token) => [token, new Set([token])]));
+
 /** Names listed in a Connection header are hop-by-hop for this message too. */
 function connectionTokens(headers: IncomingHttpHeaders): Set<string> | undefined {
   const value = headers.connection;
   if (!value) return undefined;
+  // Two per proxied request (the agent's and the upstream's): a Set and four arrays each, for
+  // the same one token almost every time.
+  const common = typeof value === 'string' ? COMMON_CONNECTION.get(value) : undefined;
+  if (common !== undefined) return common;
   return new Set(String(value).split(',').map((s) => s.trim().toLowerCase()).filter(Boolean));
 }
 

@@ -141,9 +141,9 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
    * held in memory whole, and parsed, before its 401). A refused request's body is read only
    * when it is small, for the JSON-RPC id of the refusal.
    */
-  async function authenticateFirst(ctx: RequestContext, upstream: Upstream): Promise<Principal | undefined> {
+  async function authenticateFirst(ctx: RequestContext, upstream: Upstream, alongside?: (principal: Principal) => void): Promise<Principal | undefined> {
     try {
-      return await options.authenticator.authenticate(ctx, upstream);
+      return await options.authenticator.authenticate(ctx, upstream, alongside);
     } catch (error) {
       if (ctx.req.method === 'POST') await readRefusedBody(ctx);
       throw error;
@@ -170,6 +170,22 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
     }
   }
 
+  /**
+   * The store reads a request needs once its principal is known (the MCP session's owner, the
+   * session's upstream credential), started alongside the session's liveness check so that with
+   * Valkey they share its round trip. Awaited later, in the order the checks had when each waited
+   * for its own read, so the answer to a refused request is the same. A read nobody awaits (the
+   * request was refused first) must not surface as an unhandled rejection.
+   */
+  function startReads(ctx: RequestContext, upstream: Upstream, principal: Principal): EarlyReads {
+    const mcpSessionId = headerValue(ctx.req.headers, 'mcp-session-id');
+    const owner = options.sessionOwners && mcpSessionId ? options.sessionOwners.check({ upstream: upstream.name, mcpSessionId, user: principal.subject }, ctx.signal) : undefined;
+    const credential = upstream.credentials.prefetch?.({ principal, signal: ctx.signal });
+    owner?.catch(() => undefined);
+    credential?.catch(() => undefined);
+    return { owner, credential };
+  }
+
   async function proxy(ctx: RequestContext): Promise<void> {
     try {
       await serve(ctx);
@@ -190,9 +206,10 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
   async function serve(ctx: RequestContext): Promise<void> {
     const upstream = upstreamFor(ctx);
     checkOrigin(ctx);
-    const principal = await authenticateFirst(ctx, upstream);
+    let early: EarlyReads | undefined;
+    const principal = await authenticateFirst(ctx, upstream, (p) => void (early = startReads(ctx, upstream, p)));
     noteUser(ctx, principal);
-    if (ctx.req.method !== 'POST') return relay(ctx, upstream, principal, undefined);
+    if (ctx.req.method !== 'POST') return relay(ctx, upstream, principal, undefined, early);
     // Booked in the in-flight budget while it is read, released once the request is answered (a
     // replay after an upstream 401 needs it until then).
     const body = await readBody(ctx.req, options.maxBodyBytes, options.bodyBudget).catch(async (error: unknown) => {
@@ -202,13 +219,13 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
       throw error;
     });
     try {
-      return await relay(ctx, upstream, principal, body);
+      return await relay(ctx, upstream, principal, body, early);
     } finally {
       options.bodyBudget?.release(body.length);
     }
   }
 
-  async function relay(ctx: RequestContext, upstream: Upstream, principal: Principal | undefined, body: Buffer | undefined): Promise<void> {
+  async function relay(ctx: RequestContext, upstream: Upstream, principal: Principal | undefined, body: Buffer | undefined, early?: EarlyReads): Promise<void> {
     const method = ctx.req.method!;
     let rpc: RpcInfo | undefined;
     if (body) {
@@ -230,13 +247,13 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
     if (principal) ctx.log.sid = sessionTag(principal.sessionId);
     const owners = principal ? options.sessionOwners : undefined;
     // Another user's session id is an unknown session here (404), before anything uses it.
-    if (owners && mcpSessionId) await owners.check({ upstream: upstream.name, mcpSessionId, user: principal!.subject }, ctx.signal);
+    if (owners && mcpSessionId) await (early?.owner ?? owners.check({ upstream: upstream.name, mcpSessionId, user: principal!.subject }, ctx.signal));
     const capabilities = options.clientCapabilities;
     const protocolVersion = headerValue(ctx.req.headers, 'mcp-protocol-version');
     // Awaited: the record is shared by every replica and a store failure is a 503 like any other
     // (the cache makes this free for a session this replica has seen in the last touch interval).
     if (protocolVersion) await capabilities?.noteProtocolVersion({ upstream: upstream.name, mcpSessionId, sessionId: principal?.sessionId, protocolVersion }, ctx.signal);
-    const credentialRequest: CredentialRequest = { principal, rpc, mcpSessionId, signal: ctx.signal };
+    const credentialRequest: CredentialRequest = { principal, rpc, mcpSessionId, signal: ctx.signal, prefetched: early?.credential };
     // ctx.url is parsed on first use: only a target with a query needs it.
     const search = ctx.req.url?.includes('?') ? ctx.url.search : '';
     const path = upstream.url.pathname + upstream.url.search + (upstream.url.search ? search.replace(/^\?/, '&') : search);
@@ -274,6 +291,9 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
         credential = await upstream.credentials.headers(credentialRequest);
       } catch (error) {
         return answerAuthRequired(error);
+      } finally {
+        // A retry after an upstream 401 reads the credential afresh.
+        credentialRequest.prefetched = undefined;
       }
       let outcome;
       try {
@@ -404,6 +424,12 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
     { method: ['POST', 'GET', 'DELETE'], path, handler: proxy, errorStyle: 'jsonrpc', name: '/{upstream}/mcp' },
     { method: 'OPTIONS', path, handler: preflight, errorStyle: 'jsonrpc', name: '/{upstream}/mcp' },
   ];
+}
+
+/** Store reads started while the session's liveness was being checked (`startReads`). */
+interface EarlyReads {
+  owner: Promise<void> | undefined;
+  credential: Promise<unknown> | undefined;
 }
 
 /** An upstream 401, or a 403 whose challenge says `insufficient_scope` (step-up, DESIGN §6.7). */

@@ -104,7 +104,7 @@ export function createJwtAuthenticator(options: JwtAuthenticatorOptions): JwtAut
   }
 
   return {
-    async authenticate(ctx: RequestContext, upstream: Upstream): Promise<Principal> {
+    async authenticate(ctx: RequestContext, upstream: Upstream, alongside?: (principal: Principal) => void): Promise<Principal> {
       const scopes = options.upstreamScopes?.get(upstream.name) ?? [];
       const header = ctx.req.headers.authorization;
       if (header === undefined || !/^bearer(?: |$)/i.test(header)) {
@@ -115,13 +115,16 @@ export function createJwtAuthenticator(options: JwtAuthenticatorOptions): JwtAut
       if (token === undefined) throw unauthorized({ resource: upstream.resource, scopes, tokenSent: true, description: 'malformed bearer token' });
 
       const { principal } = await verified(token, upstream, scopes);
-      const session = await stores.sessions.get(principal.sessionId);
+      const scoped = scopes.length === 0 || scopes.every((s) => principal.scopes.includes(s));
+      const liveness = stores.sessions.get(principal.sessionId);
+      // Only for a request that will pass if its session is alive: a refused one starts nothing.
+      if (scoped) alongside?.(principal);
+      const session = await liveness;
+      // An ended session is a 401 even when the scope is short too: signing in again is what helps.
       if (!session || session.subject !== principal.subject) {
         throw unauthorized({ resource: upstream.resource, scopes, tokenSent: true, description: 'the session has ended; sign in again' });
       }
-      if (scopes.length > 0 && !scopes.every((s) => principal.scopes.includes(s))) {
-        throw insufficientScope({ resource: upstream.resource, scopes });
-      }
+      if (!scoped) throw insufficientScope({ resource: upstream.resource, scopes });
       // The cached principal is shared by every request with this token: never mutated.
       return session.idpSubject === undefined ? principal : { ...principal, idpSubject: session.idpSubject };
     },

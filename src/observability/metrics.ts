@@ -13,8 +13,8 @@ const NEEDS_ESCAPE = /[\\"\n]/;
 
 /**
  * A label set as `name="value",…` in name order, escaped per the text format: the series key
- * and its exposition at once. Called twice per request, so values that need no escaping (all of
- * ours) skip the replace chain.
+ * and its exposition at once. Values that need no escaping (all of ours) skip the replace chain;
+ * the per-request series are bound once (`labels`) and never come here again.
  */
 function labelKey(labels: Labels): string {
   const keys = Object.keys(labels);
@@ -32,6 +32,15 @@ function labelKey(labels: Labels): string {
 export interface Counter {
   inc(labels?: Labels, by?: number): void;
 }
+/** A counter with its label values fixed: no label key built per call. */
+export interface BoundCounter {
+  inc(by?: number): void;
+}
+/** A counter of the registry: also hands out series bound to one label set, for hot paths. */
+export interface CounterVec extends Counter {
+  /** The series of `labels`, created when first used; keep it and call `inc` on it. */
+  labels(labels: Labels): BoundCounter;
+}
 /** A value that goes up and down. */
 export interface Gauge {
   inc(labels?: Labels, by?: number): void;
@@ -42,15 +51,24 @@ export interface Gauge {
 export interface Histogram {
   observe(labels: Labels, value: number): void;
 }
+/** A histogram series with its label values fixed. */
+export interface BoundHistogram {
+  observe(value: number): void;
+}
+/** A histogram of the registry: also hands out series bound to one label set, for hot paths. */
+export interface HistogramVec extends Histogram {
+  /** The series of `labels`, created when first used (it appears in the exposition from then on). */
+  labels(labels: Labels): BoundHistogram;
+}
 
 /** The default latency buckets, in seconds. */
 export const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 /** The registry: create metrics once at start-up, render on each scrape. */
 export interface Registry {
-  counter(name: string, help: string): Counter;
+  counter(name: string, help: string): CounterVec;
   gauge(name: string, help: string): Gauge;
-  histogram(name: string, help: string, buckets?: number[]): Histogram;
+  histogram(name: string, help: string, buckets?: number[]): HistogramVec;
   render(): string;
 }
 
@@ -58,32 +76,44 @@ export function createRegistry(): Registry {
   const metrics: Metric[] = [];
 
   function scalar(name: string, help: string, type: 'counter' | 'gauge') {
-    const values = new Map<string, number>();
+    // One mutable cell per series, so a bound series adds without a lookup.
+    const values = new Map<string, { value: number }>();
     metrics.push({
       render: () => {
         const lines = [`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`];
-        for (const [key, value] of values) lines.push(`${name}${key ? `{${key}}` : ''} ${value}`);
+        for (const [key, cell] of values) lines.push(`${name}${key ? `{${key}}` : ''} ${cell.value}`);
         return lines.join('\n');
       },
     });
-    const add = (labels: Labels = {}, by = 1) => {
+    const cellOf = (labels: Labels) => {
       const key = labelKey(labels);
-      values.set(key, (values.get(key) ?? 0) + by);
+      let cell = values.get(key);
+      if (!cell) values.set(key, (cell = { value: 0 }));
+      return cell;
     };
-    return { add, values };
+    const add = (labels: Labels = {}, by = 1) => {
+      cellOf(labels).value += by;
+    };
+    return { add, cellOf };
   }
 
   return {
     counter(name, help) {
-      const { add } = scalar(name, help, 'counter');
-      return { inc: add };
+      const { add, cellOf } = scalar(name, help, 'counter');
+      return {
+        inc: add,
+        labels(labels) {
+          const cell = cellOf(labels);
+          return { inc: (by = 1) => void (cell.value += by) };
+        },
+      };
     },
     gauge(name, help) {
-      const { add, values } = scalar(name, help, 'gauge');
+      const { add, cellOf } = scalar(name, help, 'gauge');
       return {
         inc: add,
         dec: (labels = {}, by = 1) => add(labels, -by),
-        set: (labels, value) => void values.set(labelKey(labels), value),
+        set: (labels, value) => void (cellOf(labels).value = value),
       };
     },
     histogram(name, help, buckets = LATENCY_BUCKETS) {
@@ -100,14 +130,22 @@ export function createRegistry(): Registry {
           return lines.join('\n');
         },
       });
+      const seriesOf = (labels: Labels) => {
+        const key = labelKey(labels);
+        let s = series.get(key);
+        if (!s) series.set(key, (s = { counts: buckets.map(() => 0), sum: 0, count: 0, labels }));
+        return s;
+      };
+      const observeInto = (s: { counts: number[]; sum: number; count: number }, value: number) => {
+        for (let i = 0; i < buckets.length; i++) if (value <= buckets[i]!) s.counts[i]!++;
+        s.sum += value;
+        s.count++;
+      };
       return {
-        observe(labels, value) {
-          const key = labelKey(labels);
-          let s = series.get(key);
-          if (!s) series.set(key, (s = { counts: buckets.map(() => 0), sum: 0, count: 0, labels }));
-          for (let i = 0; i < buckets.length; i++) if (value <= buckets[i]!) s.counts[i]!++;
-          s.sum += value;
-          s.count++;
+        observe: (labels, value) => observeInto(seriesOf(labels), value),
+        labels(labels) {
+          const s = seriesOf(labels);
+          return { observe: (value) => observeInto(s, value) };
         },
       };
     },

@@ -72,6 +72,9 @@ export function createValkeyClient(options: ValkeyConnectionOptions): ValkeyClie
     // A connection that stays silent this long while commands wait is presumed dead (a half-open
     // TCP connection would otherwise time every command out until the kernel gives up).
     socketTimeout: Math.max(options.commandTimeoutMs * 2, 1000),
+    // Commands issued in the same event-loop turn leave in one write (a pipeline): the gateway
+    // path starts its session, owner and credential reads together, and pays one round trip.
+    enableAutoPipelining: true,
     ...(tls === undefined ? {} : { tls }),
   };
 
@@ -80,6 +83,7 @@ export function createValkeyClient(options: ValkeyConnectionOptions): ValkeyClie
     const nodes = [url.node, ...(options.cluster.nodes ?? []).map((n) => parseNode(n, 'cluster.nodes'))];
     return new ClusterClient(nodes, {
       enableOfflineQueue: false,
+      enableAutoPipelining: true,
       clusterRetryStrategy: reconnectDelay,
       redisOptions: common,
     });

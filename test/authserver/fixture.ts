@@ -34,6 +34,8 @@ export interface AuthGatewayOptions {
   signingKeys?: string[];
   /** Use `storage.kind: valkey` at this URL (the gateway builds its own store) instead of an injected memory store. */
   valkeyUrl?: string;
+  /** Wraps the injected memory store as the app sees it (e.g. to record the calls a request makes). */
+  wrapStore?: (store: Store) => Store;
 }
 
 /** A running gateway with login, and direct access to its stores and clock. */
@@ -93,7 +95,7 @@ export async function startAuthGateway(options: AuthGatewayOptions): Promise<Aut
   const sealer = createSealer({ keys: [{ id: 'k1', key: Buffer.from(storeKey, 'base64') }] });
   const logs = captureLogs();
   const idpClient = typeof options.idpClient === 'function' ? options.idpClient(now) : (options.idpClient ?? refusingIdp);
-  const app = createApp(config, { logDestination: logs.destination, store: options.valkeyUrl ? undefined : store, idpClient, now });
+  const app = createApp(config, { logDestination: logs.destination, store: options.valkeyUrl ? undefined : (options.wrapStore?.(store) ?? store), idpClient, now });
   const url = await app.listen({ host: '127.0.0.1', port });
   const issuer = publicUrl;
   return {

@@ -20,6 +20,8 @@ import { createBrowser, formAction } from '../upstream-oauth/browser.ts';
 let idp: DevIdp;
 let idpClient: IdpClient;
 let gw: AuthGateway;
+/** Store reads the gateway made while `reads.on`, in the order they started and ended. */
+const reads = { on: false, events: [] as string[] };
 let upstream: RawUpstream;
 let client: Awaited<ReturnType<typeof registerClient>>;
 /** Tokens the upstream must reject (to drive the upstream-401 path). */
@@ -38,6 +40,14 @@ before(async () => {
     return answerLikeMcp(req, res, recorded);
   });
   gw = await startAuthGateway({
+    wrapStore: (store) => ({
+      ...store,
+      get(key, signal) {
+        if (!reads.on) return store.get(key, signal);
+        reads.events.push(`start ${key.split(':')[0]}`);
+        return store.get(key, signal).finally(() => reads.events.push(`end ${key.split(':')[0]}`));
+      },
+    }),
     upstreams: [
       { name: 'kube', url: upstream.url, auth: { mode: 'idp', refreshMargin: '60s' } },
       { name: 'sso', url: upstream.url, auth: { mode: 'id_token' } },
@@ -116,6 +126,19 @@ describe('mode idp: the IdP access token replaces ours', () => {
     const { payload } = await jwtVerify(alice.idpTokens.accessToken, createRemoteJWKSet(new URL(idp.jwksUri)), { issuer: idp.issuer, audience: idp.audience });
     assert.equal(payload.sub, 'alice');
     assert.ok(seen().every((a) => !a.includes(alice.accessToken)), 'our token never reached the upstream');
+  });
+
+  test('the session check and the IdP-token read start together (one round trip with Valkey, not two)', async () => {
+    const alice = await session('alice');
+    reads.on = true;
+    reads.events = [];
+    const res = await call('kube', alice.accessToken);
+    reads.on = false;
+    assert.equal(res.status, 200, await res.text());
+    assert.equal(seen().at(-1), `Bearer ${alice.idpTokens.accessToken}`);
+    // Both reads are on their way before either answers: with Valkey they leave in one pipeline.
+    assert.deepEqual(reads.events.slice(0, 2).sort(), ['start idp', 'start session'], reads.events.join(', '));
+    assert.equal(reads.events.length, 4, reads.events.join(', '));
   });
 
   test('two users never see each other’s upstream tokens', async () => {
