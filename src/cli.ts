@@ -1,4 +1,6 @@
 #!/usr/bin/env node
+// First: an old Node gets one line naming the version required, before any dependency loads.
+import './node-check.ts';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createApp } from './app.ts';
