@@ -98,7 +98,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   // Storage (DESIGN §7) and the authorization server's domain stores above it.
   if (config.storage.kind === 'valkey' && config.storage.encryptionKeys.length === 0) {
     // A per-process key would make every value unreadable to the other replicas and after a restart.
-    throw new Error('storage.encryptionKeys: required with valkey in this build (allowUnencrypted is not supported yet)');
+    throw new Error('storage.encryptionKeys: required with valkey (values are always sealed at rest)');
   }
   // Every failed operation is counted, whichever answer (503, an HTML page, /readyz) it ends in.
   const store = observeStoreFailures(options.store ?? storeFor(config, now, logger), (op) => metrics.storeErrors.inc({ op }));

@@ -6,7 +6,8 @@ import { parseArgs } from 'node:util';
 import { createApp } from './app.ts';
 import { generateSigningKeyPem, generateStoreKey } from './authserver/keys.ts';
 import { ConfigError, loadConfigFile } from './config/load.ts';
-import type { Config } from './config/schema.ts';
+import type { Config, ConfigSchemaOptions } from './config/schema.ts';
+import { processSecretSources } from './config/secrets.ts';
 import { formatResealReport, resealComplete, resealValues } from './store/reseal.ts';
 import { createValkeyMaintenance } from './store/valkey_maintenance.ts';
 import { valkeyStoreOptions } from './store/valkey_settings.ts';
@@ -15,7 +16,10 @@ const USAGE = `mcpgate — OAuth 2.1 gateway for remote MCP servers
 
 Usage:
   mcpgate serve --config FILE     run the gateway
-  mcpgate check --config FILE     validate a config file; prints every problem, exits 1 if any
+  mcpgate check --config FILE [--no-secrets]
+                                  validate a config file as serve would; prints every problem, exits 1 if any.
+                                  --no-secrets: check the form of env:/file: references without reading
+                                  them (a deployment's config, on a machine without its secrets)
   mcpgate keys generate [--alg ES256|RS256|EdDSA]
                                   print a new token-signing key (PKCS#8 PEM) and a store encryption key
   mcpgate keys reseal --config FILE
@@ -23,7 +27,9 @@ Usage:
                                   so an older key can be removed (safe while the gateway serves)
   mcpgate --version | --help
 
-Environment overrides: MCPGATE_LISTEN, MCPGATE_PUBLIC_URL, MCPGATE_LOG_LEVEL.
+--config may be left out when MCPGATE_CONFIG names the file.
+Environment overrides: MCPGATE_LISTEN (server.listen), MCPGATE_PUBLIC_URL (server.publicUrl),
+MCPGATE_LOG_LEVEL (server.logLevel).
 Docs: README.md and docs/ in the repository.`;
 
 function version(): string {
@@ -37,6 +43,7 @@ async function main(argv: string[]): Promise<number> {
     allowPositionals: true,
     options: {
       config: { type: 'string', short: 'c' },
+      'no-secrets': { type: 'boolean' },
       alg: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
       version: { type: 'boolean', short: 'v' },
@@ -59,10 +66,12 @@ async function main(argv: string[]): Promise<number> {
         process.stderr.write(`mcpgate ${command}: --config FILE is required\n`);
         return 2;
       }
-      const config = loadOrReport(path);
+      const resolveSecrets = !(command === 'check' && values['no-secrets'] === true);
+      const config = loadOrReport(path, { resolveSecrets });
       if (config === undefined) return 1;
       if (command === 'check') {
-        process.stdout.write(`${path}: ok (${config.upstreams.length} upstream${config.upstreams.length === 1 ? '' : 's'})\n`);
+        const upstreams = `${config.upstreams.length} upstream${config.upstreams.length === 1 ? '' : 's'}`;
+        process.stdout.write(`${path}: ok (${upstreams}${resolveSecrets ? '' : '; secrets not read: only the form of their references was checked'})\n`);
         return 0;
       }
       return serve(createApp(config));
@@ -84,10 +93,13 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-/** Loads and validates a config file; prints every problem and returns `undefined` when it is invalid. */
-function loadOrReport(path: string): Config | undefined {
+/**
+ * Loads and validates a config file (the one validation `check` and `serve` share); prints every
+ * problem and returns `undefined` when it is invalid.
+ */
+function loadOrReport(path: string, options: ConfigSchemaOptions = {}): Config | undefined {
   try {
-    return loadConfigFile(path);
+    return loadConfigFile(path, processSecretSources, options);
   } catch (error) {
     if (error instanceof ConfigError) {
       process.stderr.write(`${error.message}\n`);
@@ -170,17 +182,24 @@ function keys(subcommand: string | undefined, alg: string): number {
 }
 
 async function serve(app: ReturnType<typeof createApp>): Promise<number> {
+  // The handlers are in place before "listening" is logged: a SIGTERM sent the moment a
+  // supervisor sees that line would otherwise kill the process without the drain.
+  let signalled: string | undefined;
+  let onSignal = (signal: string): void => {
+    signalled ??= signal;
+  };
+  process.once('SIGTERM', () => onSignal('SIGTERM'));
+  process.once('SIGINT', () => onSignal('SIGINT'));
   await app.listen();
   return new Promise((resolve) => {
     let stopping = false;
-    const stop = (signal: string) => {
+    onSignal = (signal) => {
       if (stopping) return;
       stopping = true;
       app.logger.info({ msg: 'shutting down', signal, inFlight: app.frontDoor.inFlight() });
       app.close().then(() => resolve(0), () => resolve(1));
     };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
+    if (signalled !== undefined) onSignal(signalled);
   });
 }
 
