@@ -103,6 +103,8 @@ describe('running the mcpgate command', { concurrency: true }, () => {
   });
 
   it('npx mcpgate check --config FILE, in the checkout (README)', async () => {
+    const readme = readFileSync(join(REPO, 'README.md'), 'utf8');
+    assert.match(readme, /^npx mcpgate check --config mcpgate\.yaml /m, 'README.md gives this command');
     const version = await run('npx', ['mcpgate', '--version']);
     assert.equal(version.code, 0, version.stderr);
     assert.equal(version.stdout, `${PKG.version}\n`);

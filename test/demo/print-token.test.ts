@@ -6,6 +6,7 @@
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { decodeJwt } from 'jose';
@@ -29,6 +30,9 @@ describe('npm run demo -- --print-token', () => {
   });
 
   it('prints a token per endpoint; an MCP client with it calls whoami as alice', async () => {
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    assert.ok(readme.includes('npm run demo -- --print-token alice'), 'README.md gives the command');
+    assert.ok(readme.includes("sed -n 's/^MCPGATE_DEMO_TOKEN_DEMO=//p'"), 'README.md shows how a script reads the token');
     const demo = startDemo(['--print-token', 'alice']);
     children.push(demo.child);
     await waitFor(() => demo.output().includes('Press Ctrl+C to stop.'), `the instructions; output:\n${demo.output()}`, 60_000);
