@@ -63,7 +63,7 @@ describe('/readyz says why the store is not ready', { concurrency: true }, () =>
     let logs = '';
     child.stdout!.on('data', (chunk: Buffer) => (logs += chunk.toString('utf8')));
     child.stderr!.on('data', (chunk: Buffer) => (logs += chunk.toString('utf8')));
-    await waitFor(() => logs.includes('"msg":"listening"'), `the gateway to listen; output:\n${logs}`, 15_000);
+    await waitFor(() => logs.includes('"msg":"listening"'), `the gateway to listen; output:\n${logs}`, 45_000);
     return { base: `http://127.0.0.1:${port}`, logs: () => logs };
   }
 
