@@ -160,7 +160,7 @@ async function reseal(config: Config): Promise<number> {
   }
 }
 
-/** `mcpgate keys generate`: key material for `authServer.signingKeys` and `storage.encryptionKeys` (DESIGN §8). */
+/** `mcpgate keys generate`: key material for `authServer.signingKeys` and `storage.encryptionKeys`. */
 function keys(subcommand: string | undefined, alg: string): number {
   if (subcommand !== 'generate') {
     process.stderr.write('usage: mcpgate keys generate [--alg ES256|RS256|EdDSA] | mcpgate keys reseal --config FILE\n');

@@ -1,6 +1,6 @@
 /**
- * Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document; MCP 2025-11-25;
- * DESIGN §4): a `client_id` that is an https URL names a JSON document, published by the client,
+ * Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document; MCP 2025-11-25):
+ * a `client_id` that is an https URL names a JSON document, published by the client,
  * that holds its metadata. We fetch it through the one SSRF-guarded fetcher (no private,
  * loopback or link-local address unless dev mode allows it; size and time limits), require its
  * `client_id` to be that very URL, use its `redirect_uris`, and cache it as its `Cache-Control`

@@ -1,5 +1,5 @@
 /**
- * Our token-signing keys (DESIGN §4): loaded from PEM text, algorithm detected from the key,
+ * Our token-signing keys: loaded from PEM text, algorithm detected from the key,
  * `kid` = the RFC 7638 JWK thumbprint. The first key signs; every key's public half is
  * published in the JWKS, so a new key can be introduced (listed second, then moved first) and an
  * old one retired (kept last until the tokens it signed have expired) without a flag day.

@@ -1,6 +1,6 @@
 /**
  * Redirect URI rules for registration (DCR and metadata documents) and for the authorization
- * request (DESIGN §4, §9; OAuth 2.1 §2.3 and RFC 8252 §7 for native apps):
+ * request (OAuth 2.1 §2.3 and RFC 8252 §7 for native apps):
  * - `https:` on any host;
  * - `http:` only on a loopback host (`127.0.0.1`, `[::1]`, `localhost`), with any port (§7.3);
  * - a private-use scheme in reverse-domain form, i.e. containing a dot (§7.1);

@@ -17,7 +17,7 @@ export interface ConfigSchemaOptions {
 }
 
 /**
- * The configuration schema (DESIGN §8). Key names are mcpgate's public interface.
+ * The configuration schema. Key names are mcpgate's public interface.
  *
  * Built per load so secret references resolve against injected sources; every problem,
  * including an unset environment variable, is reported with its path in one pass.
@@ -242,7 +242,7 @@ export function createConfigSchema(sources: SecretSources, options: ConfigSchema
       upstreams: z.array(upstream).min(1, 'at least one upstream is required'),
     })
     // `when`: the cross-field rules run even when some field failed, so a file's problems are all
-    // reported in one pass (STYLE: collect every problem). Nothing below may assume that a field
+    // reported in one pass (collect every problem). Nothing below may assume that a field
     // passed its own validation: every access is guarded.
     .superRefine((config, ctx) => {
       const server = config.server as Partial<typeof config.server> | undefined;

@@ -1,5 +1,5 @@
 /**
- * Mode `token_exchange` (DESIGN §5.2, RFC 8693): the session's company-IdP access token is
+ * Mode `token_exchange` (RFC 8693): the session's company-IdP access token is
  * exchanged at a configured token endpoint for a token the upstream accepts (its `audience`),
  * and that token is sent upstream. The agent's token and the IdP token never reach the upstream.
  *
@@ -40,7 +40,7 @@ const CONFIGURATION_ERRORS = new Set(['invalid_client', 'unauthorized_client', '
 export interface TokenExchangeOptions {
   /** The upstream's name and resource URL, and the scopes our tokens for it carry (for the re-login challenge). */
   upstream: { name: string; resource: string; scopes: readonly string[] };
-  /** The `auth:` keys of the upstream (DESIGN §8). */
+  /** The `auth:` keys of the upstream. */
   tokenEndpoint: string;
   audience: string;
   /** `scope` of the exchange request; omitted when empty. */
@@ -52,7 +52,7 @@ export interface TokenExchangeOptions {
   session: IdpSessionTokens;
   /** Ends a session (`sessions.revoke`) when even a fresh IdP token is refused. */
   endSession(sessionId: string): Promise<void>;
-  /** The SSRF-guarded fetcher (DESIGN §6.1). */
+  /** The SSRF-guarded fetcher. */
   fetch: TokenFetch;
   logger: Logger;
   /** Refresh the IdP token this long before it expires, ms. Default 60000. */

@@ -1,6 +1,6 @@
 /**
  * What each agent session can understand, remembered per `Mcp-Session-Id` so the gateway can pick
- * the best auth_required channel later in the session (DESIGN §6.4, §6a). A stateless upstream
+ * the best auth_required channel later in the session. A stateless upstream
  * issues no `Mcp-Session-Id`; the agent is then known by our session (`sid`, one token family:
  * one authorization of one client), which every request's verified token carries.
  *

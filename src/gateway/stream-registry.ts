@@ -2,7 +2,7 @@
  * The agent sessions' open GET SSE streams, so the gateway can speak on them itself: the only
  * message it originates is `notifications/elicitation/complete` (MCP 2025-11-25
  * client/elicitation "Completion Notifications for URL Mode Elicitation"), sent when the user
- * finished connecting an upstream (DESIGN §6.5).
+ * finished connecting an upstream.
  *
  * A stream is either one forwarded from the upstream (the notification is injected between two
  * of its events) or one the gateway holds itself while the upstream cannot be reached without

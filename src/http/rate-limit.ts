@@ -1,5 +1,5 @@
 /**
- * Per-client rate limits (DESIGN §8: `/oauth/register`, `/oauth/token`, callbacks): a fixed-window
+ * Per-client rate limits (`/oauth/register`, `/oauth/token`, callbacks): a fixed-window
  * counter kept in the storage port, so every replica shares it once the store is Valkey.
  */
 import { randomBytes } from 'node:crypto';

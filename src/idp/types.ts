@@ -30,7 +30,7 @@ export interface IdpLoginResult {
 }
 
 /**
- * The company IdP (OIDC) as our authorization server uses it (DESIGN §4), implemented with
+ * The company IdP (OIDC) as our authorization server uses it, implemented with
  * openid-client in `oidc.ts`. Throws `IdpError`.
  */
 export interface IdpClient {

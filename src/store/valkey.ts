@@ -1,5 +1,5 @@
 /**
- * The Valkey storage adapter (DESIGN §7), on iovalkey: for several replicas sharing state.
+ * The Valkey storage adapter, on iovalkey: for several replicas sharing state.
  */
 import type { ConnectionOptions } from 'node:tls';
 import { assertKey, assertTtl } from './checks.ts';

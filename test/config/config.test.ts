@@ -1,5 +1,5 @@
 /**
- * The config file (DESIGN §8): a minimal file is enough, every problem of a bad file is listed
+ * The config file: a minimal file is enough, every problem of a bad file is listed
  * with its path in one error, secrets only by `env:`/`file:` reference, env overrides, durations.
  */
 import { describe, it } from 'node:test';

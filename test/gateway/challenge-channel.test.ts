@@ -1,4 +1,4 @@
-/** Channel choice and the per-session capability memory (DESIGN §6.4): pure functions, a fake clock. */
+/** Channel choice and the per-session capability memory: pure functions, a fake clock. */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { authRequiredReply, chooseChannel, type ChallengeSetting } from '../../src/gateway/challenge.ts';
