@@ -77,7 +77,7 @@ process.once('SIGTERM', () => void app.close().then(() => process.exit(0)));
 const authorization = mode === 'idp' ? `Bearer ${await seedSession()}` : undefined;
 
 /**
- * What a finished login leaves behind (DESIGN §4), written through the same domain stores and
+ * What a finished login leaves behind, written through the same domain stores and
  * sealing key the app uses: a session, its IdP tokens, and our access token for the bench
  * upstream. Every bench request then takes the common idp path: a cached JWT, a live session,
  * the session's IdP token (no refresh), the swap.

@@ -8,7 +8,7 @@
  *   received and says whose it is, so the swap can be seen from the upstream's side;
  * - `notes`: an MCP server with its OWN authorization server (a second, unrelated
  *   `oidc-provider`), in mode `oauth`: mcpgate registers itself there by DCR and each user
- *   connects once through the auth_required link (DESIGN §6);
+ *   connects once through the auth_required link;
  * - the gateway in front of all three: dev mode, an ephemeral signing key, memory storage.
  *
  * Each part is started here and handed back; {@link Demo.close} stops them in reverse order.

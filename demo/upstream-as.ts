@@ -1,5 +1,5 @@
 /**
- * An MCP server with its OWN authorization server, the way SaaS MCP servers come (DESIGN §6):
+ * An MCP server with its OWN authorization server, the way SaaS MCP servers come:
  * a real OpenID provider (`oidc-provider`) that is not the company IdP, and a real SDK MCP server
  * that trusts only it. mcpgate connects each user to it through the upstream OAuth flow.
  *

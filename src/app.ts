@@ -70,7 +70,7 @@ export interface App {
   frontDoor: FrontDoor;
   /** Starts listening on `server.listen` (or the given port, 0 for any). Resolves with the base URL bound. */
   listen(override?: { host?: string; port?: number }): Promise<URL>;
-  /** Graceful stop (DESIGN §8): stop accepting, let streams finish within `server.drainTimeout`, then close. */
+  /** Graceful stop: stop accepting, let streams finish within `server.drainTimeout`, then close. */
   close(): Promise<void>;
 }
 
@@ -87,7 +87,7 @@ export interface AppOptions {
 
 /**
  * The composition root: the only place that chooses concrete parts and wires them
- * (STYLE: one composition root). Everything else receives what it needs as arguments.
+ * (one composition root). Everything else receives what it needs as arguments.
  */
 export function createApp(config: Config, options: AppOptions = {}): App {
   const logger = createLogger({ level: config.server.logLevel, destination: options.logDestination });
@@ -99,15 +99,15 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   // Aborted when the drain begins: SSE streams end at an event boundary so agents resume elsewhere.
   const drain = new AbortController();
   const now = options.now ?? Date.now;
-  /** Our issuer identifier (DESIGN §4): the public URL without a trailing slash. */
+  /** Our issuer identifier: the public URL without a trailing slash. */
   const issuer = `${publicUrl.origin}${basePath}`;
 
   if (config.server.devMode) logger.warn({ msg: 'devMode is on: http URLs and loopback addresses are allowed; never use it in production' });
 
-  // Storage (DESIGN §7) and the authorization server's domain stores above it.
+  // Storage and the authorization server's domain stores above it.
   if (config.storage.kind === 'valkey' && config.storage.encryptionKeys.length === 0) {
     // A per-process key would make every value unreadable to the other replicas and after a restart.
-    throw new Error('storage.encryptionKeys: required with valkey in this build (allowUnencrypted is not supported yet)');
+    throw new Error('storage.encryptionKeys: required with valkey (values are always sealed at rest)');
   }
   // Every failed operation is counted, whichever answer (503, an HTML page, /readyz) it ends in.
   const store = observeStoreFailures(options.store ?? storeFor(config, now, logger), (op) => metrics.storeErrors.inc({ op }));
@@ -125,10 +125,10 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   const scopesFor = (_name: string): readonly string[] => (config.idp ? RESOURCE_SCOPES : []);
   const resourceOf = (name: string) => `${issuer}/${name}/mcp`;
 
-  // Every server-side fetch (token endpoints, discovery, CIMD) goes through the one SSRF guard (DESIGN §6.1).
+  // Every server-side fetch (token endpoints, discovery, CIMD) goes through the one SSRF guard.
   const serverFetch = createGuardedFetch({ allowHttp: config.server.devMode, allowPrivate: config.server.devMode, allowHosts: config.server.allowHosts });
 
-  // Upstreams with their own authorization server (DESIGN §6): each session's connection to them.
+  // Upstreams with their own authorization server: each session's connection to them.
   const upstreamStores = createUpstreamStores({ store, sealer, tokenTtlMs: config.authServer.refreshTokenTtl, now });
   // What consumes a one-time value (a rotating refresh token, a registration) runs once at a time:
   // across every replica when they share Valkey, in this process with memory storage.
@@ -152,7 +152,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   );
 
   // Every way a session ends (logout, revocation, an IdP or upstream that refuses it) also forgets
-  // the session's upstream grants and revokes them at their own authorization servers (DESIGN §4).
+  // the session's upstream grants and revokes them at their own authorization servers.
   const onSessionEnded: SessionEndedHook[] = oauthUpstreams.length > 0 ? [(sid) => upstreamFlows.forgetSession(sid)] : [];
   // The company IdP our login is federated to, by `idp.kind`.
   const idpClient = config.idp ? (options.idpClient ?? createIdpClient(config.idp)) : undefined;
@@ -164,7 +164,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
     ...(idpClient?.revoke && { revokeIdpTokens: (tokens: IdpTokens) => idpClient.revoke!(tokens), idpTokens: authStores.idpTokens }),
   });
 
-  // Login (DESIGN §4, §5): only when the company IdP is configured.
+  // Login: only when the company IdP is configured.
   const login = idpClient ? createLogin(idpClient) : undefined;
 
   const upstreams: Upstream[] = config.upstreams.map((u) => ({
@@ -426,14 +426,14 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       cacheSize: 10_000,
       now,
     });
-    // Our login cookie (DESIGN §4): set by the IdP callback, read wherever a browser must be the
-    // user a flow belongs to (the upstream connect links, DESIGN §6.3).
+    // Our login cookie: set by the IdP callback, read wherever a browser must be the
+    // user a flow belongs to (the upstream connect links).
     const cookies = createCookieCodec({
       key: deriveCookieKey({ encryptionKey: config.storage.encryptionKeys[0]?.key, signingKeyPem: config.authServer.signingKeys[0] }).key,
       secure: publicUrl.protocol === 'https:',
       now,
     });
-    // The browser leg (DESIGN §4): registration, authorize, the IdP callback and the consent page.
+    // The browser leg: registration, authorize, the IdP callback and the consent page.
     routes.push(
       ...createLoginRoutes({
         flow: {
@@ -454,7 +454,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
           maxSessionsPerUser: config.authServer.maxSessionsPerUser,
           endSession,
           now,
-          // The re-challenge chain (DESIGN §6.4): `mcpgate:connect:<name>` connects that upstream before our code is issued.
+          // The re-challenge chain: `mcpgate:connect:<name>` connects that upstream before our code is issued.
           connect:
             oauthUpstreams.length > 0
               ? createConnectChain({ upstreams: oauthUpstreams, flows: upstreamFlows, stores: authStores, basePath, pendingTtlMs: 600_000, logger })

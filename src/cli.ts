@@ -1,4 +1,6 @@
 #!/usr/bin/env node
+// First: an old Node gets one line naming the version required, before any dependency loads.
+import './node-check.ts';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createApp } from './app.ts';
@@ -6,7 +8,8 @@ import { generateSigningKeyPem, generateStoreKey } from './authserver/keys.ts';
 import { ConfigError, loadConfigFile } from './config/load.ts';
 import { sessionsCommand } from './cli/sessions.ts';
 import { upstreamsCommand } from './cli/upstreams.ts';
-import type { Config } from './config/schema.ts';
+import type { Config, ConfigSchemaOptions } from './config/schema.ts';
+import { processSecretSources } from './config/secrets.ts';
 import { formatResealReport, resealComplete, resealValues } from './store/reseal.ts';
 import { createValkeyMaintenance } from './store/valkey_maintenance.ts';
 import { valkeyStoreOptions } from './store/valkey_settings.ts';
@@ -15,7 +18,10 @@ const USAGE = `mcpgate — OAuth 2.1 gateway for remote MCP servers
 
 Usage:
   mcpgate serve --config FILE     run the gateway
-  mcpgate check --config FILE     validate a config file; prints every problem, exits 1 if any
+  mcpgate check --config FILE [--no-secrets]
+                                  validate a config file as serve would; prints every problem, exits 1 if any.
+                                  --no-secrets: check the form of env:/file: references without reading
+                                  them (a deployment's config, on a machine without its secrets)
   mcpgate keys generate [--alg ES256|RS256|EdDSA]
                                   print a new token-signing key (PKCS#8 PEM) and a store encryption key
   mcpgate keys reseal --config FILE
@@ -30,7 +36,9 @@ Usage:
                                   server (RFC 7592) and forget them
   mcpgate --version | --help
 
-Environment overrides: MCPGATE_LISTEN, MCPGATE_PUBLIC_URL, MCPGATE_LOG_LEVEL.
+--config may be left out when MCPGATE_CONFIG names the file.
+Environment overrides: MCPGATE_LISTEN (server.listen), MCPGATE_PUBLIC_URL (server.publicUrl),
+MCPGATE_LOG_LEVEL (server.logLevel).
 Docs: README.md and docs/ in the repository.`;
 
 function version(): string {
@@ -50,6 +58,7 @@ async function main(argv: string[]): Promise<number> {
     allowPositionals: true,
     options: {
       config: { type: 'string', short: 'c' },
+      'no-secrets': { type: 'boolean' },
       alg: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
       version: { type: 'boolean', short: 'v' },
@@ -72,10 +81,12 @@ async function main(argv: string[]): Promise<number> {
         process.stderr.write(`mcpgate ${command}: --config FILE is required\n`);
         return 2;
       }
-      const config = loadOrReport(path);
+      const resolveSecrets = !(command === 'check' && values['no-secrets'] === true);
+      const config = loadOrReport(path, { resolveSecrets });
       if (config === undefined) return 1;
       if (command === 'check') {
-        process.stdout.write(`${path}: ok (${config.upstreams.length} upstream${config.upstreams.length === 1 ? '' : 's'})\n`);
+        const upstreams = `${config.upstreams.length} upstream${config.upstreams.length === 1 ? '' : 's'}`;
+        process.stdout.write(`${path}: ok (${upstreams}${resolveSecrets ? '' : '; secrets not read: only the form of their references was checked'})\n`);
         return 0;
       }
       return serve(createApp(config), config.server.drainTimeout);
@@ -97,10 +108,13 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-/** Loads and validates a config file; prints every problem and returns `undefined` when it is invalid. */
-function loadOrReport(path: string): Config | undefined {
+/**
+ * Loads and validates a config file (the one validation `check` and `serve` share); prints every
+ * problem and returns `undefined` when it is invalid.
+ */
+function loadOrReport(path: string, options: ConfigSchemaOptions = {}): Config | undefined {
   try {
-    return loadConfigFile(path);
+    return loadConfigFile(path, processSecretSources, options);
   } catch (error) {
     if (error instanceof ConfigError) {
       process.stderr.write(`${error.message}\n`);
@@ -161,7 +175,7 @@ async function reseal(config: Config): Promise<number> {
   }
 }
 
-/** `mcpgate keys generate`: key material for `authServer.signingKeys` and `storage.encryptionKeys` (DESIGN §8). */
+/** `mcpgate keys generate`: key material for `authServer.signingKeys` and `storage.encryptionKeys`. */
 function keys(subcommand: string | undefined, alg: string): number {
   if (subcommand !== 'generate') {
     process.stderr.write('usage: mcpgate keys generate [--alg ES256|RS256|EdDSA] | mcpgate keys reseal --config FILE\n');
@@ -187,10 +201,18 @@ function keys(subcommand: string | undefined, alg: string): number {
  * SSE streams end at an event boundary, requests in flight finish within `drainTimeoutMs`).
  */
 async function serve(app: ReturnType<typeof createApp>, drainTimeoutMs: number): Promise<number> {
+  // The handlers are in place before "listening" is logged: a SIGTERM sent the moment a
+  // supervisor sees that line would otherwise kill the process without the drain.
+  let signalled: string | undefined;
+  let onSignal = (signal: string): void => {
+    signalled ??= signal;
+  };
+  process.once('SIGTERM', () => onSignal('SIGTERM'));
+  process.once('SIGINT', () => onSignal('SIGINT'));
   await app.listen();
   return new Promise((resolve) => {
     let stopping = false;
-    const stop = (signal: string) => {
+    onSignal = (signal) => {
       if (stopping) return;
       stopping = true;
       app.logger.info({ msg: 'shutting down', signal, inFlight: app.frontDoor.inFlight() });
@@ -203,8 +225,7 @@ async function serve(app: ReturnType<typeof createApp>, drainTimeoutMs: number):
       }, drainTimeoutMs + 3000).unref();
       app.close().then(() => resolve(0), () => resolve(1));
     };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
+    if (signalled !== undefined) onSignal(signalled);
   });
 }
 

@@ -1,5 +1,5 @@
 /**
- * `GET /oauth/authorize` (RFC 6749 §4.1.1, OAuth 2.1, DESIGN §4): checks the client's request,
+ * `GET /oauth/authorize` (RFC 6749 §4.1.1, OAuth 2.1): checks the client's request,
  * parks it (single use, 10 min) and sends the browser to the company IdP with our own state,
  * nonce and PKCE.
  *
@@ -119,7 +119,7 @@ export function createAuthorizeEndpoint(flow: LoginFlow): Handler {
       throw new AuthorizationError('unauthorized_client', 'the client is not registered for the authorization_code grant');
     }
 
-    // PKCE with S256 is required of every client (OAuth 2.1 §4.1.1, DESIGN §9); "plain" is refused.
+    // PKCE with S256 is required of every client (OAuth 2.1 §4.1.1); "plain" is refused.
     const challenge = params.get('code_challenge');
     if (!challenge) throw new AuthorizationError('invalid_request', 'code_challenge is required (PKCE)');
     if (params.get('code_challenge_method') !== 'S256') throw new AuthorizationError('invalid_request', 'code_challenge_method must be S256');

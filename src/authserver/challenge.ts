@@ -1,6 +1,6 @@
 /**
  * The answers that send an agent (back) to our authorization server: 401 with a Bearer challenge
- * pointing at the resource's RFC 9728 metadata, and 403 `insufficient_scope` (DESIGN §5.1).
+ * pointing at the resource's RFC 9728 metadata, and 403 `insufficient_scope`.
  * Shared by the JWT check on the gateway path and by the credential sources that end a session.
  */
 import { InsufficientScope, InvalidToken } from '../http/errors.ts';

@@ -1,5 +1,5 @@
 /**
- * The re-challenge chain (DESIGN §6.4, issue 5 "HTTP re-challenge"): an agent that was answered
+ * The re-challenge chain (issue 5 "HTTP re-challenge"): an agent that was answered
  * `403 insufficient_scope` with `scope="… mcpgate:connect:<name>"` authorizes again for the larger
  * scope. Before our code is issued for such a request, the browser is taken through the
  * upstream's own authorization server (the upstream OAuth flow's `/oauth/upstream/start`), and

@@ -1,5 +1,5 @@
 /**
- * The consent page (DESIGN §4, the MCP spec's confused-deputy rule): a gateway that logs users in
+ * The consent page (the MCP spec's confused-deputy rule): a gateway that logs users in
  * at the company IdP with one fixed client of its own must ask each user before it hands a code
  * to a client that anyone could have registered. The page names the client and the host its
  * answer goes to (with a warning when the client lives on the user's own computer, and one naming

@@ -1,14 +1,14 @@
 /**
- * Our token-signing keys (DESIGN §4): loaded from PEM text, algorithm detected from the key,
+ * Our token-signing keys: loaded from PEM text, algorithm detected from the key,
  * `kid` = the RFC 7638 JWK thumbprint. The first key signs; every key's public half is
  * published in the JWKS, so a new key can be introduced (listed second, then moved first) and an
  * old one retired (kept last until the tokens it signed have expired) without a flag day.
  */
-import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
 import type { JWK } from 'jose';
+import { readSigningKey, type ReadSigningKey, type SigningAlg } from '../config/signing-key.ts';
 
-/** The JWS algorithms we sign with (RFC 7518 §3.1, RFC 8037 §3.1). */
-export type SigningAlg = 'ES256' | 'ES384' | 'ES512' | 'RS256' | 'EdDSA';
+export type { SigningAlg };
 
 /** A public key that verifies our tokens. */
 export interface VerificationKey {
@@ -43,8 +43,6 @@ export interface LoadSigningKeysOptions {
   warn(message: string): void;
 }
 
-const MIN_RSA_BITS = 2048;
-
 /**
  * Loads the signing keys. Throws a `TypeError` naming the entry (`signingKeys[1]: …`) for a key it
  * cannot use: unreadable PEM, unsupported type or curve, RSA under 2048 bits, a public key in
@@ -65,9 +63,8 @@ export function loadSigningKeys(options: LoadSigningKeysOptions): SigningKeys {
   let signing: SigningKeys['signing'] | undefined;
   pems.forEach((pem, index) => {
     const where = `signingKeys[${index}]`;
-    const { privateKey, publicKey } = readPem(pem, where);
+    const { privateKey, publicKey, alg } = readPem(pem, where);
     if (index === 0 && !privateKey) throw new TypeError(`${where}: the first key signs, so it must be a private key`);
-    const alg = algorithmOf(publicKey, where);
     const members = publicMembers(publicKey);
     const kid = thumbprint(members);
     if (byKid.has(kid)) throw new TypeError(`${where}: the same key is listed twice`);
@@ -104,48 +101,11 @@ export function generateStoreKey(): string {
   return randomBytes(32).toString('base64');
 }
 
-function readPem(pem: string, where: string): { privateKey?: KeyObject; publicKey: KeyObject } {
-  if (typeof pem !== 'string' || !pem.includes('-----BEGIN')) throw new TypeError(`${where}: not a PEM key`);
-  if (/-----BEGIN (?:RSA |EC )?PUBLIC KEY-----/.test(pem)) {
-    try {
-      return { publicKey: createPublicKey(pem) };
-    } catch {
-      throw new TypeError(`${where}: unreadable public key PEM`);
-    }
-  }
+function readPem(pem: string, where: string): ReadSigningKey {
   try {
-    const privateKey = createPrivateKey(pem);
-    return { privateKey, publicKey: createPublicKey(privateKey) };
-  } catch {
-    // The cause can quote key material; keep it out of the message.
-    throw new TypeError(`${where}: unreadable private key PEM (encrypted keys are not supported)`);
-  }
-}
-
-function algorithmOf(key: KeyObject, where: string): SigningAlg {
-  const details = key.asymmetricKeyDetails ?? {};
-  switch (key.asymmetricKeyType) {
-    case 'ec':
-      switch (details.namedCurve) {
-        case 'prime256v1':
-        case 'P-256':
-          return 'ES256';
-        case 'secp384r1':
-        case 'P-384':
-          return 'ES384';
-        case 'secp521r1':
-        case 'P-521':
-          return 'ES512';
-        default:
-          throw new TypeError(`${where}: EC curve ${details.namedCurve ?? '?'} is not supported (use P-256)`);
-      }
-    case 'rsa':
-      if ((details.modulusLength ?? 0) < MIN_RSA_BITS) throw new TypeError(`${where}: RSA keys must have at least ${MIN_RSA_BITS} bits`);
-      return 'RS256';
-    case 'ed25519':
-      return 'EdDSA';
-    default:
-      throw new TypeError(`${where}: key type ${key.asymmetricKeyType ?? '?'} is not supported (use EC P-256, RSA or Ed25519)`);
+    return readSigningKey(pem);
+  } catch (error) {
+    throw new TypeError(`${where}: ${(error as Error).message}`);
   }
 }
 

@@ -1,5 +1,5 @@
 /**
- * The browser leg of our authorization server (DESIGN §4), wired into routes:
+ * The browser leg of our authorization server, wired into routes:
  *
  *   GET  /oauth/authorize  validate the client's request, park it, send the browser to the IdP
  *   GET  /oauth/callback   the IdP's answer: finish the login, create the session; then either

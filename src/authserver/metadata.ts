@@ -1,5 +1,5 @@
 /**
- * Discovery documents (DESIGN §3, §4):
+ * Discovery documents:
  * - RFC 8414 authorization server metadata, also served as OpenID Connect Discovery 1.0 for
  *   clients that only probe that name;
  * - the JWK Set of our signing keys (RFC 7517 §5);

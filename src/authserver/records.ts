@@ -1,5 +1,5 @@
 /**
- * The records of our authorization server (DESIGN §4, §7) and the domain-store interface the
+ * The records of our authorization server and the domain-store interface the
  * endpoints share. Implemented once above the storage port (`stores.ts`), for every backend.
  * Codes and refresh tokens are keyed by their SHA-256 hash, so a dump of the store cannot be
  * replayed; every record is sealed (AES-256-GCM) for its key name, so one written or changed in
@@ -165,7 +165,7 @@ export interface AuthStores {
     /** Creates or extends; also adds the session to its user's index. */
     put(session: SessionRecord): Promise<void>;
     /**
-     * Slides a live session to `expiresAt` (a refresh, DESIGN §4), its IdP tokens with it.
+     * Slides a live session to `expiresAt` (a refresh), its IdP tokens with it.
      * Atomic against `revoke`: a session revoked meanwhile is not brought back; undefined then.
      */
     extend(sessionId: string, expiresAt: number): Promise<SessionRecord | undefined>;

@@ -1,5 +1,5 @@
 /**
- * `POST /oauth/register`: Dynamic Client Registration (RFC 7591; DESIGN §4). Public clients
+ * `POST /oauth/register`: Dynamic Client Registration (RFC 7591). Public clients
  * (`token_endpoint_auth_method: none`, PKCE) by default; confidential clients on request, whose
  * secret is returned once and stored only as a hash. Limited in size (and in rate by route-limits.ts), optionally gated
  * by an initial access token (RFC 7591 §3).

@@ -1,5 +1,5 @@
 /**
- * Ending tokens and sessions (DESIGN §4):
+ * Ending tokens and sessions:
  * - `POST /oauth/revoke` — RFC 7009 token revocation. A refresh token or an access token ends its
  *   whole session (token family: our refresh tokens, the IdP's tokens kept for it). Unknown,
  *   expired or foreign tokens get 200 as well (§2.2), so the endpoint reveals nothing.

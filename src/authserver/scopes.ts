@@ -1,5 +1,5 @@
 /**
- * The scopes of our authorization server (DESIGN §3, §4). Every upstream resource behind the
+ * The scopes of our authorization server. Every upstream resource behind the
  * gateway asks for the same base scope: it is what the resource metadata advertises
  * (`scopes_supported`), what the 401 challenge names, what an agent that follows the MCP
  * scope-selection rules requests, and what the gateway path requires in the token.

@@ -1,5 +1,5 @@
 /**
- * Ending a login session (DESIGN §4 logout, §7 indexes): the one path every "this session is
+ * Ending a login session (logout, and the indexes of sessions): the one path every "this session is
  * over" takes — `/oauth/logout`, `/oauth/logout/all`, `/oauth/revoke`, a reused code or refresh
  * token, an IdP that refused the session's refresh, an upstream that refused even a fresh token.
  *

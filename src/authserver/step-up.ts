@@ -1,5 +1,5 @@
 /**
- * Step-up marks (DESIGN §6.4, the HTTP re-challenge): when the gateway answers an agent with
+ * Step-up marks (the HTTP re-challenge): when the gateway answers an agent with
  * `403 insufficient_scope` naming a scope the session's grant lacks, it marks the session; the
  * session's next refresh is then refused with `invalid_grant`, so the agent authorizes again for
  * the larger scope instead of refreshing into the same 403.

@@ -1,5 +1,5 @@
 /**
- * The domain stores of our authorization server (DESIGN §4, §7), written once above the storage
+ * The domain stores of our authorization server, written once above the storage
  * port so every backend (memory, Valkey) gets the same token families, indexes and sealing.
  *
  * Keys (the parts in braces are Valkey hash tags, so one session's keys share a cluster slot):
@@ -86,7 +86,7 @@ interface StoredRefreshToken {
 /** Compare-and-set retries before giving up: only reached if a key is rewritten in a tight loop. */
 const CAS_ATTEMPTS = 8;
 
-/** SHA-256 of a code or token, base64url: what the store keys them by (DESIGN §4). */
+/** SHA-256 of a code or token, base64url: what the store keys them by. */
 export function tokenHash(value: string): string {
   return createHash('sha256').update(value).digest('base64url');
 }
@@ -350,7 +350,7 @@ export function createAuthStores(options: AuthStoresOptions): AuthStores {
             const next = successorHash === undefined ? undefined : await read<StoredRefreshToken>(`rt:${successorHash}`);
             return { record: stored.record, reused: true, successorUnused: successorHash !== undefined && next?.record.rotatedAt === undefined };
           }
-          // A token of a revoked family is dead: its session is gone (DESIGN §4 logout).
+          // A token of a revoked family is dead: its session is gone.
           if (!(await sessions.get(stored.record.sessionId))) return undefined;
           const ttl = ttlUntil(stored.expiresAt);
           if (ttl <= 0) return undefined;

@@ -1,5 +1,5 @@
 /**
- * Our tokens (DESIGN §4): JWT access tokens per RFC 9068 (typ `at+jwt`), signed with jose, and
+ * Our tokens: JWT access tokens per RFC 9068 (typ `at+jwt`), signed with jose, and
  * opaque refresh tokens (stored only as hashes, see `stores.ts`). Plus the small primitives the
  * endpoints share: random tokens, PKCE S256, constant-time comparison.
  */
@@ -148,7 +148,7 @@ export function isPkceVerifier(value: string): boolean {
 }
 
 /**
- * Constant-time string equality (DESIGN §9). Both sides are hashed first, so neither the
+ * Constant-time string equality. Both sides are hashed first, so neither the
  * content nor the length of the secret leaks through timing.
  */
 export function safeEqual(a: string, b: string): boolean {

@@ -1,16 +1,30 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
+import { isAddressAllowed } from '../net/address-policy.ts';
 import { parseDuration } from './duration.ts';
 import { NEVER_REDIRECT_SCHEMES, URI_SCHEME } from './redirect-schemes.ts';
 import { isSecretRef, resolveSecretRef, type SecretSources } from './secrets.ts';
+import { readSigningKey } from './signing-key.ts';
+
+/** Options of {@link createConfigSchema}. */
+export interface ConfigSchemaOptions {
+  /**
+   * `false`: secret references are checked for their form only and kept as written (`env:NAME`,
+   * `file:/path`), and the rules that need their values (PEM keys, 32-byte encryption keys) are
+   * skipped: `mcpgate check --no-secrets`, for a deployment's config on a machine without its
+   * secrets. Default `true`.
+   */
+  resolveSecrets?: boolean;
+}
 
 /**
- * The configuration schema (DESIGN §8). Key names are mcpgate's public interface.
+ * The configuration schema. Key names are mcpgate's public interface.
  *
  * Built per load so secret references resolve against injected sources; every problem,
  * including an unset environment variable, is reported with its path in one pass.
  */
-export function createConfigSchema(sources: SecretSources) {
+export function createConfigSchema(sources: SecretSources, options: ConfigSchemaOptions = {}) {
+  const resolveSecrets = options.resolveSecrets ?? true;
   const duration = z.string().transform((text, ctx) => {
     const ms = parseDuration(text);
     if (ms === undefined) {
@@ -20,17 +34,41 @@ export function createConfigSchema(sources: SecretSources) {
     return ms;
   });
 
-  /** A secret: only `env:`/`file:` references are accepted; the value is resolved at load. */
-  const secret = z.string().transform((ref, ctx) => {
-    if (!isSecretRef(ref)) {
-      ctx.addIssue({ code: 'custom', message: 'must be a secret reference (env:NAME or file:/path), never an inline value' });
-      return z.NEVER;
-    }
+  /**
+   * A secret: only `env:`/`file:` references are accepted; the value is resolved at load and,
+   * when `check` is given, checked there (its problem is reported with the reference, so the
+   * message names the file or variable, never the value).
+   */
+  const secretRef = (check?: (value: string) => string | undefined) =>
+    z.string().transform((ref, ctx) => {
+      if (!isSecretRef(ref)) {
+        ctx.addIssue({ code: 'custom', message: 'must be a secret reference (env:NAME or file:/path), never an inline value' });
+        return z.NEVER;
+      }
+      if (!resolveSecrets) return ref;
+      let value: string;
+      try {
+        value = resolveSecretRef(ref, sources);
+      } catch (error) {
+        ctx.addIssue({ code: 'custom', message: (error as Error).message });
+        return z.NEVER;
+      }
+      const problem = check?.(value);
+      if (problem !== undefined) {
+        ctx.addIssue({ code: 'custom', message: `${ref}: ${problem}` });
+        return z.NEVER;
+      }
+      return value;
+    });
+  const secret = secretRef();
+
+  /** A token-signing key: the PEM must be one the authorization server can load (the same reader). */
+  const signingKey = secretRef((pem) => {
     try {
-      return resolveSecretRef(ref, sources);
+      readSigningKey(pem);
+      return undefined;
     } catch (error) {
-      ctx.addIssue({ code: 'custom', message: (error as Error).message });
-      return z.NEVER;
+      return (error as Error).message;
     }
   });
 
@@ -164,7 +202,7 @@ export function createConfigSchema(sources: SecretSources) {
     });
 
   const authServer = z.strictObject({
-    signingKeys: z.array(secret).default([]),
+    signingKeys: z.array(signingKey).default([]),
     accessTokenTtl: duration.default(600_000),
     refreshTokenTtl: duration.default(30 * 86_400_000),
     /** Absolute lifetime of a session from its login, whatever the refreshes: then the user signs in again. */
@@ -200,7 +238,7 @@ export function createConfigSchema(sources: SecretSources) {
 
   /** PEM text behind a secret reference (CA and client certificates are not secret, but live in the same mounts). */
   const pem = (what: 'CERTIFICATE' | 'PRIVATE KEY', name: string) =>
-    secret.refine((text) => new RegExp(`-----BEGIN [A-Z0-9 ]*${what}-----`).test(text), `must hold a PEM ${name} (-----BEGIN …${what}-----)`);
+    secretRef((text) => (new RegExp(`-----BEGIN [A-Z0-9 ]*${what}-----`).test(text) ? undefined : `must hold a PEM ${name} (-----BEGIN …${what}-----)`));
 
   const storage = z.strictObject({
     kind: z.enum(['memory', 'valkey']).default('memory'),
@@ -237,8 +275,12 @@ export function createConfigSchema(sources: SecretSources) {
     /** The memory store's bound on the bytes of keys and values it holds (`kind: memory`). */
     memory: z.strictObject({ maxBytes: z.number().int().min(1024 * 1024).default(256 * 1024 * 1024) }).default({ maxBytes: 256 * 1024 * 1024 }),
     encryptionKeys: z.array(z.strictObject({ id: z.string().regex(/^[A-Za-z0-9_-]{1,32}$/), key: secret })).default([]),
-    /** Valkey without encryption keys is refused unless this is set. */
-    allowUnencrypted: z.boolean().default(false),
+    /**
+     * Never supported: Valkey needs `encryptionKeys` (a per-process key would make every value
+     * unreadable to the other replicas and after a restart). `true` is refused with that reason;
+     * `false` is accepted so existing files keep loading.
+     */
+    allowUnencrypted: z.boolean().optional(),
   });
 
   const log = z.strictObject({
@@ -316,7 +358,7 @@ export function createConfigSchema(sources: SecretSources) {
       upstreams: z.array(upstream).min(1, 'at least one upstream is required'),
     })
     // `when`: the cross-field rules run even when some field failed, so a file's problems are all
-    // reported in one pass (STYLE: collect every problem). Nothing below may assume that a field
+    // reported in one pass (collect every problem). Nothing below may assume that a field
     // passed its own validation: every access is guarded.
     .superRefine((config, ctx) => {
       const server = config.server as Partial<typeof config.server> | undefined;
@@ -380,15 +422,25 @@ export function createConfigSchema(sources: SecretSources) {
         }
         const auth = u?.auth as Partial<Extract<UpstreamShape['auth'], { mode: 'token_exchange' }>> | undefined;
         if (mode === 'token_exchange' && auth) checkTokenExchange(auth, ['upstreams', index, 'auth'], { withoutIdToken, devMode }, ctx);
+        const tokenEndpoint = u?.auth?.mode === 'token_exchange' ? u.auth.tokenEndpoint : undefined;
+        const refusal = typeof tokenEndpoint === 'string' ? serverFetchRefusal(tokenEndpoint, devMode) : undefined;
+        if (refusal) ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'auth', 'tokenEndpoint'], message: refusal });
       });
       const storage = config.storage as Partial<typeof config.storage> | undefined;
       const encryptionKeys = Array.isArray(storage?.encryptionKeys) ? storage.encryptionKeys : [];
       if (storage?.kind === 'valkey') {
         if (!storage.valkey) ctx.addIssue({ code: 'custom', path: ['storage', 'valkey'], message: 'is required when kind is valkey' });
         else checkValkey(storage.valkey as Partial<NonNullable<typeof storage.valkey>>, ctx);
-        if (encryptionKeys.length === 0 && !storage.allowUnencrypted) {
-          ctx.addIssue({ code: 'custom', path: ['storage', 'encryptionKeys'], message: 'is required with valkey (tokens are sealed at rest); set allowUnencrypted: true to override' });
+        if (encryptionKeys.length === 0) {
+          ctx.addIssue({ code: 'custom', path: ['storage', 'encryptionKeys'], message: 'is required with valkey (tokens are sealed at rest; `mcpgate keys generate` prints a key)' });
         }
+      }
+      if (storage?.allowUnencrypted === true) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['storage', 'allowUnencrypted'],
+          message: 'is not supported: values are always sealed (with valkey, list storage.encryptionKeys; `mcpgate keys generate` prints a key); remove this key',
+        });
       }
       const ids = new Set<string>();
       encryptionKeys.forEach((k: Partial<(typeof encryptionKeys)[number]> | undefined, index) => {
@@ -396,7 +448,7 @@ export function createConfigSchema(sources: SecretSources) {
           if (ids.has(k.id)) ctx.addIssue({ code: 'custom', path: ['storage', 'encryptionKeys', index, 'id'], message: 'duplicate key id' });
           ids.add(k.id);
         }
-        if (typeof k?.key === 'string' && Buffer.from(k.key, 'base64').length !== 32) {
+        if (resolveSecrets && typeof k?.key === 'string' && Buffer.from(k.key, 'base64').length !== 32) {
           ctx.addIssue({ code: 'custom', path: ['storage', 'encryptionKeys', index, 'key'], message: 'must be 32 bytes, base64-encoded' });
         }
       });
@@ -404,6 +456,7 @@ export function createConfigSchema(sources: SecretSources) {
       if (idp && Array.isArray(signingKeys) && signingKeys.length === 0 && !devMode) {
         ctx.addIssue({ code: 'custom', path: ['authServer', 'signingKeys'], message: 'at least one signing key is required (an ephemeral key is allowed only with devMode: true)' });
       }
+      if (resolveSecrets && Array.isArray(signingKeys)) checkSigningKeySet(signingKeys, ctx);
     }, { when: () => true });
 }
 
@@ -429,9 +482,6 @@ function checkTokenExchange(
   if (auth.audience === undefined && auth.resource === undefined) {
     ctx.addIssue({ code: 'custom', path, message: 'needs audience or resource (or both): the token the exchange issues must be bound to the upstream' });
   }
-  if (!context.devMode && typeof auth.tokenEndpoint === 'string' && !auth.tokenEndpoint.startsWith('https:')) {
-    ctx.addIssue({ code: 'custom', path: [...path, 'tokenEndpoint'], message: 'must be an https URL (http is allowed only with devMode: true)' });
-  }
   if (typeof auth.extraParams === 'object' && auth.extraParams !== null) {
     for (const name of Object.keys(auth.extraParams)) {
       if (EXCHANGE_PARAMS.has(name)) {
@@ -439,6 +489,44 @@ function checkTokenExchange(
       }
     }
   }
+}
+
+/**
+ * Why the gateway's server-side fetcher (src/net/guarded-fetch.ts, built with `allowHttp` and
+ * `allowPrivate` = devMode) would refuse every request to this URL, or `undefined`. Only what the
+ * URL itself shows: a host name that resolves to a private address is found at request time.
+ */
+function serverFetchRefusal(text: string, devMode: boolean): string | undefined {
+  if (devMode || !URL.canParse(text)) return undefined;
+  const url = new URL(text);
+  if (url.protocol === 'http:') return 'must be an https URL (http is allowed only with devMode: true)';
+  const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+  if (isIP(host) !== 0 && !isAddressAllowed(host, false)) {
+    return `${host} is a loopback, private, link-local or reserved address: the gateway refuses to send tokens there outside devMode`;
+  }
+  return undefined;
+}
+
+/**
+ * The rules over the whole key set that the authorization server applies when it loads them:
+ * the first key signs, so it must be a private key; a key listed twice is a mistake.
+ */
+function checkSigningKeySet(pems: unknown[], ctx: z.RefinementCtx): void {
+  const seen = new Set<string>();
+  pems.forEach((pem, index) => {
+    if (typeof pem !== 'string') return;
+    let key;
+    try {
+      key = readSigningKey(pem);
+    } catch {
+      return; // reported by the entry itself
+    }
+    const path = ['authServer', 'signingKeys', index];
+    if (index === 0 && !key.privateKey) ctx.addIssue({ code: 'custom', path, message: 'the first key signs, so it must be a private key' });
+    const id = JSON.stringify(key.publicKey.export({ format: 'jwk' }));
+    if (seen.has(id)) ctx.addIssue({ code: 'custom', path, message: 'the same key is listed twice' });
+    seen.add(id);
+  });
 }
 
 /** Cross-field rules of `storage.valkey`; every access is guarded (the fields may have failed on their own). */

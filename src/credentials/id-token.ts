@@ -1,5 +1,5 @@
 /**
- * Mode `id_token` (DESIGN §5.2, same-IdP SSO): the upstream gets the IdP's ID token of the
+ * Mode `id_token` (same-IdP SSO): the upstream gets the IdP's ID token of the
  * caller's session as `Authorization: Bearer`. An ID token about to expire is renewed with the
  * session's IdP refresh token (IdPs return a new ID token on refresh, OIDC Core §12.2); when none
  * comes back, the agent is asked to sign in again.

@@ -1,5 +1,5 @@
 /**
- * Mode `idp` (DESIGN §5.2, the token swap): the upstream gets the company IdP's access token of
+ * Mode `idp` (the token swap): the upstream gets the company IdP's access token of
  * the caller's session as `Authorization: Bearer`, never ours. Refreshed `refreshMargin` before it
  * expires; an upstream 401 forces one refresh and one retry, and a second 401 is a 502 for that
  * request (the session stays: the IdP still backs it).

@@ -16,7 +16,7 @@ export interface OAuthCredentialOptions {
 }
 
 /**
- * Mode `oauth` (DESIGN §5.2, §6): the upstream trusts its own authorization server, and each
+ * Mode `oauth`: the upstream trusts its own authorization server, and each
  * session holds a token from it, obtained through the upstream OAuth flow. The upstream only ever
  * sees that token: never ours, never the company IdP's.
  *

@@ -84,7 +84,7 @@ export interface TokenExchangeOptions {
   session: IdpSessionTokens;
   /** Ends a session (`sessions.revoke`) when even a fresh IdP token is refused. */
   endSession(sessionId: string): Promise<void>;
-  /** The SSRF-guarded fetcher (DESIGN §6.1). */
+  /** The SSRF-guarded fetcher. */
   fetch: TokenFetch;
   logger: Logger;
   /** Refresh the IdP token this long before it expires, ms. Default 60000. */

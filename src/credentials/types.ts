@@ -3,7 +3,7 @@ import type { AuthMode } from '../config/schema.ts';
 import type { RpcInfo } from '../gateway/jsonrpc.ts';
 
 /**
- * Who is calling, once our access token has been verified (DESIGN §5.1).
+ * Who is calling, once our access token has been verified.
  * Upstreams whose gateway has no login (no `idp:`) see no principal.
  */
 export interface Principal {
@@ -61,7 +61,7 @@ export type RejectionOutcome =
   | { action: 'pass' };
 
 /**
- * Supplies the credential an upstream expects, by auth mode (DESIGN §5.2): one module per mode
+ * Supplies the credential an upstream expects, by auth mode: one module per mode
  * behind this interface. `none` and `static` need no principal; `idp`, `id_token`, `oauth` and
  * `token_exchange` look the credential up from the principal's session.
  */

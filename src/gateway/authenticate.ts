@@ -3,7 +3,7 @@ import type { Principal } from '../credentials/types.ts';
 import type { Upstream } from './upstream.ts';
 
 /**
- * Verifies the agent's access token for an upstream (DESIGN §5.1). Throws an HttpError
+ * Verifies the agent's access token for an upstream. Throws an HttpError
  * (401 with `WWW-Authenticate`, 403 `insufficient_scope`) to refuse.
  */
 export interface Authenticator {

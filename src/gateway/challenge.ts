@@ -32,7 +32,7 @@ import type { RpcInfo } from './jsonrpc.ts';
 import type { SseSink, StreamRegistry } from './stream-registry.ts';
 import type { Upstream } from './upstream.ts';
 
-/** The per-upstream `auth.challenge` setting (DESIGN §8). */
+/** The per-upstream `auth.challenge` setting. */
 export type ChallengeSetting = 'auto' | 'elicitation' | 'tool_result' | 'reauthorize';
 
 /** The channel an auth_required answer was actually sent through. */
@@ -174,7 +174,7 @@ export interface AuthRequiredRendererOptions {
   /**
    * How long a held GET stream stays open without the user connecting, in milliseconds; then it
    * ends and the agent's reconnection re-evaluates. Default 600000 (the 10-minute life of an
-   * upstream authorization state, DESIGN §7).
+   * upstream authorization state).
    */
   heldStreamMs?: number;
   /** SSE comment interval on held streams, in milliseconds; off when absent. */

@@ -89,7 +89,7 @@ const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_CONNECT_TIMEO
 
 /**
  * Sends one request upstream with undici's `dispatch` and streams the answer to the agent as it
- * arrives (DESIGN §5.3): no intermediate buffering, backpressure by pausing the upstream when the
+ * arrives: no intermediate buffering, backpressure by pausing the upstream when the
  * agent's socket is full, the upstream aborted when the agent leaves, a cut SSE stream ended
  * cleanly so the agent can resume with Last-Event-ID.
  */

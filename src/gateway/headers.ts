@@ -5,7 +5,7 @@ import { randomFillSync } from 'node:crypto';
 const REQUEST_DROP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer',
   'transfer-encoding', 'upgrade', 'host', 'content-length', 'expect', 'http2-settings',
-  // Never pass the agent's credentials or cookies upstream (DESIGN §9: no token passthrough).
+  // Never pass the agent's credentials or cookies upstream (no token passthrough).
   'authorization', 'cookie',
   // Origin was checked here; upstreams judge our request, not the agent's browser context.
   'origin', 'referer',

@@ -15,7 +15,7 @@ export interface RpcInfo {
 }
 
 /**
- * Parses a JSON-RPC message (or batch) only as far as the gateway needs (DESIGN §6a).
+ * Parses a JSON-RPC message (or batch) only as far as the gateway needs.
  * Throws ParseError (-32700) for bytes that are not JSON and InvalidRequest (-32600) for JSON
  * that is not a JSON-RPC message.
  */

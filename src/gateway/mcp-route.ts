@@ -38,7 +38,7 @@ export interface McpRouteOptions {
   basePath: string;
   /** Sees each initialize exchange that opened an MCP session. */
   onInitialize?(info: { upstream: Upstream; rpc: RpcInfo; mcpSessionId: string }): void;
-  /** Answers an `AuthRequiredError` from a credential source by channel (DESIGN §6.4); without it, that error is a 500. */
+  /** Answers an `AuthRequiredError` from a credential source by channel; without it, that error is a 500. */
   authRequired?: AuthRequiredRenderer;
   /** Per-session client facts for the auth_required channels: the route records each initialize and notes `MCP-Protocol-Version`. */
   clientCapabilities?: ClientCapabilities;
@@ -432,7 +432,7 @@ interface EarlyReads {
   credential: Promise<unknown> | undefined;
 }
 
-/** An upstream 401, or a 403 whose challenge says `insufficient_scope` (step-up, DESIGN §6.7). */
+/** An upstream 401, or a 403 whose challenge says `insufficient_scope` (step-up). */
 function isAuthRejection(status: number, headers: IncomingHttpHeaders): boolean {
   if (status === 401) return true;
   if (status !== 403) return false;

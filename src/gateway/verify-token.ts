@@ -1,5 +1,5 @@
 /**
- * The gateway path's check of OUR access tokens (DESIGN §5.1): bearer from the `Authorization`
+ * The gateway path's check of OUR access tokens: bearer from the `Authorization`
  * header only (RFC 6750 §2.1; never a query or body parameter), signature by a published key,
  * `typ` `at+jwt`, `iss`, `aud` = this upstream's resource (RFC 8707: a token for A is refused at
  * B), `exp`, and a live session (so logout and family revocation take effect at once).

@@ -1,7 +1,7 @@
 import { BlockList, isIP } from 'node:net';
 import type { IncomingMessage } from 'node:http';
 
-/** Resolves who the client is, believing X-Forwarded-* only from configured proxies (DESIGN §8). */
+/** Resolves who the client is, believing X-Forwarded-* only from configured proxies. */
 export interface ClientAddressResolver {
   resolve(req: IncomingMessage): { ip: string; proto: string; host: string | undefined };
 }

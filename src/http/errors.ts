@@ -1,5 +1,5 @@
 /**
- * Errors that carry their own HTTP status and protocol code (STYLE: status codes travel with
+ * Errors that carry their own HTTP status and protocol code (status codes travel with
  * the error, never chosen per handler). One serializer (`send-error.ts`) renders them as
  * RFC 6749 §5.2 JSON, or as a JSON-RPC error on the MCP path.
  */

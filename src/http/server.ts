@@ -103,7 +103,7 @@ export function createFrontDoor(options: FrontDoorOptions): FrontDoor {
       headersTimeout: options.headersTimeoutMs ?? 20_000,
       requestTimeout: options.requestTimeoutMs ?? 60_000,
       keepAliveTimeout: options.keepAliveTimeoutMs ?? 65_000,
-      // No socket inactivity timeout: an idle SSE stream is legitimate (DESIGN §5.3).
+      // No socket inactivity timeout: an idle SSE stream is legitimate.
       connectionsCheckingInterval: 5_000,
       ServerResponse: FrontDoorResponse as typeof ServerResponse,
     },

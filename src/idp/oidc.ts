@@ -1,8 +1,8 @@
 /**
- * The company IdP through openid-client (DESIGN §4): authorization code + PKCE (S256) + nonce,
+ * The company IdP through openid-client: authorization code + PKCE (S256) + nonce,
  * ID token validation, refresh. Failures become `IdpError`: `rejected` when the IdP said no
  * (an OAuth 4xx error such as `invalid_grant`, a bad ID token), `unavailable` when it could not
- * answer (5xx, network, timeout): an outage is never mistaken for a logout (DESIGN §5.2).
+ * answer (5xx, network, timeout): an outage is never mistaken for a logout.
  */
 import * as client from 'openid-client';
 import type { Config } from '../config/schema.ts';

@@ -1,5 +1,5 @@
 /**
- * Which IP addresses a server-side fetch may connect to (the SSRF rules of DESIGN §6.1).
+ * Which IP addresses a server-side fetch may connect to (the SSRF rules).
  *
  * Every address is put in one class. `public` is always allowed; the internal classes
  * (`loopback`, `private`, `link_local`, `shared`) only for hosts the operator allowed;

@@ -1,5 +1,5 @@
 /**
- * The one SSRF-guarded HTTP client for every server-side fetch (DESIGN §4 CIMD, §6.1 discovery,
+ * The one SSRF-guarded HTTP client for every server-side fetch (CIMD, upstream discovery,
  * DCR, token endpoints).
  *
  * The address check happens inside the socket's `lookup`, so the address that was checked is
@@ -97,7 +97,7 @@ export interface GuardedFetch {
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 
 /**
- * Creates the guarded fetcher (DESIGN §6.1: "https only outside dev mode; private, loopback and
+ * Creates the guarded fetcher ("https only outside dev mode; private, loopback and
  * link-local addresses refused unless allowed per host; redirects re-checked; size and time limits").
  * @throws TypeError for invalid options.
  */

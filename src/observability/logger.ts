@@ -4,7 +4,7 @@ export type { Logger } from 'pino';
 
 /**
  * Field paths whose values are replaced by "[redacted]" wherever they appear in a log line:
- * credentials, cookies, tokens, codes, verifiers and client secrets (DESIGN §8, §9).
+ * credentials, cookies, tokens, codes, verifiers and client secrets.
  */
 export const REDACT_PATHS = [
   'authorization', 'cookie', 'set-cookie', 'password', 'secret', 'token',

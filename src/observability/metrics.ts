@@ -1,6 +1,6 @@
 /**
  * A small Prometheus registry (text exposition format 0.0.4): counters, gauges and histograms
- * with labels. Label values must never hold secrets (DESIGN §9): callers pass upstream names,
+ * with labels. Label values must never hold secrets: callers pass upstream names,
  * methods and status codes only.
  */
 type Labels = Record<string, string>;

@@ -5,7 +5,7 @@
 
 /**
  * Throws a `TypeError` unless `ttlMs` is a positive integer number of milliseconds.
- * Nothing in the store may live forever (DESIGN §7), and a zero or negative TTL is almost always
+ * Nothing in the store may live forever, and a zero or negative TTL is almost always
  * a deadline computed from a clock that has already passed it: better loud than silently stored.
  */
 export function assertTtl(ttlMs: number): void {

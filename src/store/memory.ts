@@ -1,5 +1,5 @@
 /**
- * The in-process storage adapter (DESIGN §7): the default for a single replica and for tests.
+ * The in-process storage adapter: the default for a single replica and for tests.
  */
 import { assertKey, assertTtl } from './checks.ts';
 import { ExpiryHeap } from './expiry_heap.ts';

@@ -1,5 +1,5 @@
 /**
- * A store that reports its failed operations (DESIGN §8: "store latency and errors"), wrapped
+ * A store that reports its failed operations (the store latency and error metrics), wrapped
  * around any backend by the composition root. Counted here, at the port, rather than where a
  * `StoreUnavailableError` becomes a 503: many failures never reach that mapping (an HTML page of
  * the login, a JSON-RPC error of the gateway path, `/readyz`, a clean-up after logout), and one

@@ -1,5 +1,5 @@
 /**
- * The storage port (DESIGN §7): the few byte-level operations every backend offers.
+ * The storage port: the few byte-level operations every backend offers.
  *
  * Values are opaque strings; encryption at rest, token families and indexes live above
  * the port (see `sealed.ts` and the domain stores), once, not once per backend.

@@ -1,5 +1,5 @@
 /**
- * Encryption at rest (DESIGN §7): the envelope every stored token, code verifier and client
+ * Encryption at rest: the envelope every stored token, code verifier and client
  * secret is sealed in before it reaches a store, so a dump of Valkey yields nothing usable.
  *
  * Envelope: `v1.<key id>.<iv>.<ciphertext and tag>`, the last two base64url without padding.

@@ -1,5 +1,5 @@
 /**
- * The Valkey storage adapter (DESIGN §7), on iovalkey: for several replicas sharing state.
+ * The Valkey storage adapter, on iovalkey: for several replicas sharing state.
  */
 import type { ConnectionOptions } from 'node:tls';
 import { assertKey, assertTtl } from './checks.ts';
@@ -109,7 +109,14 @@ export function createValkeyStore(options: ValkeyStoreOptions): Store {
   const client = createValkeyClient({ ...options, connectTimeoutMs, commandTimeoutMs });
   const isCluster = options.cluster !== undefined;
   // Without a listener, iovalkey prints every reconnect failure to the console.
-  client.on('error', (error: Error) => onError?.(error));
+  // The last one is kept as the cause of a failed ping, so /readyz can say why (ECONNREFUSED,
+  // WRONGPASS) and not only that the store did not answer. Forgotten on the next successful ping,
+  // not on 'ready': with a refused AUTH the client flaps through 'ready' on every reconnect.
+  let connectionError: Error | undefined;
+  client.on('error', (error: Error) => {
+    connectionError = error;
+    onError?.(error);
+  });
 
   let closed = false;
   let nextReady: Promise<void> | undefined;
@@ -226,7 +233,18 @@ export function createValkeyStore(options: ValkeyStoreOptions): Store {
     },
 
     async ping(signal) {
-      await run('ping', signal, (c) => c.ping());
+      // Down after a failed attempt: say so now, with the reason, rather than wait out the deadline
+      // (the readiness probe's own 2 s timeout would win that race and hide the reason).
+      if (!closed && connectionError !== undefined && client.status !== 'ready') {
+        throw new StoreUnavailableError('valkey ping failed: not connected', { cause: connectionError });
+      }
+      try {
+        await run('ping', signal, (c) => c.ping());
+      } catch (error) {
+        if (connectionError === undefined || !(error instanceof StoreUnavailableError)) throw error;
+        throw new StoreUnavailableError(`${error.message} (last connection error: ${connectionError.message})`, { cause: connectionError });
+      }
+      connectionError = undefined;
     },
 
     async close() {

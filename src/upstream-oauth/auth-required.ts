@@ -1,5 +1,5 @@
 /**
- * The auth_required signal (DESIGN §6.4): an upstream needs the user to authorize at its own
+ * The auth_required signal: an upstream needs the user to authorize at its own
  * authorization server. Credential sources throw `AuthRequiredError`; the gateway path renders it
  * through the best channel the agent supports (URL elicitation, tool result, HTTP re-challenge,
  * JSON-RPC error). Nothing in it is a credential or personal data.

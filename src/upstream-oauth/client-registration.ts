@@ -1,5 +1,5 @@
 /**
- * Our client at an upstream's authorization server (DESIGN §6.2), chosen in the order of the MCP
+ * Our client at an upstream's authorization server, chosen in the order of the MCP
  * authorization spec (2025-11-25, "Client Registration Approaches"):
  * 1. a client id (and secret) preconfigured for the upstream;
  * 2. our Client ID Metadata Document (draft-ietf-oauth-client-id-metadata-document): the gateway

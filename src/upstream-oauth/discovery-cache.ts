@@ -1,5 +1,5 @@
 /**
- * A small in-process cache for discovery results (DESIGN §6.1 "Cache discovery").
+ * A small in-process cache for discovery results (discovery is cached).
  *
  * Concurrent lookups of the same key share one request; successes live for `ttlMs`,
  * failures only for `failureTtlMs`, so a transient outage of an authorization server is

@@ -1,5 +1,5 @@
 /**
- * Discovery for an upstream MCP server's own OAuth (DESIGN §6.1): protected resource metadata
+ * Discovery for an upstream MCP server's own OAuth: protected resource metadata
  * (RFC 9728), then its authorization server's metadata (RFC 8414 / OpenID Connect Discovery),
  * in the order the MCP authorization spec (2025-11-25) prescribes.
  *
@@ -102,7 +102,7 @@ const OPTIONAL_ENDPOINTS = [
   'pushed_authorization_request_endpoint',
 ] as const;
 
-/** Creates the discovery client (DESIGN §6.1). @throws TypeError for invalid options. */
+/** Creates the discovery client. @throws TypeError for invalid options. */
 export function createDiscovery(options: DiscoveryOptions): Discovery {
   if (typeof options.fetch !== 'function') throw new TypeError('discovery: fetch is required');
   const ttlMs = duration(options.cacheTtlMs ?? 15 * 60_000, 'cacheTtlMs');

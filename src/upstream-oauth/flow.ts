@@ -1,5 +1,5 @@
 /**
- * The upstream OAuth flow (DESIGN §6): connecting one user's session to an upstream MCP server
+ * The upstream OAuth flow: connecting one user's session to an upstream MCP server
  * that trusts its own authorization server, and keeping that connection alive.
  *
  * - `startFlow`: discovery (RFC 9728 → RFC 8414), a client at that server, a single-use state
@@ -91,7 +91,7 @@ export interface UpstreamFlowsOptions {
   fetch: TokenFetch;
   /** Our public URL (issuer), the base of `/oauth/upstream/start`. */
   publicUrl: string;
-  /** Lifetime of a pending flow, in milliseconds. Default 600000 (10 min, DESIGN §7). */
+  /** Lifetime of a pending flow, in milliseconds. Default 600000 (10 min). */
   flowTtlMs?: number;
   /** The clock, epoch milliseconds. Default `Date.now`. */
   now?: () => number;

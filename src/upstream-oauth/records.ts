@@ -1,5 +1,5 @@
 /**
- * The records of the upstream OAuth client (DESIGN §6, §7): what the gateway keeps while a user
+ * The records of the upstream OAuth client: what the gateway keeps while a user
  * connects to an upstream's own authorization server, and afterwards. All times are epoch
  * milliseconds. Every record holding a token, verifier or client secret is sealed at rest.
  */
@@ -7,7 +7,7 @@
 /** RFC 6749 §2.3 client authentication at the token endpoint, as RFC 7591 §2 names it. */
 export type TokenEndpointAuthMethod = 'none' | 'client_secret_basic' | 'client_secret_post';
 
-/** How the gateway obtained its client at an upstream's authorization server (DESIGN §6.2). */
+/** How the gateway obtained its client at an upstream's authorization server. */
 export type ClientSource = 'preconfigured' | 'cimd' | 'dcr';
 
 /** Our client at one upstream authorization server. */
@@ -30,7 +30,7 @@ export interface AuthorizationServerEndpoints {
 }
 
 /**
- * One pending connection of a user to an upstream (DESIGN §6.3): created when an upstream needs
+ * One pending connection of a user to an upstream: created when an upstream needs
  * authorization, opened through `/oauth/upstream/start?flow=<flowId>`, consumed by the callback.
  */
 export interface UpstreamFlow {

@@ -1,5 +1,5 @@
 /**
- * The domain stores of the upstream OAuth client (DESIGN §6, §7), written once above the storage
+ * The domain stores of the upstream OAuth client, written once above the storage
  * port so every backend gets the same single-use state, indexes and sealing.
  *
  * Keys (braces are Valkey hash tags: one session's keys share a cluster slot):
@@ -37,7 +37,7 @@ export interface UpstreamStoresOptions {
   now?: () => number;
 }
 
-/** What a DCR registration is cached by (DESIGN §6.2). */
+/** What a DCR registration is cached by. */
 export interface RegistrationKey {
   /** Our issuer (the public URL). */
   ourIssuer: string;

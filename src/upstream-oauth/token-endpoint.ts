@@ -10,7 +10,7 @@ import type { UpstreamClient } from './records.ts';
 /**
  * A token endpoint call failed. `rejected`: the server refused the grant (4xx, e.g.
  * `invalid_grant`), so the grant is dead. `unavailable`: 5xx, a transport error or an unreadable
- * answer, so the grant may still be good and must be kept (DESIGN §5.2: an outage is never a logout).
+ * answer, so the grant may still be good and must be kept (an outage is never a logout).
  */
 export class TokenEndpointError extends Error {
   override name = 'TokenEndpointError';

@@ -249,7 +249,7 @@ function quote(name: string, value: string): string {
 }
 
 /**
- * Builds OUR `WWW-Authenticate: Bearer …` value (DESIGN §5.1; RFC 6750 §3, RFC 9728 §5.1):
+ * Builds OUR `WWW-Authenticate: Bearer …` value (RFC 6750 §3, RFC 9728 §5.1):
  * `Bearer resource_metadata="…", scope="…", error="…", error_description="…"`.
  * Every value is a quoted-string with `"` and `\` escaped.
  * @throws RangeError when a value holds control or non-ASCII characters, or a scope is not a scope-token:

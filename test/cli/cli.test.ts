@@ -1,5 +1,5 @@
 /**
- * The `mcpgate` command as an operator runs it (DESIGN §8): `--version`, `--help`, `check`
+ * The `mcpgate` command as an operator runs it: `--version`, `--help`, `check`
  * (exit 1 with every problem), and `serve` answering `/healthz` and draining an open SSE stream
  * on SIGTERM before it exits 0.
  */

@@ -1,5 +1,5 @@
 /**
- * The config file (DESIGN §8): a minimal file is enough, every problem of a bad file is listed
+ * The config file: a minimal file is enough, every problem of a bad file is listed
  * with its path in one error, secrets only by `env:`/`file:` reference, env overrides, durations.
  */
 import { describe, it } from 'node:test';
@@ -182,10 +182,10 @@ upstreams:
     assert.equal(config.server.publicUrl, 'https://gw.example.org');
     assert.equal(config.server.logLevel, 'debug');
 
-    // An override is validated like the file itself.
+    // An override is validated like the file itself, and a problem it causes names the variable.
     const problems = problemsOf(MINIMAL, sources({ MCPGATE_PUBLIC_URL: 'http://gw.example.org', MCPGATE_LOG_LEVEL: 'loud' }));
-    assert.ok(problems.some((p) => p.startsWith('server.publicUrl: ')), problems.join('\n'));
-    assert.ok(problems.some((p) => p.startsWith('server.logLevel: ')), problems.join('\n'));
+    assert.ok(problems.some((p) => p.startsWith('server.publicUrl (from the environment variable MCPGATE_PUBLIC_URL, not the file): ')), problems.join('\n'));
+    assert.ok(problems.some((p) => p.startsWith('server.logLevel (from the environment variable MCPGATE_LOG_LEVEL, not the file): ')), problems.join('\n'));
   });
 
   it('reads durations as strings with units, in milliseconds', () => {

@@ -1,5 +1,5 @@
 /**
- * Mode `token_exchange` (RFC 8693, DESIGN §5.2) against real peers: the development IdP (a real
+ * Mode `token_exchange` (RFC 8693) against real peers: the development IdP (a real
  * oidc-provider) signs a user in over HTTP, and a real RFC 8693 token endpoint on loopback
  * verifies the subject token against that IdP's JWKS before it issues a token for the upstream.
  */

@@ -227,7 +227,7 @@ function assertSecretsAreReferences(cfg: Config, where: string): void {
   for (const k of keys) assert.match(String(k), /^file:\//, `${where}: signing keys are PEM files`);
 }
 
-// The configuration keys DESIGN §8 makes public; a key outside these would be
+// The configuration keys that are the public interface; a key outside these would be
 // rejected (or silently ignored) by the gateway.
 const CONFIG_KEYS: Record<string, string[]> = {
   '': ['server', 'idp', 'authServer', 'storage', 'upstreams'],

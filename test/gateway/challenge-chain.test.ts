@@ -1,5 +1,5 @@
 /**
- * The HTTP re-challenge and the chain behind it (DESIGN §6.4, issue 5), nothing stubbed: the SDK
+ * The HTTP re-challenge and the chain behind it (issue 5), nothing stubbed: the SDK
  * client is the agent with its own OAuth; Chromium is the user's browser; oidc-provider plays the
  * company IdP and, as a second unrelated instance, the upstream's own authorization server.
  *

@@ -1,5 +1,5 @@
 /**
- * notifications/elicitation/complete on a forwarded GET stream (DESIGN §6.5): written between two
+ * notifications/elicitation/complete on a forwarded GET stream: written between two
  * of the upstream's events, never inside one; only to the session that started the flow; only
  * where the protocol version has it. Real sockets: a raw SSE upstream we can pause mid-event.
  */

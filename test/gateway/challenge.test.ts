@@ -1,5 +1,5 @@
 /**
- * auth_required by channel (issue 5, DESIGN §6.4), seen by the real SDK client as the agent,
+ * auth_required by channel (issue 5), seen by the real SDK client as the agent,
  * through the gateway path, in front of a real SDK MCP server that only accepts its own token.
  */
 import assert from 'node:assert/strict';

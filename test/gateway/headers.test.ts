@@ -1,6 +1,6 @@
 /**
- * What the upstream receives and what the agent gets back, seen from both ends (DESIGN §5.3,
- * §6a, §9): no agent credential, cookie or hop-by-hop header upstream; forwarding headers and
+ * What the upstream receives and what the agent gets back, seen from both ends:
+ * no agent credential, cookie or hop-by-hop header upstream; forwarding headers and
  * the configured static credential added; MCP headers of every protocol version untouched.
  */
 import { after, before, describe, it } from 'node:test';

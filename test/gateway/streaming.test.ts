@@ -1,5 +1,5 @@
 /**
- * Streaming proofs (DESIGN §5.3), shown by ordering and by the upstream's own view, never by
+ * Streaming proofs, shown by ordering and by the upstream's own view, never by
  * durations: each SSE event reaches the agent before the next one is sent; an agent that goes
  * away aborts the upstream request; an agent that stops reading holds the upstream back.
  */

@@ -140,7 +140,7 @@ function sendRaw(request: HostileRequest): Promise<RawResponse> {
       { host: '127.0.0.1', port: Number(base.port), path: request.target, method: request.method, headers: request.headers, localAddress: nextSource(), agent: false },
       (res) => {
         if (String(res.headers['content-type']).startsWith('text/event-stream')) {
-          // A GET stream held open (DESIGN §5.3) is an answer: take its head and hang up.
+          // A GET stream held open is an answer: take its head and hang up.
           resolve({ status: res.statusCode ?? 0, headers: res.headers, body: '' });
           res.destroy();
           return;

@@ -1,5 +1,5 @@
 /**
- * The one contract every storage backend must meet (DESIGN §7, STYLE "Storage"): each adapter's
+ * The one contract every storage backend must meet: each adapter's
  * test file calls `storeContract` with a factory, so memory and Valkey are held to the same tests.
  */
 import assert from 'node:assert/strict';

@@ -169,7 +169,7 @@ describe('bearerChallenge', () => {
 });
 
 describe('formatBearerChallenge', () => {
-  test('DESIGN §5 shape', () => {
+  test('the gateway challenge shape', () => {
     assert.equal(
       formatBearerChallenge({
         resourceMetadata: 'https://gw.example.com/.well-known/oauth-protected-resource/kube/mcp',
