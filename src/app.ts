@@ -216,7 +216,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
           {
             name: 'events',
             check: async () => {
-              if (!elicitationEvents.subscribed) throw new Error('not subscribed to the event bus yet');
+              if (!elicitationEvents.subscribed) throw Object.assign(new Error('not subscribed to the event bus yet'), { code: 'NOT_SUBSCRIBED' });
             },
           },
         ],

@@ -86,8 +86,9 @@ describe('/readyz says why the store is not ready', { concurrency: true }, () =>
     const { base, logs } = await serve('wrongpass', redis.url, WRONG);
     const body = await notReady(base);
     assert.equal(body.status, 'not_ready');
-    assert.deepEqual(body.failed, ['store']);
-    assert.deepEqual(body.reasons, { store: 'WRONGPASS' });
+    // The event bus cannot subscribe either (its own connection to the same Valkey).
+    assert.deepEqual(body.failed, ['events', 'store']);
+    assert.deepEqual(body.reasons, { events: 'NOT_SUBSCRIBED', store: 'WRONGPASS' });
     assert.ok(!JSON.stringify(body).includes(WRONG));
     assert.match(logs(), /WRONGPASS/, 'the log has the same reason');
   });
@@ -96,8 +97,8 @@ describe('/readyz says why the store is not ready', { concurrency: true }, () =>
     const closedPort = await freePort();
     const { base } = await serve('refused', `redis://127.0.0.1:${closedPort}/0`, PASSWORD);
     const body = await notReady(base);
-    assert.deepEqual(body.failed, ['store']);
-    assert.deepEqual(body.reasons, { store: 'ECONNREFUSED' });
+    assert.deepEqual(body.failed, ['events', 'store']);
+    assert.deepEqual(body.reasons, { events: 'NOT_SUBSCRIBED', store: 'ECONNREFUSED' });
   });
 
   it('the right password: ready', async () => {

@@ -2,10 +2,14 @@
  * The config file: a minimal file is enough, every problem of a bad file is listed
  * with its path in one error, secrets only by `env:`/`file:` reference, env overrides, durations.
  */
+import { generateKeyPairSync } from 'node:crypto';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ConfigError, loadConfigFile, parseConfig } from '../../src/config/load.ts';
 import type { SecretSources } from '../../src/config/secrets.ts';
+
+/** A real signing key: the schema parses signing keys. */
+const SIGNING_PEM = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
 
 /** Secret sources with no process state: an explicit environment and in-memory files. */
 function sources(env: Record<string, string> = {}, files: Record<string, string> = {}): SecretSources {
@@ -324,7 +328,7 @@ ${server}idp: { issuer: "https://login.example.com", clientId: gw }
 authServer: { signingKeys: ["env:KEY"] }
 upstreams:
 ${upstreams}`;
-  const from = sources({ KEY: 'pem', SECRET: 's' });
+  const from = sources({ KEY: SIGNING_PEM, SECRET: 's' });
 
   it('a preconfigured upstream client needs its issuer (https outside devMode); a secret needs a client id', () => {
     const problems = problemsOf(

@@ -3,11 +3,15 @@
  * user-info API). Every wrong shape is reported with its path, and what cannot work with a plain
  * OAuth 2.0 IdP (no ID token) is refused before the gateway starts.
  */
+import { generateKeyPairSync } from 'node:crypto';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { ConfigError, parseConfig } from '../../src/config/load.ts';
 import type { Config } from '../../src/config/schema.ts';
+
+/** A real signing key: the schema parses signing keys. */
+const SIGNING_PEM = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
 
 const GITHUB = {
   kind: 'oauth2',
@@ -21,7 +25,7 @@ const GITHUB = {
 
 const sources = {
   env: { SECRET: 's3cret', MCPGATE_IDP_CLIENT_SECRET: 's3cret', VALKEY_PASSWORD: 'p', MCPGATE_STORE_KEY: Buffer.alloc(32, 1).toString('base64') },
-  readFile: () => '-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n',
+  readFile: () => SIGNING_PEM,
 };
 
 function parse(idp: Record<string, unknown>, options: { devMode?: boolean; auth?: Record<string, unknown> } = {}): Config {
@@ -78,7 +82,7 @@ describe('idp.kind', () => {
       'idp.userClaim: is required with kind oauth2: the member of the user-info JSON that names the user, e.g. "id" or "login"',
     ]);
     assert.deepEqual(problems({ ...GITHUB, userClaim: 'a..b' }), ['idp.userClaim: must be a member of the user-info JSON, or a dotted path into it ("id", "login", "data.user.id")']);
-    assert.deepEqual(problems({ ...GITHUB, issuer: 'https://github.com' }), ['idp: Unrecognized key: "issuer"']);
+    assert.deepEqual(problems({ ...GITHUB, issuer: 'https://github.com' }), ['idp: unknown key "issuer"']);
     assert.deepEqual(problems({ ...GITHUB, clientSecret: 'inline-secret' }), ['idp.clientSecret: must be a secret reference (env:NAME or file:/path), never an inline value']);
   });
 

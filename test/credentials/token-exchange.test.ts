@@ -4,7 +4,7 @@
  * verifies the subject token against that IdP's JWKS before it issues a token for the upstream.
  */
 import assert from 'node:assert/strict';
-import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes, timingSafeEqual, generateKeyPairSync } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
@@ -440,7 +440,7 @@ describe('token_exchange configuration', () => {
         upstreams: [{ name: 'api', url: 'https://api.example.test/mcp', auth: { mode: 'token_exchange', clientId: 'x', ...auth } }],
       }),
       'test',
-      { env: {}, readFile: () => '-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n' },
+      { env: {}, readFile: () => generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() },
     );
   const problems = (auth: Record<string, unknown>, extra?: Parameters<typeof parse>[1]) => {
     try {
