@@ -5,8 +5,8 @@
  * comes back, the agent is asked to sign in again.
  */
 import { decodeJwt } from 'jose';
-import { unauthorized, type ChallengeOptions } from '../authserver/challenge.ts';
-import type { IdpTokens } from '../authserver/records.ts';
+import { unauthorized, type ChallengeOptions } from '../authserver/tokens/challenge.ts';
+import type { IdpTokens } from '../authserver/records/records.ts';
 import { answerSessionTokenRejection, idpFailure, type IdpSessionTokens } from './idp-session.ts';
 import { requirePrincipal } from './idp.ts';
 import type { CredentialRequest, CredentialSource } from './types.ts';

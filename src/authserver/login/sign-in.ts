@@ -14,10 +14,10 @@
  * starts with one `/` (not `//`, which browsers read as another host), has no backslash (which
  * some browsers read as `/`), no control or space characters, and resolves to our own origin.
  */
-import { AccessDenied, InvalidRequest, TemporarilyUnavailable } from '../http/errors.ts';
-import type { Handler, RequestContext } from '../http/router.ts';
-import { describeCause } from '../http/server.ts';
-import { IdpAccountRefused, IdpError, type IdpLoginResult } from '../idp/types.ts';
+import { AccessDenied, InvalidRequest, TemporarilyUnavailable } from '../../http/errors.ts';
+import type { Handler, RequestContext } from '../../http/router.ts';
+import { describeCause } from '../../http/server.ts';
+import { IdpAccountRefused, IdpError, type IdpLoginResult } from '../../idp/types.ts';
 import { idpRoundTrip, loginCookie } from './cookies.ts';
 import { withHtmlErrors } from './html.ts';
 import type { LoginFlow } from './login-flow.ts';

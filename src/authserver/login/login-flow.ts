@@ -13,20 +13,20 @@
  * the IdP tells us reliably who the user is. (Our login cookie could say so earlier, but a
  * cookie from an earlier login must not decide for a login that has not happened yet.)
  */
-import type { Logger } from '../observability/logger.ts';
-import type { Route } from '../http/router.ts';
-import { InvalidClient } from '../http/errors.ts';
-import type { IdpClient } from '../idp/types.ts';
+import type { Logger } from '../../observability/logger.ts';
+import type { Route } from '../../http/router.ts';
+import { InvalidClient } from '../../http/errors.ts';
+import type { IdpClient } from '../../idp/types.ts';
 import { createAuthorizeEndpoint } from './authorize.ts';
 import { createCallbackEndpoint } from './callback.ts';
-import type { CimdResolver } from './cimd.ts';
+import type { CimdResolver } from '../clients/cimd.ts';
 import { createResumeEndpoint, type ConnectChain } from './connect-chain.ts';
 import { createConsentEndpoint } from './consent.ts';
 import type { CookieCodec } from './cookies.ts';
-import type { AuthStores, ClientRecord } from './records.ts';
-import type { RedirectSchemePolicy } from './redirect-uri.ts';
-import { createRegistrationEndpoint } from './register.ts';
-import type { EndSession } from './session-end.ts';
+import type { AuthStores, ClientRecord } from '../records/records.ts';
+import type { RedirectSchemePolicy } from '../clients/redirect-uri.ts';
+import { createRegistrationEndpoint } from '../clients/register.ts';
+import type { EndSession } from '../records/session-end.ts';
 import { createSignInEndpoint } from './sign-in.ts';
 
 /** Everything the login endpoints share. Durations in milliseconds. */
