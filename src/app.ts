@@ -13,7 +13,8 @@ import { createCookieCodec, deriveCookieKey, formTokens, loginCookie, type Cooki
 import { createCimdResolver } from './authserver/clients/cimd.ts';
 import { createConnectChain } from './authserver/login/connect-chain.ts';
 import { createStepUpMarks } from './authserver/tokens/step-up.ts';
-import { createClientLookup, createKnownClientLookup, createLoginRoutes } from './authserver/login/login-flow.ts';
+import { createClientLookup, createKnownClientLookup } from './authserver/clients/lookup.ts';
+import { createLoginRoutes } from './authserver/login/login-flow.ts';
 import { CLIENT_IDLE_TTL_MS } from './authserver/clients/register.ts';
 import { signInUrl } from './authserver/login/sign-in.ts';
 import { sendErrorPage } from './authserver/login/html.ts';

@@ -9,7 +9,9 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { createCimdResolver, type CimdResolver } from '../../src/authserver/clients/cimd.ts';
 import { createCookieCodec } from '../../src/authserver/login/cookies.ts';
 import { sendErrorPage } from '../../src/authserver/login/html.ts';
-import { createClientLookup, createLoginRoutes, type LoginFlow } from '../../src/authserver/login/login-flow.ts';
+import { createClientLookup } from '../../src/authserver/clients/lookup.ts';
+import { createLoginRoutes } from '../../src/authserver/login/login-flow.ts';
+import type { LoginFlow } from '../../src/authserver/login/types.ts';
 import type { AuthStores } from '../../src/authserver/records/records.ts';
 import type { RedirectSchemePolicy } from '../../src/authserver/clients/redirect-uri.ts';
 import { createAuthStores } from '../../src/authserver/records/stores.ts';

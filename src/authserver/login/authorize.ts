@@ -14,7 +14,7 @@ import { IdpError } from '../../idp/types.ts';
 import { sendAuthorizationError, type AuthorizationErrorCode } from './authorization-response.ts';
 import { SCOPE } from '../clients/client-metadata.ts';
 import { withHtmlErrors } from './html.ts';
-import type { LoginFlow } from './login-flow.ts';
+import type { LoginFlow } from './types.ts';
 import type { ClientRecord, PendingAuthorization } from '../records/records.ts';
 import { matchRedirectUri, redirectUriProblem } from '../clients/redirect-uri.ts';
 import { idpRoundTrip } from './cookies.ts';

@@ -18,7 +18,7 @@ import { finishAuthorization } from './connect-chain.ts';
 import { hasConsent, sendConsentPage } from './consent.ts';
 import { idpRoundTrip, loginCookie } from './cookies.ts';
 import { withHtmlErrors } from './html.ts';
-import type { LoginFlow } from './login-flow.ts';
+import type { LoginFlow } from './types.ts';
 import { finishSignIn, isSignInState } from './sign-in.ts';
 import type { ClientRecord } from '../records/records.ts';
 import { sessionTag } from '../../observability/logger.ts';

@@ -17,7 +17,7 @@ import type { Handler, RequestContext } from '../../http/router.ts';
 import { sendAuthorizationError } from './authorization-response.ts';
 import { finishAuthorization } from './connect-chain.ts';
 import { escapeHtml, page, sendHtml, withHtmlErrors } from './html.ts';
-import type { LoginFlow } from './login-flow.ts';
+import type { LoginFlow } from './types.ts';
 import type { ClientRecord, PendingAuthorization } from '../records/records.ts';
 import { isLoopbackRedirect, privateUseScheme } from '../clients/redirect-uri.ts';
 import { formTokens } from './cookies.ts';

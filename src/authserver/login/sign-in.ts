@@ -20,7 +20,7 @@ import { describeCause } from '../../http/server.ts';
 import { IdpAccountRefused, IdpError, type IdpLoginResult } from '../../idp/types.ts';
 import { idpRoundTrip, loginCookie } from './cookies.ts';
 import { withHtmlErrors } from './html.ts';
-import type { LoginFlow } from './login-flow.ts';
+import type { LoginFlow } from './types.ts';
 
 /** Our state towards the IdP for a sign-in starts with this, so the callback knows which record to take. */
 const SIGN_IN_STATE_PREFIX = 'si.';
