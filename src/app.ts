@@ -35,9 +35,9 @@ export interface AppOptions {
 }
 
 /**
- * The composition root: the only place that chooses concrete parts and wires them
- * (STYLE: one composition root). Everything else receives what it needs as arguments; each part
- * is assembled by its function in `src/app/`, in the order below.
+ * The composition root: the only place that chooses concrete parts and wires them. Everything
+ * else receives what it needs as arguments; each part is assembled by its function in
+ * `src/app/`, in the order below.
  */
 export function createApp(config: Config, options: AppOptions = {}): App {
   const logger = createLogger({ level: config.server.logLevel, destination: options.logDestination });
