@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import { getHeapSpaceStatistics } from 'node:v8';
 import { createApp } from '../src/app.ts';
-import { generateSigningKeyPem, generateStoreKey } from '../src/authserver/keys.ts';
+import { generateSigningKeyPem, generateStoreKey } from '../src/authserver/tokens/keys.ts';
 import { parseConfig } from '../src/config/load.ts';
 import type { IdpClient } from '../src/idp/types.ts';
 import { createMemoryStore } from '../src/store/memory.ts';
@@ -85,10 +85,10 @@ const authorization = mode === 'idp' ? `Bearer ${await seedSession()}` : undefin
 async function seedSession(): Promise<string> {
   // Imported here: in none mode the gateway's own imports alone make the idle RSS figure.
   const [{ loadSigningKeys }, { RESOURCE_SCOPES }, { createAuthStores }, { createTokenIssuer, randomToken }, { createSealer }] = await Promise.all([
-    import('../src/authserver/keys.ts'),
-    import('../src/authserver/scopes.ts'),
-    import('../src/authserver/stores.ts'),
-    import('../src/authserver/tokens.ts'),
+    import('../src/authserver/tokens/keys.ts'),
+    import('../src/authserver/tokens/scopes.ts'),
+    import('../src/authserver/records/stores.ts'),
+    import('../src/authserver/tokens/mint.ts'),
     import('../src/store/sealed.ts'),
   ]);
   const now = Date.now();

@@ -4,7 +4,7 @@ import './node-check.ts';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createApp } from './app.ts';
-import { generateSigningKeyPem, generateStoreKey } from './authserver/keys.ts';
+import { generateSigningKeyPem, generateStoreKey } from './authserver/tokens/keys.ts';
 import { ConfigError, loadConfigFile } from './config/load.ts';
 import { sessionsCommand } from './cli/sessions.ts';
 import { upstreamsCommand } from './cli/upstreams.ts';

@@ -9,7 +9,7 @@
  */
 import { NotFound } from '../http/errors.ts';
 import type { RequestContext, Route } from '../http/router.ts';
-import type { SigningKeys } from './keys.ts';
+import type { SigningKeys } from './tokens/keys.ts';
 
 /** One protected resource: an upstream behind the gateway. */
 export interface ResourceDescription {

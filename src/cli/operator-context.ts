@@ -4,9 +4,9 @@
  * prefix and encryption keys, and the domain stores and session-ending path above it, built as
  * the gateway builds them. Changes made here are seen by every replica on its next request.
  */
-import { createSessionEnding } from '../authserver/session-end.ts';
-import { createAuthStores } from '../authserver/stores.ts';
-import type { AuthStores } from '../authserver/records.ts';
+import { createSessionEnding } from '../authserver/records/session-end.ts';
+import { createAuthStores } from '../authserver/records/stores.ts';
+import type { AuthStores } from '../authserver/records/records.ts';
 import type { Config } from '../config/schema.ts';
 import { createGuardedFetch, type GuardedFetch } from '../net/guarded-fetch.ts';
 import { createLogger } from '../observability/logger.ts';

@@ -8,7 +8,7 @@
  * and `--session` takes such a prefix.
  */
 import { parseArgs } from 'node:util';
-import type { SessionRecord } from '../authserver/records.ts';
+import type { SessionRecord } from '../authserver/records/records.ts';
 import type { Config } from '../config/schema.ts';
 import { openOperatorContext, OperatorStoreError, type OperatorContext } from './operator-context.ts';
 

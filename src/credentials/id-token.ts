@@ -4,8 +4,8 @@
  * session's IdP refresh token (IdPs return a new ID token on refresh, OIDC Core §12.2); when none
  * comes back, the agent is asked to sign in again.
  */
-import { unauthorized, type ChallengeOptions } from '../authserver/challenge.ts';
-import type { IdpTokens } from '../authserver/records.ts';
+import { unauthorized, type ChallengeOptions } from '../authserver/tokens/challenge.ts';
+import type { IdpTokens } from '../authserver/records/records.ts';
 import { answerSessionTokenRejection, idpFailure, type IdpSessionTokens } from './idp-session.ts';
 import { requirePrincipal } from './idp.ts';
 import type { CredentialRequest, CredentialSource } from './types.ts';

@@ -3,8 +3,8 @@
  * use them: read from the store, refreshed before they expire with one refresh per session in
  * flight across the fleet, persisted before anyone uses them, and classified when the IdP says no.
  */
-import type { AuthStores, IdpTokens } from '../authserver/records.ts';
-import { unauthorized, type ChallengeOptions } from '../authserver/challenge.ts';
+import type { AuthStores, IdpTokens } from '../authserver/records/records.ts';
+import { unauthorized, type ChallengeOptions } from '../authserver/tokens/challenge.ts';
 import { BadGateway, Forbidden, TemporarilyUnavailable } from '../http/errors.ts';
 import { IdpError, type IdpClient } from '../idp/types.ts';
 import type { Logger } from '../observability/logger.ts';

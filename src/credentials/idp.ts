@@ -4,8 +4,8 @@
  * expires; an upstream 401 forces one refresh and one retry, and a second 401 is a 502 for that
  * request (the session stays: the IdP still backs it).
  */
-import { unauthorized, type ChallengeOptions } from '../authserver/challenge.ts';
-import type { IdpTokens } from '../authserver/records.ts';
+import { unauthorized, type ChallengeOptions } from '../authserver/tokens/challenge.ts';
+import type { IdpTokens } from '../authserver/records/records.ts';
 import { answerSessionTokenRejection, idpFailure, type IdpSessionTokens } from './idp-session.ts';
 import type { CredentialRequest, CredentialSource, Principal } from './types.ts';
 

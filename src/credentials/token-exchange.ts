@@ -27,8 +27,8 @@
  * key; that costs an exchange, never correctness.
  */
 import { decodeJwt } from 'jose';
-import { unauthorized, type ChallengeOptions } from '../authserver/challenge.ts';
-import type { IdpTokens } from '../authserver/records.ts';
+import { unauthorized, type ChallengeOptions } from '../authserver/tokens/challenge.ts';
+import type { IdpTokens } from '../authserver/records/records.ts';
 import { BadGateway, Forbidden, TemporarilyUnavailable } from '../http/errors.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Counter } from '../observability/metrics.ts';

@@ -22,7 +22,7 @@
  * must accept both `application/json` and `text/event-stream` on POST.
  */
 import type { ServerResponse } from 'node:http';
-import { resourceMetadataUrl } from '../authserver/challenge.ts';
+import { resourceMetadataUrl } from '../authserver/tokens/challenge.ts';
 import type { Principal, Reply } from '../credentials/types.ts';
 import type { RequestContext } from '../http/router.ts';
 import type { AuthRequired } from '../upstream-oauth/auth-required.ts';

@@ -9,10 +9,10 @@
  * checked on every request, cached or not.
  */
 import { createHash } from 'node:crypto';
-import { insufficientScope, unauthorized } from '../authserver/challenge.ts';
-import type { SigningKeys } from '../authserver/keys.ts';
-import type { AuthStores } from '../authserver/records.ts';
-import { verifyAccessToken } from '../authserver/tokens.ts';
+import { insufficientScope, unauthorized } from '../authserver/tokens/challenge.ts';
+import type { SigningKeys } from '../authserver/tokens/keys.ts';
+import type { AuthStores } from '../authserver/records/records.ts';
+import { verifyAccessToken } from '../authserver/tokens/mint.ts';
 import type { Principal } from '../credentials/types.ts';
 import type { RequestContext } from '../http/router.ts';
 import type { Authenticator } from './authenticate.ts';

@@ -14,7 +14,7 @@
  * one, `checkAccess` asks the user-info API whether the IdP still accepts it.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import type { IdpTokens } from '../authserver/records.ts';
+import type { IdpTokens } from '../authserver/records/records.ts';
 import type { OAuth2IdpConfig } from '../config/schema.ts';
 import { createGuardedFetch, FetchRefusedError, type GuardedRequest, type GuardedResponse } from '../net/guarded-fetch.ts';
 import { requestToken, revokeToken, TokenEndpointError, type TokenFetch, type TokenResponse } from '../upstream-oauth/token-endpoint.ts';

@@ -6,7 +6,7 @@
  */
 import * as client from 'openid-client';
 import type { Config } from '../config/schema.ts';
-import type { IdpTokens } from '../authserver/records.ts';
+import type { IdpTokens } from '../authserver/records/records.ts';
 import { createLimitedFetch, ResponseTooLargeError } from '../net/limited-fetch.ts';
 import { IdpAccountRefused, IdpError, type IdpClient } from './types.ts';
 

@@ -1,4 +1,4 @@
-import type { IdpTokens } from '../authserver/records.ts';
+import type { IdpTokens } from '../authserver/records/records.ts';
 
 /** Why a call to the IdP failed: `rejected` (4xx, e.g. invalid_grant: the grant is dead) or `unavailable` (5xx, network). */
 export class IdpError extends Error {

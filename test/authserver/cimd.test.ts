@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { randomBytes } from 'node:crypto';
-import { createCimdResolver } from '../../src/authserver/cimd.ts';
+import { createCimdResolver } from '../../src/authserver/clients/cimd.ts';
 import { InvalidClient } from '../../src/http/errors.ts';
 import { createGuardedFetch } from '../../src/net/guarded-fetch.ts';
 import { createMemoryStore } from '../../src/store/memory.ts';

@@ -6,10 +6,10 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createApp, type App } from '../../src/app.ts';
-import { generateSigningKeyPem, generateStoreKey } from '../../src/authserver/keys.ts';
-import type { AuthStores, ClientRecord, IdpTokens } from '../../src/authserver/records.ts';
-import { createAuthStores, tokenHash } from '../../src/authserver/stores.ts';
-import { pkceChallenge, randomToken } from '../../src/authserver/tokens.ts';
+import { generateSigningKeyPem, generateStoreKey } from '../../src/authserver/tokens/keys.ts';
+import type { AuthStores, ClientRecord, IdpTokens } from '../../src/authserver/records/records.ts';
+import { createAuthStores, tokenHash } from '../../src/authserver/records/stores.ts';
+import { pkceChallenge, randomToken } from '../../src/authserver/tokens/mint.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import type { IdpClient } from '../../src/idp/types.ts';
 import { createMemoryStore } from '../../src/store/memory.ts';

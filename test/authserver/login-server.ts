@@ -6,14 +6,16 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createCimdResolver, type CimdResolver } from '../../src/authserver/cimd.ts';
-import { createCookieCodec } from '../../src/authserver/cookies.ts';
-import { sendErrorPage } from '../../src/authserver/html.ts';
-import { createClientLookup, createLoginRoutes, type LoginFlow } from '../../src/authserver/login-flow.ts';
-import type { AuthStores } from '../../src/authserver/records.ts';
-import type { RedirectSchemePolicy } from '../../src/authserver/redirect-uri.ts';
-import { createAuthStores } from '../../src/authserver/stores.ts';
-import { createSessionEnding } from '../../src/authserver/session-end.ts';
+import { createCimdResolver, type CimdResolver } from '../../src/authserver/clients/cimd.ts';
+import { createCookieCodec } from '../../src/authserver/login/cookies.ts';
+import { sendErrorPage } from '../../src/authserver/login/html.ts';
+import { createClientLookup } from '../../src/authserver/clients/lookup.ts';
+import { createLoginRoutes } from '../../src/authserver/login/login-flow.ts';
+import type { LoginFlow } from '../../src/authserver/login/types.ts';
+import type { AuthStores } from '../../src/authserver/records/records.ts';
+import type { RedirectSchemePolicy } from '../../src/authserver/clients/redirect-uri.ts';
+import { createAuthStores } from '../../src/authserver/records/stores.ts';
+import { createSessionEnding } from '../../src/authserver/records/session-end.ts';
 import { applyRouteLimits } from '../../src/http/route-limits.ts';
 import { createFrontDoor, type FrontDoor } from '../../src/http/server.ts';
 import { createOidcIdpClient } from '../../src/idp/oidc.ts';

@@ -6,8 +6,8 @@ import assert from 'node:assert/strict';
 import { createPublicKey } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { calculateJwkThumbprint, type JWK } from 'jose';
-import { generateSigningKeyPem, loadSigningKeys } from '../../src/authserver/keys.ts';
-import { createTokenIssuer, verifyAccessToken } from '../../src/authserver/tokens.ts';
+import { generateSigningKeyPem, loadSigningKeys } from '../../src/authserver/tokens/keys.ts';
+import { createTokenIssuer, verifyAccessToken } from '../../src/authserver/tokens/mint.ts';
 import { startAuthGateway, type AuthGateway } from './fixture.ts';
 
 async function getJson(url: string): Promise<{ status: number; headers: Headers; body: Record<string, unknown> }> {

@@ -2,8 +2,8 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
-import { createSessionEnding } from '../../src/authserver/session-end.ts';
-import { createAuthStores } from '../../src/authserver/stores.ts';
+import { createSessionEnding } from '../../src/authserver/records/session-end.ts';
+import { createAuthStores } from '../../src/authserver/records/stores.ts';
 import { createLogger } from '../../src/observability/logger.ts';
 import { createMemoryStore } from '../../src/store/memory.ts';
 import { createSealer } from '../../src/store/sealed.ts';

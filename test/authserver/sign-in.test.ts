@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { ourReturnPath } from '../../src/authserver/sign-in.ts';
+import { ourReturnPath } from '../../src/authserver/login/sign-in.ts';
 import { startDevIdp, type DevIdp } from '../support/idp.ts';
 import { createBrowser, formAction, type Browser, type Page } from '../upstream-oauth/browser.ts';
 import { startLoginServer, type LoginServer } from './login-server.ts';

@@ -7,8 +7,8 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { login, postForm, registerClient, seedLogin, startAuthGateway, type AuthGateway } from './fixture.ts';
-import { tokenHash } from '../../src/authserver/stores.ts';
-import { pkceChallenge } from '../../src/authserver/tokens.ts';
+import { tokenHash } from '../../src/authserver/records/stores.ts';
+import { pkceChallenge } from '../../src/authserver/tokens/mint.ts';
 import { startRedis, type RedisServer } from '../support/redis.ts';
 import { startRawUpstream, type RawUpstream } from '../support/mcp-upstream.ts';
 import { metricValue, scrapeMetrics } from '../support/metrics.ts';

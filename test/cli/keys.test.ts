@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
-import { loadSigningKeys } from '../../src/authserver/keys.ts';
+import { loadSigningKeys } from '../../src/authserver/tokens/keys.ts';
 import { createSealer } from '../../src/store/sealed.ts';
 
 const run = promisify(execFile);

@@ -17,7 +17,7 @@ import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { decodeJwt } from 'jose';
 import type { Browser } from 'playwright-core';
 import { createApp, type App } from '../../src/app.ts';
-import { generateSigningKeyPem, generateStoreKey } from '../../src/authserver/keys.ts';
+import { generateSigningKeyPem, generateStoreKey } from '../../src/authserver/tokens/keys.ts';
 import { loadConfigFile } from '../../src/config/load.ts';
 import { createSealer } from '../../src/store/sealed.ts';
 import { createValkeyStore } from '../../src/store/valkey.ts';

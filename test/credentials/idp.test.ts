@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { createRemoteJWKSet, decodeJwt, jwtVerify } from 'jose';
-import type { IdpTokens } from '../../src/authserver/records.ts';
+import type { IdpTokens } from '../../src/authserver/records/records.ts';
 import { createOidcIdpClient } from '../../src/idp/oidc.ts';
 import type { IdpClient } from '../../src/idp/types.ts';
 import { login, registerClient, startAuthGateway, type AuthGateway } from '../authserver/fixture.ts';

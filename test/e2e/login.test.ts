@@ -17,7 +17,7 @@ import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { createRemoteJWKSet, decodeJwt, jwtVerify } from 'jose';
 import type { Browser } from 'playwright-core';
-import { createAuthStores } from '../../src/authserver/stores.ts';
+import { createAuthStores } from '../../src/authserver/records/stores.ts';
 import { createMemoryStore } from '../../src/store/memory.ts';
 import { createSealer } from '../../src/store/sealed.ts';
 import { startRecordingServer, type RecordingServer } from '../authserver/login-server.ts';

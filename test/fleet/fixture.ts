@@ -7,9 +7,9 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createApp, type App } from '../../src/app.ts';
-import { createCookieCodec, deriveCookieKey, loginCookie } from '../../src/authserver/cookies.ts';
-import { generateSigningKeyPem, generateStoreKey } from '../../src/authserver/keys.ts';
-import { createAuthStores } from '../../src/authserver/stores.ts';
+import { createCookieCodec, deriveCookieKey, loginCookie } from '../../src/authserver/login/cookies.ts';
+import { generateSigningKeyPem, generateStoreKey } from '../../src/authserver/tokens/keys.ts';
+import { createAuthStores } from '../../src/authserver/records/stores.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import type { Store } from '../../src/store/port.ts';
 import { createSealer } from '../../src/store/sealed.ts';

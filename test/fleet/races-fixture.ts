@@ -7,9 +7,9 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createApp, type App } from '../../src/app.ts';
-import { generateSigningKeyPem, generateStoreKey } from '../../src/authserver/keys.ts';
-import type { AuthStores, IdpTokens } from '../../src/authserver/records.ts';
-import { createAuthStores } from '../../src/authserver/stores.ts';
+import { generateSigningKeyPem, generateStoreKey } from '../../src/authserver/tokens/keys.ts';
+import type { AuthStores, IdpTokens } from '../../src/authserver/records/records.ts';
+import { createAuthStores } from '../../src/authserver/records/stores.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import type { Store } from '../../src/store/port.ts';
 import { createSealer } from '../../src/store/sealed.ts';

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { Redis } from 'iovalkey';
-import type { IdpTokens } from '../../src/authserver/records.ts';
+import type { IdpTokens } from '../../src/authserver/records/records.ts';
 import { lockKey } from '../../src/credentials/single-flight.ts';
 import { createOidcIdpClient } from '../../src/idp/oidc.ts';
 import type { IdpClient } from '../../src/idp/types.ts';

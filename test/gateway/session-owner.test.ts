@@ -18,7 +18,7 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { z } from 'zod';
-import { generateSigningKeyPem } from '../../src/authserver/keys.ts';
+import { generateSigningKeyPem } from '../../src/authserver/tokens/keys.ts';
 import { createValkeyStore } from '../../src/store/valkey.ts';
 import type { Store } from '../../src/store/port.ts';
 import { startGateway, type TestGateway } from '../support/gateway.ts';

@@ -13,9 +13,9 @@ import { ElicitationCompleteNotificationSchema, ErrorCode, McpError } from '@mod
 import { decodeJwt } from 'jose';
 import type { Browser as Chromium } from 'playwright-core';
 import { createApp, type App } from '../../src/app.ts';
-import { createCookieCodec, deriveCookieKey, loginCookie } from '../../src/authserver/cookies.ts';
-import { generateSigningKeyPem, generateStoreKey } from '../../src/authserver/keys.ts';
-import { createAuthStores } from '../../src/authserver/stores.ts';
+import { createCookieCodec, deriveCookieKey, loginCookie } from '../../src/authserver/login/cookies.ts';
+import { generateSigningKeyPem, generateStoreKey } from '../../src/authserver/tokens/keys.ts';
+import { createAuthStores } from '../../src/authserver/records/stores.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import { createMemoryStore } from '../../src/store/memory.ts';
 import type { Store } from '../../src/store/port.ts';

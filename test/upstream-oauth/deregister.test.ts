@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
-import { generateStoreKey } from '../../src/authserver/keys.ts';
+import { generateStoreKey } from '../../src/authserver/tokens/keys.ts';
 import { createGuardedFetch } from '../../src/net/guarded-fetch.ts';
 import { createSealer } from '../../src/store/sealed.ts';
 import { createValkeyStore } from '../../src/store/valkey.ts';

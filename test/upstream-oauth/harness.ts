@@ -11,7 +11,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { Writable } from 'node:stream';
 import { Pool } from 'undici';
-import { sendErrorPage } from '../../src/authserver/html.ts';
+import { sendErrorPage } from '../../src/authserver/login/html.ts';
 import { createOAuthCredential } from '../../src/credentials/oauth.ts';
 import type { Principal } from '../../src/credentials/types.ts';
 import type { Authenticator } from '../../src/gateway/authenticate.ts';
@@ -38,7 +38,7 @@ import { freePort } from '../support/gateway.ts';
 import { startUpstreamWithAs, type UpstreamRegistration, type UpstreamWithAs } from '../support/upstream-as.ts';
 import { send, type RawResponse } from '../gateway/http-client.ts';
 import { confirmConnect, createBrowser, formAction, isConnectConfirmation, type Browser, type Page } from './browser.ts';
-import { createCookieCodec, formTokens } from '../../src/authserver/cookies.ts';
+import { createCookieCodec, formTokens } from '../../src/authserver/login/cookies.ts';
 
 /** A user of the gateway: who they are at our IdP, and their session. */
 export interface TestUser {

@@ -14,7 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { decodeJwt } from 'jose';
 import type { Browser } from 'playwright-core';
-import { createAuthStores } from '../../src/authserver/stores.ts';
+import { createAuthStores } from '../../src/authserver/records/stores.ts';
 import { createMemoryStore } from '../../src/store/memory.ts';
 import { createSealer } from '../../src/store/sealed.ts';
 import { pkcePair, registerClient, startRecordingServer, type RecordingServer } from '../authserver/login-server.ts';

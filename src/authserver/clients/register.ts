@@ -13,13 +13,13 @@
  * signing in with right now.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { readBody } from '../http/body.ts';
-import { InvalidClientMetadata, InvalidToken, TemporarilyUnavailable, UnsupportedMediaType } from '../http/errors.ts';
-import type { Handler, RequestContext } from '../http/router.ts';
+import { readBody } from '../../http/body.ts';
+import { InvalidClientMetadata, InvalidToken, TemporarilyUnavailable, UnsupportedMediaType } from '../../http/errors.ts';
+import type { Handler, RequestContext } from '../../http/router.ts';
 import { parseClientMetadata } from './client-metadata.ts';
 import type { RedirectSchemePolicy } from './redirect-uri.ts';
-import type { AuthStores, ClientRecord } from './records.ts';
-import { tokenHash } from './stores.ts';
+import type { AuthStores, ClientRecord } from '../records/records.ts';
+import { tokenHash } from '../records/stores.ts';
 
 /** Largest registration request accepted, in bytes: 16 KiB. */
 export const MAX_REGISTRATION_BYTES = 16 * 1024;

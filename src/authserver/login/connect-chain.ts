@@ -19,14 +19,14 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
-import { Forbidden, HttpError, InvalidRequest } from '../http/errors.ts';
-import type { Handler } from '../http/router.ts';
-import type { Logger } from '../observability/logger.ts';
-import type { FlowPrincipal, OAuthUpstream, UpstreamFlows } from '../upstream-oauth/flow.ts';
+import { Forbidden, HttpError, InvalidRequest } from '../../http/errors.ts';
+import type { Handler } from '../../http/router.ts';
+import type { Logger } from '../../observability/logger.ts';
+import type { FlowPrincipal, OAuthUpstream, UpstreamFlows } from '../../upstream-oauth/flow.ts';
 import { issueAuthorizationCode, sendRedirect, type IssueCodeOptions } from './authorization-response.ts';
 import { loginCookie, type CookieCodec } from './cookies.ts';
 import { escapeHtml, sendHtml, withHtmlErrors } from './html.ts';
-import type { AuthStores, PendingAuthorization } from './records.ts';
+import type { AuthStores, PendingAuthorization } from '../records/records.ts';
 
 /** Options of {@link createConnectChain}. */
 export interface ConnectChainOptions {

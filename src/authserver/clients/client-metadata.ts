@@ -6,8 +6,8 @@
  * the server registers the values it supports and says so in its response): VS Code asks for
  * the device code grant beside the code grant, and must still get in.
  */
-import { InvalidClientMetadata, InvalidRedirectUri } from '../http/errors.ts';
-import type { ClientRecord } from './records.ts';
+import { InvalidClientMetadata, InvalidRedirectUri } from '../../http/errors.ts';
+import type { ClientRecord } from '../records/records.ts';
 import { OPEN_REDIRECT_SCHEMES, redirectUriProblem, type RedirectSchemePolicy } from './redirect-uri.ts';
 
 /** The metadata we keep, with defaults applied. */

@@ -11,15 +11,15 @@
  * server-side (`consents`); the page is skipped only when both remember it for the scopes asked.
  */
 import type { IncomingMessage } from 'node:http';
-import { readForm, refuseCrossSitePost } from '../http/form.ts';
-import { Forbidden, InvalidRequest } from '../http/errors.ts';
-import type { Handler, RequestContext } from '../http/router.ts';
+import { readForm, refuseCrossSitePost } from '../../http/form.ts';
+import { Forbidden, InvalidRequest } from '../../http/errors.ts';
+import type { Handler, RequestContext } from '../../http/router.ts';
 import { sendAuthorizationError } from './authorization-response.ts';
 import { finishAuthorization } from './connect-chain.ts';
 import { escapeHtml, page, sendHtml, withHtmlErrors } from './html.ts';
-import type { LoginFlow } from './login-flow.ts';
-import type { ClientRecord, PendingAuthorization } from './records.ts';
-import { isLoopbackRedirect, privateUseScheme } from './redirect-uri.ts';
+import type { LoginFlow } from './types.ts';
+import type { ClientRecord, PendingAuthorization } from '../records/records.ts';
+import { isLoopbackRedirect, privateUseScheme } from '../clients/redirect-uri.ts';
 import { formTokens } from './cookies.ts';
 
 /** Remembered approvals kept in the consent cookie (the most recent first). */

@@ -7,16 +7,16 @@
  * an error is an HTML page (redirecting to an unverified URI would make us an open redirector);
  * afterwards it goes back to the client as `error`, `state` and `iss` on its redirect URI.
  */
-import { InvalidClient, InvalidRequest } from '../http/errors.ts';
-import { describeCause } from '../http/server.ts';
-import type { Handler, RequestContext } from '../http/router.ts';
-import { IdpError } from '../idp/types.ts';
+import { InvalidClient, InvalidRequest } from '../../http/errors.ts';
+import { describeCause } from '../../http/server.ts';
+import type { Handler, RequestContext } from '../../http/router.ts';
+import { IdpError } from '../../idp/types.ts';
 import { sendAuthorizationError, type AuthorizationErrorCode } from './authorization-response.ts';
-import { SCOPE } from './client-metadata.ts';
+import { SCOPE } from '../clients/client-metadata.ts';
 import { withHtmlErrors } from './html.ts';
-import type { LoginFlow } from './login-flow.ts';
-import type { ClientRecord, PendingAuthorization } from './records.ts';
-import { matchRedirectUri, redirectUriProblem } from './redirect-uri.ts';
+import type { LoginFlow } from './types.ts';
+import type { ClientRecord, PendingAuthorization } from '../records/records.ts';
+import { matchRedirectUri, redirectUriProblem } from '../clients/redirect-uri.ts';
 import { idpRoundTrip } from './cookies.ts';
 
 /** A refusal to send back to the client's redirect URI. */

@@ -6,7 +6,7 @@
  */
 import type { ServerResponse } from 'node:http';
 import { randomBytes } from 'node:crypto';
-import type { AuthStores, PendingAuthorization } from './records.ts';
+import type { AuthStores, PendingAuthorization } from '../records/records.ts';
 
 /** Error codes of the authorization endpoint (RFC 6749 §4.1.2.1, RFC 8707 §2, OIDC Core §3.1.2.6). */
 export type AuthorizationErrorCode =

@@ -14,13 +14,13 @@
  * starts with one `/` (not `//`, which browsers read as another host), has no backslash (which
  * some browsers read as `/`), no control or space characters, and resolves to our own origin.
  */
-import { AccessDenied, InvalidRequest, TemporarilyUnavailable } from '../http/errors.ts';
-import type { Handler, RequestContext } from '../http/router.ts';
-import { describeCause } from '../http/server.ts';
-import { IdpAccountRefused, IdpError, type IdpLoginResult } from '../idp/types.ts';
+import { AccessDenied, InvalidRequest, TemporarilyUnavailable } from '../../http/errors.ts';
+import type { Handler, RequestContext } from '../../http/router.ts';
+import { describeCause } from '../../http/server.ts';
+import { IdpAccountRefused, IdpError, type IdpLoginResult } from '../../idp/types.ts';
 import { idpRoundTrip, loginCookie } from './cookies.ts';
 import { withHtmlErrors } from './html.ts';
-import type { LoginFlow } from './login-flow.ts';
+import type { LoginFlow } from './types.ts';
 
 /** Our state towards the IdP for a sign-in starts with this, so the callback knows which record to take. */
 const SIGN_IN_STATE_PREFIX = 'si.';

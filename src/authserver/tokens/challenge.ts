@@ -3,8 +3,8 @@
  * pointing at the resource's RFC 9728 metadata, and 403 `insufficient_scope`.
  * Shared by the JWT check on the gateway path and by the credential sources that end a session.
  */
-import { InsufficientScope, InvalidToken } from '../http/errors.ts';
-import { formatBearerChallenge } from '../upstream-oauth/www-authenticate.ts';
+import { InsufficientScope, InvalidToken } from '../../http/errors.ts';
+import { formatBearerChallenge } from '../../upstream-oauth/www-authenticate.ts';
 
 /**
  * The protected resource metadata URL of a resource (RFC 9728 §3.1): `/.well-known/oauth-protected-resource`

@@ -9,19 +9,19 @@
  * page, so an abandoned page leaves nothing behind for long.
  */
 import { randomBytes } from 'node:crypto';
-import { AccessDenied, Forbidden, InvalidRequest } from '../http/errors.ts';
-import type { Handler } from '../http/router.ts';
-import { describeCause } from '../http/server.ts';
-import { IdpAccountRefused, IdpError, type IdpLoginResult } from '../idp/types.ts';
+import { AccessDenied, Forbidden, InvalidRequest } from '../../http/errors.ts';
+import type { Handler } from '../../http/router.ts';
+import { describeCause } from '../../http/server.ts';
+import { IdpAccountRefused, IdpError, type IdpLoginResult } from '../../idp/types.ts';
 import { sendAuthorizationError, type AuthorizationErrorCode } from './authorization-response.ts';
 import { finishAuthorization } from './connect-chain.ts';
 import { hasConsent, sendConsentPage } from './consent.ts';
 import { idpRoundTrip, loginCookie } from './cookies.ts';
 import { withHtmlErrors } from './html.ts';
-import type { LoginFlow } from './login-flow.ts';
+import type { LoginFlow } from './types.ts';
 import { finishSignIn, isSignInState } from './sign-in.ts';
-import type { ClientRecord } from './records.ts';
-import { sessionTag } from '../observability/logger.ts';
+import type { ClientRecord } from '../records/records.ts';
+import { sessionTag } from '../../observability/logger.ts';
 
 /** IdP errors that mean "the user did not sign in" (RFC 6749 §4.1.2.1, OIDC Core §3.1.2.6). */
 const USER_DECLINED = new Set(['access_denied', 'login_required', 'consent_required', 'interaction_required', 'account_selection_required']);

@@ -3,10 +3,10 @@
  * (no external assets, no script), never framed, never cached.
  */
 import type { ServerResponse } from 'node:http';
-import { toHttpError } from '../http/errors.ts';
-import type { Handler } from '../http/router.ts';
-import { describeCause } from '../http/server.ts';
-import type { Logger } from '../observability/logger.ts';
+import { toHttpError } from '../../http/errors.ts';
+import type { Handler } from '../../http/router.ts';
+import { describeCause } from '../../http/server.ts';
+import type { Logger } from '../../observability/logger.ts';
 
 /**
  * The Content-Security-Policy of every page: nothing loads but inline style, forms post only to

@@ -13,7 +13,7 @@
  * The refresh token itself is left untouched (not rotated, not revoked): a client that refreshes
  * again gets a token as before, and the session ends only by its usual rules.
  */
-import type { Store } from '../store/port.ts';
+import type { Store } from '../../store/port.ts';
 
 /** Options of {@link createStepUpMarks}. */
 export interface StepUpMarksOptions {

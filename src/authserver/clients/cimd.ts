@@ -20,12 +20,12 @@
  * `cimd:failed:<sha256>` the reason of the last refusal.
  */
 import { createHash } from 'node:crypto';
-import { InvalidClient } from '../http/errors.ts';
-import { FetchRefusedError, type GuardedFetch } from '../net/guarded-fetch.ts';
-import type { Store } from '../store/port.ts';
-import type { Sealer } from '../store/sealed.ts';
+import { InvalidClient } from '../../http/errors.ts';
+import { FetchRefusedError, type GuardedFetch } from '../../net/guarded-fetch.ts';
+import type { Store } from '../../store/port.ts';
+import type { Sealer } from '../../store/sealed.ts';
 import { parseClientMetadata } from './client-metadata.ts';
-import type { ClientRecord } from './records.ts';
+import type { ClientRecord } from '../records/records.ts';
 import type { RedirectSchemePolicy } from './redirect-uri.ts';
 
 /** Options of {@link createCimdResolver}; checked when it is called. Durations in milliseconds. */

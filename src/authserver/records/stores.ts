@@ -28,9 +28,9 @@
  * randomised, so each session record keeps the exact entry it added, for `revoke` to remove.
  */
 import { createHash } from 'node:crypto';
-import type { Logger } from '../observability/logger.ts';
-import type { Store } from '../store/port.ts';
-import { SealedValueError, type Sealer } from '../store/sealed.ts';
+import type { Logger } from '../../observability/logger.ts';
+import type { Store } from '../../store/port.ts';
+import { SealedValueError, type Sealer } from '../../store/sealed.ts';
 import type {
   AuthStores,
   AuthorizationCodeRecord,

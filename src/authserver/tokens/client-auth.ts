@@ -5,10 +5,10 @@
  * registered. Secrets are compared by hash, in constant time.
  */
 import type { IncomingHttpHeaders } from 'node:http';
-import { InvalidClient, InvalidRequest } from '../http/errors.ts';
-import type { ClientRecord } from './records.ts';
-import { tokenHash } from './stores.ts';
-import { safeEqual } from './tokens.ts';
+import { InvalidClient, InvalidRequest } from '../../http/errors.ts';
+import type { ClientRecord } from '../records/records.ts';
+import { tokenHash } from '../records/stores.ts';
+import { safeEqual } from './mint.ts';
 
 /** Looks a client up by id: the registered clients, and (part of the authorize flow) metadata documents. */
 export type ClientResolver = (clientId: string) => Promise<ClientRecord | undefined>;

@@ -14,9 +14,9 @@
  * first and revoked at the IdP last (RFC 7009), best effort: a token that never expires (GitHub's)
  * would otherwise stay valid at the IdP after the user signed out of mcpgate.
  */
-import { describeCause } from '../http/server.ts';
-import type { Logger } from '../observability/logger.ts';
-import { sessionTag } from '../observability/logger.ts';
+import { describeCause } from '../../http/server.ts';
+import type { Logger } from '../../observability/logger.ts';
+import { sessionTag } from '../../observability/logger.ts';
 import type { AuthStores, IdpTokens } from './records.ts';
 
 /** Runs after a session has ended, with its `sid`. */

@@ -6,7 +6,7 @@
  */
 import { createHash, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
 import type { JWK } from 'jose';
-import { readSigningKey, type ReadSigningKey, type SigningAlg } from '../config/signing-key.ts';
+import { readSigningKey, type ReadSigningKey, type SigningAlg } from '../../config/signing-key.ts';
 
 export type { SigningAlg };
 

@@ -12,17 +12,17 @@
  * session are forgotten and revoked at their own authorization servers as well.
  */
 import type { IncomingHttpHeaders } from 'node:http';
-import type { Logger } from '../observability/logger.ts';
-import { sessionTag } from '../observability/logger.ts';
-import { InvalidRequest, InvalidToken } from '../http/errors.ts';
-import type { RequestContext, Route } from '../http/router.ts';
+import type { Logger } from '../../observability/logger.ts';
+import { sessionTag } from '../../observability/logger.ts';
+import { InvalidRequest, InvalidToken } from '../../http/errors.ts';
+import type { RequestContext, Route } from '../../http/router.ts';
 import { authenticateClient, type ClientResolver } from './client-auth.ts';
-import { readForm } from '../http/form.ts';
+import { readForm } from '../../http/form.ts';
 import type { SigningKeys } from './keys.ts';
-import type { AuthStores } from './records.ts';
-import type { EndSession } from './session-end.ts';
-import { verifyAccessToken, type AccessTokenClaims } from './tokens.ts';
-import { answerOAuthPreflight } from '../http/cors.ts';
+import type { AuthStores } from '../records/records.ts';
+import type { EndSession } from '../records/session-end.ts';
+import { verifyAccessToken, type AccessTokenClaims } from './mint.ts';
+import { answerOAuthPreflight } from '../../http/cors.ts';
 
 /** Dependencies of the revocation and logout endpoints. */
 export interface RevocationOptions {

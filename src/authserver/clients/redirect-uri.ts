@@ -11,7 +11,7 @@
  * - never a fragment, never credentials.
  * Matching is exact string comparison, except that the port of a loopback redirect is ignored.
  */
-import { NEVER_REDIRECT_SCHEMES, URI_SCHEME } from '../config/redirect-schemes.ts';
+import { NEVER_REDIRECT_SCHEMES, URI_SCHEME } from '../../config/redirect-schemes.ts';
 
 /** Longest redirect URI accepted, in characters. */
 export const MAX_REDIRECT_URI_LENGTH = 2000;

@@ -9,19 +9,19 @@
  * lifetime plus one of ours.
  * Every failure is an RFC 6749 §5.2 error carried by the thrown HttpError.
  */
-import type { Logger } from '../observability/logger.ts';
-import { sessionTag } from '../observability/logger.ts';
-import { InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget, TemporarilyUnavailable, UnauthorizedClient, UnsupportedGrantType } from '../http/errors.ts';
-import { IdpSessionEnded, type IdpSessionTokens } from '../credentials/idp-session.ts';
-import { IdpError } from '../idp/types.ts';
-import type { RequestContext, Route } from '../http/router.ts';
+import type { Logger } from '../../observability/logger.ts';
+import { sessionTag } from '../../observability/logger.ts';
+import { InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget, TemporarilyUnavailable, UnauthorizedClient, UnsupportedGrantType } from '../../http/errors.ts';
+import { IdpSessionEnded, type IdpSessionTokens } from '../../credentials/idp-session.ts';
+import { IdpError } from '../../idp/types.ts';
+import type { RequestContext, Route } from '../../http/router.ts';
 import { authenticateClient, type ClientResolver } from './client-auth.ts';
-import { readForm } from '../http/form.ts';
-import type { AuthStores, ClientRecord, RefreshTokenRecord, SessionRecord } from './records.ts';
-import { isPkceVerifier, newRefreshToken, pkceChallenge, safeEqual, type TokenIssuer } from './tokens.ts';
+import { readForm } from '../../http/form.ts';
+import type { AuthStores, ClientRecord, RefreshTokenRecord, SessionRecord } from '../records/records.ts';
+import { isPkceVerifier, newRefreshToken, pkceChallenge, safeEqual, type TokenIssuer } from './mint.ts';
 import type { StepUpMarks } from './step-up.ts';
-import type { EndSession } from './session-end.ts';
-import { answerOAuthPreflight } from '../http/cors.ts';
+import type { EndSession } from '../records/session-end.ts';
+import { answerOAuthPreflight } from '../../http/cors.ts';
 
 /** Dependencies of the token endpoint. */
 export interface TokenEndpointOptions {
