@@ -205,11 +205,11 @@ describe('mcpgate sessions, while two replicas serve', () => {
     assert.equal(none.stderr, 'mcpgate sessions revoke: no live session matching zzzzzzzz\n');
     const short = await cli('sessions', 'revoke', '--session', 'abc');
     assert.equal(short.code, 2);
-    const both = await cli('sessions', 'revoke', '--session', bobSid.slice(0, 8), '--user', 'bob');
+    const both = await cli('sessions', 'revoke', `--session=${bobSid.slice(0, 8)}`, '--user', 'bob');
     assert.equal(both.code, 2);
     assert.match(both.stderr, /exactly one of --user and --session/);
 
-    const done = await cli('sessions', 'revoke', '--session', bobSid.slice(0, 8));
+    const done = await cli('sessions', 'revoke', `--session=${bobSid.slice(0, 8)}`);
     assert.equal(done.code, 0, done.stderr);
     assert.match(done.stdout, new RegExp(`^ended ${bobSid.slice(0, 8)} \\(user bob, client [^)]+\\): 0 upstream grants, 0 revoked at the upstream\\nrevoked 1 session matching ${bobSid.slice(0, 8)}; 0 upstream grants forgotten, 0 revoked at their authorization servers\\n$`));
     assert.deepEqual([await statusAt(bases[0]!, bob.tokens()!.access_token), await statusAt(bases[1]!, bob.tokens()!.access_token)], [401, 401]);
