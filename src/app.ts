@@ -5,6 +5,7 @@ import type { IdpClient } from './idp/types.ts';
 import { createGuardedFetch } from './net/guarded-fetch.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
 import { createGatewayMetrics, createRegistry } from './observability/metrics.ts';
+import { tracerFor } from './observability/tracing.ts';
 import type { Store } from './store/port.ts';
 import { assembleLogin, assembleSessions } from './app/authserver.ts';
 import { appBasics } from './app/basics.ts';
@@ -42,7 +43,8 @@ export interface AppOptions {
 export function createApp(config: Config, options: AppOptions = {}): App {
   const logger = createLogger({ level: config.server.logLevel, destination: options.logDestination });
   const registry = createRegistry();
-  const basics = appBasics({ config, logger, metrics: createGatewayMetrics(registry), now: options.now ?? Date.now });
+  const tracer = tracerFor(config.observability?.otlp, logger);
+  const basics = appBasics({ config, logger, metrics: createGatewayMetrics(registry), tracer, now: options.now ?? Date.now });
   let draining = false;
   // Aborted when the drain begins: SSE streams end at an event boundary so agents resume elsewhere.
   const drain = new AbortController();
@@ -87,6 +89,8 @@ export function createApp(config: Config, options: AppOptions = {}): App {
       await bus.close().catch(() => undefined);
       await storage.store.close().catch(() => undefined);
       await serverFetch.close().catch(() => undefined);
+      // The spans of the last requests, exported before the process goes.
+      await tracer.shutdown();
       logger.info({ msg: 'stopped' });
     },
   };

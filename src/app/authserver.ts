@@ -108,7 +108,7 @@ export function assembleLogin(options: LoginOptions): Login {
   const knownClients = createKnownClientLookup({ stores: authStores, cimd });
   // The sessions' IdP tokens: the idp/id_token credentials use them, and our refresh grant asks
   // the IdP through them whether it still backs the session.
-  const idpSession = createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now, endSession, refreshes: options.basics.metrics.refreshes, singleFlight });
+  const idpSession = createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now, endSession, refreshes: options.basics.metrics.refreshes, singleFlight, tracer: options.basics.tracer });
   const routes: Route[] = [
     ...createMetadataRoutes({
       issuer,

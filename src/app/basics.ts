@@ -6,12 +6,15 @@ import { RESOURCE_SCOPES } from '../authserver/tokens/scopes.ts';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { GatewayMetrics } from '../observability/metrics.ts';
+import type { Tracer } from '../observability/tracing.ts';
 
 /** Shared by every assembly function of `src/app/`. */
 export interface AppBasics {
   config: Config;
   logger: Logger;
   metrics: GatewayMetrics;
+  /** Spans of requests, authentication, credentials and upstream calls; a no-op without `observability.otlp`. */
+  tracer: Tracer;
   /** The clock of the authorization server, the stores and the token checks, epoch ms. */
   now: () => number;
   publicUrl: URL;
@@ -26,7 +29,7 @@ export interface AppBasics {
 }
 
 /** The names derived from `server.publicUrl`, and the scopes of each upstream. */
-export function appBasics(options: Pick<AppBasics, 'config' | 'logger' | 'metrics' | 'now'>): AppBasics {
+export function appBasics(options: Pick<AppBasics, 'config' | 'logger' | 'metrics' | 'tracer' | 'now'>): AppBasics {
   const { config } = options;
   const publicUrl = new URL(config.server.publicUrl);
   const basePath = publicUrl.pathname.replace(/\/+$/, '');

@@ -52,7 +52,7 @@ export interface Gateway {
 
 /** Builds the auth_required channels and the front door with every route. */
 export function assembleGateway(options: GatewayOptions): Gateway {
-  const { config, logger, metrics, now, publicUrl, basePath } = options.basics;
+  const { config, logger, metrics, tracer, now, publicUrl, basePath } = options.basics;
   const { store, sealer } = options.storage;
   const { login, upstreams, upstreamOAuth, drain } = options;
   const { clientCapabilities, streams, bus, elicitationEvents, authRequired } = assembleChannels(options);
@@ -60,6 +60,7 @@ export function assembleGateway(options: GatewayOptions): Gateway {
   const frontDoor = createFrontDoor({
     logger,
     metrics,
+    tracer,
     publicUrl,
     trustedProxies: config.server.trustedProxies,
     // Every route that works for an unauthenticated request is limited per client and globally (route-limits.ts).
@@ -111,6 +112,7 @@ export function assembleGateway(options: GatewayOptions): Gateway {
         drain: { signal: drain, requestGraceMs: config.server.drainTimeout - Math.min(1000, Math.floor(config.server.drainTimeout / 5)) },
         logUser: config.log.user,
         toolCatalog: createToolCatalog({ maxPerUpstream: 200 }),
+        tracer,
       }),
     ], {
       store,

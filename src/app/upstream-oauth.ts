@@ -21,7 +21,7 @@ export interface UpstreamOAuth {
 
 /** Builds the flows of the upstreams in mode `oauth` (harmless when there are none). */
 export function assembleUpstreamOAuth(options: { basics: AppBasics; storage: Storage; serverFetch: GuardedFetch }): UpstreamOAuth {
-  const { config, issuer, now, metrics, logger } = options.basics;
+  const { config, issuer, now, metrics, logger, tracer } = options.basics;
   const { store, sealer, singleFlight } = options.storage;
   const serverFetch = options.serverFetch;
   const stores = createUpstreamStores({ store, sealer, tokenTtlMs: config.authServer.refreshTokenTtl, now });
@@ -36,6 +36,7 @@ export function assembleUpstreamOAuth(options: { basics: AppBasics; storage: Sto
     metrics,
     singleFlight,
     logger,
+    tracer,
   });
   const upstreams: OAuthUpstream[] = config.upstreams.flatMap((u) =>
     u.auth.mode === 'oauth'

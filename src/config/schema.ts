@@ -356,6 +356,18 @@ export function createConfigSchema(sources: SecretSources, options: ConfigSchema
       storage: storage.default({ kind: 'memory', memory: { maxBytes: 256 * 1024 * 1024 }, encryptionKeys: [], allowUnencrypted: false }),
       log: log.default({ user: 'sub' }),
       upstreams: z.array(upstream).min(1, 'at least one upstream is required'),
+      /** Optional OpenTelemetry traces: absent, nothing is traced and nothing is sent. */
+      observability: z
+        .strictObject({
+          otlp: z
+            .strictObject({
+              /** The OTLP/HTTP collector's base URL; spans are POSTed to `{endpoint}/v1/traces` as JSON. */
+              endpoint: httpUrl,
+              serviceName: z.string().min(1).default('mcpgate'),
+            })
+            .optional(),
+        })
+        .optional(),
     })
     // `when`: the cross-field rules run even when some field failed, so a file's problems are all
     // reported in one pass (collect every problem). Nothing below may assume that a field
@@ -366,6 +378,10 @@ export function createConfigSchema(sources: SecretSources, options: ConfigSchema
       const publicUrl = typeof server?.publicUrl === 'string' && URL.canParse(server.publicUrl) ? new URL(server.publicUrl) : undefined;
       if (publicUrl && publicUrl.protocol !== 'https:' && !devMode) {
         ctx.addIssue({ code: 'custom', path: ['server', 'publicUrl'], message: 'must be an https URL (http is allowed only with devMode: true)' });
+      }
+      const otlpEndpoint = (config.observability as { otlp?: { endpoint?: unknown } } | undefined)?.otlp?.endpoint;
+      if (typeof otlpEndpoint === 'string' && otlpEndpoint.startsWith('http:') && !devMode) {
+        ctx.addIssue({ code: 'custom', path: ['observability', 'otlp', 'endpoint'], message: 'must be an https URL (http is allowed only with devMode: true)' });
       }
       if (publicUrl && (publicUrl.search || publicUrl.hash)) {
         ctx.addIssue({ code: 'custom', path: ['server', 'publicUrl'], message: 'must not have a query or fragment' });

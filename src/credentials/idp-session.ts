@@ -9,6 +9,7 @@ import { BadGateway, Forbidden, TemporarilyUnavailable } from '../http/errors.ts
 import { IdpError, type IdpClient } from '../idp/types.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Counter } from '../observability/metrics.ts';
+import { NOOP_TRACER, type Tracer } from '../observability/tracing.ts';
 import { sessionTag } from '../observability/logger.ts';
 import { retryOnOutage } from '../store/retry.ts';
 import { createSingleFlight, type SingleFlight } from './single-flight.ts';
@@ -37,6 +38,8 @@ export interface IdpSessionTokensOptions {
    * the session ends), `unavailable` (the IdP could not be asked: the tokens are kept). Default: not counted.
    */
   refreshes?: Counter;
+  /** With tracing on, each refresh is a span `refresh idp` under the request's credential span. Default off. */
+  tracer?: Tracer;
 }
 
 /** Access to the sessions' IdP tokens; shared by every upstream of the gateway so the single flight spans them. */
@@ -63,6 +66,7 @@ export function createIdpSessionTokens(options: IdpSessionTokensOptions): IdpSes
   const now = options.now ?? Date.now;
   const singleFlight = options.singleFlight ?? createSingleFlight();
   const refreshes: Counter = options.refreshes ?? { inc: () => undefined };
+  const tracer = options.tracer ?? NOOP_TRACER;
   const revoke = options.endSession ?? ((sessionId: string) => stores.sessions.revoke(sessionId));
 
   async function load(sessionId: string): Promise<IdpTokens> {
@@ -135,7 +139,7 @@ export function createIdpSessionTokens(options: IdpSessionTokensOptions): IdpSes
     async current(sessionId, stale) {
       const tokens = await load(sessionId);
       if (!stale(tokens)) return tokens;
-      return singleFlight(`refresh:idp:${sessionId}`, () => refresh(sessionId, stale));
+      return singleFlight(`refresh:idp:${sessionId}`, () => tracer.trace('refresh idp', () => refresh(sessionId, stale)));
     },
     now,
   };

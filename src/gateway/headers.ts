@@ -71,11 +71,14 @@ function connectionTokens(headers: IncomingHttpHeaders): Set<string> | undefined
  * proxy headers; plus X-Forwarded-*, a traceparent, and the upstream credential.
  * `Mcp-Session-Id`, `MCP-Protocol-Version`, `Last-Event-ID`, `Accept`, `Mcp-Method`/`Mcp-Name`
  * pass untouched (Node lower-cases names, so any casing the agent used arrives).
+ * `traceparent`, given with tracing on, names the upstream-call span as the parent (same trace
+ * as the agent's); without it the agent's valid one passes, or a new one is made.
  */
 export function upstreamRequestHeaders(
   incoming: IncomingHttpHeaders,
   context: ForwardContext,
   credential: Record<string, string>,
+  traceparent?: string,
 ): Record<string, string | string[]> {
   const extra = connectionTokens(incoming);
   const out: Record<string, string | string[]> = {};
@@ -88,7 +91,11 @@ export function upstreamRequestHeaders(
   out['x-forwarded-for'] = context.clientIp;
   out['x-forwarded-proto'] = context.proto;
   if (context.host) out['x-forwarded-host'] = context.host;
-  if (typeof out.traceparent !== 'string' || !TRACEPARENT.test(out.traceparent)) {
+  if (traceparent !== undefined) {
+    // Our span's trace is the agent's when it sent a valid one; its tracestate belongs with it.
+    if (out.traceparent !== undefined && (typeof out.traceparent !== 'string' || out.traceparent.slice(3, 35) !== traceparent.slice(3, 35))) delete out.tracestate;
+    out.traceparent = traceparent;
+  } else if (typeof out.traceparent !== 'string' || !TRACEPARENT.test(out.traceparent)) {
     out.traceparent = newTraceparent();
     delete out.tracestate;
   }

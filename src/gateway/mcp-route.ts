@@ -2,6 +2,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Logger } from '../observability/logger.ts';
 import { sessionTag } from '../observability/logger.ts';
 import type { GatewayMetrics } from '../observability/metrics.ts';
+import { NOOP_TRACER, SpanKind, type Tracer } from '../observability/tracing.ts';
 import { discardBody, readBody } from '../http/body.ts';
 import type { BodyBudget } from '../http/body-budget.ts';
 import { BadGateway, Forbidden, GatewayTimeout, NotFound, PayloadTooLarge } from '../http/errors.ts';
@@ -62,6 +63,8 @@ export interface McpRouteOptions {
   logUser?: 'none' | 'sub' | 'claim';
   /** The tool names upstreams listed: the label set of the tool-call metric. Without it every tool is `other`. */
   toolCatalog?: ToolCatalog;
+  /** With tracing on: spans `authenticate`, `credentials` and `upstream` under the request's. Default off. */
+  tracer?: Tracer;
 }
 
 /**
@@ -103,6 +106,7 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
   const byName = new Map(options.upstreams.map((u) => [u.name, u]));
   const allowedOrigins = new Set([options.publicOrigin, ...options.allowedOrigins]);
   const drain = options.drain;
+  const tracer = options.tracer ?? NOOP_TRACER;
   /** Aborted `requestGraceMs` after the drain began: the end of the answers to requests in flight. */
   const requestsEnd = new AbortController();
   drain?.signal.addEventListener('abort', () => setTimeout(() => requestsEnd.abort(), drain.requestGraceMs).unref(), { once: true });
@@ -143,7 +147,9 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
    */
   async function authenticateFirst(ctx: RequestContext, upstream: Upstream, alongside?: (principal: Principal) => void): Promise<Principal | undefined> {
     try {
-      return await options.authenticator.authenticate(ctx, upstream, alongside);
+      return await (tracer.enabled
+        ? tracer.trace('authenticate', () => options.authenticator.authenticate(ctx, upstream, alongside))
+        : options.authenticator.authenticate(ctx, upstream, alongside));
     } catch (error) {
       if (ctx.req.method === 'POST') await readRefusedBody(ctx);
       throw error;
@@ -288,7 +294,9 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
     for (let attempt = 0; ; attempt++) {
       let credential;
       try {
-        credential = await upstream.credentials.headers(credentialRequest);
+        credential = await (tracer.enabled
+          ? tracer.trace('credentials', (span) => (span.set('mcpgate.upstream', upstream.name), upstream.credentials.headers(credentialRequest)))
+          : upstream.credentials.headers(credentialRequest));
       } catch (error) {
         return answerAuthRequired(error);
       } finally {
@@ -296,13 +304,15 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
         credentialRequest.prefetched = undefined;
       }
       let outcome;
+      // A child of the request's span (not made current: nothing below forward() starts spans).
+      const upstreamSpan = tracer.enabled ? tracer.start('upstream', { kind: SpanKind.CLIENT, attributes: { 'mcpgate.upstream': upstream.name, 'http.request.method': method } }) : undefined;
       try {
         outcome = await forward({
           dispatcher: upstream.dispatcher,
           origin: upstream.url.origin,
           path,
           method,
-          headers: upstreamRequestHeaders(ctx.req.headers, { clientIp: ctx.clientIp, proto: ctx.forwardedProto, host: ctx.forwardedHost }, credential),
+          headers: upstreamRequestHeaders(ctx.req.headers, { clientIp: ctx.clientIp, proto: ctx.forwardedProto, host: ctx.forwardedHost }, credential, upstreamSpan?.traceparent()),
           body,
           res: ctx.res,
           signal: ctx.signal,
@@ -329,6 +339,7 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
             : undefined,
         });
       } catch (error) {
+        upstreamSpan?.fail(error instanceof UpstreamError ? error.kind : 'error');
         if (ctx.signal.aborted) {
           ctx.log.outcome = 'cancelled';
           return; // the agent left: nobody to answer
@@ -336,6 +347,10 @@ export function createMcpRoutes(options: McpRouteOptions): Route[] {
         throw upstreamFailure(error, upstream);
       } finally {
         unregisterStream?.();
+        if (upstreamSpan) {
+          if (outcome) upstreamSpan.set('http.response.status_code', outcome.kind === 'sent' ? outcome.status : outcome.rejection.status);
+          upstreamSpan.end();
+        }
       }
       if (outcome.kind === 'sent') {
         if (outcome.cut) options.metrics.upstreamErrors.inc({ upstream: upstream.name, kind: 'cut' });

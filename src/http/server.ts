@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { REDACT_PATHS, type Logger } from '../observability/logger.ts';
 import type { BoundCounter, BoundHistogram, GatewayMetrics } from '../observability/metrics.ts';
+import { NOOP_TRACER, SpanKind, type Span, type Tracer } from '../observability/tracing.ts';
 import { createClientAddressResolver } from './client-address.ts';
 import { HttpError, MethodNotAllowed, NotFound } from './errors.ts';
 import { createRouter, type RequestContext, type Route } from './router.ts';
@@ -21,6 +22,8 @@ export interface FrontDoorOptions {
   requestTimeoutMs?: number;
   /** How long an idle keep-alive connection stays open. Default 65 000 (above common ingress idle timeouts). */
   keepAliveTimeoutMs?: number;
+  /** With tracing on, every request is a server span continuing the agent's `traceparent`. Default off. */
+  tracer?: Tracer;
 }
 
 export interface FrontDoor {
@@ -73,6 +76,7 @@ export function createFrontDoor(options: FrontDoorOptions): FrontDoor {
   const router = createRouter(options.routes);
   const addresses = createClientAddressResolver(options.trustedProxies);
   const { logger, metrics } = options;
+  const tracer = options.tracer ?? NOOP_TRACER;
   // Same censor as createLogger, so a line reads the same whichever logger wrote it.
   const flatAccessLog = logger.child({}, { redact: { paths: TOP_LEVEL_REDACT_PATHS, censor: '[redacted]' } });
   let active = 0;
@@ -107,7 +111,12 @@ export function createFrontDoor(options: FrontDoorOptions): FrontDoor {
       connectionsCheckingInterval: 5_000,
       ServerResponse: FrontDoorResponse as typeof ServerResponse,
     },
-    (req, res) => void handle(req, res),
+    (req, res) => {
+      if (!tracer.enabled) return void handle(req, res, undefined);
+      // The request span is current for everything the request does: its children find it through AsyncLocalStorage.
+      const span = tracer.start(`${req.method ?? 'UNKNOWN'}`, { kind: SpanKind.SERVER, remoteParent: req.headers.traceparent });
+      tracer.withSpan(span, () => void handle(req, res, span));
+    },
   );
   server.timeout = 0;
   // Requests Node's parser refuses (a malformed request line or header, headers over 16 KB, a
@@ -133,7 +142,7 @@ export function createFrontDoor(options: FrontDoorOptions): FrontDoor {
     socket.destroy();
   });
 
-  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  async function handle(req: IncomingMessage, res: ServerResponse, span: Span | undefined): Promise<void> {
     const started = process.hrtime.bigint();
     active++;
     const incomingId = req.headers['x-request-id'];
@@ -172,6 +181,7 @@ export function createFrontDoor(options: FrontDoorOptions): FrontDoor {
       const bound = seriesFor(routeName, req.method ?? 'UNKNOWN', status, String(ctx.log.upstream ?? ''));
       bound.requests.inc();
       bound.latency.observe(seconds);
+      if (span) endRequestSpan(span, req.method ?? 'UNKNOWN', routeName, pathname, status, ctx.log);
       if (!logger.isLevelEnabled('info')) return;
       if (flatAccessLog.level !== logger.level) flatAccessLog.level = logger.level;
       (isFlat(ctx.log) ? flatAccessLog : logger).info({
@@ -235,6 +245,24 @@ export function createFrontDoor(options: FrontDoorOptions): FrontDoor {
       });
     },
   };
+}
+
+/**
+ * Names and ends a request's span. Attributes are what an operator searches by (method, route,
+ * status, upstream, MCP method, tool); never a token, a session id or the query.
+ */
+function endRequestSpan(span: Span, method: string, route: string, path: string, status: number, log: Record<string, unknown>): void {
+  span.name = `${method} ${route}`;
+  span.set('http.request.method', method);
+  span.set('http.route', route);
+  span.set('url.path', path);
+  span.set('http.response.status_code', status);
+  for (const [key, attribute] of [['upstream', 'mcpgate.upstream'], ['rpc', 'mcp.method.name'], ['tool', 'gen_ai.tool.name'], ['outcome', 'mcpgate.outcome'], ['error', 'error.type']] as const) {
+    const value = log[key];
+    if (typeof value === 'string') span.set(attribute, value);
+  }
+  if (status >= 500) span.fail(`status ${status}`);
+  span.end();
 }
 
 /** Writes a whole `connection: close` response with an RFC 6749 error body on a socket no ServerResponse owns. */

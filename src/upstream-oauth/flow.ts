@@ -19,6 +19,7 @@ import { BadGateway, ServiceUnavailable } from '../http/errors.ts';
 import { retryOnOutage } from '../store/retry.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Counter } from '../observability/metrics.ts';
+import { NOOP_TRACER, type Tracer } from '../observability/tracing.ts';
 import { authRequiredMessage, connectScopeFor, type AuthRequired } from './auth-required.ts';
 import type { ClientRegistration } from './client-registration.ts';
 import type { Discovery } from './discovery.ts';
@@ -109,6 +110,8 @@ export interface UpstreamFlowsOptions {
   singleFlight?: SingleFlight;
   /** Where refusals worth an operator's attention are logged (a refused issuer). Default: not logged. */
   logger?: Pick<Logger, 'warn'>;
+  /** With tracing on, each refresh is a span `refresh oauth` under the request's credential span. Default off. */
+  tracer?: Tracer;
 }
 
 /**
@@ -197,6 +200,7 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
   const { authFlows, refreshes } = options.metrics ?? { authFlows: NOT_COUNTED, refreshes: NOT_COUNTED };
   const starting = new Map<string, Promise<AuthRequired>>();
   const singleFlight = options.singleFlight ?? createSingleFlight();
+  const tracer = options.tracer ?? NOOP_TRACER;
 
   function signal(flow: UpstreamFlow): AuthRequired {
     const authUrl = `${base}/oauth/upstream/start?flow=${encodeURIComponent(flow.flowId)}`;
@@ -471,7 +475,9 @@ export function createUpstreamFlows(options: UpstreamFlowsOptions): UpstreamFlow
 
     refresh(sessionId, upstream, stale) {
       // Not tied to any caller's AbortSignal: every waiting request shares this refresh.
-      return singleFlight(`refresh:oauth:${sessionId}:${upstream}`, () => refreshOnce(sessionId, upstream, stale));
+      return singleFlight(`refresh:oauth:${sessionId}:${upstream}`, () =>
+        tracer.trace('refresh oauth', (span) => (span.set('mcpgate.upstream', upstream), refreshOnce(sessionId, upstream, stale))),
+      );
     },
 
     async disconnect(sessionId, upstream) {

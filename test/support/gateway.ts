@@ -33,6 +33,8 @@ export interface TestGatewayOptions {
   store?: Store;
   /** `authServer:` keys (e.g. `signingKeys` by `file:` reference, so replicas share a key). */
   authServer?: Record<string, unknown>;
+  /** The `observability:` section (e.g. `{ otlp: { endpoint } }`). */
+  observability?: Record<string, unknown>;
 }
 
 /** A running gateway. */
@@ -73,6 +75,7 @@ export async function startGateway(options: TestGatewayOptions): Promise<TestGat
   }
   if (options.authServer) raw.authServer = options.authServer;
   if (options.log) raw.log = options.log;
+  if (options.observability) raw.observability = options.observability;
   if (options.storeKey) {
     raw.storage = { kind: 'memory', encryptionKeys: [{ id: 'k1', key: 'env:TEST_STORE_KEY' }] };
     env.TEST_STORE_KEY = options.storeKey.toString('base64');

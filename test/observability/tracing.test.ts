@@ -1,0 +1,161 @@
+/**
+ * OpenTelemetry traces (issue 13): with `observability.otlp.endpoint` the gateway sends OTLP/HTTP
+ * JSON spans to a real collector endpoint (a node:http server here that decodes what it gets),
+ * continuing the agent's W3C traceparent; without it nothing is sent.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:http';
+import { startGateway, type TestGateway } from '../support/gateway.ts';
+import { startRawUpstream, type RawUpstream } from '../support/mcp-upstream.ts';
+import { MCP_POST_HEADERS, rpc, send } from '../gateway/http-client.ts';
+
+const STATIC_SECRET = 'static-secret-value-9c1e';
+const AGENT_TOKEN = 'agent-bearer-token-44d0';
+const AGENT_TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
+const AGENT_SPAN = '00f067aa0ba902b7';
+
+interface ReceivedSpan {
+  traceId: string;
+  spanId: string;
+  parentSpanId?: string;
+  name: string;
+  kind: number;
+  startTimeUnixNano: string;
+  endTimeUnixNano: string;
+  attributes: Array<{ key: string; value: Record<string, unknown> }>;
+  status: { code: number };
+}
+
+/** A collector: accepts POST /v1/traces (OTLP/HTTP JSON) and keeps every span and resource. */
+async function startCollector() {
+  const spans: ReceivedSpan[] = [];
+  const resources: unknown[] = [];
+  let posts = 0;
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      posts++;
+      if (req.method !== 'POST' || req.url !== '/v1/traces' || req.headers['content-type'] !== 'application/json') {
+        res.writeHead(400).end();
+        return;
+      }
+      const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as {
+        resourceSpans: Array<{ resource: unknown; scopeSpans: Array<{ scope: { name: string }; spans: ReceivedSpan[] }> }>;
+      };
+      for (const rs of body.resourceSpans) {
+        resources.push(rs.resource);
+        for (const ss of rs.scopeSpans) spans.push(...ss.spans);
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  return {
+    endpoint: `http://127.0.0.1:${port}`,
+    spans,
+    resources,
+    posts: () => posts,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+describe('OpenTelemetry traces', () => {
+  let upstream: RawUpstream;
+  let collector: Awaited<ReturnType<typeof startCollector>>;
+
+  before(async () => {
+    upstream = await startRawUpstream();
+    collector = await startCollector();
+  });
+  after(async () => {
+    await upstream.close();
+    await collector.close();
+  });
+
+  it('exports request, authentication, credential and upstream spans in the agent’s trace', async () => {
+    const gateway: TestGateway = await startGateway({
+      upstreams: [{ name: 'tools', url: upstream.url, auth: { mode: 'static', value: 'env:STATIC_SECRET' } }],
+      env: { STATIC_SECRET },
+      observability: { otlp: { endpoint: collector.endpoint, serviceName: 'gateway-under-test' } },
+    });
+    const before = upstream.requests.length;
+    let response;
+    try {
+      response = await send(gateway.mcpUrl('tools'), {
+        method: 'POST',
+        headers: { ...MCP_POST_HEADERS, authorization: `Bearer ${AGENT_TOKEN}`, traceparent: `00-${AGENT_TRACE}-${AGENT_SPAN}-01` },
+        body: rpc(1, 'tools/call', { name: 'echo', arguments: {} }),
+      });
+    } finally {
+      await gateway.close(); // flushes the spans
+    }
+    assert.equal(response.status, 200);
+
+    const spans = collector.spans.filter((s) => s.traceId === AGENT_TRACE);
+    assert.ok(spans.length >= 4, `spans of the agent's trace: ${JSON.stringify(collector.spans.map((s) => s.name))}`);
+    assert.deepEqual(collector.resources[0], { attributes: [{ key: 'service.name', value: { stringValue: 'gateway-under-test' } }] });
+
+    const requestSpan = spans.find((s) => s.name === 'POST /{upstream}/mcp');
+    assert.ok(requestSpan, 'a request span');
+    assert.equal(requestSpan.parentSpanId, AGENT_SPAN, "the request span's parent is the agent's span");
+    assert.equal(requestSpan.kind, 2, 'SERVER');
+    const attrs = Object.fromEntries(requestSpan.attributes.map((a) => [a.key, a.value]));
+    assert.deepEqual(attrs['http.response.status_code'], { intValue: '200' });
+    assert.deepEqual(attrs['mcpgate.upstream'], { stringValue: 'tools' });
+    assert.deepEqual(attrs['mcp.method.name'], { stringValue: 'tools/call' });
+    assert.deepEqual(attrs['gen_ai.tool.name'], { stringValue: 'echo' });
+
+    for (const name of ['authenticate', 'credentials', 'upstream']) {
+      const child = spans.find((s) => s.name === name);
+      assert.ok(child, `a ${name} span`);
+      assert.equal(child.parentSpanId, requestSpan.spanId, `${name} is a child of the request span`);
+      assert.match(child.spanId, /^[\da-f]{16}$/);
+      assert.ok(BigInt(child.startTimeUnixNano) >= BigInt(requestSpan.startTimeUnixNano));
+    }
+    const upstreamSpan = spans.find((s) => s.name === 'upstream')!;
+    assert.equal(upstreamSpan.kind, 3, 'CLIENT');
+
+    const received = upstream.requests.slice(before);
+    assert.equal(received.length, 1);
+    assert.equal(received[0]!.headers.traceparent, `00-${AGENT_TRACE}-${upstreamSpan.spanId}-01`, "the upstream's parent is the upstream span");
+    assert.equal(received[0]!.headers.authorization, `Bearer ${STATIC_SECRET}`, 'the credential was in the process to leak');
+
+    const exported = JSON.stringify(collector.spans);
+    assert.ok(!exported.includes(AGENT_TOKEN), 'no agent token in any span');
+    assert.ok(!exported.includes(STATIC_SECRET), 'no upstream credential in any span');
+  });
+
+  it('without observability.otlp nothing is sent and the gateway works', async () => {
+    const posts = collector.posts();
+    const gateway = await startGateway({ upstreams: [{ name: 'tools', url: upstream.url }] });
+    const before = upstream.requests.length;
+    let response;
+    try {
+      response = await send(gateway.mcpUrl('tools'), {
+        method: 'POST',
+        headers: { ...MCP_POST_HEADERS, traceparent: `00-${AGENT_TRACE}-${AGENT_SPAN}-01` },
+        body: rpc(2, 'tools/list'),
+      });
+    } finally {
+      await gateway.close();
+    }
+    assert.equal(response.status, 200);
+    assert.equal(collector.posts(), posts, 'nothing reached the collector');
+    // Untraced, the agent's traceparent passes upstream as it was.
+    assert.equal(upstream.requests.slice(before)[0]!.headers.traceparent, `00-${AGENT_TRACE}-${AGENT_SPAN}-01`);
+  });
+
+  it('refuses an http endpoint outside devMode', async () => {
+    await assert.rejects(
+      startGateway({
+        upstreams: [{ name: 'tools', url: 'https://upstream.example/mcp' }],
+        server: { devMode: false, publicUrl: 'https://gw.example' },
+        observability: { otlp: { endpoint: 'http://collector.example:4318' } },
+      }),
+      /observability\.otlp\.endpoint.*https/s,
+    );
+  });
+});
