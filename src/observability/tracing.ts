@@ -66,7 +66,7 @@ export interface TracerOptions {
   flushIntervalMs?: number;
   /** Spans per export request; a full batch is sent at once. Default 512. */
   maxBatch?: number;
-  /** Spans held at most; beyond it new spans are dropped and counted. Default 2048. */
+  /** Spans held at most, queued or being sent (a slow collector must not grow memory); beyond it new spans are dropped and counted. Default 2048. */
   maxQueue?: number;
   /** Time allowed per export request. Default 5000 ms. */
   exportTimeoutMs?: number;
@@ -133,13 +133,14 @@ export function createTracer(options: TracerOptions): Tracer {
   const nowNs = () => (originNs + (process.hrtime.bigint() - originHr)).toString();
   let queue: OtlpSpan[] = [];
   const inFlight = new Set<Promise<void>>();
+  let sendingSpans = 0;
   const counts = { dropped: 0, exportFailures: 0, exported: 0 };
 
   const timer = setInterval(() => flush(), options.flushIntervalMs ?? 1000);
   timer.unref();
 
   function enqueue(span: OtlpSpan): void {
-    if (queue.length >= maxQueue) {
+    if (queue.length + sendingSpans >= maxQueue) {
       counts.dropped++;
       return;
     }
@@ -152,7 +153,11 @@ export function createTracer(options: TracerOptions): Tracer {
     while (queue.length > 0) {
       const batch = queue.length <= maxBatch ? queue : queue.slice(0, maxBatch);
       queue = queue.length <= maxBatch ? [] : queue.slice(maxBatch);
-      const sending = send(batch).finally(() => inFlight.delete(sending));
+      sendingSpans += batch.length;
+      const sending = send(batch).finally(() => {
+        sendingSpans -= batch.length;
+        inFlight.delete(sending);
+      });
       inFlight.add(sending);
     }
   }

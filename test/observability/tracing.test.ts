@@ -9,6 +9,8 @@ import { createServer, type Server } from 'node:http';
 import { startGateway, type TestGateway } from '../support/gateway.ts';
 import { startRawUpstream, type RawUpstream } from '../support/mcp-upstream.ts';
 import { MCP_POST_HEADERS, rpc, send } from '../gateway/http-client.ts';
+import { createLogger } from '../../src/observability/logger.ts';
+import { createTracer } from '../../src/observability/tracing.ts';
 
 const STATIC_SECRET = 'static-secret-value-9c1e';
 const AGENT_TOKEN = 'agent-bearer-token-44d0';
@@ -157,5 +159,42 @@ describe('OpenTelemetry traces', () => {
       }),
       /observability\.otlp\.endpoint.*https/s,
     );
+  });
+});
+
+describe('the exporter', () => {
+  const silent = createLogger({ level: 'silent' });
+
+  it('nests spans through async code, batches, and drops beyond the queue bound', async () => {
+    const collector = await startCollector();
+    try {
+      const tracer = createTracer({ endpoint: `${collector.endpoint}/`, logger: silent, maxBatch: 4, maxQueue: 6, flushIntervalMs: 60_000 });
+      await tracer.trace('outer', async (outer) => {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        await tracer.trace('inner', async (inner) => assert.equal(inner.parentSpanId, outer.spanId));
+      });
+      await assert.rejects(tracer.trace('failing', async () => Promise.reject(new TypeError('x'))));
+      // 3 queued so far; 10 more: the 4th completes a batch (sending), 2 more fill the bound of 6 (queued + sending), 7 are dropped.
+      for (let i = 0; i < 10; i++) tracer.start(`s${i}`).end();
+      await tracer.shutdown();
+      assert.equal(collector.spans.length + tracer.stats().dropped, 13);
+      assert.equal(tracer.stats().dropped, 7);
+      assert.ok(tracer.stats().dropped > 0, 'spans past the bound are dropped and counted');
+      assert.ok(collector.posts() >= 2, 'sent in batches');
+      assert.ok(collector.spans.every((s) => s.spanId.length === 16 && s.traceId.length === 32));
+      const failing = collector.spans.find((s) => s.name === 'failing')!;
+      assert.equal(failing.status.code, 2, 'a thrown error marks the span ERROR');
+      assert.equal(collector.spans.find((s) => s.name === 'inner')!.traceId, collector.spans.find((s) => s.name === 'outer')!.traceId);
+    } finally {
+      await collector.close();
+    }
+  });
+
+  it('counts a failed export and never throws', async () => {
+    const tracer = createTracer({ endpoint: 'http://127.0.0.1:9', logger: silent });
+    await tracer.trace('lost', async () => 'fine');
+    await tracer.shutdown();
+    assert.equal(tracer.stats().exportFailures, 1);
+    assert.equal(tracer.stats().exported, 0);
   });
 });
