@@ -81,12 +81,15 @@ export function createValkeyClient(options: ValkeyConnectionOptions): ValkeyClie
   if (options.cluster !== undefined) {
     if (url.db !== 0) throw new TypeError('valkey: a cluster has only database 0');
     const nodes = [url.node, ...(options.cluster.nodes ?? []).map((n) => parseNode(n, 'cluster.nodes'))];
-    return new ClusterClient(nodes, {
+    const cluster = new ClusterClient(nodes, {
       enableOfflineQueue: false,
       enableAutoPipelining: true,
       clusterRetryStrategy: reconnectDelay,
       redisOptions: common,
     });
+    // Each node's client is made lazy and announced before it connects.
+    cluster.on('+node', (node: Redis) => absorbLateSocketErrors(node));
+    return cluster;
   }
 
   if (options.sentinel !== undefined) {
@@ -94,8 +97,9 @@ export function createValkeyClient(options: ValkeyConnectionOptions): ValkeyClie
     if (typeof masterName !== 'string' || masterName.length === 0) {
       throw new TypeError('valkey: sentinel.masterName is required');
     }
-    return new RedisClient({
+    return connected(new RedisClient({
       ...common,
+      lazyConnect: true,
       name: masterName,
       sentinels: [url.node, ...nodes.map((n) => parseNode(n, 'sentinel.nodes'))],
       sentinelUsername: username,
@@ -105,17 +109,45 @@ export function createValkeyClient(options: ValkeyConnectionOptions): ValkeyClie
       enableOfflineQueue: false,
       retryStrategy: reconnectDelay,
       sentinelRetryStrategy: reconnectDelay,
-    });
+    }));
   }
 
-  return new RedisClient({
+  return connected(new RedisClient({
     ...common,
+    lazyConnect: true,
     ...url.node,
     db: url.db,
     enableOfflineQueue: false,
     retryStrategy: reconnectDelay,
-  });
+  }));
 }
+
+/** A client made with `lazyConnect`, guarded, then connecting at once (failures arrive as 'error' events). */
+function connected(client: Redis): Redis {
+  absorbLateSocketErrors(client);
+  client.connect().catch(() => undefined);
+  return client;
+}
+
+/**
+ * iovalkey listens for a connection's first socket error only (`once`). A TLS connection can
+ * emit a second one, e.g. the server's alert arriving after our side refused its certificate; with
+ * no listener left that error is thrown as an uncaught exception and ends the process (seen with
+ * a Valkey whose certificate we do not trust). Every socket the client opens keeps a listener
+ * that ignores errors after the first: the first still reaches the client, which reconnects.
+ * Must run before the client connects.
+ */
+function absorbLateSocketErrors(client: Redis): void {
+  const connector = (client as unknown as { connector: { connect(...args: unknown[]): Promise<NodeJS.EventEmitter> } }).connector;
+  const connect = connector.connect.bind(connector);
+  connector.connect = (...args) =>
+    connect(...args).then((socket) => {
+      socket.on('error', ignore);
+      return socket;
+    });
+}
+
+function ignore(): void {}
 
 function tlsOptions(tls: boolean | ConnectionOptions): ConnectionOptions | undefined {
   if (tls === false) return undefined;
