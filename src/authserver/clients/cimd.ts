@@ -18,14 +18,16 @@
  * Store keys (the URL hashed, so keys stay short): `cimd:doc:<sha256>` the client record with
  * its refetch time, sealed under its key name (a store writer cannot add a redirect URI), and
  * `cimd:failed:<sha256>` the reason of the last refusal.
+ *
+ * Fetching and checking one document, and its URL rules, are in `cimd-document.ts`.
  */
 import { createHash } from 'node:crypto';
 import { InvalidClient } from '../../http/errors.ts';
-import { FetchRefusedError, type GuardedFetch } from '../../net/guarded-fetch.ts';
+import type { GuardedFetch } from '../../net/guarded-fetch.ts';
 import type { Store } from '../../store/port.ts';
 import type { Sealer } from '../../store/sealed.ts';
-import { parseClientMetadata } from './client-metadata.ts';
 import type { ClientRecord } from '../records/records.ts';
+import { cacheLifetime, fetchClientDocument, urlProblem, type CacheBounds, type DocumentFetch } from './cimd-document.ts';
 import type { RedirectSchemePolicy } from './redirect-uri.ts';
 
 /** Options of {@link createCimdResolver}; checked when it is called. Durations in milliseconds. */
@@ -88,138 +90,35 @@ interface StoredDocument {
   keepUntil: number;
 }
 
-/** Longest client id URL accepted, in characters. */
-const MAX_URL_LENGTH = 2000;
 /** A retained record is rewritten at most this often. */
 const RETAIN_INTERVAL_MS = 86_400_000;
 
+/** The resolver's dependencies, defaults applied and checked. */
+interface Cimd extends DocumentFetch, CacheBounds {
+  store: Store;
+  sealer: Sealer;
+  failureCacheMs: number;
+  keepMs: number;
+  retainMs: number;
+}
+
 /** Creates the resolver. @throws TypeError for inconsistent cache bounds. */
 export function createCimdResolver(options: CimdResolverOptions): CimdResolver {
-  const { store, sealer } = options;
-  const maxBytes = options.maxBytes ?? 5120;
-  const timeoutMs = options.timeoutMs ?? 5000;
-  const minCacheMs = options.minCacheMs ?? 60_000;
-  const maxCacheMs = options.maxCacheMs ?? 86_400_000;
-  const defaultCacheMs = options.defaultCacheMs ?? 300_000;
-  const failureCacheMs = options.failureCacheMs ?? 60_000;
-  const keepMs = options.keepMs ?? 900_000;
-  const retainMs = options.retainMs ?? 30 * 86_400_000;
-  const now = options.now ?? Date.now;
-  if (!(minCacheMs > 0 && minCacheMs <= defaultCacheMs && defaultCacheMs <= maxCacheMs)) {
-    throw new TypeError('CIMD cache bounds must satisfy 0 < minCacheMs <= defaultCacheMs <= maxCacheMs');
-  }
-  for (const [name, value] of Object.entries({ failureCacheMs, keepMs, retainMs })) {
-    if (!Number.isSafeInteger(value) || value <= 0) throw new TypeError(`${name} must be a positive integer (milliseconds)`);
-  }
+  const cimd = cimdOf(options);
+  const allowHttp = options.allowHttp ?? false;
   // Shares one fetch among concurrent requests of this process; the answer itself is in the store.
   const inFlight = new Map<string, Promise<ClientRecord>>();
-
-  function isMetadataUrl(clientId: string): boolean {
-    return /^https?:\/\//i.test(clientId);
-  }
-
-  const hashOf = (clientId: string) => createHash('sha256').update(clientId).digest('base64url');
-  const docKey = (clientId: string) => `cimd:doc:${hashOf(clientId)}`;
-  const failedKey = (clientId: string) => `cimd:failed:${hashOf(clientId)}`;
-
-  async function readDocument(clientId: string, signal?: AbortSignal): Promise<StoredDocument | undefined> {
-    const key = docKey(clientId);
-    const sealed = await store.get(key, signal);
-    if (sealed === undefined) return undefined;
-    const stored = JSON.parse(sealer.open(key, sealed)) as StoredDocument;
-    // The hash names the URL; the record must too (a copy under another URL's key opens, but names its own URL).
-    return stored.client.clientId === clientId ? stored : undefined;
-  }
-
-  async function writeDocument(stored: StoredDocument, signal?: AbortSignal): Promise<void> {
-    const key = docKey(stored.client.clientId);
-    await store.set(key, sealer.seal(key, JSON.stringify(stored)), Math.max(1, stored.keepUntil - now()), signal);
-  }
-
-  async function fetchDocument(clientId: string, previous: StoredDocument | undefined): Promise<ClientRecord> {
-    let client: ClientRecord;
-    let cacheControl: string | null;
-    try {
-      ({ client, cacheControl } = await fetchAndCheck(clientId));
-    } catch (error) {
-      // Remembered briefly, so the next requests naming this URL are refused without a fetch.
-      if (error instanceof InvalidClient) await store.set(failedKey(clientId), error.message, failureCacheMs);
-      throw error;
-    }
-    const at = now();
-    const refetchAt = at + cacheLifetime(cacheControl);
-    // A client that holds grants stays known as long as it did; a new one for the sign-in at least.
-    const keepUntil = Math.max(previous?.keepUntil ?? 0, refetchAt, at + keepMs);
-    await writeDocument({ client, refetchAt, keepUntil });
-    return client;
-  }
-
-  async function fetchAndCheck(clientId: string): Promise<{ client: ClientRecord; cacheControl: string | null }> {
-    let response;
-    try {
-      response = await options.fetch(clientId, { headers: { accept: 'application/json' }, maxBytes, timeoutMs });
-    } catch (error) {
-      if (error instanceof FetchRefusedError) {
-        throw new InvalidClient(`the client metadata document could not be fetched (${error.reason})`, { cause: error });
-      }
-      throw error;
-    }
-    if (response.status !== 200) throw new InvalidClient(`the client metadata document answered HTTP ${response.status}`);
-    let document: unknown;
-    try {
-      document = response.json();
-    } catch (error) {
-      throw new InvalidClient('the client metadata document is not JSON', { cause: error });
-    }
-    if (typeof document !== 'object' || document === null || (document as { client_id?: unknown }).client_id !== clientId) {
-      throw new InvalidClient('the client metadata document must name its own URL as client_id');
-    }
-    let metadata;
-    try {
-      metadata = parseClientMetadata(document, { publicOnly: true, redirectSchemes: options.redirectSchemes });
-    } catch (error) {
-      throw new InvalidClient(`the client metadata document is invalid: ${(error as Error).message}`, { cause: error });
-    }
-    const client: ClientRecord = {
-      clientId,
-      kind: 'cimd',
-      tokenEndpointAuthMethod: 'none',
-      redirectUris: metadata.redirectUris,
-      grantTypes: metadata.grantTypes,
-      clientName: metadata.clientName,
-      clientUri: metadata.clientUri,
-      logoUri: metadata.logoUri,
-      scope: metadata.scope,
-      createdAt: now(),
-    };
-    return { client, cacheControl: response.headers.get('cache-control') };
-  }
-
-  function cacheLifetime(header: string | null): number {
-    const directives = (header ?? '').toLowerCase().split(',').map((d) => d.trim());
-    if (directives.includes('no-store') || directives.includes('no-cache')) return minCacheMs;
-    const maxAge = directives.map((d) => /^max-age=(\d{1,10})$/.exec(d)?.[1]).find((v) => v !== undefined);
-    if (maxAge === undefined) return defaultCacheMs;
-    return Math.min(maxCacheMs, Math.max(minCacheMs, Number(maxAge) * 1000));
-  }
-
-  async function resolveFresh(clientId: string): Promise<ClientRecord> {
-    const failed = await store.get(failedKey(clientId));
-    if (failed !== undefined) throw new InvalidClient(failed);
-    const stored = await readDocument(clientId);
-    if (stored && stored.refetchAt > now()) return stored.client;
-    return fetchDocument(clientId, stored);
-  }
-
   return {
-    isMetadataUrl,
+    isMetadataUrl(clientId) {
+      return /^https?:\/\//i.test(clientId);
+    },
     async resolve(clientId, signal) {
-      const problem = urlProblem(clientId, options.allowHttp ?? false);
+      const problem = urlProblem(clientId, allowHttp);
       if (problem) throw new InvalidClient(`a client_id URL ${problem}`);
       // One lookup and fetch per document at a time in this process, however many requests name it.
       let pending = inFlight.get(clientId);
       if (!pending) {
-        pending = resolveFresh(clientId).finally(() => inFlight.delete(clientId));
+        pending = resolveFresh(cimd, clientId).finally(() => inFlight.delete(clientId));
         inFlight.set(clientId, pending);
       }
       if (!signal) return pending;
@@ -227,30 +126,93 @@ export function createCimdResolver(options: CimdResolverOptions): CimdResolver {
       return Promise.race([pending, new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }))]);
     },
     async known(clientId, signal) {
-      if (urlProblem(clientId, options.allowHttp ?? false)) return undefined;
-      return (await readDocument(clientId, signal))?.client;
+      if (urlProblem(clientId, allowHttp)) return undefined;
+      return (await readDocument(cimd, clientId, signal))?.client;
     },
     async retain(client, signal) {
       if (client.kind !== 'cimd') return;
-      const stored = await readDocument(client.clientId, signal);
-      const at = now();
-      if (!stored || stored.keepUntil - at > retainMs - RETAIN_INTERVAL_MS) return;
-      await writeDocument({ ...stored, keepUntil: at + retainMs }, signal);
+      const stored = await readDocument(cimd, client.clientId, signal);
+      const at = cimd.now();
+      if (!stored || stored.keepUntil - at > cimd.retainMs - RETAIN_INTERVAL_MS) return;
+      await writeDocument(cimd, { ...stored, keepUntil: at + cimd.retainMs }, signal);
     },
   };
 }
 
-/** Why `clientId` is not an acceptable metadata document URL (draft §3), or undefined. */
-function urlProblem(clientId: string, allowHttp: boolean): string | undefined {
-  if (clientId.length > MAX_URL_LENGTH) return `must be at most ${MAX_URL_LENGTH} characters`;
-  if (!URL.canParse(clientId)) return 'must be an absolute URL';
-  const url = new URL(clientId);
-  if (url.protocol !== 'https:' && !(allowHttp && url.protocol === 'http:')) return 'must use https';
-  if (clientId.includes('#')) return 'must not contain a fragment';
-  if (url.username || url.password) return 'must not contain credentials';
-  if (url.pathname === '/' || url.pathname === '') return 'must contain a path';
-  // The parser resolves dot segments; the draft forbids them in the identifier itself.
-  const path = clientId.slice(url.origin.length).split('?')[0]!.replace(/%2e/gi, '.');
-  if (/(^|\/)\.\.?(\/|$)/.test(path)) return 'must not contain "." or ".." path segments';
-  return undefined;
+/** Checks the options and applies their defaults. */
+function cimdOf(options: CimdResolverOptions): Cimd {
+  const minCacheMs = options.minCacheMs ?? 60_000;
+  const maxCacheMs = options.maxCacheMs ?? 86_400_000;
+  const defaultCacheMs = options.defaultCacheMs ?? 300_000;
+  const failureCacheMs = options.failureCacheMs ?? 60_000;
+  const keepMs = options.keepMs ?? 900_000;
+  const retainMs = options.retainMs ?? 30 * 86_400_000;
+  if (!(minCacheMs > 0 && minCacheMs <= defaultCacheMs && defaultCacheMs <= maxCacheMs)) {
+    throw new TypeError('CIMD cache bounds must satisfy 0 < minCacheMs <= defaultCacheMs <= maxCacheMs');
+  }
+  for (const [name, value] of Object.entries({ failureCacheMs, keepMs, retainMs })) {
+    if (!Number.isSafeInteger(value) || value <= 0) throw new TypeError(`${name} must be a positive integer (milliseconds)`);
+  }
+  return {
+    store: options.store,
+    sealer: options.sealer,
+    fetch: options.fetch,
+    maxBytes: options.maxBytes ?? 5120,
+    timeoutMs: options.timeoutMs ?? 5000,
+    redirectSchemes: options.redirectSchemes,
+    now: options.now ?? Date.now,
+    minCacheMs,
+    maxCacheMs,
+    defaultCacheMs,
+    failureCacheMs,
+    keepMs,
+    retainMs,
+  };
+}
+
+const hashOf = (clientId: string) => createHash('sha256').update(clientId).digest('base64url');
+const docKey = (clientId: string) => `cimd:doc:${hashOf(clientId)}`;
+const failedKey = (clientId: string) => `cimd:failed:${hashOf(clientId)}`;
+
+/** The stored document of `clientId`, unless it is absent or names another URL. */
+async function readDocument(cimd: Cimd, clientId: string, signal?: AbortSignal): Promise<StoredDocument | undefined> {
+  const key = docKey(clientId);
+  const sealed = await cimd.store.get(key, signal);
+  if (sealed === undefined) return undefined;
+  const stored = JSON.parse(cimd.sealer.open(key, sealed)) as StoredDocument;
+  // The hash names the URL; the record must too (a copy under another URL's key opens, but names its own URL).
+  return stored.client.clientId === clientId ? stored : undefined;
+}
+
+async function writeDocument(cimd: Cimd, stored: StoredDocument, signal?: AbortSignal): Promise<void> {
+  const key = docKey(stored.client.clientId);
+  await cimd.store.set(key, cimd.sealer.seal(key, JSON.stringify(stored)), Math.max(1, stored.keepUntil - cimd.now()), signal);
+}
+
+/** The client from the store while its cache time lasts, else fetched again; a recent refusal without a fetch. */
+async function resolveFresh(cimd: Cimd, clientId: string): Promise<ClientRecord> {
+  const failed = await cimd.store.get(failedKey(clientId));
+  if (failed !== undefined) throw new InvalidClient(failed);
+  const stored = await readDocument(cimd, clientId);
+  if (stored && stored.refetchAt > cimd.now()) return stored.client;
+  return fetchDocument(cimd, clientId, stored);
+}
+
+/** Fetches the document and stores what it says, or remembers why it was refused. */
+async function fetchDocument(cimd: Cimd, clientId: string, previous: StoredDocument | undefined): Promise<ClientRecord> {
+  let client: ClientRecord;
+  let cacheControl: string | null;
+  try {
+    ({ client, cacheControl } = await fetchClientDocument(cimd, clientId));
+  } catch (error) {
+    // Remembered briefly, so the next requests naming this URL are refused without a fetch.
+    if (error instanceof InvalidClient) await cimd.store.set(failedKey(clientId), error.message, cimd.failureCacheMs);
+    throw error;
+  }
+  const at = cimd.now();
+  const refetchAt = at + cacheLifetime(cacheControl, cimd);
+  // A client that holds grants stays known as long as it did; a new one for the sign-in at least.
+  const keepUntil = Math.max(previous?.keepUntil ?? 0, refetchAt, at + cimd.keepMs);
+  await writeDocument(cimd, { client, refetchAt, keepUntil });
+  return client;
 }
