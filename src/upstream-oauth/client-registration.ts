@@ -216,7 +216,7 @@ export function createClientRegistration(options: ClientRegistrationOptions): Cl
     metadataDocument: () => ({ ...document, redirect_uris: [...document.redirect_uris], grant_types: [...document.grant_types], response_types: [...document.response_types] }),
     async clientFor({ upstream, server, scopes }) {
       if (upstream.clientId !== undefined) {
-        // The flow already refused other servers (flow.ts chooseIssuer); this is the last point
+        // The flow already refused other servers (flow-start.ts chooseIssuer); this is the last point
         // before the client id and secret are handed out, so it checks again.
         if (upstream.issuer === undefined || server.issuer.replace(/\/+$/, '') !== upstream.issuer.replace(/\/+$/, '')) {
           throw new ClientRegistrationError('registration_failed', `the preconfigured client of upstream "${upstream.name}" belongs to another authorization server than ${hostOf(server.issuer)}`);
