@@ -31,7 +31,7 @@ export interface FlowRoutesDeps {
   onConnected(event: ConnectedEvent): void;
 }
 
-/** What `createFlow` mints: 24 random bytes, base64url. Anything else is not worth a store lookup. */
+/** What `flowRecord` (flow-start.ts) mints: 24 random bytes, base64url. Anything else is not worth a store lookup. */
 const FLOW_ID = /^[A-Za-z0-9_-]{32}$/;
 
 /** What each callback failure tells the user. */
