@@ -16,7 +16,7 @@ import { createSingleFlight, type SingleFlight } from '../credentials/single-fli
 import { FetchRefusedError, type GuardedRequest, type GuardedResponse } from '../net/guarded-fetch.ts';
 import type { AuthorizationServerMetadata } from './discovery.ts';
 import type { DcrRegistration, TokenEndpointAuthMethod, UpstreamClient } from './records.ts';
-import type { UpstreamStores } from './stores.ts';
+import type { RegistrationKey, UpstreamStores } from './stores.ts';
 
 /** Why no client could be had. `message` names the server's host and error code, never a secret. */
 export class ClientRegistrationError extends Error {
@@ -93,143 +93,178 @@ export interface Deregistration {
 
 const REGISTRATION_MAX_BYTES = 64 * 1024;
 
+/** What the client chooser works with, derived once from its options by {@link createClientRegistration}. */
+interface RegistrationContext {
+  fetch: ClientRegistrationOptions['fetch'];
+  stores: Pick<UpstreamStores, 'registrations'>;
+  /** Our public URL without a trailing slash: our issuer, and the `client_uri` we publish. */
+  base: string;
+  clientName: string;
+  metadataUrl: string;
+  redirectUri: string;
+  now: () => number;
+  singleFlight: SingleFlight;
+}
+
 /** Creates the client chooser; see the module comment for the order. */
 export function createClientRegistration(options: ClientRegistrationOptions): ClientRegistration {
   if (typeof options.fetch !== 'function') throw new TypeError('client registration: fetch is required');
   const base = options.publicUrl.replace(/\/+$/, '');
   if (!URL.canParse(base)) throw new TypeError('client registration: publicUrl must be an absolute URL');
-  const { fetch, stores } = options;
-  const now = options.now ?? Date.now;
-  const singleFlight = options.singleFlight ?? createSingleFlight();
-  const clientName = options.clientName ?? 'mcpgate';
-  const metadataUrl = `${base}/oauth/client-metadata.json`;
-  const redirectUri = `${base}/oauth/upstream/callback`;
+  const ctx: RegistrationContext = {
+    fetch: options.fetch,
+    stores: options.stores,
+    base,
+    clientName: options.clientName ?? 'mcpgate',
+    metadataUrl: `${base}/oauth/client-metadata.json`,
+    redirectUri: `${base}/oauth/upstream/callback`,
+    now: options.now ?? Date.now,
+    singleFlight: options.singleFlight ?? createSingleFlight(),
+  };
   // The CIMD draft (§3) and the MCP spec require an https client_id URL with a path; a dev-mode
   // gateway on http falls back to DCR.
-  const cimdUsable = metadataUrl.startsWith('https://');
+  const cimdUsable = ctx.metadataUrl.startsWith('https://');
+  const document = metadataDocument(ctx);
 
-  const document = Object.freeze({
-    client_id: metadataUrl,
-    client_name: clientName,
-    client_uri: base,
-    redirect_uris: [redirectUri],
+  return {
+    metadataUrl: ctx.metadataUrl,
+    redirectUri: ctx.redirectUri,
+    forgetClient: (o) => forgetClient(ctx, o),
+    deregister: (o) => deregister(ctx, o),
+    metadataDocument: () => ({ ...document, redirect_uris: [...document.redirect_uris], grant_types: [...document.grant_types], response_types: [...document.response_types] }),
+    async clientFor({ upstream, server, scopes }) {
+      if (upstream.clientId !== undefined) return preconfiguredClient({ ...upstream, clientId: upstream.clientId }, server);
+      if (cimdUsable && server.client_id_metadata_document_supported === true) {
+        return { clientId: ctx.metadataUrl, authMethod: 'none', source: 'cimd' };
+      }
+      return register(ctx, upstream, server, scopes);
+    },
+  };
+}
+
+/** Our Client ID Metadata Document, frozen (the CIMD draft §4). */
+function metadataDocument(ctx: RegistrationContext) {
+  return Object.freeze({
+    client_id: ctx.metadataUrl,
+    client_name: ctx.clientName,
+    client_uri: ctx.base,
+    redirect_uris: [ctx.redirectUri],
     grant_types: ['authorization_code', 'refresh_token'],
     response_types: ['code'],
     // A metadata document cannot carry a secret (CIMD draft §4.1): the client is public, PKCE protects the code.
     token_endpoint_auth_method: 'none',
   });
+}
 
-  async function register(upstream: UpstreamClientConfig, server: AuthorizationServerMetadata, scopes: readonly string[]): Promise<UpstreamClient> {
-    const endpoint = server.registration_endpoint;
-    if (endpoint === undefined) {
-      throw new ClientRegistrationError(
-        'registration_unsupported',
-        `the authorization server ${server.issuer} of upstream "${upstream.name}" offers neither client ID metadata documents nor dynamic registration; configure clientId for it`,
-      );
-    }
-    const cacheKey = { ourIssuer: base, issuer: server.issuer, redirectUri, scopes };
-    const cached = await cachedClient(cacheKey);
-    if (cached) return cached;
-    const flightKey = `dcr:${createHash('sha256').update(JSON.stringify([server.issuer, [...new Set(scopes)].sort()])).digest('base64url')}`;
-    // The losers of a race (on any replica) find the winner's registration in the cache.
-    return singleFlight(flightKey, async () => (await cachedClient(cacheKey)) ?? registerAt(endpoint, cacheKey, server, scopes));
+/** The client configured for the upstream, handed out only at the server it was configured for. */
+function preconfiguredClient(upstream: UpstreamClientConfig & { clientId: string }, server: AuthorizationServerMetadata): UpstreamClient {
+  // The flow already refused other servers (flow-start.ts chooseIssuer); this is the last point
+  // before the client id and secret are handed out, so it checks again.
+  if (upstream.issuer === undefined || server.issuer.replace(/\/+$/, '') !== upstream.issuer.replace(/\/+$/, '')) {
+    throw new ClientRegistrationError('registration_failed', `the preconfigured client of upstream "${upstream.name}" belongs to another authorization server than ${hostOf(server.issuer)}`);
   }
+  const authMethod = upstream.clientSecret === undefined ? 'none' : secretAuthMethod(server);
+  return { clientId: upstream.clientId, clientSecret: upstream.clientSecret, authMethod, source: 'preconfigured' };
+}
 
-  async function cachedClient(cacheKey: Parameters<typeof stores.registrations.get>[0]): Promise<UpstreamClient | undefined> {
-    const cached = await stores.registrations.get(cacheKey);
-    if (cached && (cached.secretExpiresAt === undefined || cached.secretExpiresAt > now())) {
-      return { clientId: cached.clientId, clientSecret: cached.clientSecret, authMethod: cached.authMethod, source: 'dcr' };
-    }
-    return undefined;
+/** RFC 7591: our cached registration at `server` for these scopes, else a new one (one at a time per key, fleet-wide). */
+async function register(ctx: RegistrationContext, upstream: UpstreamClientConfig, server: AuthorizationServerMetadata, scopes: readonly string[]): Promise<UpstreamClient> {
+  const endpoint = server.registration_endpoint;
+  if (endpoint === undefined) {
+    throw new ClientRegistrationError(
+      'registration_unsupported',
+      `the authorization server ${server.issuer} of upstream "${upstream.name}" offers neither client ID metadata documents nor dynamic registration; configure clientId for it`,
+    );
   }
+  const cacheKey: RegistrationKey = { ourIssuer: ctx.base, issuer: server.issuer, redirectUri: ctx.redirectUri, scopes };
+  const cached = await cachedClient(ctx, cacheKey);
+  if (cached) return cached;
+  const flightKey = `dcr:${createHash('sha256').update(JSON.stringify([server.issuer, [...new Set(scopes)].sort()])).digest('base64url')}`;
+  // The losers of a race (on any replica) find the winner's registration in the cache.
+  return ctx.singleFlight(flightKey, async () => (await cachedClient(ctx, cacheKey)) ?? registerAt(ctx, endpoint, cacheKey, server, scopes));
+}
 
-  async function registerAt(
-    endpoint: string,
-    cacheKey: Parameters<typeof stores.registrations.get>[0],
-    server: AuthorizationServerMetadata,
-    scopes: readonly string[],
-  ): Promise<UpstreamClient> {
-    const requestBody: Record<string, unknown> = {
-      client_name: clientName,
-      client_uri: base,
-      redirect_uris: [redirectUri],
-      grant_types: ['authorization_code', 'refresh_token'],
-      response_types: ['code'],
-      token_endpoint_auth_method: preferredAuthMethod(server),
-    };
-    if (scopes.length > 0) requestBody.scope = scopes.join(' ');
-
-    let res: GuardedResponse;
-    try {
-      res = await fetch(endpoint, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', accept: 'application/json' },
-        body: JSON.stringify(requestBody),
-        maxBytes: REGISTRATION_MAX_BYTES,
-      });
-    } catch (err) {
-      const detail = err instanceof FetchRefusedError ? err.reason : 'request failed';
-      throw new ClientRegistrationError('registration_failed', `dynamic registration at ${hostOf(endpoint)} failed (${detail})`, { cause: err });
-    }
-    const body = parseObject(res);
-    if (res.status !== 201 && res.status !== 200) {
-      throw new ClientRegistrationError('registration_failed', `dynamic registration at ${hostOf(endpoint)} was refused: ${res.status} ${oauthErrorCode(body)}`);
-    }
-    const registration = checkRegistration(body, endpoint);
-    await stores.registrations.put(cacheKey, { ...registration, registeredAt: now() });
-    return { clientId: registration.clientId, clientSecret: registration.clientSecret, authMethod: registration.authMethod, source: 'dcr' };
+/** The cached registration for `cacheKey`, unless its secret has expired. */
+async function cachedClient(ctx: RegistrationContext, cacheKey: RegistrationKey): Promise<UpstreamClient | undefined> {
+  const cached = await ctx.stores.registrations.get(cacheKey);
+  if (cached && (cached.secretExpiresAt === undefined || cached.secretExpiresAt > ctx.now())) {
+    return { clientId: cached.clientId, clientSecret: cached.clientSecret, authMethod: cached.authMethod, source: 'dcr' };
   }
+  return undefined;
+}
 
-  async function deleteAt(registration: DcrRegistration): Promise<Deregistration> {
-    const { clientId, registrationAccessToken: token, registrationClientUri: uri } = registration;
-    if (!token || !uri) return { clientId, outcome: 'not_manageable' };
-    let res: GuardedResponse;
-    try {
-      res = await fetch(uri, { method: 'DELETE', headers: { authorization: `Bearer ${token}`, accept: 'application/json' }, maxBytes: REGISTRATION_MAX_BYTES });
-    } catch (err) {
-      return { clientId, outcome: 'failed', detail: err instanceof FetchRefusedError ? err.reason : 'request failed' };
-    }
-    // RFC 7592 §2.3: 204 deleted; 401 (and 403/404 in practice) means the client or its token is already gone.
-    if (res.status === 204 || res.status === 200 || res.status === 401 || res.status === 403 || res.status === 404) return { clientId, outcome: 'deleted' };
-    return { clientId, outcome: 'failed', detail: `${hostOf(uri)} answered ${res.status}` };
-  }
-
-  return {
-    metadataUrl,
-    redirectUri,
-    async forgetClient({ issuer, clientId }) {
-      let dropped = 0;
-      for (const { id, registration } of await stores.registrations.atIssuer(base, issuer)) {
-        if (registration.clientId === clientId && (await stores.registrations.forget(base, issuer, id, clientId))) dropped++;
-      }
-      return dropped;
-    },
-    async deregister({ issuer }) {
-      const results: Deregistration[] = [];
-      for (const { id, registration } of await stores.registrations.atIssuer(base, issuer)) {
-        const result = await deleteAt(registration);
-        if (result.outcome !== 'failed') await stores.registrations.forget(base, issuer, id, registration.clientId);
-        results.push(result);
-      }
-      return results;
-    },
-    metadataDocument: () => ({ ...document, redirect_uris: [...document.redirect_uris], grant_types: [...document.grant_types], response_types: [...document.response_types] }),
-    async clientFor({ upstream, server, scopes }) {
-      if (upstream.clientId !== undefined) {
-        // The flow already refused other servers (flow.ts chooseIssuer); this is the last point
-        // before the client id and secret are handed out, so it checks again.
-        if (upstream.issuer === undefined || server.issuer.replace(/\/+$/, '') !== upstream.issuer.replace(/\/+$/, '')) {
-          throw new ClientRegistrationError('registration_failed', `the preconfigured client of upstream "${upstream.name}" belongs to another authorization server than ${hostOf(server.issuer)}`);
-        }
-        const authMethod = upstream.clientSecret === undefined ? 'none' : secretAuthMethod(server);
-        return { clientId: upstream.clientId, clientSecret: upstream.clientSecret, authMethod, source: 'preconfigured' };
-      }
-      if (cimdUsable && server.client_id_metadata_document_supported === true) {
-        return { clientId: metadataUrl, authMethod: 'none', source: 'cimd' };
-      }
-      return register(upstream, server, scopes);
-    },
+/** RFC 7591 §3.1: registers at `endpoint`, checks the answer and caches it. */
+async function registerAt(
+  ctx: RegistrationContext,
+  endpoint: string,
+  cacheKey: RegistrationKey,
+  server: AuthorizationServerMetadata,
+  scopes: readonly string[],
+): Promise<UpstreamClient> {
+  const requestBody: Record<string, unknown> = {
+    client_name: ctx.clientName,
+    client_uri: ctx.base,
+    redirect_uris: [ctx.redirectUri],
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    token_endpoint_auth_method: preferredAuthMethod(server),
   };
+  if (scopes.length > 0) requestBody.scope = scopes.join(' ');
+
+  let res: GuardedResponse;
+  try {
+    res = await ctx.fetch(endpoint, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'application/json' },
+      body: JSON.stringify(requestBody),
+      maxBytes: REGISTRATION_MAX_BYTES,
+    });
+  } catch (err) {
+    const detail = err instanceof FetchRefusedError ? err.reason : 'request failed';
+    throw new ClientRegistrationError('registration_failed', `dynamic registration at ${hostOf(endpoint)} failed (${detail})`, { cause: err });
+  }
+  const body = parseObject(res);
+  if (res.status !== 201 && res.status !== 200) {
+    throw new ClientRegistrationError('registration_failed', `dynamic registration at ${hostOf(endpoint)} was refused: ${res.status} ${oauthErrorCode(body)}`);
+  }
+  const registration = checkRegistration(body, endpoint);
+  await ctx.stores.registrations.put(cacheKey, { ...registration, registeredAt: ctx.now() });
+  return { clientId: registration.clientId, clientSecret: registration.clientSecret, authMethod: registration.authMethod, source: 'dcr' };
+}
+
+/** See {@link ClientRegistration.forgetClient}. */
+async function forgetClient(ctx: RegistrationContext, { issuer, clientId }: { issuer: string; clientId: string }): Promise<number> {
+  let dropped = 0;
+  for (const { id, registration } of await ctx.stores.registrations.atIssuer(ctx.base, issuer)) {
+    if (registration.clientId === clientId && (await ctx.stores.registrations.forget(ctx.base, issuer, id, clientId))) dropped++;
+  }
+  return dropped;
+}
+
+/** See {@link ClientRegistration.deregister}. */
+async function deregister(ctx: RegistrationContext, { issuer }: { issuer: string }): Promise<Deregistration[]> {
+  const results: Deregistration[] = [];
+  for (const { id, registration } of await ctx.stores.registrations.atIssuer(ctx.base, issuer)) {
+    const result = await deleteAt(ctx, registration);
+    if (result.outcome !== 'failed') await ctx.stores.registrations.forget(ctx.base, issuer, id, registration.clientId);
+    results.push(result);
+  }
+  return results;
+}
+
+/** RFC 7592 §2.3: deletes one registration at the server, with its registration access token. */
+async function deleteAt(ctx: RegistrationContext, registration: DcrRegistration): Promise<Deregistration> {
+  const { clientId, registrationAccessToken: token, registrationClientUri: uri } = registration;
+  if (!token || !uri) return { clientId, outcome: 'not_manageable' };
+  let res: GuardedResponse;
+  try {
+    res = await ctx.fetch(uri, { method: 'DELETE', headers: { authorization: `Bearer ${token}`, accept: 'application/json' }, maxBytes: REGISTRATION_MAX_BYTES });
+  } catch (err) {
+    return { clientId, outcome: 'failed', detail: err instanceof FetchRefusedError ? err.reason : 'request failed' };
+  }
+  // RFC 7592 §2.3: 204 deleted; 401 (and 403/404 in practice) means the client or its token is already gone.
+  if (res.status === 204 || res.status === 200 || res.status === 401 || res.status === 403 || res.status === 404) return { clientId, outcome: 'deleted' };
+  return { clientId, outcome: 'failed', detail: `${hostOf(uri)} answered ${res.status}` };
 }
 
 /** RFC 8414 §2: absent `token_endpoint_auth_methods_supported` means `client_secret_basic`. */

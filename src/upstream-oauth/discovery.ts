@@ -102,6 +102,12 @@ const OPTIONAL_ENDPOINTS = [
   'pushed_authorization_request_endpoint',
 ] as const;
 
+/** What the discovery steps need: the fetcher, and whether `http:` URLs are accepted (dev mode). */
+interface DiscoveryContext {
+  fetch: DiscoveryOptions['fetch'];
+  allowHttp: boolean;
+}
+
 /** Creates the discovery client. @throws TypeError for invalid options. */
 export function createDiscovery(options: DiscoveryOptions): Discovery {
   if (typeof options.fetch !== 'function') throw new TypeError('discovery: fetch is required');
@@ -109,131 +115,136 @@ export function createDiscovery(options: DiscoveryOptions): Discovery {
   const failureTtlMs = Math.min(duration(options.failureTtlMs ?? 5000, 'failureTtlMs'), ttlMs);
   const maxEntries = options.maxEntries ?? 1000;
   if (!Number.isSafeInteger(maxEntries) || maxEntries < 1) throw new TypeError('discovery: maxEntries must be a positive integer');
-  const allowHttp = options.allowHttp ?? false;
+  const ctx: DiscoveryContext = { fetch: options.fetch, allowHttp: options.allowHttp ?? false };
   const cache = createDiscoveryCache({ ttlMs, failureTtlMs, maxEntries, now: options.now ?? Date.now });
-  const { fetch } = options;
-
-  function parseUrl(value: unknown, what: string, code: DiscoveryErrorCode = 'bad_url'): URL {
-    const url = typeof value === 'string' && URL.canParse(value) ? new URL(value) : undefined;
-    if (!url || (url.protocol !== 'https:' && url.protocol !== 'http:')) throw new DiscoveryError(code, `${what} is not an absolute http(s) URL`);
-    if (url.protocol === 'http:' && !allowHttp) throw new DiscoveryError('insecure_url', `${what} must use https: ${safe(url)}`);
-    return url;
-  }
-
-  /** GETs one candidate: the JSON object, or `undefined` when the server has nothing there. */
-  async function fetchJson(url: string): Promise<Record<string, unknown> | undefined> {
-    let res: GuardedResponse;
-    try {
-      res = await fetch(url, { headers: { accept: 'application/json' } });
-    } catch (err) {
-      const detail = err instanceof FetchRefusedError ? `${err.reason}: ${err.message}` : 'request failed';
-      throw new DiscoveryError('fetch_failed', `cannot fetch ${safe(new URL(url))} (${detail})`, { cause: err });
-    }
-    if (res.status !== 200) return undefined;
-    let doc: unknown;
-    try {
-      doc = res.json();
-    } catch {
-      return undefined; // e.g. a single-page app answering every path with HTML
-    }
-    if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) {
-      throw new DiscoveryError('invalid_metadata', `${safe(new URL(url))} is not a JSON object`);
-    }
-    return doc as Record<string, unknown>;
-  }
-
-  async function loadResource(mcp: URL, hint: URL | undefined): Promise<ProtectedResourceMetadata> {
-    const path = trimSlash(mcp.pathname);
-    const candidates = [
-      hint?.href,
-      path ? `${mcp.origin}${PRM_WELL_KNOWN}${path}${mcp.search}` : undefined,
-      `${mcp.origin}${PRM_WELL_KNOWN}`,
-    ].filter((u, i, all): u is string => u !== undefined && all.indexOf(u) === i);
-    for (const candidate of candidates) {
-      const doc = await fetchJson(candidate);
-      if (doc) return checkResource(doc, mcp, candidate);
-    }
-    throw new DiscoveryError('not_found', `no protected resource metadata for ${safe(mcp)}`);
-  }
-
-  function checkResource(doc: Record<string, unknown>, mcp: URL, from: string): ProtectedResourceMetadata {
-    const where = `protected resource metadata at ${safe(new URL(from))}`;
-    const { resource, authorization_servers: servers, scopes_supported: scopes } = doc;
-    if (typeof resource !== 'string' || !URL.canParse(resource)) throw new DiscoveryError('invalid_metadata', `${where}: resource missing or not a URL`);
-    // RFC 9728 §3.3: metadata that names another resource must not be used (it could send our
-    // users to an attacker's authorization server).
-    if (!resourceMatches(resource, mcp)) {
-      throw new DiscoveryError('resource_mismatch', `${where}: resource ${safe(new URL(resource))} does not match ${safe(mcp)}`);
-    }
-    if (!Array.isArray(servers) || servers.length === 0) throw new DiscoveryError('invalid_metadata', `${where}: authorization_servers missing or empty`);
-    for (const server of servers) checkIssuer(server, `${where}: authorization server`, 'invalid_metadata');
-    if (scopes !== undefined && !isStringArray(scopes)) throw new DiscoveryError('invalid_metadata', `${where}: scopes_supported is not a list of strings`);
-    return Object.freeze({ ...doc, resource, authorization_servers: Object.freeze([...(servers as string[])]) });
-  }
-
-  function checkIssuer(value: unknown, what: string, code: DiscoveryErrorCode): URL {
-    const url = parseUrl(value, what, code);
-    // RFC 8414 §2: an issuer identifier has no query or fragment.
-    if (url.search || (value as string).includes('#')) throw new DiscoveryError(code, `${what} has a query or fragment`);
-    return url;
-  }
-
-  async function loadAuthorizationServer(issuer: string, url: URL): Promise<AuthorizationServerMetadata> {
-    const path = trimSlash(url.pathname);
-    const candidates = path
-      ? [`${url.origin}${OAUTH_WELL_KNOWN}${path}`, `${url.origin}${OIDC_WELL_KNOWN}${path}`, `${url.origin}${path}${OIDC_WELL_KNOWN}`]
-      : [`${url.origin}${OAUTH_WELL_KNOWN}`, `${url.origin}${OIDC_WELL_KNOWN}`];
-    for (const candidate of candidates) {
-      const doc = await fetchJson(candidate);
-      if (doc) return checkAuthorizationServer(doc, issuer, candidate);
-    }
-    throw new DiscoveryError('not_found', `no authorization server metadata for ${safe(url)}`);
-  }
-
-  function checkAuthorizationServer(doc: Record<string, unknown>, issuer: string, from: string): AuthorizationServerMetadata {
-    const where = `authorization server metadata at ${safe(new URL(from))}`;
-    // RFC 8414 §3.3 / OIDC Discovery §4.3: the issuer must be exactly the one asked for, or a
-    // server could impersonate another one's tokens (mix-up).
-    if (doc.issuer !== issuer) throw new DiscoveryError('issuer_mismatch', `${where}: issuer does not equal ${safe(new URL(issuer))}`);
-    for (const name of ['authorization_endpoint', 'token_endpoint'] as const) {
-      if (doc[name] === undefined) throw new DiscoveryError('invalid_metadata', `${where}: ${name} missing`);
-      parseUrl(doc[name], `${where}: ${name}`, 'invalid_metadata');
-    }
-    for (const name of OPTIONAL_ENDPOINTS) if (doc[name] !== undefined) parseUrl(doc[name], `${where}: ${name}`, 'invalid_metadata');
-    // MCP authorization 2025-11-25: absent code_challenge_methods_supported means no PKCE, refuse.
-    const methods = doc.code_challenge_methods_supported;
-    if (!isStringArray(methods) || !methods.includes('S256')) {
-      throw new DiscoveryError('pkce_unsupported', `${where}: PKCE S256 not in code_challenge_methods_supported`);
-    }
-    const responseTypes = doc.response_types_supported;
-    if (responseTypes !== undefined && !(isStringArray(responseTypes) && responseTypes.includes('code'))) {
-      throw new DiscoveryError('invalid_metadata', `${where}: response type "code" not supported`);
-    }
-    if (doc.scopes_supported !== undefined && !isStringArray(doc.scopes_supported)) {
-      throw new DiscoveryError('invalid_metadata', `${where}: scopes_supported is not a list of strings`);
-    }
-    return Object.freeze({ ...doc, code_challenge_methods_supported: Object.freeze([...methods]) }) as AuthorizationServerMetadata;
-  }
 
   return {
     discoverResource(mcpUrl, challenge) {
       try {
-        const mcp = parseUrl(mcpUrl, 'MCP server URL');
-        const hint = challenge?.resourceMetadata === undefined ? undefined : parseUrl(challenge.resourceMetadata, 'resource_metadata');
-        return cache(`prm ${mcp.href} ${hint?.href ?? ''}`, () => loadResource(mcp, hint));
+        const mcp = parseUrl(ctx, mcpUrl, 'MCP server URL');
+        const hint = challenge?.resourceMetadata === undefined ? undefined : parseUrl(ctx, challenge.resourceMetadata, 'resource_metadata');
+        return cache(`prm ${mcp.href} ${hint?.href ?? ''}`, () => loadResource(ctx, mcp, hint));
       } catch (err) {
         return Promise.reject(err);
       }
     },
     discoverAuthorizationServer(issuer) {
       try {
-        const url = checkIssuer(issuer, 'issuer', 'bad_url');
-        return cache(`as ${issuer}`, () => loadAuthorizationServer(issuer, url));
+        const url = checkIssuer(ctx, issuer, 'issuer', 'bad_url');
+        return cache(`as ${issuer}`, () => loadAuthorizationServer(ctx, issuer, url));
       } catch (err) {
         return Promise.reject(err);
       }
     },
   };
+}
+
+/** An absolute http(s) URL; `http:` only in dev mode. @throws DiscoveryError (`code`, or `insecure_url`) */
+function parseUrl(ctx: DiscoveryContext, value: unknown, what: string, code: DiscoveryErrorCode = 'bad_url'): URL {
+  const url = typeof value === 'string' && URL.canParse(value) ? new URL(value) : undefined;
+  if (!url || (url.protocol !== 'https:' && url.protocol !== 'http:')) throw new DiscoveryError(code, `${what} is not an absolute http(s) URL`);
+  if (url.protocol === 'http:' && !ctx.allowHttp) throw new DiscoveryError('insecure_url', `${what} must use https: ${safe(url)}`);
+  return url;
+}
+
+/** GETs one candidate: the JSON object, or `undefined` when the server has nothing there. */
+async function fetchJson(ctx: DiscoveryContext, url: string): Promise<Record<string, unknown> | undefined> {
+  let res: GuardedResponse;
+  try {
+    res = await ctx.fetch(url, { headers: { accept: 'application/json' } });
+  } catch (err) {
+    const detail = err instanceof FetchRefusedError ? `${err.reason}: ${err.message}` : 'request failed';
+    throw new DiscoveryError('fetch_failed', `cannot fetch ${safe(new URL(url))} (${detail})`, { cause: err });
+  }
+  if (res.status !== 200) return undefined;
+  let doc: unknown;
+  try {
+    doc = res.json();
+  } catch {
+    return undefined; // e.g. a single-page app answering every path with HTML
+  }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) {
+    throw new DiscoveryError('invalid_metadata', `${safe(new URL(url))} is not a JSON object`);
+  }
+  return doc as Record<string, unknown>;
+}
+
+/** RFC 9728 §3.1: the challenge's hint, then the path-inserted well-known URL, then the root one. */
+async function loadResource(ctx: DiscoveryContext, mcp: URL, hint: URL | undefined): Promise<ProtectedResourceMetadata> {
+  const path = trimSlash(mcp.pathname);
+  const candidates = [
+    hint?.href,
+    path ? `${mcp.origin}${PRM_WELL_KNOWN}${path}${mcp.search}` : undefined,
+    `${mcp.origin}${PRM_WELL_KNOWN}`,
+  ].filter((u, i, all): u is string => u !== undefined && all.indexOf(u) === i);
+  for (const candidate of candidates) {
+    const doc = await fetchJson(ctx, candidate);
+    if (doc) return checkResource(ctx, doc, mcp, candidate);
+  }
+  throw new DiscoveryError('not_found', `no protected resource metadata for ${safe(mcp)}`);
+}
+
+/** RFC 9728 §2/§3.3: the document names our MCP server and at least one valid issuer. */
+function checkResource(ctx: DiscoveryContext, doc: Record<string, unknown>, mcp: URL, from: string): ProtectedResourceMetadata {
+  const where = `protected resource metadata at ${safe(new URL(from))}`;
+  const { resource, authorization_servers: servers, scopes_supported: scopes } = doc;
+  if (typeof resource !== 'string' || !URL.canParse(resource)) throw new DiscoveryError('invalid_metadata', `${where}: resource missing or not a URL`);
+  // RFC 9728 §3.3: metadata that names another resource must not be used (it could send our
+  // users to an attacker's authorization server).
+  if (!resourceMatches(resource, mcp)) {
+    throw new DiscoveryError('resource_mismatch', `${where}: resource ${safe(new URL(resource))} does not match ${safe(mcp)}`);
+  }
+  if (!Array.isArray(servers) || servers.length === 0) throw new DiscoveryError('invalid_metadata', `${where}: authorization_servers missing or empty`);
+  for (const server of servers) checkIssuer(ctx, server, `${where}: authorization server`, 'invalid_metadata');
+  if (scopes !== undefined && !isStringArray(scopes)) throw new DiscoveryError('invalid_metadata', `${where}: scopes_supported is not a list of strings`);
+  return Object.freeze({ ...doc, resource, authorization_servers: Object.freeze([...(servers as string[])]) });
+}
+
+/** An issuer identifier: an http(s) URL without query or fragment. */
+function checkIssuer(ctx: DiscoveryContext, value: unknown, what: string, code: DiscoveryErrorCode): URL {
+  const url = parseUrl(ctx, value, what, code);
+  // RFC 8414 §2: an issuer identifier has no query or fragment.
+  if (url.search || (value as string).includes('#')) throw new DiscoveryError(code, `${what} has a query or fragment`);
+  return url;
+}
+
+/** The well-known URLs of the MCP spec's order (see {@link Discovery.discoverAuthorizationServer}), first answer wins. */
+async function loadAuthorizationServer(ctx: DiscoveryContext, issuer: string, url: URL): Promise<AuthorizationServerMetadata> {
+  const path = trimSlash(url.pathname);
+  const candidates = path
+    ? [`${url.origin}${OAUTH_WELL_KNOWN}${path}`, `${url.origin}${OIDC_WELL_KNOWN}${path}`, `${url.origin}${path}${OIDC_WELL_KNOWN}`]
+    : [`${url.origin}${OAUTH_WELL_KNOWN}`, `${url.origin}${OIDC_WELL_KNOWN}`];
+  for (const candidate of candidates) {
+    const doc = await fetchJson(ctx, candidate);
+    if (doc) return checkAuthorizationServer(ctx, doc, issuer, candidate);
+  }
+  throw new DiscoveryError('not_found', `no authorization server metadata for ${safe(url)}`);
+}
+
+/** RFC 8414 §2/§3.3: the issuer asked for, usable endpoints, PKCE S256, the code response type. */
+function checkAuthorizationServer(ctx: DiscoveryContext, doc: Record<string, unknown>, issuer: string, from: string): AuthorizationServerMetadata {
+  const where = `authorization server metadata at ${safe(new URL(from))}`;
+  // RFC 8414 §3.3 / OIDC Discovery §4.3: the issuer must be exactly the one asked for, or a
+  // server could impersonate another one's tokens (mix-up).
+  if (doc.issuer !== issuer) throw new DiscoveryError('issuer_mismatch', `${where}: issuer does not equal ${safe(new URL(issuer))}`);
+  for (const name of ['authorization_endpoint', 'token_endpoint'] as const) {
+    if (doc[name] === undefined) throw new DiscoveryError('invalid_metadata', `${where}: ${name} missing`);
+    parseUrl(ctx, doc[name], `${where}: ${name}`, 'invalid_metadata');
+  }
+  for (const name of OPTIONAL_ENDPOINTS) if (doc[name] !== undefined) parseUrl(ctx, doc[name], `${where}: ${name}`, 'invalid_metadata');
+  // MCP authorization 2025-11-25: absent code_challenge_methods_supported means no PKCE, refuse.
+  const methods = doc.code_challenge_methods_supported;
+  if (!isStringArray(methods) || !methods.includes('S256')) {
+    throw new DiscoveryError('pkce_unsupported', `${where}: PKCE S256 not in code_challenge_methods_supported`);
+  }
+  const responseTypes = doc.response_types_supported;
+  if (responseTypes !== undefined && !(isStringArray(responseTypes) && responseTypes.includes('code'))) {
+    throw new DiscoveryError('invalid_metadata', `${where}: response type "code" not supported`);
+  }
+  if (doc.scopes_supported !== undefined && !isStringArray(doc.scopes_supported)) {
+    throw new DiscoveryError('invalid_metadata', `${where}: scopes_supported is not a list of strings`);
+  }
+  return Object.freeze({ ...doc, code_challenge_methods_supported: Object.freeze([...methods]) }) as AuthorizationServerMetadata;
 }
 
 /**

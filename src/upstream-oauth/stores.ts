@@ -115,45 +115,60 @@ export function createUpstreamStores(options: UpstreamStoresOptions): UpstreamSt
   const now = options.now ?? Date.now;
   const tokenTtlMs = positive(options.tokenTtlMs ?? 30 * DAY_MS, 'tokenTtlMs');
   const registrationTtlMs = positive(options.registrationTtlMs ?? 30 * DAY_MS, 'registrationTtlMs');
+  const backing: Backing = { store, sealer, now };
+  return { flows: flowStore(backing), tokens: tokenStore(backing, tokenTtlMs), registrations: registrationStore(backing, registrationTtlMs) };
+}
 
-  const keys = {
-    flow: (flowId: string) => `uflow:${flowId}`,
-    state: (state: string) => `ustate:${sha256(state)}`,
-    pending: (sid: string, upstream: string) => `upending:{${sid}}:${upstream}`,
-    token: (sid: string, upstream: string) => `utoken:{${sid}}:${upstream}`,
-    tokens: (sid: string) => `utokens:{${sid}}`,
-    registration: (k: RegistrationKey) => `udcr:${registrationId(k)}`,
-    registrationById: (id: string) => `udcr:${id}`,
-    issuerRegistrations: (ourIssuer: string, issuer: string) => `udcrs:${sha256(JSON.stringify([ourIssuer, issuer]))}`,
-  };
+/** What the three stores share: the storage port, the sealer of their records, and the clock. */
+interface Backing {
+  store: Store;
+  sealer: Sealer;
+  now: () => number;
+}
 
-  async function readSealed<T>(key: string): Promise<T | undefined> {
-    const text = await store.get(key);
-    return text === undefined ? undefined : (JSON.parse(sealer.open(key, text)) as T);
-  }
+/** The store keys; see the module comment. */
+const keys = {
+  flow: (flowId: string) => `uflow:${flowId}`,
+  state: (state: string) => `ustate:${sha256(state)}`,
+  pending: (sid: string, upstream: string) => `upending:{${sid}}:${upstream}`,
+  token: (sid: string, upstream: string) => `utoken:{${sid}}:${upstream}`,
+  tokens: (sid: string) => `utokens:{${sid}}`,
+  registration: (k: RegistrationKey) => `udcr:${registrationId(k)}`,
+  registrationById: (id: string) => `udcr:${id}`,
+  issuerRegistrations: (ourIssuer: string, issuer: string) => `udcrs:${sha256(JSON.stringify([ourIssuer, issuer]))}`,
+};
 
-  async function writeSealed(key: string, value: unknown, ttlMs: number): Promise<void> {
-    await store.set(key, sealer.seal(key, JSON.stringify(value)), ttlMs);
-  }
+async function readSealed<T>({ store, sealer }: Backing, key: string): Promise<T | undefined> {
+  const text = await store.get(key);
+  return text === undefined ? undefined : (JSON.parse(sealer.open(key, text)) as T);
+}
 
-  function ttlUntil(deadline: number): number {
-    const ttl = Math.ceil(deadline - now());
-    if (ttl <= 0) throw new RangeError('the record has already expired');
-    return ttl;
-  }
+async function writeSealed({ store, sealer }: Backing, key: string, value: unknown, ttlMs: number): Promise<void> {
+  await store.set(key, sealer.seal(key, JSON.stringify(value)), ttlMs);
+}
 
-  const flows: UpstreamStores['flows'] = {
+/** Milliseconds from now until `deadline`. @throws RangeError when it has passed. */
+function ttlUntil(now: () => number, deadline: number): number {
+  const ttl = Math.ceil(deadline - now());
+  if (ttl <= 0) throw new RangeError('the record has already expired');
+  return ttl;
+}
+
+/** Pending flows, their single-use state index, and each (session, upstream)'s pending one. */
+function flowStore(backing: Backing): UpstreamStores['flows'] {
+  const { store, now } = backing;
+  return {
     async put(flow) {
-      const ttl = ttlUntil(flow.expiresAt);
-      await writeSealed(keys.flow(flow.flowId), flow, ttl);
+      const ttl = ttlUntil(now, flow.expiresAt);
+      await writeSealed(backing, keys.flow(flow.flowId), flow, ttl);
       await store.set(keys.state(flow.state), flow.flowId, ttl);
     },
     get(flowId) {
-      return readSealed<UpstreamFlow>(keys.flow(flowId));
+      return readSealed<UpstreamFlow>(backing, keys.flow(flowId));
     },
     async byState(state) {
       const flowId = await store.get(keys.state(state));
-      return flowId === undefined ? undefined : readSealed<UpstreamFlow>(keys.flow(flowId));
+      return flowId === undefined ? undefined : readSealed<UpstreamFlow>(backing, keys.flow(flowId));
     },
     async take(flow) {
       // The state index is the single-use token: GETDEL hands it to one caller only.
@@ -167,26 +182,30 @@ export function createUpstreamStores(options: UpstreamStoresOptions): UpstreamSt
     async pending(sessionId, upstream) {
       const flowId = await store.get(keys.pending(sessionId, upstream));
       if (flowId === undefined) return undefined;
-      const flow = await readSealed<UpstreamFlow>(keys.flow(flowId));
+      const flow = await readSealed<UpstreamFlow>(backing, keys.flow(flowId));
       return flow && flow.expiresAt > now() ? flow : undefined;
     },
     async claimPending(flow, replacing) {
       const key = keys.pending(flow.sessionId, flow.upstream);
-      const ttl = ttlUntil(flow.expiresAt);
+      const ttl = ttlUntil(now, flow.expiresAt);
       return replacing === undefined
         ? store.setIfAbsent(key, flow.flowId, ttl)
         : store.compareAndSet(key, replacing, flow.flowId, ttl);
     },
   };
+}
 
+/** One token row per (session, upstream), and each session's index of them. Rows live `tokenTtlMs`. */
+function tokenStore(backing: Backing, tokenTtlMs: number): UpstreamStores['tokens'] {
+  const { store, sealer } = backing;
   const tokens: UpstreamStores['tokens'] = {
     get(sessionId, upstream) {
-      return readSealed<UpstreamToken>(keys.token(sessionId, upstream));
+      return readSealed<UpstreamToken>(backing, keys.token(sessionId, upstream));
     },
     async put(sessionId, token) {
       // Index first: a row missing from the index would survive logout.
       await store.addMembers(keys.tokens(sessionId), [token.upstream], tokenTtlMs);
-      await writeSealed(keys.token(sessionId, token.upstream), token, tokenTtlMs);
+      await writeSealed(backing, keys.token(sessionId, token.upstream), token, tokenTtlMs);
     },
     async read(sessionId, upstream) {
       const key = keys.token(sessionId, upstream);
@@ -225,10 +244,15 @@ export function createUpstreamStores(options: UpstreamStoresOptions): UpstreamSt
       return removed;
     },
   };
+  return tokens;
+}
 
-  const registrations: UpstreamStores['registrations'] = {
+/** Cached DCR registrations, and each issuer's index of them. Kept at most `registrationTtlMs`. */
+function registrationStore(backing: Backing, registrationTtlMs: number): UpstreamStores['registrations'] {
+  const { store, sealer, now } = backing;
+  return {
     get(key) {
-      return readSealed<DcrRegistration>(keys.registration(key));
+      return readSealed<DcrRegistration>(backing, keys.registration(key));
     },
     async put(key, registration) {
       const ttl = registration.secretExpiresAt === undefined
@@ -237,12 +261,12 @@ export function createUpstreamStores(options: UpstreamStoresOptions): UpstreamSt
       if (ttl <= 0) return; // expires too soon to be worth reusing
       // Index first: a registration missing from it could never be deregistered.
       await store.addMembers(keys.issuerRegistrations(key.ourIssuer, key.issuer), [registrationId(key)], registrationTtlMs);
-      await writeSealed(keys.registration(key), registration, ttl);
+      await writeSealed(backing, keys.registration(key), registration, ttl);
     },
     async atIssuer(ourIssuer, issuer) {
       const found: Array<{ id: string; registration: DcrRegistration }> = [];
       for (const id of await store.members(keys.issuerRegistrations(ourIssuer, issuer))) {
-        const registration = await readSealed<DcrRegistration>(keys.registrationById(id));
+        const registration = await readSealed<DcrRegistration>(backing, keys.registrationById(id));
         if (registration) found.push({ id, registration });
       }
       return found;
@@ -258,8 +282,6 @@ export function createUpstreamStores(options: UpstreamStoresOptions): UpstreamSt
       return dropped;
     },
   };
-
-  return { flows, tokens, registrations };
 }
 
 /** The id of a registration's cache entry. */

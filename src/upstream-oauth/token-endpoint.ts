@@ -1,10 +1,11 @@
 /**
  * Calls to an upstream authorization server's token (RFC 6749 §3.2) and revocation (RFC 7009)
  * endpoints, through the SSRF-guarded fetcher, with the client authentication our registration
- * got (RFC 6749 §2.3.1: `client_secret_basic` or `client_secret_post`; `none` sends only `client_id`).
+ * got (RFC 6749 §2.3.1: `client_secret_basic` or `client_secret_post`; `none` sends only `client_id`),
+ * and what an `invalid_client` answer means for a dynamically registered client.
  */
 import { FetchRefusedError, type GuardedRequest, type GuardedResponse } from '../net/guarded-fetch.ts';
-import { oauthErrorCode } from './client-registration.ts';
+import { oauthErrorCode, type ClientRegistration } from './client-registration.ts';
 import type { UpstreamClient } from './records.ts';
 
 /**
@@ -22,6 +23,22 @@ export class TokenEndpointError extends Error {
     this.kind = kind;
     this.oauthError = options.oauthError;
   }
+}
+
+/**
+ * `invalid_client` for a dynamically registered client means the server dropped our
+ * registration (expired, deleted): the cached one is forgotten so the next flow registers again.
+ * True when the error was that.
+ */
+export async function forgetUnknownClient(
+  registration: Pick<ClientRegistration, 'forgetClient'>,
+  issuer: string,
+  client: UpstreamClient,
+  err: TokenEndpointError,
+): Promise<boolean> {
+  if (err.oauthError !== 'invalid_client' || client.source !== 'dcr') return false;
+  await registration.forgetClient({ issuer, clientId: client.clientId });
+  return true;
 }
 
 /** A successful token response (RFC 6749 §5.1), checked. */
