@@ -4,7 +4,8 @@
 import type { ConnectionOptions } from 'node:tls';
 import { assertKey, assertTtl } from './checks.ts';
 import { StoreUnavailableError, type Store } from './port.ts';
-import { createValkeyClient, type ValkeyClient } from './valkey_client.ts';
+import { createValkeyClient } from './valkey_client.ts';
+import { createValkeyCommandRunner } from './valkey_command.ts';
 
 /** Options of {@link createValkeyStore}. */
 export interface ValkeyStoreOptions {
@@ -119,51 +120,7 @@ export function createValkeyStore(options: ValkeyStoreOptions): Store {
   });
 
   let closed = false;
-  let nextReady: Promise<void> | undefined;
-
-  /** Resolves when the connection is usable; one shared listener however many calls wait. */
-  function whenReady(): Promise<void> | undefined {
-    if (client.status === 'ready') return undefined;
-    nextReady ??= new Promise<void>((resolve) => {
-      client.once('ready', () => {
-        nextReady = undefined;
-        resolve();
-      });
-    });
-    return nextReady;
-  }
-
-  /** Runs one command under the deadline, mapping every failure to `StoreUnavailableError`. */
-  function run<T>(op: string, signal: AbortSignal | undefined, command: (c: ValkeyClient) => Promise<T>): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      signal?.throwIfAborted();
-      if (closed) throw new StoreUnavailableError('valkey store is closed');
-      let settled = false;
-      const finish = (settle: () => void): void => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
-        settle();
-      };
-      const onAbort = (): void => finish(() => reject(signal?.reason));
-      const timer = setTimeout(
-        () => finish(() => reject(new StoreUnavailableError(`valkey ${op} timed out after ${commandTimeoutMs} ms`))),
-        commandTimeoutMs,
-      );
-      signal?.addEventListener('abort', onAbort, { once: true });
-
-      const send = async (): Promise<T> => {
-        // Too late: the caller has been told it failed, so the command must not run after all.
-        if (settled) throw new Error('abandoned');
-        return command(client);
-      };
-      (whenReady() ?? Promise.resolve()).then(send).then(
-        (value) => finish(() => resolve(value)),
-        (cause: unknown) => finish(() => reject(unavailable(op, cause))),
-      );
-    });
-  }
+  const run = createValkeyCommandRunner({ client, commandTimeoutMs, isClosed: () => closed, closedMessage: 'valkey store is closed' });
 
   const k = (key: string): string => {
     assertKey(key);
@@ -256,10 +213,4 @@ export function createValkeyStore(options: ValkeyStoreOptions): Store {
       client.disconnect();
     },
   };
-}
-
-function unavailable(op: string, cause: unknown): StoreUnavailableError {
-  if (cause instanceof StoreUnavailableError) return cause;
-  const reason = cause instanceof Error ? cause.message : String(cause);
-  return new StoreUnavailableError(`valkey ${op} failed: ${reason}`, { cause });
 }
