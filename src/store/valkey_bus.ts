@@ -66,32 +66,9 @@ export function createValkeyBus(options: ValkeyBusOptions): MessageBus {
     const client = createValkeyClient(connection);
     subscriber = connect(client);
     client.on('error', (error: Error) => onError?.(error));
-    client.on('message', (channel: string, message: string) => {
-      for (const handler of [...(handlers.get(channel) ?? [])]) {
-        try {
-          handler(message);
-        } catch (error) {
-          onHandlerError?.(error);
-        }
-      }
-    });
-    if (!client.isCluster) {
-      // Standalone and Sentinel: we subscribe again ourselves after a reconnect, so a failure is
-      // reported instead of becoming an unhandled rejection inside the client. (A cluster
-      // client renews its subscriptions itself when it picks another node.)
-      (client as Redis).options.autoResubscribe = false;
-      let connectedBefore = false;
-      client.on('ready', () => {
-        if (connectedBefore && handlers.size > 0) {
-          client.subscribe(...handlers.keys()).catch((error: unknown) => {
-            onError?.(new Error(`valkey bus: subscribing again after a reconnect failed: ${(error as Error).message}`));
-            // A fresh connection tries again.
-            client.disconnect(true);
-          });
-        }
-        connectedBefore = true;
-      });
-    }
+    client.on('message', (channel: string, message: string) => dispatch(handlers.get(channel), message, onHandlerError));
+    // A cluster client renews its subscriptions itself when it picks another node.
+    if (!client.isCluster) resubscribeAfterReconnect(client as Redis, handlers, onError);
     return subscriber;
   }
 
@@ -132,10 +109,45 @@ export function createValkeyBus(options: ValkeyBusOptions): MessageBus {
       if (closed) return;
       closed = true;
       handlers.clear();
-      const clients = [publisher?.client, subscriber?.client].filter((c): c is ValkeyClient => c !== undefined);
-      const timeout = new Promise((resolve) => setTimeout(resolve, commandTimeoutMs).unref());
-      await Promise.race([Promise.all(clients.map((c) => c.quit().catch(() => undefined))), timeout]);
-      for (const c of clients) c.disconnect();
+      await quitAll([publisher?.client, subscriber?.client].filter((c): c is ValkeyClient => c !== undefined), commandTimeoutMs);
     },
   };
+}
+
+/** Hands `message` to each of a channel's handlers; one that throws is reported and the others still run. */
+function dispatch(handlers: ReadonlySet<MessageHandler> | undefined, message: string, onHandlerError: ((error: unknown) => void) | undefined): void {
+  for (const handler of [...(handlers ?? [])]) {
+    try {
+      handler(message);
+    } catch (error) {
+      onHandlerError?.(error);
+    }
+  }
+}
+
+/**
+ * Standalone and Sentinel: the bus subscribes again itself after a reconnect (to every channel
+ * that has handlers), so a failure is reported instead of becoming an unhandled rejection inside
+ * the client; a failed attempt drops the connection, and the fresh one tries again.
+ */
+function resubscribeAfterReconnect(client: Redis, handlers: ReadonlyMap<string, unknown>, onError: ((error: Error) => void) | undefined): void {
+  client.options.autoResubscribe = false;
+  let connectedBefore = false;
+  client.on('ready', () => {
+    if (connectedBefore && handlers.size > 0) {
+      client.subscribe(...handlers.keys()).catch((error: unknown) => {
+        onError?.(new Error(`valkey bus: subscribing again after a reconnect failed: ${(error as Error).message}`));
+        // A fresh connection tries again.
+        client.disconnect(true);
+      });
+    }
+    connectedBefore = true;
+  });
+}
+
+/** Closes the connections: QUIT lets replies already on their way arrive (for at most `timeoutMs`); disconnect() also stops reconnecting. */
+async function quitAll(clients: ValkeyClient[], timeoutMs: number): Promise<void> {
+  const timeout = new Promise((resolve) => setTimeout(resolve, timeoutMs).unref());
+  await Promise.race([Promise.all(clients.map((c) => c.quit().catch(() => undefined))), timeout]);
+  for (const c of clients) c.disconnect();
 }
