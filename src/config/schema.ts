@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { isAddressAllowed } from '../net/address-policy.ts';
+import { checkCrossFieldRules } from './cross-field-rules.ts';
 import { parseDuration } from './duration.ts';
 import { NEVER_REDIRECT_SCHEMES, URI_SCHEME } from './redirect-schemes.ts';
 import { isSecretRef, resolveSecretRef, type SecretSources } from './secrets.ts';
@@ -337,9 +337,6 @@ export function createConfigSchema(sources: SecretSources, options: ConfigSchema
     auth: auth.default({ mode: 'none' }),
   });
 
-  type UpstreamShape = z.output<typeof upstream>;
-  const AUTH_MODES = new Set(['none', 'static', 'idp', 'id_token', 'oauth', 'token_exchange']);
-
   return z
     .strictObject({
       server,
@@ -370,197 +367,8 @@ export function createConfigSchema(sources: SecretSources, options: ConfigSchema
         .optional(),
     })
     // `when`: the cross-field rules run even when some field failed, so a file's problems are all
-    // reported in one pass (collect every problem). Nothing below may assume that a field
-    // passed its own validation: every access is guarded.
-    .superRefine((config, ctx) => {
-      const server = config.server as Partial<typeof config.server> | undefined;
-      const devMode = server?.devMode === true;
-      const publicUrl = typeof server?.publicUrl === 'string' && URL.canParse(server.publicUrl) ? new URL(server.publicUrl) : undefined;
-      if (publicUrl && publicUrl.protocol !== 'https:' && !devMode) {
-        ctx.addIssue({ code: 'custom', path: ['server', 'publicUrl'], message: 'must be an https URL (http is allowed only with devMode: true)' });
-      }
-      const otlpEndpoint = (config.observability as { otlp?: { endpoint?: unknown } } | undefined)?.otlp?.endpoint;
-      if (typeof otlpEndpoint === 'string' && otlpEndpoint.startsWith('http:') && !devMode) {
-        ctx.addIssue({ code: 'custom', path: ['observability', 'otlp', 'endpoint'], message: 'must be an https URL (http is allowed only with devMode: true)' });
-      }
-      if (publicUrl && (publicUrl.search || publicUrl.hash)) {
-        ctx.addIssue({ code: 'custom', path: ['server', 'publicUrl'], message: 'must not have a query or fragment' });
-      }
-      if (typeof server?.maxBodyBytes === 'number' && typeof server.maxBodyBytesInFlight === 'number' && server.maxBodyBytesInFlight < server.maxBodyBytes) {
-        ctx.addIssue({ code: 'custom', path: ['server', 'maxBodyBytesInFlight'], message: `must be at least maxBodyBytes (${server.maxBodyBytes}), or no request of the largest size could ever pass` });
-      }
-      const idp = config.idp as Partial<NonNullable<typeof config.idp>> | undefined;
-      if (idp && !devMode) {
-        for (const key of ['issuer', 'authorizationEndpoint', 'tokenEndpoint', 'userinfoEndpoint', 'revocationEndpoint'] as const) {
-          const value = (idp as Record<string, unknown>)[key];
-          if (typeof value === 'string' && !value.startsWith('https:')) {
-            ctx.addIssue({ code: 'custom', path: ['idp', key], message: 'must be an https URL (http is allowed only with devMode: true)' });
-          }
-        }
-      }
-      // A plain OAuth 2.0 IdP issues no ID token: nothing could be forwarded or exchanged.
-      const withoutIdToken = idp?.kind === 'oauth2';
-      const seen = new Set<string>();
-      (Array.isArray(config.upstreams) ? config.upstreams : []).forEach((u: Partial<UpstreamShape> | undefined, index) => {
-        if (typeof u?.name === 'string') {
-          if (seen.has(u.name)) ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'name'], message: `duplicate upstream name "${u.name}"` });
-          seen.add(u.name);
-        }
-        const mode = u?.auth?.mode;
-        if (mode === 'oauth') {
-          // A preconfigured client (and its secret) goes only to the server that issued it, never to
-          // whatever server a (possibly compromised) upstream's metadata names.
-          const auth = u!.auth as Partial<Extract<UpstreamShape['auth'], { mode: 'oauth' }>>;
-          if (auth.clientId !== undefined && auth.issuer === undefined) {
-            ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'auth', 'issuer'], message: 'is required with clientId: the issuer of the authorization server that issued the client' });
-          }
-          if (auth.clientSecret !== undefined && auth.clientId === undefined) {
-            ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'auth', 'clientId'], message: 'is required with clientSecret' });
-          }
-          if (typeof auth.issuer === 'string' && !devMode && !auth.issuer.startsWith('https:')) {
-            ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'auth', 'issuer'], message: 'must be an https URL (http is allowed only with devMode: true)' });
-          }
-        }
-        // The server-side fetcher speaks https only outside devMode: an http endpoint cannot work.
-        const httpsOnly = (path: Array<string | number>, value: unknown) => {
-          if (!devMode && typeof value === 'string' && value.startsWith('http:')) {
-            ctx.addIssue({ code: 'custom', path, message: 'must be an https URL (the gateway fetches it server-side; http is allowed only with devMode: true)' });
-          }
-        };
-        // (A token_exchange tokenEndpoint is checked by its own schema.)
-        // Mode oauth discovers the upstream's authorization server from the upstream's own origin.
-        if (mode === 'oauth') httpsOnly(['upstreams', index, 'url'], u!.url);
-        if (typeof mode === 'string' && mode !== 'none' && mode !== 'static' && AUTH_MODES.has(mode) && !idp) {
-          ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'auth', 'mode'], message: `mode "${mode}" needs the idp: section (users must log in)` });
-        }
-        if (withoutIdToken && mode === 'id_token') {
-          ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'auth', 'mode'], message: 'mode "id_token" needs an OpenID Connect IdP: idp.kind oauth2 issues no ID token (use mode idp or token_exchange)' });
-        }
-        const auth = u?.auth as Partial<Extract<UpstreamShape['auth'], { mode: 'token_exchange' }>> | undefined;
-        if (mode === 'token_exchange' && auth) checkTokenExchange(auth, ['upstreams', index, 'auth'], { withoutIdToken, devMode }, ctx);
-        const tokenEndpoint = u?.auth?.mode === 'token_exchange' ? u.auth.tokenEndpoint : undefined;
-        const refusal = typeof tokenEndpoint === 'string' ? serverFetchRefusal(tokenEndpoint, devMode) : undefined;
-        if (refusal) ctx.addIssue({ code: 'custom', path: ['upstreams', index, 'auth', 'tokenEndpoint'], message: refusal });
-      });
-      const storage = config.storage as Partial<typeof config.storage> | undefined;
-      const encryptionKeys = Array.isArray(storage?.encryptionKeys) ? storage.encryptionKeys : [];
-      if (storage?.kind === 'valkey') {
-        if (!storage.valkey) ctx.addIssue({ code: 'custom', path: ['storage', 'valkey'], message: 'is required when kind is valkey' });
-        else checkValkey(storage.valkey as Partial<NonNullable<typeof storage.valkey>>, ctx);
-        if (encryptionKeys.length === 0) {
-          ctx.addIssue({ code: 'custom', path: ['storage', 'encryptionKeys'], message: 'is required with valkey (tokens are sealed at rest; `mcpgate keys generate` prints a key)' });
-        }
-      }
-      if (storage?.allowUnencrypted === true) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['storage', 'allowUnencrypted'],
-          message: 'is not supported: values are always sealed (with valkey, list storage.encryptionKeys; `mcpgate keys generate` prints a key); remove this key',
-        });
-      }
-      const ids = new Set<string>();
-      encryptionKeys.forEach((k: Partial<(typeof encryptionKeys)[number]> | undefined, index) => {
-        if (typeof k?.id === 'string') {
-          if (ids.has(k.id)) ctx.addIssue({ code: 'custom', path: ['storage', 'encryptionKeys', index, 'id'], message: 'duplicate key id' });
-          ids.add(k.id);
-        }
-        if (resolveSecrets && typeof k?.key === 'string' && Buffer.from(k.key, 'base64').length !== 32) {
-          ctx.addIssue({ code: 'custom', path: ['storage', 'encryptionKeys', index, 'key'], message: 'must be 32 bytes, base64-encoded' });
-        }
-      });
-      const signingKeys = (config.authServer as Partial<typeof config.authServer> | undefined)?.signingKeys;
-      if (idp && Array.isArray(signingKeys) && signingKeys.length === 0 && !devMode) {
-        ctx.addIssue({ code: 'custom', path: ['authServer', 'signingKeys'], message: 'at least one signing key is required (an ephemeral key is allowed only with devMode: true)' });
-      }
-      if (resolveSecrets && Array.isArray(signingKeys)) checkSigningKeySet(signingKeys, ctx);
-    }, { when: () => true });
-}
-
-/**
- * RFC 8693 §2.1 parameters mcpgate sets itself: `extraParams` may not replace them (a subject
- * token or grant type from the config would undo what the mode is for).
- */
-const EXCHANGE_PARAMS = new Set([
-  'grant_type', 'subject_token', 'subject_token_type', 'requested_token_type', 'actor_token', 'actor_token_type',
-  'audience', 'resource', 'scope', 'client_id', 'client_secret', 'client_assertion', 'client_assertion_type',
-]);
-
-/** Cross-field rules of a `token_exchange` upstream; every access is guarded. */
-function checkTokenExchange(
-  auth: { tokenEndpoint?: unknown; subjectToken?: unknown; audience?: unknown; resource?: unknown; extraParams?: unknown },
-  path: (string | number)[],
-  context: { withoutIdToken: boolean; devMode: boolean },
-  ctx: z.RefinementCtx,
-): void {
-  if (context.withoutIdToken && auth.subjectToken === 'id_token') {
-    ctx.addIssue({ code: 'custom', path: [...path, 'subjectToken'], message: 'must be access_token: idp.kind oauth2 issues no ID token' });
-  }
-  if (auth.audience === undefined && auth.resource === undefined) {
-    ctx.addIssue({ code: 'custom', path, message: 'needs audience or resource (or both): the token the exchange issues must be bound to the upstream' });
-  }
-  if (typeof auth.extraParams === 'object' && auth.extraParams !== null) {
-    for (const name of Object.keys(auth.extraParams)) {
-      if (EXCHANGE_PARAMS.has(name)) {
-        ctx.addIssue({ code: 'custom', path: [...path, 'extraParams', name], message: `is set by mcpgate (use the mode's own keys: subjectToken, audience, resource, scopes, clientId, clientSecret)` });
-      }
-    }
-  }
-}
-
-/**
- * Why the gateway's server-side fetcher (src/net/guarded-fetch.ts, built with `allowHttp` and
- * `allowPrivate` = devMode) would refuse every request to this URL, or `undefined`. Only what the
- * URL itself shows: a host name that resolves to a private address is found at request time.
- */
-function serverFetchRefusal(text: string, devMode: boolean): string | undefined {
-  if (devMode || !URL.canParse(text)) return undefined;
-  const url = new URL(text);
-  if (url.protocol === 'http:') return 'must be an https URL (http is allowed only with devMode: true)';
-  const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
-  if (isIP(host) !== 0 && !isAddressAllowed(host, false)) {
-    return `${host} is a loopback, private, link-local or reserved address: the gateway refuses to send tokens there outside devMode`;
-  }
-  return undefined;
-}
-
-/**
- * The rules over the whole key set that the authorization server applies when it loads them:
- * the first key signs, so it must be a private key; a key listed twice is a mistake.
- */
-function checkSigningKeySet(pems: unknown[], ctx: z.RefinementCtx): void {
-  const seen = new Set<string>();
-  pems.forEach((pem, index) => {
-    if (typeof pem !== 'string') return;
-    let key;
-    try {
-      key = readSigningKey(pem);
-    } catch {
-      return; // reported by the entry itself
-    }
-    const path = ['authServer', 'signingKeys', index];
-    if (index === 0 && !key.privateKey) ctx.addIssue({ code: 'custom', path, message: 'the first key signs, so it must be a private key' });
-    const id = JSON.stringify(key.publicKey.export({ format: 'jwk' }));
-    if (seen.has(id)) ctx.addIssue({ code: 'custom', path, message: 'the same key is listed twice' });
-    seen.add(id);
-  });
-}
-
-/** Cross-field rules of `storage.valkey`; every access is guarded (the fields may have failed on their own). */
-function checkValkey(valkey: { url?: unknown; sentinel?: unknown; cluster?: unknown; tls?: unknown }, ctx: z.RefinementCtx): void {
-  const path = ['storage', 'valkey'];
-  const modes = (['url', 'sentinel', 'cluster'] as const).filter((m) => valkey[m] !== undefined);
-  if (modes.length === 0) {
-    ctx.addIssue({ code: 'custom', path, message: 'needs one of url (one server), sentinel (masterName and nodes) or cluster (nodes)' });
-  } else if (modes.length > 1) {
-    ctx.addIssue({ code: 'custom', path, message: `url, sentinel and cluster are alternatives: set exactly one (found ${modes.join(', ')})` });
-  }
-  const tls = valkey.tls as { cert?: unknown; key?: unknown } | undefined;
-  if (tls && (tls.cert === undefined) !== (tls.key === undefined)) {
-    ctx.addIssue({ code: 'custom', path: [...path, 'tls'], message: 'cert and key go together (a client certificate needs its private key)' });
-  }
-  if (tls && typeof valkey.url === 'string' && /^(redis|valkey):/.test(valkey.url)) {
-    ctx.addIssue({ code: 'custom', path: [...path, 'url'], message: 'is a plain-text URL but tls: is set; use rediss:// (or remove tls:)' });
-  }
+    // reported in one pass (collect every problem).
+    .superRefine((config, ctx) => checkCrossFieldRules(config, { resolveSecrets }, ctx), { when: () => true });
 }
 
 /** The validated configuration, with defaults filled, durations in milliseconds and secrets resolved. */

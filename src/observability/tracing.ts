@@ -1,6 +1,6 @@
 /**
  * OpenTelemetry traces without the OpenTelemetry SDK: spans carried through async code with
- * `AsyncLocalStorage`, batched, and POSTed as OTLP/HTTP JSON to `{endpoint}/v1/traces`.
+ * `AsyncLocalStorage`, batched, and POSTed as OTLP/HTTP JSON to `{endpoint}/v1/traces` (`otlp-exporter.ts`).
  *
  * Optional (`observability.otlp.endpoint`). Without it the tracer is one shared no-op object:
  * callers check `tracer.enabled` before doing anything per request, so the hot path stays as it
@@ -11,8 +11,8 @@
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes } from 'node:crypto';
-import { fetch } from 'undici';
 import type { Logger } from './logger.ts';
+import { createOtlpExporter, type OtlpAttribute, type OtlpExporter } from './otlp-exporter.ts';
 
 /** OTLP span kinds (opentelemetry/proto/trace/v1/trace.proto). */
 export const SpanKind = { INTERNAL: 1, SERVER: 2, CLIENT: 3 } as const;
@@ -97,149 +97,42 @@ const TRACEPARENT = /^00-([\da-f]{32})-([\da-f]{16})-[\da-f]{2}$/;
 const ZERO_TRACE = '0'.repeat(32);
 const ZERO_SPAN = '0'.repeat(16);
 
-interface OtlpAttribute {
-  key: string;
-  value: { stringValue: string } | { intValue: string } | { boolValue: boolean } | { doubleValue: number };
-}
-
-interface OtlpSpan {
-  traceId: string;
-  spanId: string;
-  parentSpanId?: string;
-  name: string;
-  kind: number;
-  startTimeUnixNano: string;
-  endTimeUnixNano: string;
-  attributes: OtlpAttribute[];
-  status: { code: number; message?: string };
-}
-
 /** The tracer `observability.otlp` asks for: {@link NOOP_TRACER} when it is absent. */
 export function tracerFor(otlp: { endpoint: string; serviceName: string } | undefined, logger: Logger): Tracer {
   return otlp ? createTracer({ endpoint: otlp.endpoint, serviceName: otlp.serviceName, logger }) : NOOP_TRACER;
 }
 
+/** What a new span needs from its tracer. */
+interface SpanContext {
+  /** The current span, carried through async code. */
+  readonly current: AsyncLocalStorage<Span>;
+  /** Now, in epoch nanoseconds (decimal, as OTLP JSON writes it). */
+  readonly nowNs: () => string;
+  /** Where the span goes when it ends. */
+  readonly exporter: OtlpExporter;
+}
+
+type StartOptions = NonNullable<Parameters<Tracer['start']>[1]>;
+
 /** A tracer exporting to an OTLP/HTTP JSON collector. */
 export function createTracer(options: TracerOptions): Tracer {
-  const url = `${options.endpoint.replace(/\/+$/, '')}/v1/traces`;
-  const maxBatch = options.maxBatch ?? 512;
-  const maxQueue = options.maxQueue ?? 2048;
-  const timeoutMs = options.exportTimeoutMs ?? 5000;
-  const resource = { attributes: [{ key: 'service.name', value: { stringValue: options.serviceName ?? 'mcpgate' } }] };
-  const context = new AsyncLocalStorage<Span>();
+  const exporter = createOtlpExporter(options);
+  const current = new AsyncLocalStorage<Span>();
   // Wall-clock origin plus a monotonic offset: span times are epoch nanoseconds that never go backwards.
   const originNs = BigInt(Date.now()) * 1_000_000n;
   const originHr = process.hrtime.bigint();
   const nowNs = () => (originNs + (process.hrtime.bigint() - originHr)).toString();
-  let queue: OtlpSpan[] = [];
-  const inFlight = new Set<Promise<void>>();
-  let sendingSpans = 0;
-  const counts = { dropped: 0, exportFailures: 0, exported: 0 };
-
-  const timer = setInterval(() => flush(), options.flushIntervalMs ?? 1000);
-  timer.unref();
-
-  function enqueue(span: OtlpSpan): void {
-    if (queue.length + sendingSpans >= maxQueue) {
-      counts.dropped++;
-      return;
-    }
-    queue.push(span);
-    if (queue.length >= maxBatch) flush();
-  }
-
-  /** Sends what is queued, `maxBatch` spans per request; never throws. */
-  function flush(): void {
-    while (queue.length > 0) {
-      const batch = queue.length <= maxBatch ? queue : queue.slice(0, maxBatch);
-      queue = queue.length <= maxBatch ? [] : queue.slice(maxBatch);
-      sendingSpans += batch.length;
-      const sending = send(batch).finally(() => {
-        sendingSpans -= batch.length;
-        inFlight.delete(sending);
-      });
-      inFlight.add(sending);
-    }
-  }
-
-  async function send(spans: OtlpSpan[]): Promise<void> {
-    const body = JSON.stringify({ resourceSpans: [{ resource, scopeSpans: [{ scope: { name: 'mcpgate' }, spans }] }] });
-    try {
-      const response = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body, signal: AbortSignal.timeout(timeoutMs) });
-      // The body is not needed, but an unread body holds the connection.
-      await response.arrayBuffer().catch(() => undefined);
-      if (!response.ok) throw new Error(`collector answered ${response.status}`);
-      counts.exported += spans.length;
-    } catch (error) {
-      counts.exportFailures++;
-      options.logger.debug({ msg: 'trace export failed', spans: spans.length, err: error instanceof Error ? error.message : String(error) });
-    }
-  }
-
-  function start(name: string, startOptions: Parameters<Tracer['start']>[1] = {}): Span {
-    let traceId: string | undefined;
-    let parentSpanId: string | undefined;
-    const remote = startOptions.remoteParent;
-    const match = typeof remote === 'string' ? TRACEPARENT.exec(remote) : null;
-    // W3C Trace Context §3.2.2.3: all-zero ids are invalid; such a header starts a new trace.
-    if (match && match[1] !== ZERO_TRACE && match[2] !== ZERO_SPAN) {
-      traceId = match[1]!;
-      parentSpanId = match[2]!;
-    } else {
-      const parent = context.getStore();
-      if (parent) {
-        traceId = parent.traceId;
-        parentSpanId = parent.spanId;
-      }
-    }
-    traceId ??= randomBytes(16).toString('hex');
-    const spanId = randomBytes(8).toString('hex');
-    const attributes: OtlpAttribute[] = [];
-    const status: { code: number; message?: string } = { code: 0 };
-    const startTimeUnixNano = nowNs();
-    let ended = false;
-    const span: Span = {
-      traceId,
-      spanId,
-      parentSpanId,
-      name,
-      set(key, value) {
-        if (value === undefined) return;
-        attributes.push({ key, value: attributeValue(value) });
-      },
-      fail(message) {
-        status.code = 2;
-        status.message = message.slice(0, 200);
-      },
-      end() {
-        if (ended) return;
-        ended = true;
-        enqueue({
-          traceId,
-          spanId,
-          ...(parentSpanId ? { parentSpanId } : {}),
-          name: span.name,
-          kind: startOptions.kind ?? SpanKind.INTERNAL,
-          startTimeUnixNano,
-          endTimeUnixNano: nowNs(),
-          attributes,
-          status,
-        });
-      },
-      traceparent: () => `00-${traceId}-${spanId}-01`,
-    };
-    for (const key in startOptions.attributes) span.set(key, startOptions.attributes[key]);
-    return span;
-  }
+  const spans: SpanContext = { current, nowNs, exporter };
+  const start = (name: string, startOptions: StartOptions = {}): Span => startSpan(spans, name, startOptions);
 
   return {
     enabled: true,
     start,
-    withSpan: (span, fn) => context.run(span, fn),
+    withSpan: (span, fn) => current.run(span, fn),
     async trace(name, fn, traceOptions) {
       const span = start(name, { kind: traceOptions?.kind });
       try {
-        return await context.run(span, () => fn(span));
+        return await current.run(span, () => fn(span));
       } catch (error) {
         span.fail(error instanceof Error ? error.name : 'error');
         throw error;
@@ -247,18 +140,63 @@ export function createTracer(options: TracerOptions): Tracer {
         span.end();
       }
     },
-    stats: () => ({ ...counts }),
-    async shutdown() {
-      clearInterval(timer);
-      flush();
-      await Promise.all([...inFlight]);
-      if (counts.dropped > 0 || counts.exportFailures > 0) {
-        options.logger.info({ msg: 'traces: spans lost', dropped: counts.dropped, exportFailures: counts.exportFailures });
-      }
-    },
+    stats: () => exporter.stats(),
+    shutdown: () => exporter.shutdown(),
   };
 }
 
+/** The parent of a new span: a valid remote `traceparent`, else the current span, else none (a new trace). */
+function parentOf(remote: string | string[] | undefined, current: Span | undefined): { traceId: string; spanId: string } | undefined {
+  const match = typeof remote === 'string' ? TRACEPARENT.exec(remote) : null;
+  // W3C Trace Context §3.2.2.3: all-zero ids are invalid; such a header starts a new trace.
+  if (match && match[1] !== ZERO_TRACE && match[2] !== ZERO_SPAN) return { traceId: match[1]!, spanId: match[2]! };
+  return current;
+}
+
+function startSpan(context: SpanContext, name: string, startOptions: StartOptions): Span {
+  const parent = parentOf(startOptions.remoteParent, context.current.getStore());
+  const traceId = parent?.traceId ?? randomBytes(16).toString('hex');
+  const parentSpanId = parent?.spanId;
+  const spanId = randomBytes(8).toString('hex');
+  const attributes: OtlpAttribute[] = [];
+  const status: { code: number; message?: string } = { code: 0 };
+  const startTimeUnixNano = context.nowNs();
+  let ended = false;
+  const span: Span = {
+    traceId,
+    spanId,
+    parentSpanId,
+    name,
+    set(key, value) {
+      if (value === undefined) return;
+      attributes.push({ key, value: attributeValue(value) });
+    },
+    fail(message) {
+      status.code = 2;
+      status.message = message.slice(0, 200);
+    },
+    end() {
+      if (ended) return;
+      ended = true;
+      context.exporter.enqueue({
+        traceId,
+        spanId,
+        ...(parentSpanId ? { parentSpanId } : {}),
+        name: span.name,
+        kind: startOptions.kind ?? SpanKind.INTERNAL,
+        startTimeUnixNano,
+        endTimeUnixNano: context.nowNs(),
+        attributes,
+        status,
+      });
+    },
+    traceparent: () => `00-${traceId}-${spanId}-01`,
+  };
+  for (const key in startOptions.attributes) span.set(key, startOptions.attributes[key]);
+  return span;
+}
+
+/** OTLP's typed value: integers as decimal strings (int64 in JSON), other numbers as doubles. */
 function attributeValue(value: AttributeValue): OtlpAttribute['value'] {
   if (typeof value === 'string') return { stringValue: value };
   if (typeof value === 'boolean') return { boolValue: value };

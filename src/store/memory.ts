@@ -2,8 +2,8 @@
  * The in-process storage adapter: the default for a single replica and for tests.
  */
 import { assertKey, assertTtl } from './checks.ts';
-import { ExpiryHeap } from './expiry_heap.ts';
-import { StoreUnavailableError, type Store } from './port.ts';
+import { MemoryTable, setSize, valueSize } from './memory_table.ts';
+import type { Store } from './port.ts';
 
 /** Options of {@link createMemoryStore}. */
 export interface MemoryStoreOptions {
@@ -23,44 +23,6 @@ export interface MemoryStoreOptions {
   maxBytes?: number;
   /** The clock, in epoch milliseconds. Default `Date.now`; tests pass a fake to skip time. */
   now?: () => number;
-}
-
-interface ValueEntry {
-  readonly kind: 'value';
-  readonly value: string;
-  readonly expiresAt: number;
-  /** Bytes counted for this key (see `maxBytes`). */
-  readonly size: number;
-}
-
-interface SetEntry {
-  readonly kind: 'set';
-  readonly members: Set<string>;
-  expiresAt: number;
-  size: number;
-}
-
-type Entry = ValueEntry | SetEntry;
-
-interface Deadline {
-  readonly at: number;
-  readonly key: string;
-  readonly entry: Entry;
-}
-
-/** How often expired keys are dropped even if nobody reads them (they are invisible anyway). */
-const SWEEP_INTERVAL_MS = 60_000;
-/** Bytes counted per key beyond its characters (the Map slot, the entry object, its deadline). */
-const KEY_OVERHEAD = 128;
-/** Bytes counted per set member beyond its characters. */
-const MEMBER_OVERHEAD = 48;
-
-function valueSize(key: string, value: string): number {
-  return KEY_OVERHEAD + 2 * (key.length + value.length);
-}
-
-function memberSize(member: string): number {
-  return MEMBER_OVERHEAD + 2 * member.length;
 }
 
 /**
@@ -85,197 +47,118 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): Store {
   if (!Number.isSafeInteger(maxBytes) || maxBytes < 1) {
     throw new TypeError(`maxBytes must be a positive integer, got ${String(maxBytes)}`);
   }
-  const now = options.now ?? Date.now;
-  const entries = new Map<string, Entry>();
-  let bytes = 0;
-  const deadlines = new ExpiryHeap<Deadline>();
-  let closed = false;
-  const sweeper = setInterval(sweep, SWEEP_INTERVAL_MS);
-  sweeper.unref();
-
-  function enter(signal: AbortSignal | undefined): void {
-    signal?.throwIfAborted();
-    if (closed) throw new StoreUnavailableError('memory store is closed');
-  }
-
-  /** The live entry under `key`; an expired one is dropped on the way. */
-  function live(key: string): Entry | undefined {
-    const entry = entries.get(key);
-    if (entry !== undefined && entry.expiresAt <= now()) {
-      drop(key);
-      return undefined;
-    }
-    return entry;
-  }
-
-  function liveValue(key: string): ValueEntry | undefined {
-    const entry = live(key);
-    if (entry?.kind === 'set') throw new TypeError('store key holds a set, not a value');
-    return entry;
-  }
-
-  function liveSet(key: string): SetEntry | undefined {
-    const entry = live(key);
-    if (entry?.kind === 'value') throw new TypeError('store key holds a value, not a set');
-    return entry;
-  }
-
-  /** Removes a key and its bytes from the count. */
-  function drop(key: string): void {
-    const entry = entries.get(key);
-    if (entry === undefined) return;
-    bytes -= entry.size;
-    entries.delete(key);
-  }
-
-  function put(key: string, entry: Entry): void {
-    if (entry.size > maxBytes) {
-      throw new StoreUnavailableError(`memory store: a value of ${entry.size} bytes is larger than the whole store (storage.memory.maxBytes)`);
-    }
-    // The old value's bytes are freed first, so an overwrite neither counts twice nor evicts itself.
-    drop(key);
-    makeRoom(entry.size);
-    entries.set(key, entry);
-    bytes += entry.size;
-    schedule(key, entry);
-  }
-
-  function schedule(key: string, entry: Entry): void {
-    deadlines.push({ at: entry.expiresAt, key, entry });
-    // Overwrites leave stale deadlines behind; rebuild before they outnumber the live ones.
-    if (deadlines.size > 2 * entries.size + 1024) {
-      deadlines.rebuild([...entries].map(([k, e]) => ({ at: e.expiresAt, key: k, entry: e })));
-    }
-  }
-
-  function isCurrent(deadline: Deadline): boolean {
-    return entries.get(deadline.key) === deadline.entry && deadline.entry.expiresAt === deadline.at;
-  }
-
-  function sweep(): void {
-    const t = now();
-    for (let next = deadlines.peek(); next !== undefined && next.at <= t; next = deadlines.peek()) {
-      deadlines.pop();
-      if (isCurrent(next)) drop(next.key);
-    }
-  }
-
-  /** Room for one more key of `size` bytes. */
-  function makeRoom(size: number): void {
-    const full = () => entries.size >= maxEntries || bytes + size > maxBytes;
-    if (!full()) return;
-    sweep();
-    // Every live entry has a current deadline in the heap, so the heap runs out last.
-    while (full()) {
-      const next = deadlines.pop();
-      if (next === undefined) break;
-      if (isCurrent(next)) drop(next.key);
-    }
-  }
-
+  const table = new MemoryTable({ maxEntries, maxBytes, now: options.now ?? Date.now });
   return {
-    async get(key, signal) {
-      enter(signal);
-      assertKey(key);
-      return liveValue(key)?.value;
-    },
-
-    async set(key, value, ttlMs, signal) {
-      enter(signal);
-      assertKey(key);
-      assertTtl(ttlMs);
-      put(key, { kind: 'value', value, expiresAt: now() + ttlMs, size: valueSize(key, value) });
-    },
-
-    async setIfAbsent(key, value, ttlMs, signal) {
-      enter(signal);
-      assertKey(key);
-      assertTtl(ttlMs);
-      // Like SET NX: a key of either kind counts as present.
-      if (live(key) !== undefined) return false;
-      put(key, { kind: 'value', value, expiresAt: now() + ttlMs, size: valueSize(key, value) });
-      return true;
-    },
-
-    async take(key, signal) {
-      enter(signal);
-      assertKey(key);
-      const entry = liveValue(key);
-      if (entry === undefined) return undefined;
-      drop(key);
-      return entry.value;
-    },
-
-    async delete(keys, signal) {
-      enter(signal);
-      const list = typeof keys === 'string' ? [keys] : keys;
-      list.forEach(assertKey);
-      for (const key of list) drop(key);
-    },
-
-    async compareAndSet(key, expected, value, ttlMs, signal) {
-      enter(signal);
-      assertKey(key);
-      assertTtl(ttlMs);
-      if (liveValue(key)?.value !== expected) return false;
-      put(key, { kind: 'value', value, expiresAt: now() + ttlMs, size: valueSize(key, value) });
-      return true;
-    },
-
-    async deleteIfEquals(key, expected, signal) {
-      enter(signal);
-      assertKey(key);
-      if (liveValue(key)?.value !== expected) return false;
-      entries.delete(key);
-      return true;
-    },
-
-    async addMembers(key, members, ttlMs, signal) {
-      enter(signal);
-      assertKey(key);
-      assertTtl(ttlMs);
-      if (members.length === 0) return;
-      const entry = liveSet(key);
-      const all = new Set(entry?.members);
-      for (const member of members) all.add(member);
-      if (entry !== undefined && all.size === entry.members.size && entry.expiresAt >= now() + ttlMs) return;
-      // Rebuilt and put again, so growth is counted and makes room like any write.
-      let size = KEY_OVERHEAD + 2 * key.length;
-      for (const member of all) size += memberSize(member);
-      put(key, { kind: 'set', members: all, expiresAt: Math.max(entry?.expiresAt ?? 0, now() + ttlMs), size });
-    },
-
-    async removeMembers(key, members, signal) {
-      enter(signal);
-      assertKey(key);
-      const entry = liveSet(key);
-      if (entry === undefined) return;
-      for (const member of members) {
-        if (entry.members.delete(member)) {
-          entry.size -= memberSize(member);
-          bytes -= memberSize(member);
-        }
-      }
-      // Like Valkey, an empty set does not exist.
-      if (entry.members.size === 0) drop(key);
-    },
-
-    async members(key, signal) {
-      enter(signal);
-      assertKey(key);
-      return [...(liveSet(key)?.members ?? [])];
-    },
-
+    get: (key, signal) => getValue(table, key, signal),
+    set: (key, value, ttlMs, signal) => setValue(table, key, value, ttlMs, signal),
+    setIfAbsent: (key, value, ttlMs, signal) => setValueIfAbsent(table, key, value, ttlMs, signal),
+    take: (key, signal) => takeValue(table, key, signal),
+    delete: (keys, signal) => deleteKeys(table, keys, signal),
+    compareAndSet: (key, expected, value, ttlMs, signal) => compareAndSet(table, key, expected, value, ttlMs, signal),
+    deleteIfEquals: (key, expected, signal) => deleteIfEquals(table, key, expected, signal),
+    addMembers: (key, members, ttlMs, signal) => addMembers(table, key, members, ttlMs, signal),
+    removeMembers: (key, members, signal) => removeMembers(table, key, members, signal),
+    members: (key, signal) => listMembers(table, key, signal),
     async ping(signal) {
-      enter(signal);
+      table.enter(signal);
     },
-
     async close() {
-      closed = true;
-      clearInterval(sweeper);
-      entries.clear();
-      bytes = 0;
-      deadlines.rebuild([]);
+      table.close();
     },
   };
+}
+
+// The operations below are async only so that a throw becomes a rejection: none of them awaits,
+// which is what makes each one atomic.
+
+async function getValue(table: MemoryTable, key: string, signal: AbortSignal | undefined): Promise<string | undefined> {
+  table.enter(signal);
+  assertKey(key);
+  return table.liveValue(key)?.value;
+}
+
+async function setValue(table: MemoryTable, key: string, value: string, ttlMs: number, signal: AbortSignal | undefined): Promise<void> {
+  table.enter(signal);
+  assertKey(key);
+  assertTtl(ttlMs);
+  table.put(key, { kind: 'value', value, expiresAt: table.now() + ttlMs, size: valueSize(key, value) });
+}
+
+async function setValueIfAbsent(table: MemoryTable, key: string, value: string, ttlMs: number, signal: AbortSignal | undefined): Promise<boolean> {
+  table.enter(signal);
+  assertKey(key);
+  assertTtl(ttlMs);
+  // Like SET NX: a key of either kind counts as present.
+  if (table.live(key) !== undefined) return false;
+  table.put(key, { kind: 'value', value, expiresAt: table.now() + ttlMs, size: valueSize(key, value) });
+  return true;
+}
+
+async function takeValue(table: MemoryTable, key: string, signal: AbortSignal | undefined): Promise<string | undefined> {
+  table.enter(signal);
+  assertKey(key);
+  const entry = table.liveValue(key);
+  if (entry === undefined) return undefined;
+  table.drop(key);
+  return entry.value;
+}
+
+async function deleteKeys(table: MemoryTable, keys: string | string[], signal: AbortSignal | undefined): Promise<void> {
+  table.enter(signal);
+  const list = typeof keys === 'string' ? [keys] : keys;
+  list.forEach(assertKey);
+  for (const key of list) table.drop(key);
+}
+
+async function compareAndSet(
+  table: MemoryTable,
+  key: string,
+  expected: string | undefined,
+  value: string,
+  ttlMs: number,
+  signal: AbortSignal | undefined,
+): Promise<boolean> {
+  table.enter(signal);
+  assertKey(key);
+  assertTtl(ttlMs);
+  if (table.liveValue(key)?.value !== expected) return false;
+  table.put(key, { kind: 'value', value, expiresAt: table.now() + ttlMs, size: valueSize(key, value) });
+  return true;
+}
+
+async function deleteIfEquals(table: MemoryTable, key: string, expected: string, signal: AbortSignal | undefined): Promise<boolean> {
+  table.enter(signal);
+  assertKey(key);
+  if (table.liveValue(key)?.value !== expected) return false;
+  table.entries.delete(key);
+  return true;
+}
+
+async function addMembers(table: MemoryTable, key: string, members: string[], ttlMs: number, signal: AbortSignal | undefined): Promise<void> {
+  table.enter(signal);
+  assertKey(key);
+  assertTtl(ttlMs);
+  if (members.length === 0) return;
+  const entry = table.liveSet(key);
+  const all = new Set(entry?.members);
+  for (const member of members) all.add(member);
+  if (entry !== undefined && all.size === entry.members.size && entry.expiresAt >= table.now() + ttlMs) return;
+  // Rebuilt and put again, so growth is counted and makes room like any write.
+  table.put(key, { kind: 'set', members: all, expiresAt: Math.max(entry?.expiresAt ?? 0, table.now() + ttlMs), size: setSize(key, all) });
+}
+
+async function removeMembers(table: MemoryTable, key: string, members: string[], signal: AbortSignal | undefined): Promise<void> {
+  table.enter(signal);
+  assertKey(key);
+  const entry = table.liveSet(key);
+  if (entry === undefined) return;
+  for (const member of members) table.removeMember(entry, member);
+  // Like Valkey, an empty set does not exist.
+  if (entry.members.size === 0) table.drop(key);
+}
+
+async function listMembers(table: MemoryTable, key: string, signal: AbortSignal | undefined): Promise<string[]> {
+  table.enter(signal);
+  assertKey(key);
+  return [...(table.liveSet(key)?.members ?? [])];
 }

@@ -5,6 +5,7 @@ import type { ConnectionOptions } from 'node:tls';
 import { assertKey, assertTtl } from './checks.ts';
 import { StoreUnavailableError, type Store } from './port.ts';
 import { createValkeyClient, type ValkeyClient } from './valkey_client.ts';
+import { createValkeyCommandRunner, type RunValkeyCommand } from './valkey_command.ts';
 
 /** Options of {@link createValkeyStore}. */
 export interface ValkeyStoreOptions {
@@ -80,6 +81,28 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
 end
 return 1`;
 
+/** What the operations share: the connection, its runner, how keys are named, and its state. */
+interface ValkeyStoreContext {
+  readonly client: ValkeyClient;
+  readonly run: RunValkeyCommand;
+  /** The key under the prefix; a bad key is a `TypeError`. */
+  readonly key: (key: string) => string;
+  readonly isCluster: boolean;
+  readonly commandTimeoutMs: number;
+  readonly state: ValkeyStoreState;
+}
+
+interface ValkeyStoreState {
+  closed: boolean;
+  /**
+   * The last connection error, kept as the cause of a failed ping, so /readyz can say why
+   * (ECONNREFUSED, WRONGPASS) and not only that the store did not answer. Forgotten on the next
+   * successful ping, not on 'ready': with a refused AUTH the client flaps through 'ready' on
+   * every reconnect.
+   */
+  connectionError: Error | undefined;
+}
+
 /**
  * Creates a store backed by Valkey (or Redis ≥ 6.2). Options are checked here; the connection is
  * opened in the background and re-opened whenever it drops.
@@ -107,159 +130,142 @@ export function createValkeyStore(options: ValkeyStoreOptions): Store {
     }
   }
   const client = createValkeyClient({ ...options, connectTimeoutMs, commandTimeoutMs });
-  const isCluster = options.cluster !== undefined;
+  const state: ValkeyStoreState = { closed: false, connectionError: undefined };
   // Without a listener, iovalkey prints every reconnect failure to the console.
-  // The last one is kept as the cause of a failed ping, so /readyz can say why (ECONNREFUSED,
-  // WRONGPASS) and not only that the store did not answer. Forgotten on the next successful ping,
-  // not on 'ready': with a refused AUTH the client flaps through 'ready' on every reconnect.
-  let connectionError: Error | undefined;
   client.on('error', (error: Error) => {
-    connectionError = error;
+    state.connectionError = error;
     onError?.(error);
   });
-
-  let closed = false;
-  let nextReady: Promise<void> | undefined;
-
-  /** Resolves when the connection is usable; one shared listener however many calls wait. */
-  function whenReady(): Promise<void> | undefined {
-    if (client.status === 'ready') return undefined;
-    nextReady ??= new Promise<void>((resolve) => {
-      client.once('ready', () => {
-        nextReady = undefined;
-        resolve();
-      });
-    });
-    return nextReady;
-  }
-
-  /** Runs one command under the deadline, mapping every failure to `StoreUnavailableError`. */
-  function run<T>(op: string, signal: AbortSignal | undefined, command: (c: ValkeyClient) => Promise<T>): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      signal?.throwIfAborted();
-      if (closed) throw new StoreUnavailableError('valkey store is closed');
-      let settled = false;
-      const finish = (settle: () => void): void => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
-        settle();
-      };
-      const onAbort = (): void => finish(() => reject(signal?.reason));
-      const timer = setTimeout(
-        () => finish(() => reject(new StoreUnavailableError(`valkey ${op} timed out after ${commandTimeoutMs} ms`))),
-        commandTimeoutMs,
-      );
-      signal?.addEventListener('abort', onAbort, { once: true });
-
-      const send = async (): Promise<T> => {
-        // Too late: the caller has been told it failed, so the command must not run after all.
-        if (settled) throw new Error('abandoned');
-        return command(client);
-      };
-      (whenReady() ?? Promise.resolve()).then(send).then(
-        (value) => finish(() => resolve(value)),
-        (cause: unknown) => finish(() => reject(unavailable(op, cause))),
-      );
-    });
-  }
-
-  const k = (key: string): string => {
-    assertKey(key);
-    return keyPrefix + key;
+  const context: ValkeyStoreContext = {
+    client,
+    run: createValkeyCommandRunner({ client, commandTimeoutMs, isClosed: () => state.closed, closedMessage: 'valkey store is closed' }),
+    key: (key) => {
+      assertKey(key);
+      return keyPrefix + key;
+    },
+    isCluster: options.cluster !== undefined,
+    commandTimeoutMs,
+    state,
   };
-  const orUndefined = (value: string | null): string | undefined => value ?? undefined;
 
   return {
-    async get(key, signal) {
-      const prefixed = k(key);
-      return run('get', signal, async (c) => orUndefined(await c.get(prefixed)));
-    },
-
-    async set(key, value, ttlMs, signal) {
-      const prefixed = k(key);
-      assertTtl(ttlMs);
-      await run('set', signal, (c) => c.set(prefixed, value, 'PX', ttlMs));
-    },
-
-    async setIfAbsent(key, value, ttlMs, signal) {
-      const prefixed = k(key);
-      assertTtl(ttlMs);
-      return (await run('setIfAbsent', signal, (c) => c.set(prefixed, value, 'PX', ttlMs, 'NX'))) === 'OK';
-    },
-
-    async take(key, signal) {
-      const prefixed = k(key);
-      return run('take', signal, async (c) => orUndefined(await c.getdel(prefixed)));
-    },
-
-    async delete(keys, signal) {
-      const list = (typeof keys === 'string' ? [keys] : keys).map(k);
-      if (list.length === 0) return;
-      await run<unknown>('delete', signal, (c) =>
-        isCluster ? Promise.all(list.map((key) => c.del(key))) : c.del(...list),
-      );
-    },
-
-    async compareAndSet(key, expected, value, ttlMs, signal) {
-      const prefixed = k(key);
-      assertTtl(ttlMs);
-      const args = [expected === undefined ? '0' : '1', expected ?? '', value, String(ttlMs)];
-      return (await run('compareAndSet', signal, (c) => c.eval(COMPARE_AND_SET, 1, prefixed, ...args))) === 1;
-    },
-
-    async deleteIfEquals(key, expected, signal) {
-      const prefixed = k(key);
-      return (await run('deleteIfEquals', signal, (c) => c.eval(DELETE_IF_EQUALS, 1, prefixed, expected))) === 1;
-    },
-
-    async addMembers(key, members, ttlMs, signal) {
-      const prefixed = k(key);
-      assertTtl(ttlMs);
-      if (members.length === 0) return;
-      await run('addMembers', signal, (c) => c.eval(ADD_MEMBERS, 1, prefixed, String(ttlMs), ...members));
-    },
-
-    async removeMembers(key, members, signal) {
-      const prefixed = k(key);
-      if (members.length === 0) return;
-      await run('removeMembers', signal, (c) => c.srem(prefixed, ...members));
-    },
-
-    async members(key, signal) {
-      const prefixed = k(key);
-      return run('members', signal, (c) => c.smembers(prefixed));
-    },
-
-    async ping(signal) {
-      // Down after a failed attempt: say so now, with the reason, rather than wait out the deadline
-      // (the readiness probe's own 2 s timeout would win that race and hide the reason).
-      if (!closed && connectionError !== undefined && client.status !== 'ready') {
-        throw new StoreUnavailableError('valkey ping failed: not connected', { cause: connectionError });
-      }
-      try {
-        await run('ping', signal, (c) => c.ping());
-      } catch (error) {
-        if (connectionError === undefined || !(error instanceof StoreUnavailableError)) throw error;
-        throw new StoreUnavailableError(`${error.message} (last connection error: ${connectionError.message})`, { cause: connectionError });
-      }
-      connectionError = undefined;
-    },
-
-    async close() {
-      if (closed) return;
-      closed = true;
-      // QUIT lets replies already on their way arrive; disconnect() also stops reconnecting.
-      const timeout = new Promise((resolve) => setTimeout(resolve, commandTimeoutMs).unref());
-      await Promise.race([client.quit().catch(() => undefined), timeout]);
-      client.disconnect();
-    },
+    get: (key, signal) => getValue(context, key, signal),
+    set: (key, value, ttlMs, signal) => setValue(context, key, value, ttlMs, signal),
+    setIfAbsent: (key, value, ttlMs, signal) => setValueIfAbsent(context, key, value, ttlMs, signal),
+    take: (key, signal) => takeValue(context, key, signal),
+    delete: (keys, signal) => deleteKeys(context, keys, signal),
+    compareAndSet: (key, expected, value, ttlMs, signal) => compareAndSet(context, key, expected, value, ttlMs, signal),
+    deleteIfEquals: (key, expected, signal) => deleteIfEquals(context, key, expected, signal),
+    addMembers: (key, members, ttlMs, signal) => addMembers(context, key, members, ttlMs, signal),
+    removeMembers: (key, members, signal) => removeMembers(context, key, members, signal),
+    members: (key, signal) => listMembers(context, key, signal),
+    ping: (signal) => ping(context, signal),
+    close: () => close(context),
   };
 }
 
-function unavailable(op: string, cause: unknown): StoreUnavailableError {
-  if (cause instanceof StoreUnavailableError) return cause;
-  const reason = cause instanceof Error ? cause.message : String(cause);
-  return new StoreUnavailableError(`valkey ${op} failed: ${reason}`, { cause });
+const orUndefined = (value: string | null): string | undefined => value ?? undefined;
+
+async function getValue({ run, key: k }: ValkeyStoreContext, key: string, signal: AbortSignal | undefined): Promise<string | undefined> {
+  const prefixed = k(key);
+  return run('get', signal, async (c) => orUndefined(await c.get(prefixed)));
+}
+
+async function setValue({ run, key: k }: ValkeyStoreContext, key: string, value: string, ttlMs: number, signal: AbortSignal | undefined): Promise<void> {
+  const prefixed = k(key);
+  assertTtl(ttlMs);
+  await run('set', signal, (c) => c.set(prefixed, value, 'PX', ttlMs));
+}
+
+async function setValueIfAbsent(
+  { run, key: k }: ValkeyStoreContext,
+  key: string,
+  value: string,
+  ttlMs: number,
+  signal: AbortSignal | undefined,
+): Promise<boolean> {
+  const prefixed = k(key);
+  assertTtl(ttlMs);
+  return (await run('setIfAbsent', signal, (c) => c.set(prefixed, value, 'PX', ttlMs, 'NX'))) === 'OK';
+}
+
+async function takeValue({ run, key: k }: ValkeyStoreContext, key: string, signal: AbortSignal | undefined): Promise<string | undefined> {
+  const prefixed = k(key);
+  return run('take', signal, async (c) => orUndefined(await c.getdel(prefixed)));
+}
+
+async function deleteKeys({ run, key: k, isCluster }: ValkeyStoreContext, keys: string | string[], signal: AbortSignal | undefined): Promise<void> {
+  const list = (typeof keys === 'string' ? [keys] : keys).map(k);
+  if (list.length === 0) return;
+  await run<unknown>('delete', signal, (c) =>
+    isCluster ? Promise.all(list.map((key) => c.del(key))) : c.del(...list),
+  );
+}
+
+async function compareAndSet(
+  { run, key: k }: ValkeyStoreContext,
+  key: string,
+  expected: string | undefined,
+  value: string,
+  ttlMs: number,
+  signal: AbortSignal | undefined,
+): Promise<boolean> {
+  const prefixed = k(key);
+  assertTtl(ttlMs);
+  const args = [expected === undefined ? '0' : '1', expected ?? '', value, String(ttlMs)];
+  return (await run('compareAndSet', signal, (c) => c.eval(COMPARE_AND_SET, 1, prefixed, ...args))) === 1;
+}
+
+async function deleteIfEquals({ run, key: k }: ValkeyStoreContext, key: string, expected: string, signal: AbortSignal | undefined): Promise<boolean> {
+  const prefixed = k(key);
+  return (await run('deleteIfEquals', signal, (c) => c.eval(DELETE_IF_EQUALS, 1, prefixed, expected))) === 1;
+}
+
+async function addMembers(
+  { run, key: k }: ValkeyStoreContext,
+  key: string,
+  members: string[],
+  ttlMs: number,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  const prefixed = k(key);
+  assertTtl(ttlMs);
+  if (members.length === 0) return;
+  await run('addMembers', signal, (c) => c.eval(ADD_MEMBERS, 1, prefixed, String(ttlMs), ...members));
+}
+
+async function removeMembers({ run, key: k }: ValkeyStoreContext, key: string, members: string[], signal: AbortSignal | undefined): Promise<void> {
+  const prefixed = k(key);
+  if (members.length === 0) return;
+  await run('removeMembers', signal, (c) => c.srem(prefixed, ...members));
+}
+
+async function listMembers({ run, key: k }: ValkeyStoreContext, key: string, signal: AbortSignal | undefined): Promise<string[]> {
+  const prefixed = k(key);
+  return run('members', signal, (c) => c.smembers(prefixed));
+}
+
+async function ping({ client, run, state }: ValkeyStoreContext, signal: AbortSignal | undefined): Promise<void> {
+  // Down after a failed attempt: say so now, with the reason, rather than wait out the deadline
+  // (the readiness probe's own 2 s timeout would win that race and hide the reason).
+  if (!state.closed && state.connectionError !== undefined && client.status !== 'ready') {
+    throw new StoreUnavailableError('valkey ping failed: not connected', { cause: state.connectionError });
+  }
+  try {
+    await run('ping', signal, (c) => c.ping());
+  } catch (error) {
+    const connectionError = state.connectionError;
+    if (connectionError === undefined || !(error instanceof StoreUnavailableError)) throw error;
+    throw new StoreUnavailableError(`${error.message} (last connection error: ${connectionError.message})`, { cause: connectionError });
+  }
+  state.connectionError = undefined;
+}
+
+async function close({ client, state, commandTimeoutMs }: ValkeyStoreContext): Promise<void> {
+  if (state.closed) return;
+  state.closed = true;
+  // QUIT lets replies already on their way arrive; disconnect() also stops reconnecting.
+  const timeout = new Promise((resolve) => setTimeout(resolve, commandTimeoutMs).unref());
+  await Promise.race([client.quit().catch(() => undefined), timeout]);
+  client.disconnect();
 }

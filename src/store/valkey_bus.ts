@@ -11,8 +11,8 @@
 import type { Redis } from 'iovalkey';
 import { assertKey } from './checks.ts';
 import type { MessageBus, MessageHandler } from './bus.ts';
-import { StoreUnavailableError } from './port.ts';
 import { createValkeyClient, type ValkeyClient, type ValkeyConnectionOptions } from './valkey_client.ts';
+import { createValkeyCommandRunner, type RunValkeyCommand } from './valkey_command.ts';
 
 /** Options of {@link createValkeyBus}: where Valkey is (as for the store) and the key prefix channels share. */
 export interface ValkeyBusOptions extends Omit<ValkeyConnectionOptions, 'connectTimeoutMs' | 'commandTimeoutMs'> {
@@ -28,6 +28,12 @@ export interface ValkeyBusOptions extends Omit<ValkeyConnectionOptions, 'connect
   onHandlerError?: (error: unknown) => void;
 }
 
+/** One of the bus's two connections: the client and the runner that sends its commands under the deadline. */
+interface BusConnection {
+  readonly client: ValkeyClient;
+  readonly run: RunValkeyCommand;
+}
+
 /** Creates the Valkey bus; options are checked here, connections opened on first use. */
 export function createValkeyBus(options: ValkeyBusOptions): MessageBus {
   const { keyPrefix, connectTimeoutMs = 5000, commandTimeoutMs = 2000, onError, onHandlerError } = options;
@@ -38,92 +44,45 @@ export function createValkeyBus(options: ValkeyBusOptions): MessageBus {
   const connection: ValkeyConnectionOptions = { ...options, connectTimeoutMs, commandTimeoutMs };
   // Handlers by prefixed channel; the subscriber is subscribed to exactly these channels.
   const handlers = new Map<string, Set<MessageHandler>>();
-  let publisher: ValkeyClient | undefined;
-  let subscriber: ValkeyClient | undefined;
+  let publisher: BusConnection | undefined;
+  let subscriber: BusConnection | undefined;
   let closed = false;
 
-  function openPublisher(): ValkeyClient {
+  /** The client with its command runner (each waits for its own connection). */
+  function connect(client: ValkeyClient): BusConnection {
+    const run = createValkeyCommandRunner({ client, commandTimeoutMs, isClosed: () => closed, closedMessage: 'valkey bus is closed' });
+    return { client, run };
+  }
+
+  function openPublisher(): BusConnection {
     if (publisher) return publisher;
-    publisher = createValkeyClient(connection);
-    publisher.on('error', (error: Error) => onError?.(error));
+    publisher = connect(createValkeyClient(connection));
+    publisher.client.on('error', (error: Error) => onError?.(error));
     return publisher;
   }
 
-  function openSubscriber(): ValkeyClient {
+  function openSubscriber(): BusConnection {
     if (subscriber) return subscriber;
     const client = createValkeyClient(connection);
-    subscriber = client;
+    subscriber = connect(client);
     client.on('error', (error: Error) => onError?.(error));
-    client.on('message', (channel: string, message: string) => {
-      for (const handler of [...(handlers.get(channel) ?? [])]) {
-        try {
-          handler(message);
-        } catch (error) {
-          onHandlerError?.(error);
-        }
-      }
-    });
-    if (!client.isCluster) {
-      // Standalone and Sentinel: we subscribe again ourselves after a reconnect, so a failure is
-      // reported instead of becoming an unhandled rejection inside the client. (A cluster
-      // client renews its subscriptions itself when it picks another node.)
-      (client as Redis).options.autoResubscribe = false;
-      let connectedBefore = false;
-      client.on('ready', () => {
-        if (connectedBefore && handlers.size > 0) {
-          client.subscribe(...handlers.keys()).catch((error: unknown) => {
-            onError?.(new Error(`valkey bus: subscribing again after a reconnect failed: ${(error as Error).message}`));
-            // A fresh connection tries again.
-            client.disconnect(true);
-          });
-        }
-        connectedBefore = true;
-      });
-    }
-    return client;
-  }
-
-  /** One command under the deadline, failures mapped to `StoreUnavailableError`. */
-  function run<T>(op: string, client: ValkeyClient, signal: AbortSignal | undefined, command: () => Promise<T>): Promise<T> {
-    signal?.throwIfAborted();
-    if (closed) return Promise.reject(new StoreUnavailableError('valkey bus is closed'));
-    return new Promise<T>((resolve, reject) => {
-      let settled = false;
-      const finish = (settle: () => void): void => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
-        client.off('ready', onReady);
-        settle();
-      };
-      const onAbort = (): void => finish(() => reject(signal?.reason));
-      const timer = setTimeout(() => finish(() => reject(new StoreUnavailableError(`valkey ${op} timed out after ${commandTimeoutMs} ms`))), commandTimeoutMs);
-      signal?.addEventListener('abort', onAbort, { once: true });
-      const send = (): void => {
-        if (settled) return;
-        command().then(
-          (value) => finish(() => resolve(value)),
-          (cause: unknown) => finish(() => reject(new StoreUnavailableError(`valkey ${op} failed: ${cause instanceof Error ? cause.message : String(cause)}`, { cause }))),
-        );
-      };
-      const onReady = (): void => send();
-      if (client.status === 'ready') send();
-      else client.once('ready', onReady);
-    });
+    client.on('message', (channel: string, message: string) => dispatch(handlers.get(channel), message, onHandlerError));
+    // A cluster client renews its subscriptions itself when it picks another node.
+    if (!client.isCluster) resubscribeAfterReconnect(client as Redis, handlers, onError);
+    return subscriber;
   }
 
   return {
     async publish(channel, message, signal) {
       assertKey(channel);
-      const client = openPublisher();
-      return run('publish', client, signal, () => client.publish(keyPrefix + channel, message));
+      const { run } = openPublisher();
+      return run('publish', signal, (client) => client.publish(keyPrefix + channel, message));
     },
 
     async subscribe(channel, handler) {
       assertKey(channel);
       const prefixed = keyPrefix + channel;
-      const client = openSubscriber();
+      const { client, run } = openSubscriber();
       let set = handlers.get(prefixed);
       const first = !set;
       if (!set) handlers.set(prefixed, (set = new Set()));
@@ -131,7 +90,7 @@ export function createValkeyBus(options: ValkeyBusOptions): MessageBus {
       set.add(entry);
       if (first) {
         try {
-          await run('subscribe', client, undefined, () => client.subscribe(prefixed));
+          await run('subscribe', undefined, (c) => c.subscribe(prefixed));
         } catch (error) {
           set.delete(entry);
           if (set.size === 0) handlers.delete(prefixed);
@@ -150,10 +109,45 @@ export function createValkeyBus(options: ValkeyBusOptions): MessageBus {
       if (closed) return;
       closed = true;
       handlers.clear();
-      const clients = [publisher, subscriber].filter((c): c is ValkeyClient => c !== undefined);
-      const timeout = new Promise((resolve) => setTimeout(resolve, commandTimeoutMs).unref());
-      await Promise.race([Promise.all(clients.map((c) => c.quit().catch(() => undefined))), timeout]);
-      for (const c of clients) c.disconnect();
+      await quitAll([publisher?.client, subscriber?.client].filter((c): c is ValkeyClient => c !== undefined), commandTimeoutMs);
     },
   };
+}
+
+/** Hands `message` to each of a channel's handlers; one that throws is reported and the others still run. */
+function dispatch(handlers: ReadonlySet<MessageHandler> | undefined, message: string, onHandlerError: ((error: unknown) => void) | undefined): void {
+  for (const handler of [...(handlers ?? [])]) {
+    try {
+      handler(message);
+    } catch (error) {
+      onHandlerError?.(error);
+    }
+  }
+}
+
+/**
+ * Standalone and Sentinel: the bus subscribes again itself after a reconnect (to every channel
+ * that has handlers), so a failure is reported instead of becoming an unhandled rejection inside
+ * the client; a failed attempt drops the connection, and the fresh one tries again.
+ */
+function resubscribeAfterReconnect(client: Redis, handlers: ReadonlyMap<string, unknown>, onError: ((error: Error) => void) | undefined): void {
+  client.options.autoResubscribe = false;
+  let connectedBefore = false;
+  client.on('ready', () => {
+    if (connectedBefore && handlers.size > 0) {
+      client.subscribe(...handlers.keys()).catch((error: unknown) => {
+        onError?.(new Error(`valkey bus: subscribing again after a reconnect failed: ${(error as Error).message}`));
+        // A fresh connection tries again.
+        client.disconnect(true);
+      });
+    }
+    connectedBefore = true;
+  });
+}
+
+/** Closes the connections: QUIT lets replies already on their way arrive (for at most `timeoutMs`); disconnect() also stops reconnecting. */
+async function quitAll(clients: ValkeyClient[], timeoutMs: number): Promise<void> {
+  const timeout = new Promise((resolve) => setTimeout(resolve, timeoutMs).unref());
+  await Promise.race([Promise.all(clients.map((c) => c.quit().catch(() => undefined))), timeout]);
+  for (const c of clients) c.disconnect();
 }
