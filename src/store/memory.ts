@@ -130,7 +130,7 @@ async function deleteIfEquals(table: MemoryTable, key: string, expected: string,
   table.enter(signal);
   assertKey(key);
   if (table.liveValue(key)?.value !== expected) return false;
-  table.entries.delete(key);
+  table.drop(key);
   return true;
 }
 

@@ -116,4 +116,16 @@ describe('memory store bounds', () => {
     for (let i = 0; i < 100; i++) assert.equal(await store.get(`v${i}`), 'y'.repeat(100), 'the freed bytes were reused');
     await store.close();
   });
+
+  test('a lock taken and released many times frees its bytes: long-lived keys are never evicted for it', async () => {
+    const clock = fakeClock();
+    const store = createMemoryStore({ maxBytes: 10_000, now: clock.now });
+    await store.set('refresh-token', 'r'.repeat(1000), 3_600_000);
+    for (let i = 0; i < 200; i++) {
+      assert.equal(await store.setIfAbsent('lock', `owner-${i}`.padEnd(500, '.'), 30_000), true);
+      assert.equal(await store.deleteIfEquals('lock', `owner-${i}`.padEnd(500, '.')), true);
+    }
+    assert.equal(await store.get('refresh-token'), 'r'.repeat(1000));
+    await store.close();
+  });
 });
