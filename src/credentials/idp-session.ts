@@ -62,87 +62,108 @@ export class IdpSessionEnded extends Error {
 
 /** Creates the shared IdP-token access for all `idp`/`id_token` upstreams. */
 export function createIdpSessionTokens(options: IdpSessionTokensOptions): IdpSessionTokens {
-  const { stores, idp, logger } = options;
-  const now = options.now ?? Date.now;
+  const { stores } = options;
+  const sessionTokens: SessionTokens = {
+    stores,
+    idp: options.idp,
+    logger: options.logger,
+    now: options.now ?? Date.now,
+    refreshes: options.refreshes ?? { inc: () => undefined },
+    revoke: options.endSession ?? ((sessionId: string) => stores.sessions.revoke(sessionId)),
+  };
   const singleFlight = options.singleFlight ?? createSingleFlight();
-  const refreshes: Counter = options.refreshes ?? { inc: () => undefined };
   const tracer = options.tracer ?? NOOP_TRACER;
-  const revoke = options.endSession ?? ((sessionId: string) => stores.sessions.revoke(sessionId));
-
-  async function load(sessionId: string): Promise<IdpTokens> {
-    const tokens = await stores.idpTokens.get(sessionId);
-    if (!tokens) throw new IdpSessionEnded('the session has no IdP tokens (ended or expired)');
-    return tokens;
-  }
-
-  async function endSession(sessionId: string, why: string): Promise<never> {
-    await revoke(sessionId);
-    logger.warn({ msg: 'upstream session ended: sign-in required', sid: sessionTag(sessionId), why });
-    throw new IdpSessionEnded(why);
-  }
-
-  async function refresh(sessionId: string, stale: (tokens: IdpTokens) => boolean): Promise<IdpTokens> {
-    // Read again inside the flight: the tokens may have been refreshed since the caller looked.
-    const current = await load(sessionId);
-    if (!stale(current)) return current;
-    if (!current.refreshToken) {
-      // A token that cannot be refreshed and has not expired (a plain OAuth 2.0 IdP's token that
-      // never expires, e.g. GitHub's) was refused by an upstream. Only the IdP can tell a revoked
-      // token from an upstream that refuses a good one; the latter must not log the user out of
-      // every upstream, so the same token is handed back (the caller's retry then answers 502).
-      if (idp.checkAccess && (current.expiresAt === undefined || current.expiresAt > now())) {
-        try {
-          await idp.checkAccess(current);
-        } catch (error) {
-          if (error instanceof IdpError && error.kind === 'rejected') return endSession(sessionId, 'the IdP no longer accepts the access token (revoked)');
-          logger.warn({ msg: 'IdP token check failed; tokens kept', sid: sessionTag(sessionId), err: error instanceof Error ? error.message : 'unknown' });
-          throw error;
-        }
-        return current;
-      }
-      return endSession(sessionId, 'the IdP access token expired and there is no refresh token');
-    }
-    let next: IdpTokens;
-    try {
-      next = await idp.refresh(current);
-      refreshes.inc({ kind: 'idp', outcome: 'success' });
-    } catch (error) {
-      refreshes.inc({ kind: 'idp', outcome: error instanceof IdpError ? error.kind : 'error' });
-      if (error instanceof IdpError && error.kind === 'rejected') {
-        // A refresh on another replica that outlived its lock may have rotated the token first:
-        // its successor is in the store, and the session is alive.
-        const latest = await stores.idpTokens.get(sessionId);
-        if (latest && latest.refreshToken !== current.refreshToken) return latest;
-        // invalid_grant and other 4xx: the grant is dead at the IdP; only a new login helps.
-        return endSession(sessionId, `the IdP refused the refresh${error.oauthError ? ` (${error.oauthError})` : ''}`);
-      }
-      // 5xx and transport errors: an outage is never a logout; the tokens stay.
-      logger.warn({ msg: 'IdP refresh failed; tokens kept', sid: sessionTag(sessionId), err: error instanceof Error ? error.message : 'unknown' });
-      throw error;
-    }
-    const merged: IdpTokens = {
-      ...next,
-      // OAuth 2.1 §4.3.3: a refresh response may omit the refresh token; the old one stays valid.
-      refreshToken: next.refreshToken ?? current.refreshToken,
-      idToken: next.idToken ?? current.idToken,
-    };
-    const session = await stores.sessions.get(sessionId);
-    if (!session) throw new IdpSessionEnded('the session ended during the refresh');
-    // Persisted before anyone uses them: the IdP may already have retired the old refresh token, so
-    // the new one exists only here; a store hiccup is retried (the next refresh would be a replay).
-    await retryOnOutage(() => stores.idpTokens.put(sessionId, merged, Math.max(1, Math.ceil(session.expiresAt - now()))));
-    logger.info({ msg: 'IdP tokens refreshed', sid: sessionTag(sessionId) });
-    return merged;
-  }
-
   return {
     async current(sessionId, stale) {
-      const tokens = await load(sessionId);
+      const tokens = await load(sessionTokens, sessionId);
       if (!stale(tokens)) return tokens;
-      return singleFlight(`refresh:idp:${sessionId}`, () => tracer.trace('refresh idp', () => refresh(sessionId, stale)));
+      return singleFlight(`refresh:idp:${sessionId}`, () => tracer.trace('refresh idp', () => refresh(sessionTokens, sessionId, stale)));
     },
-    now,
+    now: sessionTokens.now,
   };
+}
+
+/** What the steps below need, with the defaults filled in. */
+interface SessionTokens {
+  stores: IdpSessionTokensOptions['stores'];
+  idp: IdpClient;
+  logger: Logger;
+  now: () => number;
+  refreshes: Counter;
+  /** Ends a session (see {@link IdpSessionTokensOptions.endSession}). */
+  revoke: (sessionId: string) => Promise<void>;
+}
+
+async function load({ stores }: SessionTokens, sessionId: string): Promise<IdpTokens> {
+  const tokens = await stores.idpTokens.get(sessionId);
+  if (!tokens) throw new IdpSessionEnded('the session has no IdP tokens (ended or expired)');
+  return tokens;
+}
+
+async function endSession({ revoke, logger }: SessionTokens, sessionId: string, why: string): Promise<never> {
+  await revoke(sessionId);
+  logger.warn({ msg: 'upstream session ended: sign-in required', sid: sessionTag(sessionId), why });
+  throw new IdpSessionEnded(why);
+}
+
+/** Runs inside the session's single flight: refreshes the tokens if `stale` still says so, and persists them. */
+async function refresh(context: SessionTokens, sessionId: string, stale: (tokens: IdpTokens) => boolean): Promise<IdpTokens> {
+  const { stores, idp, logger, now, refreshes } = context;
+  // Read again inside the flight: the tokens may have been refreshed since the caller looked.
+  const current = await load(context, sessionId);
+  if (!stale(current)) return current;
+  if (!current.refreshToken) return checkUnrefreshable(context, sessionId, current);
+  let next: IdpTokens;
+  try {
+    next = await idp.refresh(current);
+    refreshes.inc({ kind: 'idp', outcome: 'success' });
+  } catch (error) {
+    refreshes.inc({ kind: 'idp', outcome: error instanceof IdpError ? error.kind : 'error' });
+    if (error instanceof IdpError && error.kind === 'rejected') {
+      // A refresh on another replica that outlived its lock may have rotated the token first:
+      // its successor is in the store, and the session is alive.
+      const latest = await stores.idpTokens.get(sessionId);
+      if (latest && latest.refreshToken !== current.refreshToken) return latest;
+      // invalid_grant and other 4xx: the grant is dead at the IdP; only a new login helps.
+      return endSession(context, sessionId, `the IdP refused the refresh${error.oauthError ? ` (${error.oauthError})` : ''}`);
+    }
+    // 5xx and transport errors: an outage is never a logout; the tokens stay.
+    logger.warn({ msg: 'IdP refresh failed; tokens kept', sid: sessionTag(sessionId), err: error instanceof Error ? error.message : 'unknown' });
+    throw error;
+  }
+  const merged: IdpTokens = {
+    ...next,
+    // OAuth 2.1 §4.3.3: a refresh response may omit the refresh token; the old one stays valid.
+    refreshToken: next.refreshToken ?? current.refreshToken,
+    idToken: next.idToken ?? current.idToken,
+  };
+  const session = await stores.sessions.get(sessionId);
+  if (!session) throw new IdpSessionEnded('the session ended during the refresh');
+  // Persisted before anyone uses them: the IdP may already have retired the old refresh token, so
+  // the new one exists only here; a store hiccup is retried (the next refresh would be a replay).
+  await retryOnOutage(() => stores.idpTokens.put(sessionId, merged, Math.max(1, Math.ceil(session.expiresAt - now()))));
+  logger.info({ msg: 'IdP tokens refreshed', sid: sessionTag(sessionId) });
+  return merged;
+}
+
+/** Stale tokens without a refresh token: handed back while the IdP still accepts them, else the session ends. */
+async function checkUnrefreshable(context: SessionTokens, sessionId: string, current: IdpTokens): Promise<IdpTokens> {
+  const { idp, logger, now } = context;
+  // A token that cannot be refreshed and has not expired (a plain OAuth 2.0 IdP's token that
+  // never expires, e.g. GitHub's) was refused by an upstream. Only the IdP can tell a revoked
+  // token from an upstream that refuses a good one; the latter must not log the user out of
+  // every upstream, so the same token is handed back (the caller's retry then answers 502).
+  if (idp.checkAccess && (current.expiresAt === undefined || current.expiresAt > now())) {
+    try {
+      await idp.checkAccess(current);
+    } catch (error) {
+      if (error instanceof IdpError && error.kind === 'rejected') return endSession(context, sessionId, 'the IdP no longer accepts the access token (revoked)');
+      logger.warn({ msg: 'IdP token check failed; tokens kept', sid: sessionTag(sessionId), err: error instanceof Error ? error.message : 'unknown' });
+      throw error;
+    }
+    return current;
+  }
+  return endSession(context, sessionId, 'the IdP access token expired and there is no refresh token');
 }
 
 /**

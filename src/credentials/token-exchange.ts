@@ -33,12 +33,14 @@ import { BadGateway, Forbidden, TemporarilyUnavailable } from '../http/errors.ts
 import type { Logger } from '../observability/logger.ts';
 import type { Counter } from '../observability/metrics.ts';
 import { sessionTag } from '../observability/logger.ts';
-import { requestToken, TokenEndpointError, type TokenFetch } from '../upstream-oauth/token-endpoint.ts';
+import { requestToken, TokenEndpointError, type TokenFetch, type TokenResponse } from '../upstream-oauth/token-endpoint.ts';
+import type { UpstreamClient } from '../upstream-oauth/records.ts';
+import { createExchangedTokenCache, nonNegative, type CachedExchange, type ExchangedTokenCache } from './exchanged-token-cache.ts';
 import { idTokenExpiry } from './id-token.ts';
 import { idpFailure, type IdpSessionTokens } from './idp-session.ts';
 import { requirePrincipal } from './idp.ts';
 import { createSingleFlight, type SingleFlight } from './single-flight.ts';
-import type { CredentialRequest, CredentialSource, Principal } from './types.ts';
+import type { CredentialRequest, CredentialSource, Principal, RejectionOutcome, UpstreamRejection } from './types.ts';
 
 /** RFC 8693 §2.1 and §3. */
 export const TOKEN_EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange';
@@ -102,15 +104,46 @@ export interface TokenExchangeOptions {
   singleFlight?: SingleFlight;
 }
 
-interface Cached {
-  accessToken: string;
-  /** When to exchange again (expiry minus margin), epoch ms. */
-  renewAt: number;
-}
-
 /** Creates the `token_exchange` credential source of one upstream. */
 export function createTokenExchangeCredential(options: TokenExchangeOptions): CredentialSource {
-  const { session, logger } = options;
+  const exchanger = resolveExchanger(options);
+  return {
+    mode: 'token_exchange',
+    headers: (request) => headers(exchanger, request),
+    rejected: (request, rejection, attempt) => rejected(exchanger, request, rejection, attempt),
+  };
+}
+
+/** The checked settings and the state of one upstream's exchange, which the steps below take as their first argument. */
+interface Exchanger {
+  /** The upstream's name. */
+  upstream: string;
+  /** The token endpoint, as a URL string. */
+  endpoint: string;
+  audience: string | undefined;
+  resource: string[];
+  scopes: readonly string[];
+  extraParams: Record<string, string>;
+  subjectKind: SubjectTokenKind;
+  expectedIssuer: string | undefined;
+  client: UpstreamClient;
+  /** The re-login challenge of this upstream. */
+  challenge: ChallengeOptions;
+  /** `idpRefreshMarginMs`. */
+  idpMargin: number;
+  session: IdpSessionTokens;
+  endSession(sessionId: string): Promise<void>;
+  fetch: TokenFetch;
+  logger: Logger;
+  singleFlight: SingleFlight;
+  cache: ExchangedTokenCache;
+  /** The token each request sent, so a 401 drops the cache entry only if it still holds that token. */
+  sent: WeakMap<CredentialRequest, { key: string; token: string }>;
+  count(outcome: 'hit' | 'miss' | 'failure'): void;
+}
+
+/** Checks the options and fills in the defaults. */
+function resolveExchanger(options: TokenExchangeOptions): Exchanger {
   const endpoint = new URL(options.tokenEndpoint);
   if (endpoint.protocol !== 'https:' && endpoint.protocol !== 'http:') throw new TypeError('tokenEndpoint must be an http(s) URL');
   const resource = [...(options.resource ?? [])];
@@ -118,178 +151,183 @@ export function createTokenExchangeCredential(options: TokenExchangeOptions): Cr
   if (!options.clientId) throw new TypeError('clientId is required');
   const extraParams = { ...options.extraParams };
   for (const name of Object.keys(extraParams)) if (OWN_PARAMS.has(name)) throw new TypeError(`extraParams: ${name} is set by the exchange itself`);
-  const subjectKind: SubjectTokenKind = options.subjectToken ?? 'access_token';
   const exchanges: Counter = options.exchanges ?? { inc: () => undefined };
-  const count = (outcome: 'hit' | 'miss' | 'failure') => exchanges.inc({ upstream: options.upstream.name, outcome });
   const idpMargin = nonNegative(options.idpRefreshMarginMs ?? 60_000, 'idpRefreshMarginMs');
-  const expiryMargin = nonNegative(options.expiryMarginMs ?? 30_000, 'expiryMarginMs');
-  const defaultLifetime = nonNegative(options.defaultLifetimeMs ?? 300_000, 'defaultLifetimeMs');
-  const maxEntries = options.maxEntries ?? 10_000;
-  if (!Number.isSafeInteger(maxEntries) || maxEntries <= 0) throw new TypeError('maxEntries must be a positive integer');
-  const singleFlight = options.singleFlight ?? createSingleFlight();
-  const challenge: ChallengeOptions = { resource: options.upstream.resource, scopes: options.upstream.scopes };
-  const client = options.clientSecret
-    ? { clientId: options.clientId, clientSecret: options.clientSecret, authMethod: 'client_secret_basic' as const, source: 'preconfigured' as const }
-    : { clientId: options.clientId, authMethod: 'none' as const, source: 'preconfigured' as const };
-
-  const cache = new Map<string, Cached>();
-  // The token each request sent, so a 401 drops the cache entry only if it still holds that token.
-  const sent = new WeakMap<CredentialRequest, { key: string; token: string }>();
-  const keyOf = (principal: Principal) => JSON.stringify([principal.subject, endpoint.href, options.audience ?? null, resource]);
-  /** The subject token of `tokens`, when the session has one. */
-  const subjectOf = (tokens: IdpTokens) => (subjectKind === 'id_token' ? tokens.idToken : tokens.accessToken);
-  /** Whether the subject token must be renewed first (a token without an expiry never is: GitHub's, for one). */
-  const idpExpiring = (tokens: IdpTokens) => {
-    const expiresAt = subjectKind === 'id_token' ? (tokens.idToken === undefined ? undefined : idTokenExpiry(tokens.idToken)) : tokens.expiresAt;
-    return expiresAt !== undefined && expiresAt - idpMargin <= session.now();
-  };
-
-  function cached(key: string): Cached | undefined {
-    const entry = cache.get(key);
-    if (entry && entry.renewAt > session.now()) return entry;
-    if (entry) cache.delete(key);
-    return undefined;
-  }
-
-  function remember(key: string, accessToken: string, expiresIn: number | undefined): Cached {
-    const lifetime = expiresIn !== undefined ? expiresIn * 1000 : defaultLifetime;
-    const entry = { accessToken, renewAt: session.now() + lifetime - Math.min(expiryMargin, lifetime / 2) };
-    cache.delete(key);
-    cache.set(key, entry);
-    while (cache.size > maxEntries) cache.delete(cache.keys().next().value!);
-    return entry;
-  }
-
-  /** The session's subject token, renewed first when `stale` says so; a session without one signs in again. */
-  async function subjectToken(principal: Principal, stale: (tokens: IdpTokens) => boolean): Promise<string> {
-    let tokens: IdpTokens;
-    try {
-      tokens = await session.current(principal.sessionId, stale);
-    } catch (error) {
-      throw idpFailure(error, challenge);
-    }
-    const token = subjectOf(tokens);
-    if (token === undefined || (subjectKind === 'id_token' && idpExpiring(tokens))) {
-      // An IdP that returned no (fresh) ID token on refresh: only a new sign-in brings one.
-      await options.endSession(principal.sessionId);
-      throw unauthorized({ ...challenge, tokenSent: true, description: `the sign-in has no current ${subjectKind === 'id_token' ? 'ID' : 'access'} token to exchange; sign in again` });
-    }
-    return token;
-  }
-
-  /** `expectedIssuer` against an issued JWT's `iss`; an opaque token passes (see the module comment). */
-  function checkIssuer(accessToken: string): void {
-    if (options.expectedIssuer === undefined) return;
-    let iss: unknown;
-    try {
-      iss = decodeJwt(accessToken).iss;
-    } catch {
-      return; // not a JWT: nothing to read the issuer from
-    }
-    if (iss === options.expectedIssuer) return;
-    logger.error({
-      msg: 'token exchange returned a token from an unexpected issuer: check the upstream configuration',
-      upstream: options.upstream.name,
-      expectedIssuer: options.expectedIssuer,
-      issuer: typeof iss === 'string' ? iss.slice(0, 200) : null,
-    });
-    throw new BadGateway(`the token exchange for "${options.upstream.name}" returned a token from an unexpected issuer (expected ${options.expectedIssuer})`);
-  }
-
-  /**
-   * One RFC 8693 §2.1 request; throws TokenEndpointError. Not tied to one agent's request: callers
-   * share it, so one agent going away must not abort it for the others.
-   */
-  async function exchange(subject: string) {
-    const params: Array<[string, string]> = [
-      ...Object.entries(extraParams),
-      ['grant_type', TOKEN_EXCHANGE_GRANT],
-      ['subject_token', subject],
-      ['subject_token_type', subjectKind === 'id_token' ? ID_TOKEN_TYPE : ACCESS_TOKEN_TYPE],
-      ['requested_token_type', ACCESS_TOKEN_TYPE],
-    ];
-    if (options.audience) params.push(['audience', options.audience]);
-    for (const uri of resource) params.push(['resource', uri]);
-    if (options.scopes.length > 0) params.push(['scope', options.scopes.join(' ')]);
-    return requestToken({ fetch: options.fetch, endpoint: endpoint.href, client, params });
-  }
-
-  /** Exchanges for `principal`, refreshing the subject token once when the endpoint refuses it. */
-  async function obtain(principal: Principal, key: string): Promise<Cached> {
-    // Read again inside the flight: the caller that ran before us may have filled it.
-    const hit = cached(key);
-    if (hit) {
-      count('hit');
-      return hit;
-    }
-    try {
-      const entry = await exchangeFor(principal, key);
-      count('miss');
-      return entry;
-    } catch (error) {
-      count('failure');
-      throw error;
-    }
-  }
-
-  async function exchangeFor(principal: Principal, key: string): Promise<Cached> {
-    let subject = await subjectToken(principal, idpExpiring);
-    for (let attempt = 0; ; attempt++) {
-      try {
-        const token = await exchange(subject);
-        checkIssuer(token.accessToken);
-        logger.info({ msg: 'token exchanged', upstream: options.upstream.name, sid: sessionTag(principal.sessionId) });
-        return remember(key, token.accessToken, token.expiresIn);
-      } catch (error) {
-        if (!(error instanceof TokenEndpointError)) throw error;
-        const code = error.oauthError;
-        if (error.kind === 'unavailable') {
-          logger.warn({ msg: 'token exchange failed; retry later', upstream: options.upstream.name, err: error.message });
-          throw new TemporarilyUnavailable(`the token exchange for "${options.upstream.name}" is unavailable; retry shortly`, { headers: { 'retry-after': '5' }, cause: error });
-        }
-        if (code !== undefined && CONFIGURATION_ERRORS.has(code)) {
-          logger.error({ msg: 'token exchange refused: check the upstream configuration', upstream: options.upstream.name, oauthError: code });
-          throw new BadGateway(`the token exchange for "${options.upstream.name}" is misconfigured`, { cause: error });
-        }
-        if (attempt === 0) {
-          // The subject token may be revoked or too old for the exchange policy: a fresh one may pass.
-          const refused = subject;
-          subject = await subjectToken(principal, (tokens) => subjectOf(tokens) === refused || idpExpiring(tokens));
-          continue;
-        }
-        await options.endSession(principal.sessionId);
-        logger.warn({ msg: 'token exchange refused the sign-in: session ended', upstream: options.upstream.name, sid: sessionTag(principal.sessionId), oauthError: code });
-        throw unauthorized({ ...challenge, tokenSent: true, description: 'the token exchange refused the sign-in; sign in again' });
-      }
-    }
-  }
-
+  const { session } = options;
+  const cache = createExchangedTokenCache({
+    now: () => session.now(),
+    expiryMarginMs: options.expiryMarginMs ?? 30_000,
+    defaultLifetimeMs: options.defaultLifetimeMs ?? 300_000,
+    maxEntries: options.maxEntries ?? 10_000,
+  });
+  const client: UpstreamClient = options.clientSecret
+    ? { clientId: options.clientId, clientSecret: options.clientSecret, authMethod: 'client_secret_basic', source: 'preconfigured' }
+    : { clientId: options.clientId, authMethod: 'none', source: 'preconfigured' };
   return {
-    mode: 'token_exchange',
-    async headers(request) {
-      const principal = requirePrincipal(request, challenge);
-      const key = keyOf(principal);
-      let entry = cached(key);
-      if (entry) count('hit');
-      else entry = await singleFlight(key, () => obtain(principal, key));
-      sent.set(request, { key, token: entry.accessToken });
-      return { authorization: `Bearer ${entry.accessToken}` };
-    },
-    async rejected(request, rejection, attempt) {
-      requirePrincipal(request, challenge);
-      if (rejection.status === 403) {
-        // Step-up cannot help: the exchange asks for the configured scopes only.
-        return { action: 'respond', error: new Forbidden(`upstream "${options.upstream.name}" needs a scope the token exchange does not grant`) };
-      }
-      if (attempt > 0) return { action: 'respond', error: new BadGateway(`upstream "${options.upstream.name}" refused a freshly exchanged token`) };
-      const used = sent.get(request);
-      if (used && cache.get(used.key)?.accessToken === used.token) cache.delete(used.key);
-      return { action: 'retry' };
-    },
+    upstream: options.upstream.name,
+    endpoint: endpoint.href,
+    audience: options.audience,
+    resource,
+    scopes: options.scopes,
+    extraParams,
+    subjectKind: options.subjectToken ?? 'access_token',
+    expectedIssuer: options.expectedIssuer,
+    client,
+    challenge: { resource: options.upstream.resource, scopes: options.upstream.scopes },
+    idpMargin,
+    session,
+    endSession: (sessionId) => options.endSession(sessionId),
+    fetch: options.fetch,
+    logger: options.logger,
+    singleFlight: options.singleFlight ?? createSingleFlight(),
+    cache,
+    sent: new WeakMap(),
+    count: (outcome) => exchanges.inc({ upstream: options.upstream.name, outcome }),
   };
 }
 
-function nonNegative(value: number, name: string): number {
-  if (!Number.isFinite(value) || value < 0) throw new TypeError(`${name} must be a non-negative number of milliseconds`);
-  return value;
+async function headers(exchanger: Exchanger, request: CredentialRequest): Promise<Record<string, string>> {
+  const { cache } = exchanger;
+  const principal = requirePrincipal(request, exchanger.challenge);
+  const key = keyOf(exchanger, principal);
+  let entry = cache.get(key);
+  if (entry) exchanger.count('hit');
+  else entry = await exchanger.singleFlight(key, () => obtain(exchanger, principal, key));
+  exchanger.sent.set(request, { key, token: entry.accessToken });
+  return { authorization: `Bearer ${entry.accessToken}` };
+}
+
+async function rejected(exchanger: Exchanger, request: CredentialRequest, rejection: UpstreamRejection, attempt: number): Promise<RejectionOutcome> {
+  requirePrincipal(request, exchanger.challenge);
+  if (rejection.status === 403) {
+    // Step-up cannot help: the exchange asks for the configured scopes only.
+    return { action: 'respond', error: new Forbidden(`upstream "${exchanger.upstream}" needs a scope the token exchange does not grant`) };
+  }
+  if (attempt > 0) return { action: 'respond', error: new BadGateway(`upstream "${exchanger.upstream}" refused a freshly exchanged token`) };
+  const used = exchanger.sent.get(request);
+  if (used) exchanger.cache.dropIf(used.key, used.token);
+  return { action: 'retry' };
+}
+
+function keyOf(exchanger: Exchanger, principal: Principal): string {
+  return JSON.stringify([principal.subject, exchanger.endpoint, exchanger.audience ?? null, exchanger.resource]);
+}
+
+/** The subject token of `tokens`, when the session has one. */
+function subjectOf(exchanger: Exchanger, tokens: IdpTokens): string | undefined {
+  return exchanger.subjectKind === 'id_token' ? tokens.idToken : tokens.accessToken;
+}
+
+/** Whether the subject token must be renewed first (a token without an expiry never is: GitHub's, for one). */
+function idpExpiring(exchanger: Exchanger, tokens: IdpTokens): boolean {
+  const expiresAt = exchanger.subjectKind === 'id_token' ? (tokens.idToken === undefined ? undefined : idTokenExpiry(tokens.idToken)) : tokens.expiresAt;
+  return expiresAt !== undefined && expiresAt - exchanger.idpMargin <= exchanger.session.now();
+}
+
+/** The session's subject token, renewed first when `stale` says so; a session without one signs in again. */
+async function subjectToken(exchanger: Exchanger, principal: Principal, stale: (tokens: IdpTokens) => boolean): Promise<string> {
+  const { subjectKind, challenge } = exchanger;
+  let tokens: IdpTokens;
+  try {
+    tokens = await exchanger.session.current(principal.sessionId, stale);
+  } catch (error) {
+    throw idpFailure(error, challenge);
+  }
+  const token = subjectOf(exchanger, tokens);
+  if (token === undefined || (subjectKind === 'id_token' && idpExpiring(exchanger, tokens))) {
+    // An IdP that returned no (fresh) ID token on refresh: only a new sign-in brings one.
+    await exchanger.endSession(principal.sessionId);
+    throw unauthorized({ ...challenge, tokenSent: true, description: `the sign-in has no current ${subjectKind === 'id_token' ? 'ID' : 'access'} token to exchange; sign in again` });
+  }
+  return token;
+}
+
+/** `expectedIssuer` against an issued JWT's `iss`; an opaque token passes (see the module comment). */
+function checkIssuer(exchanger: Exchanger, accessToken: string): void {
+  const { expectedIssuer, upstream } = exchanger;
+  if (expectedIssuer === undefined) return;
+  let iss: unknown;
+  try {
+    iss = decodeJwt(accessToken).iss;
+  } catch {
+    return; // not a JWT: nothing to read the issuer from
+  }
+  if (iss === expectedIssuer) return;
+  exchanger.logger.error({
+    msg: 'token exchange returned a token from an unexpected issuer: check the upstream configuration',
+    upstream,
+    expectedIssuer,
+    issuer: typeof iss === 'string' ? iss.slice(0, 200) : null,
+  });
+  throw new BadGateway(`the token exchange for "${upstream}" returned a token from an unexpected issuer (expected ${expectedIssuer})`);
+}
+
+/**
+ * One RFC 8693 §2.1 request; throws TokenEndpointError. Not tied to one agent's request: callers
+ * share it, so one agent going away must not abort it for the others.
+ */
+async function exchange(exchanger: Exchanger, subject: string): Promise<TokenResponse> {
+  const params: Array<[string, string]> = [
+    ...Object.entries(exchanger.extraParams),
+    ['grant_type', TOKEN_EXCHANGE_GRANT],
+    ['subject_token', subject],
+    ['subject_token_type', exchanger.subjectKind === 'id_token' ? ID_TOKEN_TYPE : ACCESS_TOKEN_TYPE],
+    ['requested_token_type', ACCESS_TOKEN_TYPE],
+  ];
+  if (exchanger.audience) params.push(['audience', exchanger.audience]);
+  for (const uri of exchanger.resource) params.push(['resource', uri]);
+  if (exchanger.scopes.length > 0) params.push(['scope', exchanger.scopes.join(' ')]);
+  return requestToken({ fetch: exchanger.fetch, endpoint: exchanger.endpoint, client: exchanger.client, params });
+}
+
+/** Exchanges for `principal`, refreshing the subject token once when the endpoint refuses it. */
+async function obtain(exchanger: Exchanger, principal: Principal, key: string): Promise<CachedExchange> {
+  // Read again inside the flight: the caller that ran before us may have filled it.
+  const hit = exchanger.cache.get(key);
+  if (hit) {
+    exchanger.count('hit');
+    return hit;
+  }
+  try {
+    const entry = await exchangeFor(exchanger, principal, key);
+    exchanger.count('miss');
+    return entry;
+  } catch (error) {
+    exchanger.count('failure');
+    throw error;
+  }
+}
+
+async function exchangeFor(exchanger: Exchanger, principal: Principal, key: string): Promise<CachedExchange> {
+  const { logger, upstream } = exchanger;
+  const expiring = (tokens: IdpTokens) => idpExpiring(exchanger, tokens);
+  let subject = await subjectToken(exchanger, principal, expiring);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const token = await exchange(exchanger, subject);
+      checkIssuer(exchanger, token.accessToken);
+      logger.info({ msg: 'token exchanged', upstream, sid: sessionTag(principal.sessionId) });
+      return exchanger.cache.remember(key, token.accessToken, token.expiresIn);
+    } catch (error) {
+      if (!(error instanceof TokenEndpointError)) throw error;
+      const code = error.oauthError;
+      if (error.kind === 'unavailable') {
+        logger.warn({ msg: 'token exchange failed; retry later', upstream, err: error.message });
+        throw new TemporarilyUnavailable(`the token exchange for "${upstream}" is unavailable; retry shortly`, { headers: { 'retry-after': '5' }, cause: error });
+      }
+      if (code !== undefined && CONFIGURATION_ERRORS.has(code)) {
+        logger.error({ msg: 'token exchange refused: check the upstream configuration', upstream, oauthError: code });
+        throw new BadGateway(`the token exchange for "${upstream}" is misconfigured`, { cause: error });
+      }
+      if (attempt === 0) {
+        // The subject token may be revoked or too old for the exchange policy: a fresh one may pass.
+        const refused = subject;
+        subject = await subjectToken(exchanger, principal, (tokens) => subjectOf(exchanger, tokens) === refused || expiring(tokens));
+        continue;
+      }
+      await exchanger.endSession(principal.sessionId);
+      logger.warn({ msg: 'token exchange refused the sign-in: session ended', upstream, sid: sessionTag(principal.sessionId), oauthError: code });
+      throw unauthorized({ ...exchanger.challenge, tokenSent: true, description: 'the token exchange refused the sign-in; sign in again' });
+    }
+  }
 }

@@ -69,113 +69,137 @@ const MARK_TTL_MS = 60_000;
 
 /** Builds the notifier; call `start()` before serving. */
 export function createElicitationEvents(options: ElicitationEventsOptions): ElicitationEvents {
-  const { bus, store, sealer, streams, outcomes, logger } = options;
+  const notifier = resolveNotifier(options);
+  return {
+    async start() {
+      if (await attempt(notifier)) return;
+      // The bus is unreachable (Valkey down at start-up): keep trying in the background; /readyz says so meanwhile.
+      void keepSubscribing(notifier);
+    },
+    get subscribed() {
+      return notifier.unsubscribe !== undefined && !notifier.closed;
+    },
+    completed: (event) => publish(notifier, event),
+    close: () => close(notifier),
+  };
+}
+
+/** The checked options and the state of one notifier, which the steps below take as their first argument. */
+interface Notifier extends Omit<ElicitationEventsOptions, 'confirmAfterMs' | 'retryMs'> {
+  confirmAfterMs: number;
+  retryMs: number;
+  unsubscribe: (() => void) | undefined;
+  closed: boolean;
+  /** Ends the wait between two subscription attempts (at close). */
+  wake: (() => void) | undefined;
+  /** Confirmations not yet read, each runnable early (at close). */
+  pending: Map<NodeJS.Timeout, () => Promise<void>>;
+}
+
+/** Checks the options and fills in the defaults. */
+function resolveNotifier(options: ElicitationEventsOptions): Notifier {
   const confirmAfterMs = options.confirmAfterMs ?? 2000;
   const retryMs = options.retryMs ?? 1000;
   if (!Number.isSafeInteger(confirmAfterMs) || confirmAfterMs <= 0) throw new TypeError('confirmAfterMs must be a positive integer');
   if (!Number.isSafeInteger(retryMs) || retryMs <= 0) throw new TypeError('retryMs must be a positive integer');
-  let unsubscribe: (() => void) | undefined;
-  let closed = false;
-  /** Ends the wait between two subscription attempts (at close). */
-  let wake: (() => void) | undefined;
-  /** Confirmations not yet read, each runnable early (at close). */
-  const pending = new Map<NodeJS.Timeout, () => Promise<void>>();
-  const markKey = (id: string) => `events:elicitation-delivered:${id}`;
+  const { bus, store, sealer, streams, outcomes, logger } = options;
+  return { bus, store, sealer, streams, outcomes, logger, confirmAfterMs, retryMs, unsubscribe: undefined, closed: false, wake: undefined, pending: new Map() };
+}
 
-  /** One subscription attempt; true when subscribed. */
-  async function attempt(): Promise<boolean> {
-    try {
-      const done = await bus.subscribe(ELICITATION_CHANNEL, receive);
-      if (closed) done();
-      else unsubscribe = done;
-      return true;
-    } catch (error) {
-      logger.warn({ msg: 'cannot subscribe to elicitation events yet; retrying', err: (error as Error).message });
-      return false;
-    }
+const markKey = (id: string) => `events:elicitation-delivered:${id}`;
+
+/** One subscription attempt; true when subscribed. */
+async function attempt(notifier: Notifier): Promise<boolean> {
+  try {
+    const done = await notifier.bus.subscribe(ELICITATION_CHANNEL, (message) => receive(notifier, message));
+    if (notifier.closed) done();
+    else notifier.unsubscribe = done;
+    return true;
+  } catch (error) {
+    notifier.logger.warn({ msg: 'cannot subscribe to elicitation events yet; retrying', err: (error as Error).message });
+    return false;
   }
+}
 
-  /** Runs on every replica, the publisher included. */
-  function receive(message: string): void {
-    let event: Published;
-    try {
-      event = JSON.parse(sealer.open(ELICITATION_CHANNEL, message)) as Published;
-    } catch (error) {
-      logger.warn({ msg: 'elicitation event dropped: it does not open with our keys', err: (error as Error).message });
-      return;
-    }
-    if (streams.notifyElicitationComplete(event) === 0) return;
-    store.set(markKey(event.id), '1', MARK_TTL_MS).catch((error: unknown) => {
-      logger.warn({ msg: 'elicitation event delivered, but its delivery mark could not be stored', err: (error as Error).message });
+/** Attempts to subscribe every `retryMs` until one succeeds or the notifier is closed. */
+async function keepSubscribing(notifier: Notifier): Promise<void> {
+  while (!notifier.closed && !notifier.unsubscribe) {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, notifier.retryMs);
+      notifier.wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
     });
+    if (!notifier.closed) await attempt(notifier);
   }
+}
 
-  async function confirm(id: string, upstream: string): Promise<void> {
-    try {
-      const delivered = (await store.take(markKey(id))) !== undefined;
-      outcomes.inc({ outcome: delivered ? 'delivered' : 'no_stream' });
-      if (!delivered) logger.info({ msg: 'elicitation/complete reached no stream', upstream });
-    } catch (error) {
-      outcomes.inc({ outcome: 'failed' });
-      logger.warn({ msg: 'elicitation/complete: its delivery could not be confirmed', upstream, err: (error as Error).message });
-    }
+/** Runs on every replica, the publisher included. */
+function receive(notifier: Notifier, message: string): void {
+  const { logger } = notifier;
+  let event: Published;
+  try {
+    event = JSON.parse(notifier.sealer.open(ELICITATION_CHANNEL, message)) as Published;
+  } catch (error) {
+    logger.warn({ msg: 'elicitation event dropped: it does not open with our keys', err: (error as Error).message });
+    return;
   }
+  if (notifier.streams.notifyElicitationComplete(event) === 0) return;
+  notifier.store.set(markKey(event.id), '1', MARK_TTL_MS).catch((error: unknown) => {
+    logger.warn({ msg: 'elicitation event delivered, but its delivery mark could not be stored', err: (error as Error).message });
+  });
+}
 
-  return {
-    async start() {
-      if (await attempt()) return;
-      // The bus is unreachable (Valkey down at start-up): keep trying in the background; /readyz says so meanwhile.
-      void (async () => {
-        while (!closed && !unsubscribe) {
-          await new Promise<void>((resolve) => {
-            const timer = setTimeout(resolve, retryMs);
-            wake = () => {
-              clearTimeout(timer);
-              resolve();
-            };
-          });
-          if (!closed) await attempt();
-        }
-      })();
-    },
-    get subscribed() {
-      return unsubscribe !== undefined && !closed;
-    },
-    async completed(event) {
-      if (!event.mcpSessionId || closed) return;
-      const id = randomBytes(16).toString('base64url');
-      const { upstream, mcpSessionId, sessionId, elicitationId } = event;
-      let receivers: number;
-      try {
-        receivers = await bus.publish(ELICITATION_CHANNEL, sealer.seal(ELICITATION_CHANNEL, JSON.stringify({ id, upstream, mcpSessionId, sessionId, elicitationId } satisfies Published)));
-      } catch (error) {
-        outcomes.inc({ outcome: 'failed' });
-        logger.warn({ msg: 'elicitation/complete could not be published', upstream, err: (error as Error).message });
-        return;
-      }
-      if (receivers === 0) {
-        // Not even this replica is subscribed (the bus was down when it started): nobody heard it.
-        outcomes.inc({ outcome: 'no_stream' });
-        logger.warn({ msg: 'elicitation/complete had no subscriber on any replica', upstream });
-        return;
-      }
-      const run = () => confirm(id, upstream);
-      const timer = setTimeout(() => {
-        pending.delete(timer);
-        void run();
-      }, confirmAfterMs);
-      timer.unref();
-      pending.set(timer, run);
-    },
-    async close() {
-      if (closed) return;
-      closed = true;
-      wake?.();
-      const runs = [...pending.entries()];
-      pending.clear();
-      for (const [timer] of runs) clearTimeout(timer);
-      await Promise.all(runs.map(([, run]) => run()));
-      unsubscribe?.();
-    },
-  };
+/** Publishes `event`, then reads its delivery marks `confirmAfterMs` later ({@link confirm}). */
+async function publish(notifier: Notifier, event: ElicitationCompleted): Promise<void> {
+  const { outcomes, logger, pending } = notifier;
+  if (!event.mcpSessionId || notifier.closed) return;
+  const id = randomBytes(16).toString('base64url');
+  const { upstream, mcpSessionId, sessionId, elicitationId } = event;
+  let receivers: number;
+  try {
+    receivers = await notifier.bus.publish(ELICITATION_CHANNEL, notifier.sealer.seal(ELICITATION_CHANNEL, JSON.stringify({ id, upstream, mcpSessionId, sessionId, elicitationId } satisfies Published)));
+  } catch (error) {
+    outcomes.inc({ outcome: 'failed' });
+    logger.warn({ msg: 'elicitation/complete could not be published', upstream, err: (error as Error).message });
+    return;
+  }
+  if (receivers === 0) {
+    // Not even this replica is subscribed (the bus was down when it started): nobody heard it.
+    outcomes.inc({ outcome: 'no_stream' });
+    logger.warn({ msg: 'elicitation/complete had no subscriber on any replica', upstream });
+    return;
+  }
+  const run = () => confirm(notifier, id, upstream);
+  const timer = setTimeout(() => {
+    pending.delete(timer);
+    void run();
+  }, notifier.confirmAfterMs);
+  timer.unref();
+  pending.set(timer, run);
+}
+
+/** Takes the delivery mark of publication `id` and counts the outcome, once for the fleet. */
+async function confirm(notifier: Notifier, id: string, upstream: string): Promise<void> {
+  const { outcomes, logger } = notifier;
+  try {
+    const delivered = (await notifier.store.take(markKey(id))) !== undefined;
+    outcomes.inc({ outcome: delivered ? 'delivered' : 'no_stream' });
+    if (!delivered) logger.info({ msg: 'elicitation/complete reached no stream', upstream });
+  } catch (error) {
+    outcomes.inc({ outcome: 'failed' });
+    logger.warn({ msg: 'elicitation/complete: its delivery could not be confirmed', upstream, err: (error as Error).message });
+  }
+}
+
+async function close(notifier: Notifier): Promise<void> {
+  if (notifier.closed) return;
+  notifier.closed = true;
+  notifier.wake?.();
+  const runs = [...notifier.pending.entries()];
+  notifier.pending.clear();
+  for (const [timer] of runs) clearTimeout(timer);
+  await Promise.all(runs.map(([, run]) => run()));
+  notifier.unsubscribe?.();
 }

@@ -5,10 +5,10 @@
  * answer (5xx, network, timeout): an outage is never mistaken for a logout.
  */
 import * as client from 'openid-client';
-import type { Config } from '../config/schema.ts';
+import type { Config, OidcIdpConfig } from '../config/schema.ts';
 import type { IdpTokens } from '../authserver/records/records.ts';
 import { createLimitedFetch, ResponseTooLargeError } from '../net/limited-fetch.ts';
-import { IdpAccountRefused, IdpError, type IdpClient } from './types.ts';
+import { IdpAccountRefused, IdpError, type IdpClient, type IdpLoginResult, type IdpLoginStart } from './types.ts';
 
 /** Options of {@link createOidcIdpClient}; checked when it is called. */
 export interface OidcIdpClientOptions {
@@ -34,6 +34,36 @@ export interface OidcIdpClientOptions {
  * @throws TypeError for an invalid `redirectUri` or an `http:` issuer outside dev mode.
  */
 export function createOidcIdpClient(options: OidcIdpClientOptions): IdpClient {
+  const idp = resolveOidcIdp(options);
+  return {
+    startLogin: (state) => startLogin(idp, state),
+    finishLogin: (callbackUrl, expected) => finishLogin(idp, callbackUrl, expected),
+    refresh: (current) => refresh(idp, current),
+  };
+}
+
+/** The checked settings of one client, which the steps below take as their first argument. */
+interface OidcIdp {
+  config: OidcIdpConfig;
+  redirectUri: string;
+  /** `config.scopes` as the `scope` parameter. */
+  scope: string;
+  now: () => number;
+  /** The IdP's metadata and our client at it, discovered on first use ({@link lazyDiscovery}). */
+  discover: () => Promise<client.Configuration>;
+}
+
+/** What discovery needs to reach the IdP. */
+interface DiscoverySettings {
+  issuer: URL;
+  config: OidcIdpConfig;
+  /** Seconds, as openid-client counts them. */
+  timeout: number;
+  fetch: client.CustomFetch;
+}
+
+/** Checks the options and fills in the defaults. */
+function resolveOidcIdp(options: OidcIdpClientOptions): OidcIdp {
   const { config, redirectUri, devMode } = options;
   if (config.kind === 'oauth2') throw new TypeError('idp.kind oauth2 is served by createOAuth2IdpClient (oauth2.ts)');
   const issuer = new URL(config.issuer);
@@ -45,115 +75,125 @@ export function createOidcIdpClient(options: OidcIdpClientOptions): IdpClient {
   // The IdP is the operator's, often on an internal address: exempt from the address policy of the
   // guarded fetcher, not from its size and time limits (docs/threat-model.md).
   const limitedFetch = createLimitedFetch({ fetch: options.fetch, maxBytes: options.maxResponseBytes ?? 1_048_576, timeoutMs: timeout * 1000 }) as client.CustomFetch;
-  const now = options.now ?? Date.now;
-  const scope = config.scopes.join(' ');
-  let configuration: Promise<client.Configuration> | undefined;
+  return {
+    config,
+    redirectUri,
+    scope: config.scopes.join(' '),
+    now: options.now ?? Date.now,
+    discover: lazyDiscovery({ issuer, config, timeout, fetch: limitedFetch }),
+  };
+}
 
-  function discover(): Promise<client.Configuration> {
-    configuration ??= discoverOnce().catch((error: unknown) => {
+/** Discovery on first use, shared by the callers that follow; a failure is not kept. */
+function lazyDiscovery(settings: DiscoverySettings): () => Promise<client.Configuration> {
+  let configuration: Promise<client.Configuration> | undefined;
+  return () => {
+    configuration ??= discoverOnce(settings).catch((error: unknown) => {
       // Forget the failure: the next login tries again instead of failing until a restart.
       configuration = undefined;
       throw classify(error, 'discovery at the identity provider failed', true);
     });
     return configuration;
-  }
+  };
+}
 
-  async function discoverOnce(): Promise<client.Configuration> {
-    const requestOptions: client.DiscoveryRequestOptions = { timeout };
-    requestOptions[client.customFetch] = limitedFetch;
-    if (issuer.protocol === 'http:') requestOptions.execute = [client.allowInsecureRequests];
-    const discovered = await client.discovery(issuer, config.clientId, undefined, client.None(), requestOptions);
-    const server = discovered.serverMetadata();
-    const configured = new client.Configuration(server, config.clientId, clientMetadata(), clientAuth(server));
-    configured.timeout = timeout;
-    configured[client.customFetch] = limitedFetch;
-    if (issuer.protocol === 'http:') client.allowInsecureRequests(configured);
-    return configured;
-  }
+async function discoverOnce({ issuer, config, timeout, fetch }: DiscoverySettings): Promise<client.Configuration> {
+  const requestOptions: client.DiscoveryRequestOptions = { timeout };
+  requestOptions[client.customFetch] = fetch;
+  if (issuer.protocol === 'http:') requestOptions.execute = [client.allowInsecureRequests];
+  const discovered = await client.discovery(issuer, config.clientId, undefined, client.None(), requestOptions);
+  const server = discovered.serverMetadata();
+  const configured = new client.Configuration(server, config.clientId, clientMetadata(config), clientAuth(config, server));
+  configured.timeout = timeout;
+  configured[client.customFetch] = fetch;
+  if (issuer.protocol === 'http:') client.allowInsecureRequests(configured);
+  return configured;
+}
 
-  function clientMetadata(): Partial<client.ClientMetadata> {
-    return config.clientSecret ? { client_secret: config.clientSecret } : {};
-  }
+function clientMetadata(config: OidcIdpConfig): Partial<client.ClientMetadata> {
+  return config.clientSecret ? { client_secret: config.clientSecret } : {};
+}
 
-  /** `client_secret_post` unless the IdP only lists `client_secret_basic`; a client without a secret is public (PKCE only). */
-  function clientAuth(server: client.ServerMetadata): client.ClientAuth {
-    if (!config.clientSecret) return client.None();
-    const supported = server.token_endpoint_auth_methods_supported;
-    if (supported && !supported.includes('client_secret_post') && supported.includes('client_secret_basic')) {
-      return client.ClientSecretBasic(config.clientSecret);
-    }
-    return client.ClientSecretPost(config.clientSecret);
+/** `client_secret_post` unless the IdP only lists `client_secret_basic`; a client without a secret is public (PKCE only). */
+function clientAuth(config: OidcIdpConfig, server: client.ServerMetadata): client.ClientAuth {
+  if (!config.clientSecret) return client.None();
+  const supported = server.token_endpoint_auth_methods_supported;
+  if (supported && !supported.includes('client_secret_post') && supported.includes('client_secret_basic')) {
+    return client.ClientSecretBasic(config.clientSecret);
   }
+  return client.ClientSecretPost(config.clientSecret);
+}
 
-  function toTokens(response: client.TokenEndpointResponse, carried?: IdpTokens): IdpTokens {
-    return {
-      accessToken: response.access_token,
-      refreshToken: response.refresh_token ?? carried?.refreshToken,
-      idToken: response.id_token ?? carried?.idToken,
-      expiresAt: typeof response.expires_in === 'number' ? now() + response.expires_in * 1000 : undefined,
-      scope: response.scope ?? carried?.scope,
-      tokenType: response.token_type,
-    };
+/** The authorization request: PKCE (S256, RFC 7636) and a nonce (OIDC Core §3.1.2.1). */
+async function startLogin(idp: OidcIdp, state: string): Promise<IdpLoginStart> {
+  const configured = await idp.discover();
+  const codeVerifier = client.randomPKCECodeVerifier();
+  const nonce = client.randomNonce();
+  const url = client.buildAuthorizationUrl(configured, {
+    // Operator parameters first, so they can never replace the ones the flow's security rests on.
+    ...idp.config.authParams,
+    redirect_uri: idp.redirectUri,
+    response_type: 'code',
+    scope: idp.scope,
+    state,
+    nonce,
+    code_challenge: await client.calculatePKCECodeChallenge(codeVerifier),
+    code_challenge_method: 'S256',
+  });
+  return { url: url.href, codeVerifier, nonce };
+}
+
+/** The callback: code exchanged, ID token validated (issuer, audience, nonce), the user read from `userClaim`. */
+async function finishLogin(idp: OidcIdp, callbackUrl: URL, expected: { state: string; codeVerifier: string; nonce: string }): Promise<IdpLoginResult> {
+  const { config } = idp;
+  const configured = await idp.discover();
+  // openid-client sends the callback URL without its query as `redirect_uri`; rebuild it from
+  // the registered value so a path prefix stripped by an ingress cannot cause a mismatch.
+  const current = new URL(idp.redirectUri);
+  current.search = callbackUrl.search;
+  let response: client.TokenEndpointResponse & client.TokenEndpointResponseHelpers;
+  try {
+    response = await client.authorizationCodeGrant(configured, current, {
+      pkceCodeVerifier: expected.codeVerifier,
+      expectedState: expected.state,
+      expectedNonce: expected.nonce,
+      idTokenExpected: true,
+    });
+  } catch (error) {
+    throw classify(error, 'the identity provider did not complete the login');
   }
+  const claims = response.claims() as Record<string, unknown> | undefined;
+  const subject = claims?.[config.userClaim];
+  if ((typeof subject !== 'string' && typeof subject !== 'number') || subject === '') {
+    throw new IdpError('rejected', `the ID token has no usable "${config.userClaim}" claim`);
+  }
+  // An e-mail address names a user only once the IdP has verified it belongs to them: many IdPs
+  // let anyone set any address on their own account (OIDC Core §5.7).
+  if (config.userClaim === 'email' && claims?.email_verified !== true && claims?.email_verified !== 'true') {
+    throw new IdpAccountRefused('Your identity provider has not verified the e-mail address of your account, and this service identifies users by e-mail address. Verify it at your identity provider, then sign in again.');
+  }
+  return { subject: String(subject), tokens: toTokens(idp, response), claims: claims ?? {} };
+}
 
+/** The refresh-token grant (OIDC Core §12). */
+async function refresh(idp: OidcIdp, current: IdpTokens): Promise<IdpTokens> {
+  if (!current.refreshToken) throw new IdpError('rejected', 'no refresh token was issued for this session');
+  const configured = await idp.discover();
+  try {
+    return toTokens(idp, await client.refreshTokenGrant(configured, current.refreshToken), current);
+  } catch (error) {
+    throw classify(error, 'the refresh at the identity provider failed');
+  }
+}
+
+function toTokens(idp: OidcIdp, response: client.TokenEndpointResponse, carried?: IdpTokens): IdpTokens {
   return {
-    async startLogin(state) {
-      const configured = await discover();
-      const codeVerifier = client.randomPKCECodeVerifier();
-      const nonce = client.randomNonce();
-      const url = client.buildAuthorizationUrl(configured, {
-        // Operator parameters first, so they can never replace the ones the flow's security rests on.
-        ...config.authParams,
-        redirect_uri: redirectUri,
-        response_type: 'code',
-        scope,
-        state,
-        nonce,
-        code_challenge: await client.calculatePKCECodeChallenge(codeVerifier),
-        code_challenge_method: 'S256',
-      });
-      return { url: url.href, codeVerifier, nonce };
-    },
-
-    async finishLogin(callbackUrl, expected) {
-      const configured = await discover();
-      // openid-client sends the callback URL without its query as `redirect_uri`; rebuild it from
-      // the registered value so a path prefix stripped by an ingress cannot cause a mismatch.
-      const current = new URL(redirectUri);
-      current.search = callbackUrl.search;
-      let response: client.TokenEndpointResponse & client.TokenEndpointResponseHelpers;
-      try {
-        response = await client.authorizationCodeGrant(configured, current, {
-          pkceCodeVerifier: expected.codeVerifier,
-          expectedState: expected.state,
-          expectedNonce: expected.nonce,
-          idTokenExpected: true,
-        });
-      } catch (error) {
-        throw classify(error, 'the identity provider did not complete the login');
-      }
-      const claims = response.claims() as Record<string, unknown> | undefined;
-      const subject = claims?.[config.userClaim];
-      if ((typeof subject !== 'string' && typeof subject !== 'number') || subject === '') {
-        throw new IdpError('rejected', `the ID token has no usable "${config.userClaim}" claim`);
-      }
-      // An e-mail address names a user only once the IdP has verified it belongs to them: many IdPs
-      // let anyone set any address on their own account (OIDC Core §5.7).
-      if (config.userClaim === 'email' && claims?.email_verified !== true && claims?.email_verified !== 'true') {
-        throw new IdpAccountRefused('Your identity provider has not verified the e-mail address of your account, and this service identifies users by e-mail address. Verify it at your identity provider, then sign in again.');
-      }
-      return { subject: String(subject), tokens: toTokens(response), claims: claims ?? {} };
-    },
-
-    async refresh(current) {
-      if (!current.refreshToken) throw new IdpError('rejected', 'no refresh token was issued for this session');
-      const configured = await discover();
-      try {
-        return toTokens(await client.refreshTokenGrant(configured, current.refreshToken), current);
-      } catch (error) {
-        throw classify(error, 'the refresh at the identity provider failed');
-      }
-    },
+    accessToken: response.access_token,
+    refreshToken: response.refresh_token ?? carried?.refreshToken,
+    idToken: response.id_token ?? carried?.idToken,
+    expiresAt: typeof response.expires_in === 'number' ? idp.now() + response.expires_in * 1000 : undefined,
+    scope: response.scope ?? carried?.scope,
+    tokenType: response.token_type,
   };
 }
 

@@ -102,31 +102,54 @@ const REDIRECTS = new Set([301, 302, 303, 307, 308]);
  * @throws TypeError for invalid options.
  */
 export function createGuardedFetch(options: GuardedFetchOptions = {}): GuardedFetch {
-  const allowHttp = options.allowHttp ?? false;
-  const allowPrivate = options.allowPrivate ?? false;
-  const allowHosts = new Set((options.allowHosts ?? []).map(normalizeHost));
-  const maxBytes = positiveInt(options.maxBytes ?? 256 * 1024, 'maxBytes');
-  const timeoutMs = positiveInt(options.timeoutMs ?? 5000, 'timeoutMs');
-  const maxRedirects = nonNegativeInt(options.maxRedirects ?? 3, 'maxRedirects');
-  const userAgent = options.userAgent ?? 'mcpgate';
-  const resolve = options.resolve ?? ((hostname: string) => dnsLookup(hostname, { all: true, order: 'verbatim' }));
+  const policy = resolvePolicy(options);
+  const agent = new Agent({ connect: { lookup: guardedLookup(policy) }, headersTimeout: policy.timeoutMs, bodyTimeout: policy.timeoutMs });
+  const guarded = (input: string | URL, init?: GuardedRequest) => guardedFetch(policy, agent, input, init);
+  return Object.assign(guarded, { close: () => agent.close() });
+}
 
-  const internalAllowed = (host: string) => allowPrivate || allowHosts.has(normalizeHost(host));
+/** The checked options of one fetcher, with their defaults. */
+interface FetchPolicy {
+  allowHttp: boolean;
+  allowPrivate: boolean;
+  /** Normalized with {@link normalizeHost}. */
+  allowHosts: Set<string>;
+  maxBytes: number;
+  timeoutMs: number;
+  maxRedirects: number;
+  userAgent: string;
+  resolve: (hostname: string) => Promise<ResolvedAddress[]>;
+}
 
-  function checkAddresses(host: string, addresses: readonly ResolvedAddress[]): void {
-    if (addresses.length === 0) throw new FetchRefusedError('dns_failed', `no address for host ${host}`);
-    const allowed = internalAllowed(host);
-    // Refuse the host if ANY address is internal: otherwise the socket's happy-eyeballs
-    // fallback could still land on the internal one.
-    if (!addresses.every((a) => isAddressAllowed(a.address, allowed))) {
-      throw new FetchRefusedError('ssrf_blocked', `host ${host} resolves to an address that is not allowed`);
-    }
+function resolvePolicy(options: GuardedFetchOptions): FetchPolicy {
+  return {
+    allowHttp: options.allowHttp ?? false,
+    allowPrivate: options.allowPrivate ?? false,
+    allowHosts: new Set((options.allowHosts ?? []).map(normalizeHost)),
+    maxBytes: positiveInt(options.maxBytes ?? 256 * 1024, 'maxBytes'),
+    timeoutMs: positiveInt(options.timeoutMs ?? 5000, 'timeoutMs'),
+    maxRedirects: nonNegativeInt(options.maxRedirects ?? 3, 'maxRedirects'),
+    userAgent: options.userAgent ?? 'mcpgate',
+    resolve: options.resolve ?? ((hostname: string) => dnsLookup(hostname, { all: true, order: 'verbatim' })),
+  };
+}
+
+function checkAddresses(policy: FetchPolicy, host: string, addresses: readonly ResolvedAddress[]): void {
+  if (addresses.length === 0) throw new FetchRefusedError('dns_failed', `no address for host ${host}`);
+  const allowed = policy.allowPrivate || policy.allowHosts.has(normalizeHost(host));
+  // Refuse the host if ANY address is internal: otherwise the socket's happy-eyeballs
+  // fallback could still land on the internal one.
+  if (!addresses.every((a) => isAddressAllowed(a.address, allowed))) {
+    throw new FetchRefusedError('ssrf_blocked', `host ${host} resolves to an address that is not allowed`);
   }
+}
 
-  const guardedLookup: LookupFunction = (hostname, lookupOptions, callback) => {
-    resolve(hostname).then(
+/** The socket's `lookup`: resolves, then checks what it is about to connect to (see the module comment). */
+function guardedLookup(policy: FetchPolicy): LookupFunction {
+  return (hostname, lookupOptions, callback) => {
+    policy.resolve(hostname).then(
       (addresses) => {
-        checkAddresses(hostname, addresses);
+        checkAddresses(policy, hostname, addresses);
         if (lookupOptions.all) callback(null, addresses);
         else callback(null, addresses[0]!.address, addresses[0]!.family);
       },
@@ -135,62 +158,60 @@ export function createGuardedFetch(options: GuardedFetchOptions = {}): GuardedFe
       callback(error as NodeJS.ErrnoException, '', 0);
     });
   };
+}
 
-  const agent = new Agent({ connect: { lookup: guardedLookup }, headersTimeout: timeoutMs, bodyTimeout: timeoutMs });
-
-  function checkUrl(input: string | URL): URL {
-    let url: URL;
-    try {
-      url = new URL(input);
-    } catch {
-      throw new FetchRefusedError('bad_url', 'not an absolute URL');
-    }
-    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new FetchRefusedError('bad_url', `scheme ${url.protocol} not allowed`);
-    if (url.protocol === 'http:' && !allowHttp) throw new FetchRefusedError('https_required', `https required for host ${url.hostname}`);
-    // Credentials in a URL would be sent as Basic auth by some clients and logged by others.
-    if (url.username || url.password) throw new FetchRefusedError('bad_url', 'credentials in URL not allowed');
-    const host = normalizeHost(url.hostname);
-    if (isIP(host) !== 0) checkAddresses(host, [{ address: host, family: isIP(host) }]);
-    return url;
+function checkUrl(policy: FetchPolicy, input: string | URL): URL {
+  let url: URL;
+  try {
+    url = new URL(input);
+  } catch {
+    throw new FetchRefusedError('bad_url', 'not an absolute URL');
   }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new FetchRefusedError('bad_url', `scheme ${url.protocol} not allowed`);
+  if (url.protocol === 'http:' && !policy.allowHttp) throw new FetchRefusedError('https_required', `https required for host ${url.hostname}`);
+  // Credentials in a URL would be sent as Basic auth by some clients and logged by others.
+  if (url.username || url.password) throw new FetchRefusedError('bad_url', 'credentials in URL not allowed');
+  const host = normalizeHost(url.hostname);
+  if (isIP(host) !== 0) checkAddresses(policy, host, [{ address: host, family: isIP(host) }]);
+  return url;
+}
 
-  async function guardedFetch(input: string | URL, init: GuardedRequest = {}): Promise<GuardedResponse> {
-    const limit = positiveInt(init.maxBytes ?? maxBytes, 'maxBytes');
-    const timer = AbortSignal.timeout(positiveInt(init.timeoutMs ?? timeoutMs, 'timeoutMs'));
-    const signal = init.signal ? AbortSignal.any([init.signal, timer]) : timer;
-    const method = (init.method ?? 'GET').toUpperCase();
-    const follow = method === 'GET' || method === 'HEAD';
-    let headers: Record<string, string> = { 'user-agent': userAgent, ...lowerKeys(init.headers ?? {}) };
-    let url = checkUrl(input);
+/** One request through `agent`, following GET and HEAD redirects by hand, each hop checked again. */
+async function guardedFetch(policy: FetchPolicy, agent: Agent, input: string | URL, init: GuardedRequest = {}): Promise<GuardedResponse> {
+  const { maxRedirects } = policy;
+  const limit = positiveInt(init.maxBytes ?? policy.maxBytes, 'maxBytes');
+  const timer = AbortSignal.timeout(positiveInt(init.timeoutMs ?? policy.timeoutMs, 'timeoutMs'));
+  const signal = init.signal ? AbortSignal.any([init.signal, timer]) : timer;
+  const method = (init.method ?? 'GET').toUpperCase();
+  const follow = method === 'GET' || method === 'HEAD';
+  let headers: Record<string, string> = { 'user-agent': policy.userAgent, ...lowerKeys(init.headers ?? {}) };
+  let url = checkUrl(policy, input);
 
-    try {
-      for (let hop = 0; ; hop++) {
-        const res = await request(url, {
-          dispatcher: agent,
-          method: method as 'GET',
-          headers,
-          body: init.body,
-          signal,
-        });
-        const location = res.headers.location;
-        if (follow && REDIRECTS.has(res.statusCode) && typeof location === 'string') {
-          await res.body.dump().catch(() => {});
-          if (hop >= maxRedirects) throw new FetchRefusedError('too_many_redirects', `more than ${maxRedirects} redirects`);
-          const next = checkUrl(new URL(location, url));
-          // Credentials meant for one origin never follow a redirect to another.
-          if (next.origin !== url.origin) headers = withoutCredentials(headers);
-          url = next;
-          continue;
-        }
-        const body = await readLimited(res.body, res.headers['content-length'], limit, url.hostname);
-        return toResponse(res.statusCode, res.headers, url, body);
+  try {
+    for (let hop = 0; ; hop++) {
+      const res = await request(url, {
+        dispatcher: agent,
+        method: method as 'GET',
+        headers,
+        body: init.body,
+        signal,
+      });
+      const location = res.headers.location;
+      if (follow && REDIRECTS.has(res.statusCode) && typeof location === 'string') {
+        await res.body.dump().catch(() => {});
+        if (hop >= maxRedirects) throw new FetchRefusedError('too_many_redirects', `more than ${maxRedirects} redirects`);
+        const next = checkUrl(policy, new URL(location, url));
+        // Credentials meant for one origin never follow a redirect to another.
+        if (next.origin !== url.origin) headers = withoutCredentials(headers);
+        url = next;
+        continue;
       }
-    } catch (err) {
-      throw mapError(err, { timedOut: timer.aborted, callerAborted: init.signal?.aborted ?? false, callerReason: init.signal?.reason, url });
+      const body = await readLimited(res.body, res.headers['content-length'], limit, url.hostname);
+      return toResponse(res.statusCode, res.headers, url, body);
     }
+  } catch (err) {
+    throw mapError(err, { timedOut: timer.aborted, callerAborted: init.signal?.aborted ?? false, callerReason: init.signal?.reason, url });
   }
-
-  return Object.assign(guardedFetch, { close: () => agent.close() });
 }
 
 async function readLimited(
