@@ -14,6 +14,7 @@ import type { CredentialRequest } from '../credentials/types.ts';
 import type { Authenticator } from './authenticate.ts';
 import type { AuthRequiredRenderer } from './challenge.ts';
 import type { ClientCapabilities } from './client-capabilities.ts';
+import type { UpstreamPlace } from './headers.ts';
 import type { RpcInfo } from './jsonrpc.ts';
 import type { SessionOwners } from './session-owner.ts';
 import type { StreamRegistry } from './stream-registry.ts';
@@ -25,7 +26,7 @@ import type { Upstream } from './upstream.ts';
  * and what is derived from them once (`mcp-route.ts` builds it when the routes are created).
  */
 export interface McpRoute {
-  byName: Map<string, Upstream>;
+  byName: Map<string, ServedUpstream>;
   /** Our own origin and the configured ones: the acceptable `Origin` values. */
   allowedOrigins: Set<string>;
   authenticator: Authenticator;
@@ -34,7 +35,6 @@ export interface McpRoute {
   bodyBudget: BodyBudget | undefined;
   upstreamTimeoutMs: number;
   sseKeepAliveMs: number | undefined;
-  basePath: string;
   onInitialize: ((info: { upstream: Upstream; rpc: RpcInfo; mcpSessionId: string }) => void) | undefined;
   authRequired: AuthRequiredRenderer | undefined;
   clientCapabilities: ClientCapabilities | undefined;
@@ -50,6 +50,25 @@ export interface McpRoute {
 }
 
 /**
+ * An upstream as the route serves it, with what every request to it would otherwise work out
+ * again: the parts of its URL (each read of a `URL` getter builds a new string), where we serve it,
+ * and its open-stream gauge.
+ */
+export interface ServedUpstream {
+  upstream: Upstream;
+  /** `upstream.url.origin`. */
+  origin: string;
+  /** The upstream's path and query (`pathname + search`); the agent's query is appended to it. */
+  path: string;
+  /** True when the upstream's URL has a query of its own (the agent's is then appended with `&`). */
+  hasQuery: boolean;
+  /** Where the upstream lives and where we serve it (`{basePath}/{name}/mcp`), for its `Location` headers. */
+  place: UpstreamPlace;
+  /** Moves this upstream's open-stream gauge (forward.ts `onStream`). */
+  onStream(open: boolean): void;
+}
+
+/**
  * One request of the MCP route, filled in as its steps run. It is also the request the upstream's
  * credential source sees (`headers`, `rejected`): one object for both, and the same object on a
  * retry, as the sources that remember what they sent (by request) need.
@@ -57,6 +76,7 @@ export interface McpRoute {
 export interface McpExchange extends CredentialRequest {
   ctx: RequestContext;
   upstream: Upstream;
+  served: ServedUpstream;
   /** The agent's method: POST, GET or DELETE. */
   method: string;
   /** The POST body, booked in the in-flight budget until the request is answered; undefined for GET and DELETE. */

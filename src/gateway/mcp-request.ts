@@ -15,7 +15,7 @@ import type { Principal } from '../credentials/types.ts';
 import { forward, UpstreamError, type ForwardOutcome } from './forward.ts';
 import { upstreamRequestHeaders } from './headers.ts';
 import { inspectRpc } from './jsonrpc.ts';
-import { headerValue, logText, type McpExchange, type McpRoute } from './mcp-exchange.ts';
+import { headerValue, logText, type McpExchange, type McpRoute, type ServedUpstream } from './mcp-exchange.ts';
 import { observerFor } from './observe.ts';
 import { answerAuthRequired, isAuthRejection } from './rejection.ts';
 import type { Upstream } from './upstream.ts';
@@ -37,11 +37,11 @@ const REFUSED_BODY_READ_BYTES = 16 * 1024;
 const OVERSIZE_DISCARD = { extraBytes: 16 * 1024 * 1024, timeoutMs: 5_000 };
 
 /** The upstream named in the path; 404 for a name we do not serve. */
-export function upstreamFor(route: McpRoute, ctx: RequestContext): Upstream {
-  const upstream = route.byName.get(ctx.params.upstream!);
-  if (!upstream) throw new NotFound(`no upstream named "${ctx.params.upstream}"`);
-  ctx.log.upstream = upstream.name;
-  return upstream;
+export function upstreamFor(route: McpRoute, ctx: RequestContext): ServedUpstream {
+  const served = route.byName.get(ctx.params.upstream!);
+  if (!served) throw new NotFound(`no upstream named "${ctx.params.upstream}"`);
+  ctx.log.upstream = served.upstream.name;
+  return served;
 }
 
 /** DNS-rebinding and cross-site protection (MCP transport spec): a present Origin must be allowed. */
@@ -56,11 +56,12 @@ export function checkOrigin(route: McpRoute, ctx: RequestContext): void {
 
 /** The request's state as it enters the pipeline: its upstream found and its origin checked. */
 export function beginExchange(route: McpRoute, ctx: RequestContext): McpExchange {
-  const upstream = upstreamFor(route, ctx);
+  const served = upstreamFor(route, ctx);
   checkOrigin(route, ctx);
   return {
     ctx,
-    upstream,
+    upstream: served.upstream,
+    served,
     method: ctx.req.method!,
     body: undefined,
     principal: undefined,
@@ -221,11 +222,11 @@ export async function resolveCredential(route: McpRoute, x: McpExchange): Promis
  * HttpError it maps to (502, 504).
  */
 export async function forwardUpstream(route: McpRoute, x: McpExchange, credential: Record<string, string>, version: string | undefined): Promise<ForwardOutcome | undefined> {
-  const { ctx, upstream, method } = x;
+  const { ctx, upstream, served, method } = x;
   const tracer = route.tracer;
   // ctx.url is parsed on first use: only a target with a query needs it.
   const search = ctx.req.url?.includes('?') ? ctx.url.search : '';
-  const path = upstream.url.pathname + upstream.url.search + (upstream.url.search ? search.replace(/^\?/, '&') : search);
+  const path = search === '' ? served.path : served.path + (served.hasQuery ? search.replace(/^\?/, '&') : search);
   // A GET stream of a session can carry our notifications/elicitation/complete.
   const streams = method === 'GET' && x.mcpSessionId ? route.streams : undefined;
   let unregisterStream: (() => void) | undefined;
@@ -235,7 +236,7 @@ export async function forwardUpstream(route: McpRoute, x: McpExchange, credentia
   try {
     outcome = await forward({
       dispatcher: upstream.dispatcher,
-      origin: upstream.url.origin,
+      origin: served.origin,
       path,
       method,
       headers: upstreamRequestHeaders(ctx.req.headers, { clientIp: ctx.clientIp, proto: ctx.forwardedProto, host: ctx.forwardedHost }, credential, upstreamSpan?.traceparent()),
@@ -243,15 +244,15 @@ export async function forwardUpstream(route: McpRoute, x: McpExchange, credentia
       res: ctx.res,
       signal: ctx.signal,
       headersTimeoutMs: route.upstreamTimeoutMs,
-      place: { url: upstream.url, gatewayPath: `${route.basePath}/${encodeURIComponent(upstream.name)}/mcp` },
+      place: served.place,
       sseKeepAliveMs: route.sseKeepAliveMs,
-      hold: (status, headers) => isAuthRejection(status, headers),
+      hold: isAuthRejection,
       // Before the response ends: the access-log line is written on 'close'.
       onCut: () => void (ctx.log.cut = true),
       beforeResponse: recorderOfInitialize(route, x),
       endStream: route.drain && (method === 'GET' ? route.drain : route.requestsEnd),
       observe: observerFor(route, x),
-      onStream: (open) => (open ? route.metrics.openStreams.inc({ upstream: upstream.name }) : route.metrics.openStreams.dec({ upstream: upstream.name })),
+      onStream: served.onStream,
       onSse: streams
         ? (injector) => {
             unregisterStream = streams.register({

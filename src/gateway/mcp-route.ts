@@ -7,7 +7,7 @@ import type { Authenticator } from './authenticate.ts';
 import type { AuthRequiredRenderer } from './challenge.ts';
 import type { ClientCapabilities } from './client-capabilities.ts';
 import type { RpcInfo } from './jsonrpc.ts';
-import type { McpExchange, McpRoute } from './mcp-exchange.ts';
+import type { McpExchange, McpRoute, ServedUpstream } from './mcp-exchange.ts';
 import {
   afterSent,
   authenticate,
@@ -108,7 +108,7 @@ function routeOf(options: McpRouteOptions): McpRoute {
   const requestsEnd = new AbortController();
   drain?.signal.addEventListener('abort', () => setTimeout(() => requestsEnd.abort(), drain.requestGraceMs).unref(), { once: true });
   return {
-    byName: new Map(options.upstreams.map((u) => [u.name, u])),
+    byName: new Map(options.upstreams.map((u) => [u.name, served(u, options)])),
     allowedOrigins: new Set([options.publicOrigin, ...options.allowedOrigins]),
     authenticator: options.authenticator,
     metrics: options.metrics,
@@ -116,7 +116,6 @@ function routeOf(options: McpRouteOptions): McpRoute {
     bodyBudget: options.bodyBudget,
     upstreamTimeoutMs: options.upstreamTimeoutMs,
     sseKeepAliveMs: options.sseKeepAliveMs,
-    basePath: options.basePath,
     onInitialize: options.onInitialize,
     authRequired: options.authRequired,
     clientCapabilities: options.clientCapabilities,
@@ -127,6 +126,21 @@ function routeOf(options: McpRouteOptions): McpRoute {
     logUser: options.logUser ?? 'sub',
     toolCatalog: options.toolCatalog,
     tracer: options.tracer ?? NOOP_TRACER,
+  };
+}
+
+/** What each request to `upstream` would otherwise work out again (mcp-exchange.ts `ServedUpstream`). */
+function served(upstream: Upstream, options: McpRouteOptions): ServedUpstream {
+  const { url } = upstream;
+  const labels = { upstream: upstream.name };
+  const streams = options.metrics.openStreams;
+  return {
+    upstream,
+    origin: url.origin,
+    path: url.pathname + url.search,
+    hasQuery: url.search !== '',
+    place: { url, gatewayPath: `${options.basePath}/${encodeURIComponent(upstream.name)}/mcp` },
+    onStream: (open) => (open ? streams.inc(labels) : streams.dec(labels)),
   };
 }
 
