@@ -152,21 +152,14 @@ export async function readRequestBody(route: McpRoute, x: McpExchange): Promise<
 }
 
 /** What the body says (id, method, tool), for errors, the access log and the tool-call metric. */
-export function inspectBody(route: McpRoute, x: McpExchange): void {
-  const { ctx, upstream } = x;
+export function inspectBody(x: McpExchange): void {
+  const { ctx } = x;
   const rpc = inspectRpc(x.body!);
   x.rpc = rpc;
   ctx.rpcId = rpc.id;
   // Cut: the method is the client's text (a 500 KB method was a 500 KB log line).
   if (rpc.method) ctx.log.rpc = logText(rpc.method);
-  if (rpc.toolName !== undefined) {
-    ctx.log.tool = logText(rpc.toolName);
-    // Counted once the answer is complete (or failed), whatever path it took.
-    const toolName = rpc.toolName;
-    ctx.res.once('close', () => {
-      route.metrics.toolCalls.inc({ upstream: upstream.name, tool: route.toolCatalog?.label(upstream.name, toolName) ?? 'other', outcome: String(ctx.log.outcome ?? 'error') });
-    });
-  }
+  if (rpc.toolName !== undefined) ctx.log.tool = logText(rpc.toolName);
 }
 
 /** Which sessions the access-log line is about, as tags (never the ids). */

@@ -23,6 +23,7 @@ import {
   streamVersion,
   upstreamFor,
 } from './mcp-request.ts';
+import { countToolCall } from './observe.ts';
 import { handleRejection } from './rejection.ts';
 import type { SessionOwners } from './session-owner.ts';
 import type { StreamRegistry } from './stream-registry.ts';
@@ -167,7 +168,7 @@ async function serve(route: McpRoute, ctx: RequestContext): Promise<void> {
     await authenticate(route, x);
     if (x.method === 'POST') {
       await readRequestBody(route, x);
-      inspectBody(route, x);
+      inspectBody(x);
     }
     noteSessions(x);
     await checkSessionOwner(route, x);
@@ -186,5 +187,6 @@ async function serve(route: McpRoute, ctx: RequestContext): Promise<void> {
     throw error;
   } finally {
     if (x?.body) route.bodyBudget?.release(x.body.length);
+    if (x?.rpc?.toolName !== undefined) countToolCall(route, x, x.rpc.toolName);
   }
 }

@@ -40,6 +40,16 @@ export function observerFor(route: McpRoute, x: McpExchange): ResponseObserver {
   return { head, data: noop, end: noop };
 }
 
+/**
+ * Counts a `tools/call` in the tool-call metric, by the outcome the request ended with. Called
+ * once the request is answered (or failed), whatever path it took: the handler's end, so no
+ * listener per request waits for the response's 'close'.
+ */
+export function countToolCall(route: McpRoute, x: McpExchange, toolName: string): void {
+  const { upstream } = x;
+  route.metrics.toolCalls.inc({ upstream: upstream.name, tool: route.toolCatalog?.label(upstream.name, toolName) ?? 'other', outcome: String(x.ctx.log.outcome ?? 'error') });
+}
+
 /** The upstream status and the outcome it means, in the access log. */
 function noteStatus(ctx: RequestContext, status: number): void {
   ctx.log.upstreamStatus = status;
