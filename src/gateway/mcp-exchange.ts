@@ -83,6 +83,8 @@ export interface McpExchange extends CredentialRequest {
   body: Buffer | undefined;
   /** The negotiated version from `MCP-Protocol-Version`, if the agent sent one. */
   protocolVersion: string | undefined;
+  /** The version our own events on a GET stream must speak: the header's, else the one the session noted. */
+  streamVersion: string | undefined;
   /** The owner check started alongside the session's liveness check (`startReads`), if it was. */
   earlyOwner: Promise<void> | undefined;
 }

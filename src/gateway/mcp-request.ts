@@ -58,6 +58,7 @@ export function checkOrigin(route: McpRoute, ctx: RequestContext): void {
 export function beginExchange(route: McpRoute, ctx: RequestContext): McpExchange {
   const served = upstreamFor(route, ctx);
   checkOrigin(route, ctx);
+  const protocolVersion = headerValue(ctx.req.headers, 'mcp-protocol-version');
   return {
     ctx,
     upstream: served.upstream,
@@ -67,7 +68,8 @@ export function beginExchange(route: McpRoute, ctx: RequestContext): McpExchange
     principal: undefined,
     rpc: undefined,
     mcpSessionId: headerValue(ctx.req.headers, 'mcp-session-id'),
-    protocolVersion: headerValue(ctx.req.headers, 'mcp-protocol-version'),
+    protocolVersion,
+    streamVersion: protocolVersion,
     signal: ctx.signal,
     prefetched: undefined,
     earlyOwner: undefined,
@@ -82,7 +84,8 @@ export function beginExchange(route: McpRoute, ctx: RequestContext): McpExchange
  */
 export async function authenticate(route: McpRoute, x: McpExchange): Promise<void> {
   const { ctx, upstream } = x;
-  const alongside = (principal: Principal) => startReads(route, x, principal);
+  // Only a request with a read to start gets the callback (never one of an open gateway).
+  const alongside = (route.sessionOwners && x.mcpSessionId) || upstream.credentials.prefetch ? (principal: Principal) => startReads(route, x, principal) : undefined;
   try {
     x.principal = await (route.tracer.enabled
       ? route.tracer.trace('authenticate', () => route.authenticator.authenticate(ctx, upstream, alongside))
@@ -143,12 +146,14 @@ function noteUser(route: McpRoute, x: McpExchange): void {
  * is answered (a replay after an upstream 401 needs it until then).
  */
 export async function readRequestBody(route: McpRoute, x: McpExchange): Promise<void> {
-  x.body = await readBody(x.ctx.req, route.maxBodyBytes, route.bodyBudget).catch(async (error: unknown) => {
+  try {
+    x.body = await readBody(x.ctx.req, route.maxBodyBytes, route.bodyBudget);
+  } catch (error) {
     if (error instanceof PayloadTooLarge) {
       await discardBody(x.ctx.req, { maxBytes: route.maxBodyBytes + OVERSIZE_DISCARD.extraBytes, timeoutMs: OVERSIZE_DISCARD.timeoutMs });
     }
     throw error;
-  });
+  }
 }
 
 /** What the body says (id, method, tool), for errors, the access log and the tool-call metric. */
@@ -168,25 +173,35 @@ export function noteSessions(x: McpExchange): void {
   if (x.principal) x.ctx.log.sid = sessionTag(x.principal.sessionId);
 }
 
-/** Another user's session id is an unknown session here (404), before anything uses it. */
-export async function checkSessionOwner(route: McpRoute, x: McpExchange): Promise<void> {
+/**
+ * The MCP session's checks, in this order: its owner (another user's session id is an unknown
+ * session here, 404, before anything uses it), its protocol version noted, and for a GET stream
+ * without the header the version the session noted. Undefined when there is nothing to wait for
+ * (an await of nothing still costs a turn of the microtask queue).
+ */
+export function checkSession(route: McpRoute, x: McpExchange): Promise<void> | undefined {
   const owners = x.principal ? route.sessionOwners : undefined;
-  if (owners && x.mcpSessionId) await (x.earlyOwner ?? owners.check({ upstream: x.upstream.name, mcpSessionId: x.mcpSessionId, user: x.principal!.subject }, x.signal));
+  const owner = owners && x.mcpSessionId ? (x.earlyOwner ?? owners.check({ upstream: x.upstream.name, mcpSessionId: x.mcpSessionId, user: x.principal!.subject }, x.signal)) : undefined;
+  // A GET stream of a session can carry our notifications/elicitation/complete, in the session's version.
+  const readVersion = x.method === 'GET' && Boolean(x.mcpSessionId) && route.streams !== undefined && !x.protocolVersion;
+  if (!owner && !readVersion) return noteProtocolVersion(route, x);
+  return checkSessionInOrder(route, x, owner, readVersion);
+}
+
+async function checkSessionInOrder(route: McpRoute, x: McpExchange, owner: Promise<void> | undefined, readVersion: boolean): Promise<void> {
+  await owner;
+  await noteProtocolVersion(route, x);
+  if (readVersion) x.streamVersion = (await route.clientCapabilities?.get({ upstream: x.upstream.name, mcpSessionId: x.mcpSessionId }, x.signal))?.protocolVersion;
 }
 
 /**
  * Awaited: the record is shared by every replica and a store failure is a 503 like any other
  * (the cache makes this free for a session this replica has seen in the last touch interval).
  */
-export async function noteProtocolVersion(route: McpRoute, x: McpExchange): Promise<void> {
+function noteProtocolVersion(route: McpRoute, x: McpExchange): Promise<void> | undefined {
   const { protocolVersion } = x;
-  if (protocolVersion) await route.clientCapabilities?.noteProtocolVersion({ upstream: x.upstream.name, mcpSessionId: x.mcpSessionId, sessionId: x.principal?.sessionId, protocolVersion }, x.signal);
-}
-
-/** The protocol version of a GET stream that can carry our notifications/elicitation/complete: the header's, else the one the session noted. */
-export async function streamVersion(route: McpRoute, x: McpExchange): Promise<string | undefined> {
-  const streams = x.method === 'GET' && x.mcpSessionId ? route.streams : undefined;
-  return streams && !x.protocolVersion ? (await route.clientCapabilities?.get({ upstream: x.upstream.name, mcpSessionId: x.mcpSessionId }, x.signal))?.protocolVersion : x.protocolVersion;
+  if (!protocolVersion) return undefined;
+  return route.clientCapabilities?.noteProtocolVersion({ upstream: x.upstream.name, mcpSessionId: x.mcpSessionId, sessionId: x.principal?.sessionId, protocolVersion }, x.signal);
 }
 
 /**
@@ -214,7 +229,7 @@ export async function resolveCredential(route: McpRoute, x: McpExchange): Promis
  * when the agent left first (nobody to answer); a failure before the upstream's head is the
  * HttpError it maps to (502, 504).
  */
-export async function forwardUpstream(route: McpRoute, x: McpExchange, credential: Record<string, string>, version: string | undefined): Promise<ForwardOutcome | undefined> {
+export async function forwardUpstream(route: McpRoute, x: McpExchange, credential: Record<string, string>): Promise<ForwardOutcome | undefined> {
   const { ctx, upstream, served, method } = x;
   const tracer = route.tracer;
   // ctx.url is parsed on first use: only a target with a query needs it.
@@ -252,7 +267,7 @@ export async function forwardUpstream(route: McpRoute, x: McpExchange, credentia
               upstream: upstream.name,
               mcpSessionId: x.mcpSessionId!,
               sessionId: x.principal?.sessionId,
-              protocolVersion: version,
+              protocolVersion: x.streamVersion,
               sink: { deliver: (event) => injector.inject(event) },
             });
           }
@@ -308,17 +323,21 @@ function upstreamFailure(route: McpRoute, error: unknown, upstream: Upstream): E
   return new BadGateway(`upstream "${upstream.name}" is unreachable`, { cause: error });
 }
 
-/** After a sent answer: the cut metric, a DELETE's session forgotten, an initialize's session announced. */
-export async function afterSent(route: McpRoute, x: McpExchange, outcome: Extract<ForwardOutcome, { kind: 'sent' }>): Promise<void> {
+/**
+ * After a sent answer: the cut metric, an initialize's session announced, a DELETE's session
+ * forgotten (the only wait, so undefined for any other request).
+ */
+export function afterSent(route: McpRoute, x: McpExchange, outcome: Extract<ForwardOutcome, { kind: 'sent' }>): Promise<void> | undefined {
   const { ctx, upstream, rpc, mcpSessionId } = x;
   if (outcome.cut) route.metrics.upstreamErrors.inc({ upstream: upstream.name, kind: 'cut' });
-  const owners = x.principal ? route.sessionOwners : undefined;
-  if (owners && mcpSessionId && x.method === 'DELETE' && outcome.status < 300) {
-    // The agent ended its session: its id is never served again. A store failure here only leaves the record to expire.
-    await owners.forget({ upstream: upstream.name, mcpSessionId }).catch(() => undefined);
-  }
   if (rpc?.method === 'initialize' && outcome.status < 300) {
     const sessionId = headerValue(ctx.res.getHeaders() as IncomingHttpHeaders, 'mcp-session-id');
     if (sessionId) route.onInitialize?.({ upstream, rpc, mcpSessionId: sessionId });
   }
+  const owners = x.principal ? route.sessionOwners : undefined;
+  if (owners && mcpSessionId && x.method === 'DELETE' && outcome.status < 300) {
+    // The agent ended its session: its id is never served again. A store failure here only leaves the record to expire.
+    return owners.forget({ upstream: upstream.name, mcpSessionId }).catch(() => undefined);
+  }
+  return undefined;
 }

@@ -13,14 +13,12 @@ import {
   authenticate,
   beginExchange,
   checkOrigin,
-  checkSessionOwner,
+  checkSession,
   forwardUpstream,
   inspectBody,
-  noteProtocolVersion,
   noteSessions,
   readRequestBody,
   resolveCredential,
-  streamVersion,
   upstreamFor,
 } from './mcp-request.ts';
 import { countToolCall } from './observe.ts';
@@ -171,15 +169,19 @@ async function serve(route: McpRoute, ctx: RequestContext): Promise<void> {
       inspectBody(x);
     }
     noteSessions(x);
-    await checkSessionOwner(route, x);
-    await noteProtocolVersion(route, x);
-    const version = await streamVersion(route, x);
+    // A step with nothing to wait for returns undefined: awaiting it would still cost a turn.
+    const checked = checkSession(route, x);
+    if (checked) await checked;
     for (let attempt = 0; ; attempt++) {
       const credential = await resolveCredential(route, x);
       if (!credential) return; // answered: the user must authorize
-      const outcome = await forwardUpstream(route, x, credential, version);
+      const outcome = await forwardUpstream(route, x, credential);
       if (!outcome) return; // the agent left
-      if (outcome.kind === 'sent') return await afterSent(route, x, outcome);
+      if (outcome.kind === 'sent') {
+        const forgetting = afterSent(route, x, outcome);
+        if (forgetting) await forgetting;
+        return;
+      }
       if ((await handleRejection(route, x, outcome.rejection, attempt)) === 'answered') return;
     }
   } catch (error) {
