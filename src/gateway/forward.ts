@@ -3,6 +3,7 @@ import type { Dispatcher } from 'undici';
 import type { UpstreamRejection } from '../credentials/types.ts';
 import { agentResponseHeaders, isEventStream, relocate, type UpstreamPlace } from './headers.ts';
 import type { ResponseObserver } from './response-tap.ts';
+import { endsEvent, eventEnd } from './sse-boundary.ts';
 
 /** One request to send upstream and where its answer goes. */
 export interface ForwardRequest {
@@ -414,24 +415,4 @@ function endAtBoundary(f: Forwarding): void {
   if (!res.writableEnded && !res.destroyed) res.end();
   finish(f, { kind: 'sent', status: f.status, stream: f.stream, bytes: f.bytes, cut: false });
   f.controller?.abort(new Error('the gateway is shutting down'));
-}
-
-/**
- * Where the first event ending in `chunk` ends (the index just past its blank line), or -1.
- * `tail` is the last bytes written before `chunk`, since a blank line may straddle the two.
- */
-function eventEnd(tail: Buffer, chunk: Buffer): number {
-  const joined = Buffer.concat([tail, chunk]);
-  for (let i = tail.length; i < joined.length; i++) {
-    if (joined[i] !== 0x0a) continue;
-    if (i >= 1 && joined[i - 1] === 0x0a) return i + 1 - tail.length;
-    if (i >= 3 && joined[i - 1] === 0x0d && joined[i - 2] === 0x0a && joined[i - 3] === 0x0d) return i + 1 - tail.length;
-  }
-  return -1;
-}
-
-/** True when an SSE chunk ends at an event boundary (a blank line), where a comment may be inserted. */
-function endsEvent(chunk: Buffer): boolean {
-  const n = chunk.length;
-  return (n >= 2 && chunk[n - 1] === 0x0a && chunk[n - 2] === 0x0a) || (n >= 4 && chunk[n - 1] === 0x0a && chunk[n - 2] === 0x0d && chunk[n - 3] === 0x0a);
 }
