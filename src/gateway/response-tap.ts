@@ -32,7 +32,8 @@ export function createRpcResponseTap(options: RpcResponseTapOptions): ResponseOb
   let size = 0;
   let overflow = false;
   let chunks: Buffer[] = [];
-  const decoder = new StringDecoder('utf8');
+  // Made for an SSE answer only: most answers are JSON, and a decoder allocates a buffer of its own.
+  let decoder: StringDecoder | undefined;
   let pending = '';
 
   const deliver = (text: string) => {
@@ -60,7 +61,10 @@ export function createRpcResponseTap(options: RpcResponseTapOptions): ResponseOb
     head(status, headers) {
       const type = String(headers['content-type'] ?? '').toLowerCase();
       if (status < 200 || status >= 300) mode = 'off';
-      else if (type.startsWith('text/event-stream')) mode = 'sse';
+      else if (type.startsWith('text/event-stream')) {
+        mode = 'sse';
+        decoder ??= new StringDecoder('utf8');
+      }
       else if (type.startsWith('application/json')) mode = 'json';
     },
     data(chunk) {
@@ -76,7 +80,7 @@ export function createRpcResponseTap(options: RpcResponseTapOptions): ResponseOb
         return;
       }
       if (mode !== 'sse') return;
-      pending += decoder.write(chunk);
+      pending += decoder!.write(chunk);
       for (;;) {
         const boundary = EVENT_BOUNDARY.exec(pending);
         if (!boundary) break;

@@ -10,6 +10,7 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startGateway, type TestGateway } from '../support/gateway.ts';
 import { startRawUpstream, waitFor, type RawUpstream } from '../support/mcp-upstream.ts';
+import { metricValue, scrapeMetrics } from '../support/metrics.ts';
 
 const EVENTS = 4;
 const SPACING_MS = 300;
@@ -27,6 +28,7 @@ describe('streaming through the gateway', () => {
   before(async () => {
     upstream = await startRawUpstream(async (req, res) => {
       const path = new URL(req.url!, 'http://x').pathname;
+      if (path === '/silent/mcp') return; // never answers: the agent leaves first
       res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
       res.flushHeaders();
       if (path === '/spaced/mcp') {
@@ -59,6 +61,7 @@ describe('streaming through the gateway', () => {
         { name: 'spaced', url: url('spaced') },
         { name: 'endless', url: url('endless') },
         { name: 'bulk', url: url('bulk') },
+        { name: 'silent', url: url('silent') },
       ],
     });
   });
@@ -108,6 +111,22 @@ describe('streaming through the gateway', () => {
     await waitFor(() => record.aborted, 'the upstream to see its request aborted');
     const health = await fetch(new URL('/healthz', gateway.url));
     assert.equal(health.status, 200, 'the gateway is still serving');
+  });
+
+  it('counts a tools/call the agent left before the upstream answered as cancelled', async () => {
+    const body = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'echo', arguments: {} } });
+    const req = request(gateway.mcpUrl('silent'), { method: 'POST', headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, agent: false });
+    req.on('error', () => undefined);
+    req.end(body);
+    await waitFor(() => upstream.requests.some((r) => r.url === '/silent/mcp'), 'the upstream to see the call');
+    req.destroy();
+    const record = upstream.requests.find((r) => r.url === '/silent/mcp')!;
+    await waitFor(() => record.aborted, 'the upstream to see its request aborted');
+    const labels = { upstream: 'silent', tool: 'other', outcome: 'cancelled' };
+    for (let i = 0; i < 100 && metricValue(await scrapeMetrics(gateway.url), 'mcpgate_tool_calls_total', labels) === 0; i++) await sleep(20);
+    const metrics = await scrapeMetrics(gateway.url);
+    assert.equal(metricValue(metrics, 'mcpgate_tool_calls_total', labels), 1);
+    assert.equal(metricValue(metrics, 'mcpgate_tool_calls_total', { ...labels, outcome: 'error' }), 0);
   });
 
   it('holds the upstream back while the agent does not read (no buffering of a 64 MB stream)', async (t) => {
