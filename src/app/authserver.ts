@@ -3,7 +3,7 @@
  * and (when `idp:` is configured) the endpoints, our access-token check and the browser session.
  */
 import { createCimdResolver } from '../authserver/clients/cimd.ts';
-import { createClientLookup, createKnownClientLookup } from '../authserver/clients/lookup.ts';
+import { createClientLookup, createKnownClientLookup, type ClientLookup } from '../authserver/clients/lookup.ts';
 import { CLIENT_IDLE_TTL_MS } from '../authserver/clients/register.ts';
 import { createConnectChain } from '../authserver/login/connect-chain.ts';
 import { createCookieCodec, deriveCookieKey, formTokens, loginCookie, type CookieCodec } from '../authserver/login/cookies.ts';
@@ -149,39 +149,47 @@ export function assembleLogin(options: LoginOptions): Login {
     secure: publicUrl.protocol === 'https:',
     now,
   });
-  const { upstreams: oauthUpstreams, flows: upstreamFlows } = options.upstreamOAuth;
-  // The browser leg: registration, authorize, the IdP callback and the consent page.
-  routes.push(
-    ...createLoginRoutes({
-      flow: {
-        issuer,
-        stores: authStores,
-        idp: idpClient,
-        clients,
-        resources: resources.map((r) => r.resource),
-        scopesSupported: [...new Set(resources.flatMap((r) => r.scopes))],
-        defaultScopes: RESOURCE_SCOPES,
-        cookies,
-        logger,
-        sessionTtlMs: Math.min(config.authServer.refreshTokenTtl, config.authServer.sessionMaxLifetime),
-        codeTtlMs: 120_000,
-        pendingTtlMs: 600_000,
-        consentTtlMs: 90 * 86_400_000,
-        clientIdleTtlMs: CLIENT_IDLE_TTL_MS,
-        maxSessionsPerUser: config.authServer.maxSessionsPerUser,
-        endSession,
-        now,
-        // The re-challenge chain: `mcpgate:connect:<name>` connects that upstream before our code is issued.
-        connect:
-          oauthUpstreams.length > 0
-            ? createConnectChain({ upstreams: oauthUpstreams, flows: upstreamFlows, stores: authStores, basePath, pendingTtlMs: 600_000, logger })
-            : undefined,
-        redirectSchemes: config.authServer.registration.redirectSchemes,
-      },
-      registration: config.authServer.registration,
-    }),
-  );
+  routes.push(...browserLoginRoutes(options, { resources, clients, cookies }));
   return { routes, authenticator, idpSession, cookies, browser: browserSession(cookies, issuer) };
+}
+
+/** The browser leg of login: registration, authorize, the IdP callback and the consent page. */
+function browserLoginRoutes(
+  options: LoginOptions,
+  parts: { resources: { resource: string; scopes: readonly string[] }[]; clients: ClientLookup; cookies: CookieCodec },
+): Route[] {
+  const { config, logger, now, issuer, basePath } = options.basics;
+  const { authStores, endSession } = options.sessions;
+  const { resources, clients, cookies } = parts;
+  const { upstreams: oauthUpstreams, flows: upstreamFlows } = options.upstreamOAuth;
+  return createLoginRoutes({
+    flow: {
+      issuer,
+      stores: authStores,
+      idp: options.idpClient,
+      clients,
+      resources: resources.map((r) => r.resource),
+      scopesSupported: [...new Set(resources.flatMap((r) => r.scopes))],
+      defaultScopes: RESOURCE_SCOPES,
+      cookies,
+      logger,
+      sessionTtlMs: Math.min(config.authServer.refreshTokenTtl, config.authServer.sessionMaxLifetime),
+      codeTtlMs: 120_000,
+      pendingTtlMs: 600_000,
+      consentTtlMs: 90 * 86_400_000,
+      clientIdleTtlMs: CLIENT_IDLE_TTL_MS,
+      maxSessionsPerUser: config.authServer.maxSessionsPerUser,
+      endSession,
+      now,
+      // The re-challenge chain: `mcpgate:connect:<name>` connects that upstream before our code is issued.
+      connect:
+        oauthUpstreams.length > 0
+          ? createConnectChain({ upstreams: oauthUpstreams, flows: upstreamFlows, stores: authStores, basePath, pendingTtlMs: 600_000, logger })
+          : undefined,
+      redirectSchemes: config.authServer.registration.redirectSchemes,
+    },
+    registration: config.authServer.registration,
+  });
 }
 
 /** Who the browser is, by our login cookie, and the form tokens of the upstream connect pages. */
