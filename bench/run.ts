@@ -197,6 +197,7 @@ async function authOf(gateway: Child): Promise<{ authorization?: string }> {
 /**
  * `--quick` (with `--ab DIR` for a before/after): only the c=32 saturation rounds, gateway,
  * before and plain proxy alternating; prints CPU per request of each (best and median round).
+ * With `--alloc-prof`, the gateway's first round is profiled (every allocation, collected ones too).
  */
 async function quick(load: Child, upstream: Child, gateway: Child, plain: Child, before: Child | undefined, directUrl: string): Promise<void> {
   const parts = [gateway, plain, ...(before ? [before] : [])];
@@ -205,7 +206,10 @@ async function quick(load: Child, upstream: Child, gateway: Child, plain: Child,
   const foreign: number[] = [];
   for (let r = 0; r < ROUNDS; r++) {
     for (const p of parts) {
+      const profiling = opts['alloc-prof'] && r === 0 && p === gateway;
+      if (profiling) await gateway.call('allocProfile', { on: true });
       const round = await saturate(load, String(p.ready), 32, DURATION, [upstream, p, load]);
+      if (profiling) await writeAllocProfile(gateway, round.ok);
       rounds.get(p)!.push(round);
       foreign.push(round.foreignPct);
     }
@@ -222,6 +226,13 @@ async function quick(load: Child, upstream: Child, gateway: Child, plain: Child,
   }
   console.log(`other processes per round: ${foreign.map((f) => fmt(f, 0)).join(' ')} % of a core; direct not measured (${directUrl})`);
   await stopAll();
+}
+
+/** Stops the gateway's allocation profile (started with `allocProfile { on: true }`) and writes it to .bench-out/profiles. */
+async function writeAllocProfile(gateway: Child, requests: number): Promise<void> {
+  mkdirSync(`${ROOT}.bench-out/profiles`, { recursive: true });
+  const file = await gateway.call<string>('allocProfile', { on: false, file: `${ROOT}.bench-out/profiles/alloc-${MODE}-${Date.now()}-${requests}req.heapprofile` });
+  note(`allocation profile of ${requests} requests (CPU figures of this round include the profiler): ${file}`);
 }
 
 function median(values: number[]): number {
@@ -324,12 +335,7 @@ async function measure(built: string, niced: boolean, loadCpu: number | undefine
       const profiling = opts['alloc-prof'] && c === 32 && r === 0;
       if (profiling) await gateway.call('allocProfile', { on: true });
       rounds.gateway.push(await saturate(load, gatewayUrl, c, DURATION, [upstream, gateway, load]));
-      if (profiling) {
-        mkdirSync(`${ROOT}.bench-out/profiles`, { recursive: true });
-        const requests = rounds.gateway.at(-1)!.ok;
-        const file = await gateway.call<string>('allocProfile', { on: false, file: `${ROOT}.bench-out/profiles/alloc-${MODE}-${Date.now()}-${requests}req.heapprofile` });
-        note(`allocation profile of ${requests} requests (CPU figures of this round include the profiler): ${file}`);
-      }
+      if (profiling) await writeAllocProfile(gateway, rounds.gateway.at(-1)!.ok);
       if (valkey && c === 32) {
         const last = rounds.gateway.at(-1)!;
         valkeyCommands = { calls: (valkeyCommands?.calls ?? 0) + valkey.commandCalls() - commandsBefore!, requests: (valkeyCommands?.requests ?? 0) + last.ok + last.failed };
