@@ -205,7 +205,8 @@ async function quick(load: Child, upstream: Child, gateway: Child, plain: Child,
   const rounds = new Map<Child, Saturation[]>(parts.map((p) => [p, []]));
   const foreign: number[] = [];
   for (let r = 0; r < ROUNDS; r++) {
-    for (const p of parts) {
+    // Every other round in reverse order, so neither build always runs right after the other.
+    for (const p of r % 2 === 0 ? parts : [...parts].reverse()) {
       const profiling = opts['alloc-prof'] && r === 0 && p === gateway;
       if (profiling) await gateway.call('allocProfile', { on: true });
       const round = await saturate(load, String(p.ready), 32, DURATION, [upstream, p, load]);
@@ -223,6 +224,12 @@ async function quick(load: Child, upstream: Child, gateway: Child, plain: Child,
       `${p.name.padEnd(8)} best ${fmt(Math.min(...us), 1)} µs (${fmt(Math.min(...us) / plainBest)}× plain), median ${fmt(median(us), 1)} µs (${fmt(median(us) / plainMedian)}× plain); ` +
         `rounds ${us.map((u) => fmt(u, 1)).join(' ')}; req/s ${list.map((s) => fmt(s.rps, 0)).join(' ')}`,
     );
+  }
+  if (before) {
+    // Each round's gateway and before ran seconds apart: their difference drifts less than either.
+    const diffs = rounds.get(gateway)!.map((s, i) => s.cpu.gateway!.usPerReq - rounds.get(before)![i]!.cpu.before!.usPerReq);
+    const wins = diffs.filter((d) => d < 0).length;
+    console.log(`after − before, per round: median ${fmt(median(diffs), 1)} µs (${fmt((100 * median(diffs)) / median(rounds.get(before)!.map((s) => s.cpu.before!.usPerReq)), 1)} %); after lower in ${wins} of ${diffs.length}; ${diffs.map((d) => fmt(d, 1)).join(' ')}`);
   }
   console.log(`other processes per round: ${foreign.map((f) => fmt(f, 0)).join(' ')} % of a core; direct not measured (${directUrl})`);
   await stopAll();
