@@ -9,7 +9,7 @@ import { createClientAddressResolver, type ClientAddressResolver } from './clien
 import { HttpError, MethodNotAllowed, NotFound } from './errors.ts';
 import { parseTarget, plainPath } from './request-target.ts';
 import { createRouter, type RequestContext, type Route } from './router.ts';
-import { sendError } from './send-error.ts';
+import { sendError, type ErrorStyle } from './send-error.ts';
 
 /** Options of the front door. Durations in milliseconds. */
 export interface FrontDoorOptions {
@@ -181,24 +181,55 @@ function startRequest(door: Door, req: IncomingMessage, res: ServerResponse, spa
   const abort = new AbortController();
   const client = door.addresses.resolve(req);
   const target = req.url ?? '/';
-  const { origin } = door;
   // The URL is parsed on first use only: routing and the gateway path need just the path,
   // which a plain target gives without a parser (about 2 µs a request saved).
   let url: URL | undefined;
   let pathname = plainPath(target);
   if (pathname === undefined) {
-    url = parseTarget(target, origin);
+    url = parseTarget(target, door.origin);
     pathname = url.pathname;
   }
-  const ctx: RequestContext = {
-    req, res, params: {}, requestId,
-    get url() {
-      return (url ??= parseTarget(target, origin));
-    },
-    clientIp: client.ip, forwardedProto: client.proto, forwardedHost: client.host,
-    signal: abort.signal, log: {}, errorStyle: 'oauth',
-  };
+  const ctx = new FrontDoorContext(req, res, requestId, client, abort.signal, target, door.origin, url);
   return { ctx, started, abort, routeName: 'unmatched', pathname, span };
+}
+
+/**
+ * The context of one request. A class for one reason: `url` is a getter (parsed on first use),
+ * and an object literal with a getter is built by V8's slow path, in dictionary mode: 0.55 µs to
+ * create against 0.03 µs, and every later read of a field a hash lookup (bench/README.md).
+ */
+class FrontDoorContext implements RequestContext {
+  req: IncomingMessage;
+  res: ServerResponse;
+  params: Record<string, string> = {};
+  requestId: string;
+  clientIp: string;
+  forwardedProto: string;
+  forwardedHost: string | undefined;
+  signal: AbortSignal;
+  log: Record<string, unknown> = {};
+  errorStyle: ErrorStyle = 'oauth';
+  rpcId?: string | number | null;
+  #url: URL | undefined;
+  readonly #target: string;
+  readonly #origin: string;
+
+  constructor(req: IncomingMessage, res: ServerResponse, requestId: string, client: { ip: string; proto: string; host: string | undefined }, signal: AbortSignal, target: string, origin: string, url: URL | undefined) {
+    this.req = req;
+    this.res = res;
+    this.requestId = requestId;
+    this.clientIp = client.ip;
+    this.forwardedProto = client.proto;
+    this.forwardedHost = client.host;
+    this.signal = signal;
+    this.#target = target;
+    this.#origin = origin;
+    this.#url = url;
+  }
+
+  get url(): URL {
+    return (this.#url ??= parseTarget(this.#target, this.#origin));
+  }
 }
 
 /** The route of the request, with its name, parameters and error style set; throws 404 or 405. */
