@@ -49,7 +49,7 @@ export function createAccessLog(options: { logger: Logger; metrics: GatewayMetri
    * The request counter and latency series of each (route, method, status, upstream), bound once:
    * building and sorting a label key per request cost about 3 KB of garbage (bench/README.md).
    */
-  const series = new Map<string, Series>();
+  const series: SeriesTable = { byRoute: new Map(), size: 0 };
   const direct = directWriter(flatAccessLog, logger.levels.values.info!);
   const leftToPino = keysLeftToPino(flatAccessLog);
   return {
@@ -82,23 +82,42 @@ export function createAccessLog(options: { logger: Logger; metrics: GatewayMetri
   };
 }
 
+/** The bound series by route, method, status and upstream, and how many there are. */
+interface SeriesTable {
+  byRoute: Map<string, Map<string, Map<number, Map<string, Series>>>>;
+  size: number;
+}
+
 /**
- * The bound series of one (route, method, status, upstream), created on first use. Bounded by
- * what can vary: the route table, the methods Node's parser accepts, status codes and the
- * configured upstream names; cleared if it ever grows past that.
+ * The bound series of one (route, method, status, upstream), created on first use, found by one
+ * map per label: a key string joined per request cost 0.2 µs and its garbage (bench/README.md).
+ * Bounded by what can vary: the route table, the methods Node's parser accepts, status codes
+ * and the configured upstream names; cleared if it ever grows past that.
  */
-function seriesFor(series: Map<string, Series>, metrics: GatewayMetrics, route: string, method: string, status: number, upstream: string): Series {
-  const key = `${route}\n${method}\n${status}\n${upstream}`;
-  let bound = series.get(key);
+function seriesFor(table: SeriesTable, metrics: GatewayMetrics, route: string, method: string, status: number, upstream: string): Series {
+  const byUpstream = child(child(child(table.byRoute, route), method), status);
+  let bound = byUpstream.get(upstream);
   if (!bound) {
-    if (series.size >= 10_000) series.clear();
+    if (table.size >= 10_000) {
+      table.byRoute.clear();
+      table.size = 0;
+      return seriesFor(table, metrics, route, method, status, upstream);
+    }
     bound = {
       requests: metrics.requests.labels({ route, method, status: String(status), upstream }),
       latency: metrics.latency.labels({ route, upstream }),
     };
-    series.set(key, bound);
+    byUpstream.set(upstream, bound);
+    table.size++;
   }
   return bound;
+}
+
+/** The map under `key`, created when missing. */
+function child<K, InnerKey, Inner>(map: Map<K, Map<InnerKey, Inner>>, key: K): Map<InnerKey, Inner> {
+  let next = map.get(key);
+  if (!next) map.set(key, (next = new Map()));
+  return next;
 }
 
 /**
