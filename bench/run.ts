@@ -197,6 +197,7 @@ async function authOf(gateway: Child): Promise<{ authorization?: string }> {
 /**
  * `--quick` (with `--ab DIR` for a before/after): only the c=32 saturation rounds, gateway,
  * before and plain proxy alternating; prints CPU per request of each (best and median round).
+ * With `--alloc-prof`, the gateway's first round is profiled (every allocation, collected ones too).
  */
 async function quick(load: Child, upstream: Child, gateway: Child, plain: Child, before: Child | undefined, directUrl: string): Promise<void> {
   const parts = [gateway, plain, ...(before ? [before] : [])];
@@ -204,8 +205,12 @@ async function quick(load: Child, upstream: Child, gateway: Child, plain: Child,
   const rounds = new Map<Child, Saturation[]>(parts.map((p) => [p, []]));
   const foreign: number[] = [];
   for (let r = 0; r < ROUNDS; r++) {
-    for (const p of parts) {
+    // Every other round in reverse order, so neither build always runs right after the other.
+    for (const p of r % 2 === 0 ? parts : [...parts].reverse()) {
+      const profiling = opts['alloc-prof'] && r === 0 && p === gateway;
+      if (profiling) await gateway.call('allocProfile', { on: true });
       const round = await saturate(load, String(p.ready), 32, DURATION, [upstream, p, load]);
+      if (profiling) await writeAllocProfile(gateway, round.ok);
       rounds.get(p)!.push(round);
       foreign.push(round.foreignPct);
     }
@@ -220,8 +225,21 @@ async function quick(load: Child, upstream: Child, gateway: Child, plain: Child,
         `rounds ${us.map((u) => fmt(u, 1)).join(' ')}; req/s ${list.map((s) => fmt(s.rps, 0)).join(' ')}`,
     );
   }
+  if (before) {
+    // Each round's gateway and before ran seconds apart: their difference drifts less than either.
+    const diffs = rounds.get(gateway)!.map((s, i) => s.cpu.gateway!.usPerReq - rounds.get(before)![i]!.cpu.before!.usPerReq);
+    const wins = diffs.filter((d) => d < 0).length;
+    console.log(`after − before, per round: median ${fmt(median(diffs), 1)} µs (${fmt((100 * median(diffs)) / median(rounds.get(before)!.map((s) => s.cpu.before!.usPerReq)), 1)} %); after lower in ${wins} of ${diffs.length}; ${diffs.map((d) => fmt(d, 1)).join(' ')}`);
+  }
   console.log(`other processes per round: ${foreign.map((f) => fmt(f, 0)).join(' ')} % of a core; direct not measured (${directUrl})`);
   await stopAll();
+}
+
+/** Stops the gateway's allocation profile (started with `allocProfile { on: true }`) and writes it to .bench-out/profiles. */
+async function writeAllocProfile(gateway: Child, requests: number): Promise<void> {
+  mkdirSync(`${ROOT}.bench-out/profiles`, { recursive: true });
+  const file = await gateway.call<string>('allocProfile', { on: false, file: `${ROOT}.bench-out/profiles/alloc-${MODE}-${Date.now()}-${requests}req.heapprofile` });
+  note(`allocation profile of ${requests} requests (CPU figures of this round include the profiler): ${file}`);
 }
 
 function median(values: number[]): number {
@@ -324,12 +342,7 @@ async function measure(built: string, niced: boolean, loadCpu: number | undefine
       const profiling = opts['alloc-prof'] && c === 32 && r === 0;
       if (profiling) await gateway.call('allocProfile', { on: true });
       rounds.gateway.push(await saturate(load, gatewayUrl, c, DURATION, [upstream, gateway, load]));
-      if (profiling) {
-        mkdirSync(`${ROOT}.bench-out/profiles`, { recursive: true });
-        const requests = rounds.gateway.at(-1)!.ok;
-        const file = await gateway.call<string>('allocProfile', { on: false, file: `${ROOT}.bench-out/profiles/alloc-${MODE}-${Date.now()}-${requests}req.heapprofile` });
-        note(`allocation profile of ${requests} requests (CPU figures of this round include the profiler): ${file}`);
-      }
+      if (profiling) await writeAllocProfile(gateway, rounds.gateway.at(-1)!.ok);
       if (valkey && c === 32) {
         const last = rounds.gateway.at(-1)!;
         valkeyCommands = { calls: (valkeyCommands?.calls ?? 0) + valkey.commandCalls() - commandsBefore!, requests: (valkeyCommands?.requests ?? 0) + last.ok + last.failed };

@@ -7,10 +7,12 @@ import { createLogger, type Logger } from './observability/logger.ts';
 import { createGatewayMetrics, createRegistry } from './observability/metrics.ts';
 import { tracerFor } from './observability/tracing.ts';
 import type { Store } from './store/port.ts';
-import { assembleLogin, assembleSessions } from './app/authserver.ts';
+import { assembleSessions } from './app/authserver.ts';
 import { appBasics } from './app/basics.ts';
 import { assembleUpstreams } from './app/credentials.ts';
 import { assembleGateway } from './app/gateway.ts';
+import { loadModule } from './app/lazy.ts';
+import type * as LoginAssembly from './app/login.ts';
 import { assembleStorage } from './app/storage.ts';
 import { assembleUpstreamOAuth } from './app/upstream-oauth.ts';
 
@@ -58,7 +60,7 @@ export function createApp(config: Config, options: AppOptions = {}): App {
   const upstreamOAuth = assembleUpstreamOAuth({ basics, storage, serverFetch });
   // The authorization server and, only when the company IdP is configured, login.
   const sessions = assembleSessions({ basics, storage, upstreamOAuth, idpClient: options.idpClient });
-  const login = sessions.idpClient ? assembleLogin({ basics, storage, sessions, idpClient: sessions.idpClient, upstreamOAuth, serverFetch }) : undefined;
+  const login = sessions.idpClient ? loadModule<typeof LoginAssembly>('./login').assembleLogin({ basics, storage, sessions, idpClient: sessions.idpClient, upstreamOAuth, serverFetch }) : undefined;
   // Each upstream with the credential its mode names.
   const upstreams = assembleUpstreams({ basics, idpSession: login?.idpSession, endSession: sessions.endSession, upstreamOAuth, serverFetch });
   // The gateway routes, the auth_required channels and the front door.

@@ -1,35 +1,17 @@
 /**
- * The authorization server and login: its stores, the one session-ending path, the company IdP,
- * and (when `idp:` is configured) the endpoints, our access-token check and the browser session.
+ * The authorization server's stores, the one session-ending path and the company IdP, with or
+ * without login; the login itself (`idp:` configured) is assembled by login.ts.
  */
-import { createCimdResolver } from '../authserver/clients/cimd.ts';
-import { createClientLookup, createKnownClientLookup } from '../authserver/clients/lookup.ts';
-import { CLIENT_IDLE_TTL_MS } from '../authserver/clients/register.ts';
-import { createConnectChain } from '../authserver/login/connect-chain.ts';
-import { createCookieCodec, deriveCookieKey, formTokens, loginCookie, type CookieCodec } from '../authserver/login/cookies.ts';
-import { createLoginRoutes } from '../authserver/login/login-flow.ts';
-import { signInUrl } from '../authserver/login/sign-in.ts';
-import { createMetadataRoutes } from '../authserver/metadata.ts';
 import type { AuthStores, IdpTokens } from '../authserver/records/records.ts';
 import { createSessionEnding, type EndSession, type SessionEndedHook } from '../authserver/records/session-end.ts';
 import { createAuthStores } from '../authserver/records/stores.ts';
-import { loadSigningKeys } from '../authserver/tokens/keys.ts';
-import { createTokenIssuer } from '../authserver/tokens/mint.ts';
-import { createRevocationRoutes } from '../authserver/tokens/revoke.ts';
-import { RESOURCE_SCOPES } from '../authserver/tokens/scopes.ts';
 import { createStepUpMarks, type StepUpMarks } from '../authserver/tokens/step-up.ts';
-import { createTokenRoutes } from '../authserver/tokens/token.ts';
 import type { Config } from '../config/schema.ts';
-import { createIdpSessionTokens, type IdpSessionTokens } from '../credentials/idp-session.ts';
-import type { Authenticator } from '../gateway/authenticate.ts';
-import { createJwtAuthenticator } from '../gateway/verify-token.ts';
-import type { Route } from '../http/router.ts';
-import { createOAuth2IdpClient } from '../idp/oauth2.ts';
-import { createOidcIdpClient } from '../idp/oidc.ts';
+import type * as OAuth2Idp from '../idp/oauth2.ts';
+import type * as OidcIdp from '../idp/oidc.ts';
 import type { IdpClient } from '../idp/types.ts';
-import type { GuardedFetch } from '../net/guarded-fetch.ts';
-import type { BrowserSession } from '../upstream-oauth/routes.ts';
 import type { AppBasics } from './basics.ts';
+import { loadModule } from './lazy.ts';
 import type { Storage } from './storage.ts';
 import type { UpstreamOAuth } from './upstream-oauth.ts';
 
@@ -42,15 +24,6 @@ export interface Sessions {
   idpClient: IdpClient | undefined;
   /** The one path by which a session ends. */
   endSession: EndSession;
-}
-
-/** The running login: its routes and what the gateway and upstream OAuth take from it. */
-export interface Login {
-  routes: Route[];
-  authenticator: Authenticator;
-  idpSession: IdpSessionTokens;
-  cookies: CookieCodec;
-  browser: BrowserSession;
 }
 
 /** The authorization server's stores, the company IdP (`idpClient` when a test passes one) and the session-ending path. */
@@ -75,127 +48,10 @@ export function assembleSessions(options: { basics: AppBasics; storage: Storage;
   return { authStores, stepUp, idpClient, endSession };
 }
 
+/** The client of `idp.kind`, its module loaded only then (openid-client for OIDC). */
 function createIdpClient(idpConfig: NonNullable<Config['idp']>, options: { issuer: string; devMode: boolean; now: () => number }): IdpClient {
   const idpOptions = { redirectUri: `${options.issuer}/oauth/callback`, devMode: options.devMode, now: options.now };
-  return idpConfig.kind === 'oauth2' ? createOAuth2IdpClient({ config: idpConfig, ...idpOptions }) : createOidcIdpClient({ config: idpConfig, ...idpOptions });
-}
-
-/** Options of {@link assembleLogin}. */
-export interface LoginOptions {
-  basics: AppBasics;
-  storage: Storage;
-  sessions: Sessions;
-  idpClient: IdpClient;
-  upstreamOAuth: UpstreamOAuth;
-  serverFetch: GuardedFetch;
-}
-
-/** The authorization server's endpoints, the check of our access tokens, and the browser session built on our login cookie. */
-export function assembleLogin(options: LoginOptions): Login {
-  const { config, logger, now, issuer, basePath, publicUrl, resourceOf, scopesFor } = options.basics;
-  const { store, sealer, singleFlight } = options.storage;
-  const { authStores, stepUp, endSession } = options.sessions;
-  const { idpClient, serverFetch } = options;
-  const keys = loadSigningKeys({ pems: config.authServer.signingKeys, devMode: config.server.devMode, warn: (msg) => logger.warn({ msg }) });
-  const resources = config.upstreams.map((u) => ({ name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) }));
-  const tokenIssuer = createTokenIssuer({ issuer, keys, accessTokenTtlMs: config.authServer.accessTokenTtl, now });
-  // Registered clients, and https client ids as metadata documents when those are on: fetched only
-  // by authorize, read from the store by the token and revocation endpoints.
-  const cimd = config.authServer.clientMetadataDocuments
-    ? createCimdResolver({ fetch: serverFetch, store, sealer, allowHttp: config.server.devMode, retainMs: config.authServer.refreshTokenTtl, now, redirectSchemes: config.authServer.registration.redirectSchemes })
-    : undefined;
-  const clients = createClientLookup({ stores: authStores, cimd });
-  const knownClients = createKnownClientLookup({ stores: authStores, cimd });
-  // The sessions' IdP tokens: the idp/id_token credentials use them, and our refresh grant asks
-  // the IdP through them whether it still backs the session.
-  const idpSession = createIdpSessionTokens({ stores: authStores, idp: idpClient, logger, now, endSession, refreshes: options.basics.metrics.refreshes, singleFlight, tracer: options.basics.tracer });
-  const routes: Route[] = [
-    ...createMetadataRoutes({
-      issuer,
-      basePath,
-      keys,
-      resources,
-      dynamicRegistration: config.authServer.registration.dynamic,
-      clientMetadataDocuments: config.authServer.clientMetadataDocuments,
-    }),
-    ...createTokenRoutes({
-      basePath,
-      stores: authStores,
-      issuer: tokenIssuer,
-      refreshTokenTtlMs: config.authServer.refreshTokenTtl,
-      resolveClient: knownClients,
-      retainClient: cimd && ((client) => cimd.retain(client)),
-      endSession,
-      logger,
-      now,
-      stepUp,
-      sessionMaxLifetimeMs: config.authServer.sessionMaxLifetime,
-      idpSession,
-    }),
-    ...createRevocationRoutes({ basePath, stores: authStores, issuer, keys, resources: resources.map((r) => r.resource), resolveClient: knownClients, endSession, logger, now }),
-  ];
-  const authenticator = createJwtAuthenticator({
-    issuer,
-    keys,
-    stores: authStores,
-    upstreamScopes: new Map(resources.map((r) => [r.name, r.scopes])),
-    cacheSize: 10_000,
-    now,
-  });
-  // Our login cookie: set by the IdP callback, read wherever a browser must be the user a flow
-  // belongs to (the upstream connect links).
-  const cookies = createCookieCodec({
-    key: deriveCookieKey({ encryptionKey: config.storage.encryptionKeys[0]?.key, signingKeyPem: config.authServer.signingKeys[0] }).key,
-    secure: publicUrl.protocol === 'https:',
-    now,
-  });
-  const { upstreams: oauthUpstreams, flows: upstreamFlows } = options.upstreamOAuth;
-  // The browser leg: registration, authorize, the IdP callback and the consent page.
-  routes.push(
-    ...createLoginRoutes({
-      flow: {
-        issuer,
-        stores: authStores,
-        idp: idpClient,
-        clients,
-        resources: resources.map((r) => r.resource),
-        scopesSupported: [...new Set(resources.flatMap((r) => r.scopes))],
-        defaultScopes: RESOURCE_SCOPES,
-        cookies,
-        logger,
-        sessionTtlMs: Math.min(config.authServer.refreshTokenTtl, config.authServer.sessionMaxLifetime),
-        codeTtlMs: 120_000,
-        pendingTtlMs: 600_000,
-        consentTtlMs: 90 * 86_400_000,
-        clientIdleTtlMs: CLIENT_IDLE_TTL_MS,
-        maxSessionsPerUser: config.authServer.maxSessionsPerUser,
-        endSession,
-        now,
-        // The re-challenge chain: `mcpgate:connect:<name>` connects that upstream before our code is issued.
-        connect:
-          oauthUpstreams.length > 0
-            ? createConnectChain({ upstreams: oauthUpstreams, flows: upstreamFlows, stores: authStores, basePath, pendingTtlMs: 600_000, logger })
-            : undefined,
-        redirectSchemes: config.authServer.registration.redirectSchemes,
-      },
-      registration: config.authServer.registration,
-    }),
-  );
-  return { routes, authenticator, idpSession, cookies, browser: browserSession(cookies, issuer) };
-}
-
-/** Who the browser is, by our login cookie, and the form tokens of the upstream connect pages. */
-function browserSession(cookies: CookieCodec, issuer: string): BrowserSession {
-  const loginCookies = loginCookie(cookies);
-  const forms = formTokens(cookies);
-  return {
-    current(req) {
-      const login = loginCookies.read(req);
-      return login && { subject: login.sub, sessionId: login.sid };
-    },
-    // A browser without our login cookie signs in through the IdP (/oauth/login) and comes back.
-    loginUrl: (returnTo) => signInUrl(issuer, returnTo),
-    formToken: (req, ...bind) => forms.issue(req, 600, ...bind),
-    checkFormToken: (req, token, ...bind) => forms.verify(req, token, ...bind),
-  };
+  return idpConfig.kind === 'oauth2'
+    ? loadModule<typeof OAuth2Idp>('../idp/oauth2').createOAuth2IdpClient({ config: idpConfig, ...idpOptions })
+    : loadModule<typeof OidcIdp>('../idp/oidc').createOidcIdpClient({ config: idpConfig, ...idpOptions });
 }

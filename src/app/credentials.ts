@@ -5,17 +5,18 @@
 import { Pool } from 'undici';
 import type { EndSession } from '../authserver/records/session-end.ts';
 import type { UpstreamConfig } from '../config/schema.ts';
-import { createIdTokenCredential } from '../credentials/id-token.ts';
+import type * as IdTokenCredential from '../credentials/id-token.ts';
 import type { IdpSessionTokens } from '../credentials/idp-session.ts';
-import { createIdpCredential } from '../credentials/idp.ts';
+import type * as IdpCredential from '../credentials/idp.ts';
 import { createNoCredential } from '../credentials/none.ts';
-import { createOAuthCredential } from '../credentials/oauth.ts';
+import type * as OAuthCredential from '../credentials/oauth.ts';
 import { createStaticCredential } from '../credentials/static.ts';
-import { createTokenExchangeCredential } from '../credentials/token-exchange.ts';
+import type * as TokenExchangeCredential from '../credentials/token-exchange.ts';
 import type { CredentialSource } from '../credentials/types.ts';
 import type { Upstream } from '../gateway/upstream.ts';
 import type { GuardedFetch } from '../net/guarded-fetch.ts';
 import type { AppBasics } from './basics.ts';
+import { loadModule } from './lazy.ts';
 import type { UpstreamOAuth } from './upstream-oauth.ts';
 
 /** Options of {@link assembleUpstreams}. */
@@ -51,7 +52,7 @@ export function assembleUpstreams(options: UpstreamsOptions): Upstream[] {
   return upstreams;
 }
 
-/** The credential source of one upstream, by its `auth.mode`. */
+/** The credential source of one upstream, by its `auth.mode`; the modules of modes no upstream has are never loaded. */
 function credentialSourceFor(u: UpstreamConfig, options: UpstreamsOptions): CredentialSource {
   const { logger, metrics, now, resourceOf, scopesFor } = options.basics;
   const { endSession, serverFetch, upstreamOAuth } = options;
@@ -61,19 +62,19 @@ function credentialSourceFor(u: UpstreamConfig, options: UpstreamsOptions): Cred
     case 'static':
       return createStaticCredential({ upstream: u.name, header: u.auth.header, value: u.auth.value });
     case 'idp':
-      return createIdpCredential({
+      return loadModule<typeof IdpCredential>('../credentials/idp').createIdpCredential({
         upstream: { name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) },
         session: idpSession(u, options.idpSession),
         refreshMarginMs: u.auth.refreshMargin,
       });
     case 'id_token':
-      return createIdTokenCredential({
+      return loadModule<typeof IdTokenCredential>('../credentials/id-token').createIdTokenCredential({
         upstream: { name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) },
         session: idpSession(u, options.idpSession),
         endSession,
       });
     case 'token_exchange':
-      return createTokenExchangeCredential({
+      return loadModule<typeof TokenExchangeCredential>('../credentials/token-exchange').createTokenExchangeCredential({
         upstream: { name: u.name, resource: resourceOf(u.name), scopes: scopesFor(u.name) },
         tokenEndpoint: u.auth.tokenEndpoint,
         subjectToken: u.auth.subjectToken,
@@ -91,7 +92,7 @@ function credentialSourceFor(u: UpstreamConfig, options: UpstreamsOptions): Cred
         exchanges: metrics.tokenExchanges,
       });
     case 'oauth':
-      return createOAuthCredential({
+      return loadModule<typeof OAuthCredential>('../credentials/oauth').createOAuthCredential({
         upstream: upstreamOAuth.upstreams.find((o) => o.name === u.name)!,
         flows: upstreamOAuth.flows,
         refreshMarginMs: u.auth.refreshMargin,

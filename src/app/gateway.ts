@@ -3,14 +3,14 @@
  * upstream connect pages, the login's routes and the ops routes, each limited where it answers
  * unauthenticated requests.
  */
-import { sendErrorPage } from '../authserver/login/html.ts';
+import type * as LoginPages from '../authserver/login/html.ts';
 import type { Principal } from '../credentials/types.ts';
 import { openAccess, type Authenticator } from '../gateway/authenticate.ts';
 import { createAuthRequiredRenderer } from '../gateway/challenge.ts';
 import { createClientCapabilities } from '../gateway/client-capabilities.ts';
 import { createElicitationEvents, type ElicitationEvents } from '../gateway/elicitation-events.ts';
 import { createMcpRoutes } from '../gateway/mcp-route.ts';
-import { createSessionOwners } from '../gateway/session-owner.ts';
+import type * as SessionOwners from '../gateway/session-owner.ts';
 import { createStreamRegistry } from '../gateway/stream-registry.ts';
 import { createToolCatalog } from '../gateway/tool-catalog.ts';
 import type { Upstream } from '../gateway/upstream.ts';
@@ -20,11 +20,13 @@ import { createOpsRoutes } from '../http/ops-routes.ts';
 import { applyRouteLimits } from '../http/route-limits.ts';
 import type { RequestContext } from '../http/router.ts';
 import { createFrontDoor, type FrontDoor } from '../http/server.ts';
-import { createUpstreamOAuthRoutes } from '../upstream-oauth/routes.ts';
+import type * as ConnectRoutes from '../upstream-oauth/routes.ts';
 import type { MessageBus } from '../store/bus.ts';
 import type { Registry } from '../observability/metrics.ts';
-import type { Login, Sessions } from './authserver.ts';
+import type { Sessions } from './authserver.ts';
 import type { AppBasics } from './basics.ts';
+import { loadModule } from './lazy.ts';
+import type { Login } from './login.ts';
 import { busFor, type Storage } from './storage.ts';
 import type { UpstreamOAuth } from './upstream-oauth.ts';
 
@@ -80,7 +82,7 @@ export function assembleGateway(options: GatewayOptions): Gateway {
       }),
       ...(login?.routes ?? []),
       ...(login
-        ? createUpstreamOAuthRoutes({
+        ? loadModule<typeof ConnectRoutes>('../upstream-oauth/routes').createUpstreamOAuthRoutes({
             flows: upstreamOAuth.flows,
             stores: upstreamOAuth.stores,
             registration: upstreamOAuth.registration,
@@ -107,7 +109,7 @@ export function assembleGateway(options: GatewayOptions): Gateway {
         clientCapabilities,
         streams,
         // With login, each MCP session id is served only to the user it was issued to.
-        sessionOwners: login ? createSessionOwners({ store, sealer, now }) : undefined,
+        sessionOwners: login ? loadModule<typeof SessionOwners>('../gateway/session-owner').createSessionOwners({ store, sealer, now }) : undefined,
         // Answers to requests in flight get most of drainTimeout; the last second is for ending them at an event boundary.
         drain: { signal: drain, requestGraceMs: config.server.drainTimeout - Math.min(1000, Math.floor(config.server.drainTimeout / 5)) },
         logUser: config.log.user,
@@ -118,7 +120,8 @@ export function assembleGateway(options: GatewayOptions): Gateway {
       store,
       basePath,
       overrides: config.server.rateLimits,
-      sendPage: (ctx, status, title, message, headers) => sendErrorPage(ctx.res, status, title, message, { headers }),
+      // Only login's browser routes answer with a page: loaded on the first one.
+      sendPage: (ctx, status, title, message, headers) => loadModule<typeof LoginPages>('../authserver/login/html').sendErrorPage(ctx.res, status, title, message, { headers }),
       now,
     }),
   });

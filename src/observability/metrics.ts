@@ -28,6 +28,33 @@ function labelKey(labels: Labels): string {
   return key;
 }
 
+/** One level of {@link seriesCache}: a label name, then its value, then the next name… */
+interface CacheNode<T> {
+  next: Map<string, CacheNode<T>>;
+  series: T | undefined;
+}
+
+/**
+ * `find` behind a cache keyed by the label names and values in the order the caller wrote them:
+ * a hit walks a few maps and builds nothing, where `labelKey` lists, sorts and joins the labels
+ * (about 0.5 µs and 1.3 KB of garbage for the three labels of a tool call, bench/README.md).
+ * Whatever the order or the value types, a miss asks `find`, which keys by the canonical label
+ * key, so every path to one label set ends at the same series. It grows with the series.
+ */
+function seriesCache<T>(find: (labels: Labels) => T): (labels: Labels) => T {
+  const root: CacheNode<T> = { next: new Map(), series: undefined };
+  const step = (node: CacheNode<T>, key: string) => {
+    let next = node.next.get(key);
+    if (!next) node.next.set(key, (next = { next: new Map(), series: undefined }));
+    return next;
+  };
+  return (labels) => {
+    let node = root;
+    for (const name in labels) node = step(step(node, name), labels[name]!);
+    return (node.series ??= find(labels));
+  };
+}
+
 /** A monotonically increasing counter. */
 export interface Counter {
   inc(labels?: Labels, by?: number): void;
@@ -85,12 +112,12 @@ export function createRegistry(): Registry {
         return lines.join('\n');
       },
     });
-    const cellOf = (labels: Labels) => {
+    const cellOf = seriesCache((labels) => {
       const key = labelKey(labels);
       let cell = values.get(key);
       if (!cell) values.set(key, (cell = { value: 0 }));
       return cell;
-    };
+    });
     const add = (labels: Labels = {}, by = 1) => {
       cellOf(labels).value += by;
     };
@@ -130,12 +157,12 @@ export function createRegistry(): Registry {
           return lines.join('\n');
         },
       });
-      const seriesOf = (labels: Labels) => {
+      const seriesOf = seriesCache((labels) => {
         const key = labelKey(labels);
         let s = series.get(key);
         if (!s) series.set(key, (s = { counts: buckets.map(() => 0), sum: 0, count: 0, labels }));
         return s;
-      };
+      });
       const observeInto = (s: { counts: number[]; sum: number; count: number }, value: number) => {
         for (let i = 0; i < buckets.length; i++) if (value <= buckets[i]!) s.counts[i]!++;
         s.sum += value;

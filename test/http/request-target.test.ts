@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { plainPath } from '../../src/http/server.ts';
+import { plainPath } from '../../src/http/request-target.ts';
 
 /**
  * The front door routes on a path cut from the request target without a URL parser when the
- * target is plain (src/http/server.ts): whenever it does, the path must be exactly what the
+ * target is plain (src/http/request-target.ts): whenever it does, the path must be exactly what the
  * WHATWG parser would have given, or a request could be routed, logged or refused differently.
  */
 describe('plainPath', () => {
