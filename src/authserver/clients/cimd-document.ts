@@ -6,7 +6,7 @@
 import { InvalidClient } from '../../http/errors.ts';
 import { FetchRefusedError, type GuardedFetch } from '../../net/guarded-fetch.ts';
 import type { ClientRecord } from '../records/records.ts';
-import { parseClientMetadata } from './client-metadata.ts';
+import { parseClientMetadata, recordedMetadata } from './client-metadata.ts';
 import type { RedirectSchemePolicy } from './redirect-uri.ts';
 
 /** Longest client id URL accepted, in characters. */
@@ -75,12 +75,7 @@ export async function fetchClientDocument(deps: DocumentFetch, clientId: string)
     clientId,
     kind: 'cimd',
     tokenEndpointAuthMethod: 'none',
-    redirectUris: metadata.redirectUris,
-    grantTypes: metadata.grantTypes,
-    clientName: metadata.clientName,
-    clientUri: metadata.clientUri,
-    logoUri: metadata.logoUri,
-    scope: metadata.scope,
+    ...recordedMetadata(metadata),
     createdAt: deps.now(),
   };
   return { client, cacheControl: response.headers.get('cache-control') };

@@ -16,6 +16,18 @@ export type ClientMetadata = Pick<
   'tokenEndpointAuthMethod' | 'redirectUris' | 'grantTypes' | 'clientName' | 'clientUri' | 'logoUri' | 'scope'
 > & { responseTypes: string[] };
 
+/** What a client record keeps of its metadata, the same for a registration and a metadata document. */
+export function recordedMetadata(metadata: ClientMetadata): Pick<ClientRecord, 'redirectUris' | 'grantTypes' | 'clientName' | 'clientUri' | 'logoUri' | 'scope'> {
+  return {
+    redirectUris: metadata.redirectUris,
+    grantTypes: metadata.grantTypes,
+    clientName: metadata.clientName,
+    clientUri: metadata.clientUri,
+    logoUri: metadata.logoUri,
+    scope: metadata.scope,
+  };
+}
+
 /** Redirect URIs per client at most. */
 export const MAX_REDIRECT_URIS = 10;
 const AUTH_METHODS = ['none', 'client_secret_basic', 'client_secret_post'] as const;

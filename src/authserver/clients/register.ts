@@ -16,7 +16,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readBody } from '../../http/body.ts';
 import { InvalidClientMetadata, InvalidToken, TemporarilyUnavailable, UnsupportedMediaType } from '../../http/errors.ts';
 import type { Handler, RequestContext } from '../../http/router.ts';
-import { parseClientMetadata } from './client-metadata.ts';
+import { parseClientMetadata, recordedMetadata } from './client-metadata.ts';
 import type { RedirectSchemePolicy } from './redirect-uri.ts';
 import type { AuthStores, ClientRecord } from '../records/records.ts';
 import { tokenHash } from '../records/stores.ts';
@@ -73,12 +73,7 @@ export function createRegistrationEndpoint(options: RegistrationEndpointOptions)
       // The same hash the token endpoint compares a presented secret with (client-auth.ts).
       secretHash: secret === undefined ? undefined : tokenHash(secret),
       tokenEndpointAuthMethod: metadata.tokenEndpointAuthMethod,
-      redirectUris: metadata.redirectUris,
-      grantTypes: metadata.grantTypes,
-      clientName: metadata.clientName,
-      clientUri: metadata.clientUri,
-      logoUri: metadata.logoUri,
-      scope: metadata.scope,
+      ...recordedMetadata(metadata),
       createdAt,
     };
     await options.stores.clients.put(client, unusedTtlMs);
