@@ -11,6 +11,7 @@ import { serveParent } from './children.ts';
  * - `sseFirst`: sequential GETs timing the first SSE event;
  * - `sequential`: POSTs one at a time (while the gateway counts its store calls);
  * - `openStreams` / `closeStreams`: idle SSE streams held open for the memory figures.
+ * The POST phases first initialize the MCP session they name, once per target.
  */
 
 interface AutocannonResult {
@@ -37,8 +38,31 @@ function withAuth(args: Record<string, unknown>, extra: Record<string, string>):
   return typeof args.authorization === 'string' ? { ...extra, authorization: args.authorization } : extra;
 }
 
+const INITIALIZE_BODY = JSON.stringify({ jsonrpc: '2.0', id: 0, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'bench', version: '1' } } });
+const initialized = new Set<string>();
+
+/**
+ * Starts the MCP session the requests name, once per URL and credential, as an agent does before
+ * its first call: the gateway then knows the session (its capability record, its owner), so the
+ * load measures a session in use, not one the gateway has never seen.
+ */
+async function initialize(args: Record<string, unknown>): Promise<void> {
+  const key = `${String(args.url)} ${String(args.authorization ?? '')}`;
+  if (initialized.has(key)) return;
+  const url = new URL(String(args.url));
+  const pool = new Pool(url.origin, { connections: 1 });
+  const { 'mcp-session-id': _, 'mcp-protocol-version': __, ...headers } = RPC_HEADERS;
+  const res = await pool.request({ method: 'POST', path: url.pathname, headers: withAuth(args, headers), body: INITIALIZE_BODY });
+  await res.body.dump({ limit: Infinity });
+  await pool.close();
+  if (res.statusCode !== 200) throw new Error(`initialize answered ${res.statusCode}`);
+  if (res.headers['mcp-session-id'] !== RPC_HEADERS['mcp-session-id']) throw new Error('initialize issued no session (bench/upstream.ts names it)');
+  initialized.add(key);
+}
+
 /** Throughput at saturation: what autocannon gets through in `duration` seconds with `connections` open. */
 async function saturate(args: Record<string, unknown>) {
+  await initialize(args);
   const result = await autocannon({
     url: String(args.url),
     connections: Number(args.connections),
@@ -58,6 +82,7 @@ async function saturate(args: Record<string, unknown>) {
  * from issue to the last byte of its body. Latencies in ms.
  */
 async function fixedRate(args: Record<string, unknown>) {
+  await initialize(args);
   const url = new URL(String(args.url));
   const rate = Number(args.rate);
   const durationMs = Number(args.duration) * 1000;
@@ -127,6 +152,7 @@ async function sseFirst(args: Record<string, unknown>) {
 
 /** `count` POSTs one after the other (the store round trips of one request are counted meanwhile). */
 async function sequential(args: Record<string, unknown>) {
+  await initialize(args);
   const url = new URL(String(args.url));
   const pool = new Pool(url.origin, { connections: 1, keepAliveTimeout: 30_000 });
   let ok = 0;

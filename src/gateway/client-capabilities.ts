@@ -70,7 +70,7 @@ export interface ClientCapabilities {
    * Notes the session's protocol version from a request's `MCP-Protocol-Version` header and slides
    * the record's lifetime. No-op for unknown sessions (a header creates nothing).
    */
-  noteProtocolVersion(info: AgentSessionKey & { protocolVersion: string }, signal?: AbortSignal): Promise<void>;
+  noteProtocolVersion(info: AgentSessionKey & { protocolVersion: string }, signal?: AbortSignal): Promise<void> | undefined;
   /** What the store knows about a session, or undefined (never seen, or expired). */
   get(key: AgentSessionKey, signal?: AbortSignal): Promise<ClientSessionInfo | undefined>;
 }
@@ -79,8 +79,12 @@ export interface ClientCapabilities {
 const VERSION = /^\d{4}-\d{2}-\d{2}$/;
 
 interface Cached {
+  /** The store key (a digest of the id): computed once per session, not per request. */
+  key: string;
   /** The record as last written or read by this replica. */
   raw: string;
+  /** Its protocol version, parsed once. */
+  protocolVersion: string | undefined;
   /** When this replica last wrote it (its TTL was reset then). */
   writtenAt: number;
 }
@@ -98,29 +102,38 @@ export function createClientCapabilities(options: ClientCapabilitiesOptions): Cl
   }
   if (!Number.isSafeInteger(maxCached) || maxCached <= 0) throw new TypeError('maxCached must be a positive integer');
 
-  // A Map iterates in insertion order: deleting and re-inserting on use makes its first key the LRU.
+  /**
+   * What this replica last wrote or read, by session as the request names it (the upstream, the
+   * kind and the id: {@link memoKey}), so a request of a session noted within the touch interval
+   * costs a map lookup: no digest, no parse, no promise. Holds ids in this process's memory only,
+   * like the requests that carry them; the store never sees them. Oldest write forgotten first.
+   */
   const cache = new Map<string, Cached>();
-  function remember(key: string, raw: string, writtenAt: number): void {
-    cache.delete(key);
-    cache.set(key, { raw, writtenAt });
+  function remember(memo: string, key: string, raw: string, writtenAt: number): void {
+    cache.delete(memo);
+    cache.set(memo, { key, raw, protocolVersion: parse(raw)?.protocolVersion, writtenAt });
     while (cache.size > maxCached) cache.delete(cache.keys().next().value!);
   }
 
   /** Writes `next` over `expected` (compare-and-set, so a concurrent re-initialize on another replica is not overwritten); true when written. */
-  async function swap(key: string, expected: string, next: string, signal: AbortSignal | undefined): Promise<boolean> {
+  async function swap(memo: string, key: string, expected: string, next: string, signal: AbortSignal | undefined): Promise<boolean> {
     const at = now();
     if (!(await store.compareAndSet(key, expected, next, ttlMs, signal))) return false;
-    remember(key, next, at);
+    remember(memo, key, next, at);
     return true;
   }
 
+  /** True when this replica wrote the record with this version within the touch interval: nothing to do. */
+  function fresh(memo: string, protocolVersion: string): boolean {
+    const cached = cache.get(memo);
+    return cached !== undefined && cached.protocolVersion === protocolVersion && now() - cached.writtenAt < touchIntervalMs;
+  }
+
   /** Sets the version on one record and slides its TTL; a lost race re-reads the store and tries again (three tries). */
-  async function note(key: string, protocolVersion: string, signal: AbortSignal | undefined): Promise<void> {
-    const cached = cache.get(key);
-    if (cached && now() - cached.writtenAt < touchIntervalMs && parse(cached.raw)?.protocolVersion === protocolVersion) {
-      remember(key, cached.raw, cached.writtenAt);
-      return;
-    }
+  async function note(ref: SessionRef, protocolVersion: string, signal: AbortSignal | undefined): Promise<void> {
+    const { memo } = ref;
+    const cached = cache.get(memo);
+    const key = cached?.key ?? storeKey(ref);
     // The cached copy first (it saves a read); after a lost race, or without one, the store's.
     let raw = cached?.raw;
     for (let attempt = 0; attempt < 3; attempt++) {
@@ -128,10 +141,10 @@ export function createClientCapabilities(options: ClientCapabilitiesOptions): Cl
       if (raw === undefined) break;
       const info = parse(raw);
       if (!info) return;
-      if (await swap(key, raw, serialize({ ...info, protocolVersion }), signal)) return;
+      if (await swap(memo, key, raw, serialize({ ...info, protocolVersion }), signal)) return;
       raw = undefined;
     }
-    cache.delete(key);
+    cache.delete(memo);
   }
 
   return {
@@ -139,19 +152,29 @@ export function createClientCapabilities(options: ClientCapabilitiesOptions): Cl
       const raw = serialize({ elicitationUrl: declaresUrlElicitation(info.capabilities) });
       const at = now();
       await Promise.all(
-        keysOf(info).map(async (key) => {
+        refsOf(info).map(async (ref) => {
+          const key = storeKey(ref);
           await store.set(key, raw, ttlMs, signal);
-          remember(key, raw, at);
+          remember(ref.memo, key, raw, at);
         }),
       );
     },
-    async noteProtocolVersion(info, signal) {
-      if (!VERSION.test(info.protocolVersion)) return;
-      await Promise.all(keysOf(info).map((key) => note(key, info.protocolVersion, signal)));
+    noteProtocolVersion(info, signal) {
+      const { protocolVersion } = info;
+      if (!VERSION.test(protocolVersion)) return undefined;
+      let notes: Promise<void>[] | undefined;
+      for (const kind of KINDS) {
+        const id = kind === 'm' ? info.mcpSessionId : info.sessionId;
+        if (!id) continue;
+        const memo = memoKey(info.upstream, kind, id);
+        if (!fresh(memo, protocolVersion)) (notes ??= []).push(note({ memo, upstream: info.upstream, kind, id }, protocolVersion, signal));
+      }
+      if (notes === undefined) return undefined;
+      return notes.length === 1 ? notes[0] : Promise.all(notes).then(() => undefined);
     },
     async get(sessionKey, signal) {
-      for (const key of keysOf(sessionKey)) {
-        const raw = await store.get(key, signal);
+      for (const ref of refsOf(sessionKey)) {
+        const raw = await store.get(storeKey(ref), signal);
         if (raw === undefined) continue;
         const info = parse(raw);
         if (info) return info;
@@ -161,16 +184,36 @@ export function createClientCapabilities(options: ClientCapabilitiesOptions): Cl
   };
 }
 
-/** The store keys a session is known by, most specific first: digests, never the ids. */
-function keysOf(key: AgentSessionKey): string[] {
-  return [
-    ...(key.mcpSessionId ? [`mcpclient:${key.upstream}:m:${digest(key.mcpSessionId)}`] : []),
-    ...(key.sessionId ? [`mcpclient:${key.upstream}:s:${digest(key.sessionId)}`] : []),
-  ];
+/** One session as this module names it: in this process's cache (`memo`) and, through {@link storeKey}, in the store. */
+interface SessionRef {
+  memo: string;
+  upstream: string;
+  /** `m`: an MCP session (`Mcp-Session-Id`); `s`: ours (`sid`). */
+  kind: 'm' | 's';
+  id: string;
 }
 
-function digest(id: string): string {
-  return createHash('sha256').update(id, 'utf8').digest('base64url');
+/** Lookups try the MCP session first. */
+const KINDS = ['m', 's'] as const;
+
+/** The sessions a key names, most specific first. */
+function refsOf(key: AgentSessionKey): SessionRef[] {
+  const refs: SessionRef[] = [];
+  for (const kind of KINDS) {
+    const id = kind === 'm' ? key.mcpSessionId : key.sessionId;
+    if (id) refs.push({ memo: memoKey(key.upstream, kind, id), upstream: key.upstream, kind, id });
+  }
+  return refs;
+}
+
+/** This process's cache key of a session: upstream, kind and the id itself. */
+function memoKey(upstream: string, kind: 'm' | 's', id: string): string {
+  return `${upstream}\n${kind}\n${id}`;
+}
+
+/** The store key of a session: a digest, never the id (an MCP session id is a bearer of the session at the upstream). */
+function storeKey(ref: SessionRef): string {
+  return `mcpclient:${ref.upstream}:${ref.kind}:${createHash('sha256').update(ref.id, 'utf8').digest('base64url')}`;
 }
 
 function serialize(info: ClientSessionInfo): string {

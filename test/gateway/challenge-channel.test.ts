@@ -122,6 +122,28 @@ describe('client capabilities memory', () => {
     for (const key of keys) assert.ok(!key.includes('secret'), `a store key holds an id: ${key}`);
   });
 
+  test('a session this replica noted within the touch interval costs no store call and no promise; a new version or an elapsed interval writes again', async () => {
+    let now = 1_000;
+    let calls = 0;
+    const backend = createMemoryStore({ now: () => now });
+    const store: Store = { ...backend, get: (key, signal) => (calls++, backend.get(key, signal)), compareAndSet: (key, expected, next, ttl, signal) => (calls++, backend.compareAndSet(key, expected, next, ttl, signal)) };
+    const memory = createClientCapabilities({ store, ttlMs: 100, touchIntervalMs: 10, now: () => now });
+    const session = { upstream: 'a', mcpSessionId: 'm-1', sessionId: 'sid-1' };
+    await memory.recordInitialize({ ...session, capabilities: {} });
+    await memory.noteProtocolVersion({ ...session, protocolVersion: '2025-06-18' });
+    const afterFirst = calls;
+    assert.ok(afterFirst > 0, 'the first note writes the version');
+    assert.equal(memory.noteProtocolVersion({ ...session, protocolVersion: '2025-06-18' }), undefined);
+    assert.equal(calls, afterFirst);
+    await memory.noteProtocolVersion({ ...session, protocolVersion: '2025-11-25' });
+    assert.ok(calls > afterFirst, 'a new version is written');
+    assert.equal((await memory.get(session))?.protocolVersion, '2025-11-25');
+    const beforeTouch = calls;
+    now += 10;
+    await memory.noteProtocolVersion({ ...session, protocolVersion: '2025-11-25' });
+    assert.ok(calls > beforeTouch, 'the TTL is slid once the touch interval has passed');
+  });
+
   test('a store outage is an error, never "unknown session"', async () => {
     const store = createMemoryStore();
     const memory = createClientCapabilities({ store });
