@@ -29,6 +29,8 @@ export function observerFor(route: McpRoute, x: McpExchange): ResponseObserver {
   if (method === 'tools/call') {
     const tap = createRpcResponseTap({
       maxBytes: TAP_BYTES.call,
+      // Only an answer naming `error` or `isError` can be a tool error: the others are not parsed.
+      mentions: ['"error"', '"isError"'],
       onMessage: (m) => {
         if (m.id !== rpc!.id) return;
         const result = m.result as { isError?: unknown } | undefined;

@@ -22,6 +22,12 @@ export interface RpcResponseTapOptions {
   maxBytes: number;
   /** Called with each JSON-RPC message of a 2xx answer (each member of a batch). */
   onMessage(message: Record<string, unknown>): void;
+  /**
+   * When given, a message is parsed only if its text contains one of these strings (or a `\u`
+   * escape, which could spell one): `onMessage` only wants messages with these keys, and most
+   * answers have none, so the parse is skipped. A message without them is never delivered.
+   */
+  mentions?: readonly string[];
 }
 
 const EVENT_BOUNDARY = /\r?\n\r?\n|\r\r/;
@@ -36,7 +42,9 @@ export function createRpcResponseTap(options: RpcResponseTapOptions): ResponseOb
   let decoder: StringDecoder | undefined;
   let pending = '';
 
+  const { mentions } = options;
   const deliver = (text: string) => {
+    if (mentions && !text.includes('\\u') && !mentions.some((needle) => text.includes(needle))) return;
     let message: unknown;
     try {
       message = JSON.parse(text);
@@ -95,7 +103,7 @@ export function createRpcResponseTap(options: RpcResponseTapOptions): ResponseOb
       }
     },
     end() {
-      if (mode === 'json' && !overflow && chunks.length > 0) deliver(Buffer.concat(chunks).toString('utf8'));
+      if (mode === 'json' && !overflow && chunks.length > 0) deliver((chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)).toString('utf8'));
       else if (mode === 'sse' && !overflow && pending.trim() !== '') deliverEvent(pending);
       mode = 'off';
       chunks = [];
