@@ -201,7 +201,7 @@ function startRequest(door: Door, req: IncomingMessage, res: ServerResponse, spa
 class FrontDoorContext implements RequestContext {
   req: IncomingMessage;
   res: ServerResponse;
-  params: Record<string, string> = {};
+  params: Readonly<Record<string, string>> = {};
   requestId: string;
   clientIp: string;
   forwardedProto: string;
