@@ -6,7 +6,8 @@
  */
 import type { RequestContext } from '../http/router.ts';
 import type { McpExchange, McpRoute } from './mcp-exchange.ts';
-import { createRpcResponseTap, type ResponseObserver } from './response-tap.ts';
+import type { IncomingHttpHeaders } from 'node:http';
+import { RpcResponseTap, type ResponseObserver } from './response-tap.ts';
 
 /** Most bytes of one `tools/list` answer read for tool names, and of a `tools/call` answer for its error flag. */
 const TAP_BYTES = { list: 1024 * 1024, call: 256 * 1024 };
@@ -14,32 +15,50 @@ const TAP_BYTES = { list: 1024 * 1024, call: 256 * 1024 };
 /** The observer of one forwarded answer: see the module comment. */
 export function observerFor(route: McpRoute, x: McpExchange): ResponseObserver {
   const { ctx, rpc, upstream } = x;
-  const head = (status: number) => noteStatus(ctx, status);
   const method = rpc?.id !== undefined ? rpc.method : undefined;
   const catalog = route.toolCatalog;
   if (method === 'tools/list' && catalog) {
-    const tap = createRpcResponseTap({
-      maxBytes: TAP_BYTES.list,
-      onMessage: (m) => {
-        if (m.id === rpc!.id && 'result' in m) catalog.learn(upstream.name, m.result);
-      },
+    return new AnswerObserver(ctx, TAP_BYTES.list, (m) => {
+      if (m.id === rpc!.id && 'result' in m) catalog.learn(upstream.name, m.result);
     });
-    return { head: (status, headers) => (head(status), tap.head(status, headers)), data: tap.data, end: tap.end };
   }
   if (method === 'tools/call') {
-    const tap = createRpcResponseTap({
-      maxBytes: TAP_BYTES.call,
-      // Only an answer naming `error` or `isError` can be a tool error: the others are not parsed.
-      mentions: ['"error"', '"isError"'],
-      onMessage: (m) => {
-        if (m.id !== rpc!.id) return;
-        const result = m.result as { isError?: unknown } | undefined;
-        if ('error' in m || result?.isError === true) ctx.log.outcome = 'tool_error';
-      },
-    });
-    return { head: (status, headers) => (head(status), tap.head(status, headers)), data: tap.data, end: tap.end };
+    // Only an answer naming one of these keys can be a tool error: the others are not parsed.
+    return new AnswerObserver(ctx, TAP_BYTES.call, (m) => {
+      if (m.id !== rpc!.id) return;
+      const result = m.result as { isError?: unknown } | undefined;
+      if ('error' in m || result?.isError === true) ctx.log.outcome = 'tool_error';
+    }, ['"error"', '"isError"']);
   }
-  return { head, data: noop, end: noop };
+  return new AnswerObserver(ctx);
+}
+
+/**
+ * Notes the status and outcome from the head and, for the answers the audit reads, hands the body
+ * to a response tap. One object per answer with shared methods (closures per answer cost an
+ * allocation each).
+ */
+class AnswerObserver implements ResponseObserver {
+  readonly #ctx: RequestContext;
+  readonly #tap: RpcResponseTap | undefined;
+
+  constructor(ctx: RequestContext, maxBytes?: number, onMessage?: (message: Record<string, unknown>) => void, mentions?: readonly string[]) {
+    this.#ctx = ctx;
+    this.#tap = onMessage ? new RpcResponseTap(maxBytes!, onMessage, mentions) : undefined;
+  }
+
+  head(status: number, headers: IncomingHttpHeaders): void {
+    noteStatus(this.#ctx, status);
+    this.#tap?.head(status, headers);
+  }
+
+  data(chunk: Buffer): void {
+    this.#tap?.data(chunk);
+  }
+
+  end(): void {
+    this.#tap?.end();
+  }
 }
 
 /**
@@ -58,4 +77,3 @@ function noteStatus(ctx: RequestContext, status: number): void {
   ctx.log.outcome = status < 400 ? 'ok' : 'upstream_error';
 }
 
-function noop(): void {}

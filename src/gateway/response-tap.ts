@@ -34,16 +34,80 @@ const EVENT_BOUNDARY = /\r?\n\r?\n|\r\r/;
 
 /** Creates a tap; see the module comment. Anything unparsable is ignored: the tap must never fail a response. */
 export function createRpcResponseTap(options: RpcResponseTapOptions): ResponseObserver {
-  let mode: 'json' | 'sse' | 'off' = 'off';
-  let size = 0;
-  let overflow = false;
-  let chunks: Buffer[] = [];
-  // Made for an SSE answer only: most answers are JSON, and a decoder allocates a buffer of its own.
-  let decoder: StringDecoder | undefined;
-  let pending = '';
+  return new RpcResponseTap(options.maxBytes, options.onMessage, options.mentions);
+}
 
-  const { mentions } = options;
-  const deliver = (text: string) => {
+/**
+ * The tap's state, one object per answer (a class: its methods are shared, where a closure per
+ * method cost an allocation each on every tapped answer).
+ */
+export class RpcResponseTap implements ResponseObserver {
+  #mode: 'json' | 'sse' | 'off' = 'off';
+  #size = 0;
+  #overflow = false;
+  #chunks: Buffer[] = [];
+  // Made for an SSE answer only: most answers are JSON, and a decoder allocates a buffer of its own.
+  #decoder: StringDecoder | undefined;
+  #pending = '';
+  readonly #maxBytes: number;
+  readonly #onMessage: (message: Record<string, unknown>) => void;
+  readonly #mentions: readonly string[] | undefined;
+
+  constructor(maxBytes: number, onMessage: (message: Record<string, unknown>) => void, mentions?: readonly string[]) {
+    this.#maxBytes = maxBytes;
+    this.#onMessage = onMessage;
+    this.#mentions = mentions;
+  }
+
+  head(status: number, headers: IncomingHttpHeaders): void {
+    const type = String(headers['content-type'] ?? '').toLowerCase();
+    if (status < 200 || status >= 300) this.#mode = 'off';
+    else if (type.startsWith('text/event-stream')) {
+      this.#mode = 'sse';
+      this.#decoder ??= new StringDecoder('utf8');
+    } else if (type.startsWith('application/json')) this.#mode = 'json';
+  }
+
+  data(chunk: Buffer): void {
+    if (this.#mode === 'json') {
+      if (this.#overflow) return;
+      this.#size += chunk.length;
+      if (this.#size > this.#maxBytes) {
+        this.#overflow = true;
+        this.#chunks = [];
+        return;
+      }
+      this.#chunks.push(chunk);
+      return;
+    }
+    if (this.#mode !== 'sse') return;
+    let pending = this.#pending + this.#decoder!.write(chunk);
+    for (;;) {
+      const boundary = EVENT_BOUNDARY.exec(pending);
+      if (!boundary) break;
+      const event = pending.slice(0, boundary.index);
+      pending = pending.slice(boundary.index + boundary[0].length);
+      if (this.#overflow) this.#overflow = false; // the end of the event that was too large: skipped
+      else this.#deliverEvent(event);
+    }
+    if (pending.length > this.#maxBytes) {
+      this.#overflow = true;
+      pending = '';
+    }
+    this.#pending = pending;
+  }
+
+  end(): void {
+    const chunks = this.#chunks;
+    if (this.#mode === 'json' && !this.#overflow && chunks.length > 0) this.#deliver((chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)).toString('utf8'));
+    else if (this.#mode === 'sse' && !this.#overflow && this.#pending.trim() !== '') this.#deliverEvent(this.#pending);
+    this.#mode = 'off';
+    this.#chunks = [];
+    this.#pending = '';
+  }
+
+  #deliver(text: string): void {
+    const mentions = this.#mentions;
     if (mentions && !text.includes('\\u') && !mentions.some((needle) => text.includes(needle))) return;
     let message: unknown;
     try {
@@ -52,62 +116,16 @@ export function createRpcResponseTap(options: RpcResponseTapOptions): ResponseOb
       return;
     }
     for (const m of Array.isArray(message) ? message : [message]) {
-      if (typeof m === 'object' && m !== null && !Array.isArray(m)) options.onMessage(m as Record<string, unknown>);
+      if (typeof m === 'object' && m !== null && !Array.isArray(m)) this.#onMessage(m as Record<string, unknown>);
     }
-  };
+  }
 
   /** One SSE event: its `data:` lines joined by newlines (WHATWG HTML §9.2.6). */
-  const deliverEvent = (event: string) => {
+  #deliverEvent(event: string): void {
     const data: string[] = [];
     for (const line of event.split(/\r\n|\r|\n/)) {
       if (line.startsWith('data:')) data.push(line.slice(line.charCodeAt(5) === 0x20 ? 6 : 5));
     }
-    if (data.length > 0) deliver(data.join('\n'));
-  };
-
-  return {
-    head(status, headers) {
-      const type = String(headers['content-type'] ?? '').toLowerCase();
-      if (status < 200 || status >= 300) mode = 'off';
-      else if (type.startsWith('text/event-stream')) {
-        mode = 'sse';
-        decoder ??= new StringDecoder('utf8');
-      }
-      else if (type.startsWith('application/json')) mode = 'json';
-    },
-    data(chunk) {
-      if (mode === 'json') {
-        if (overflow) return;
-        size += chunk.length;
-        if (size > options.maxBytes) {
-          overflow = true;
-          chunks = [];
-          return;
-        }
-        chunks.push(chunk);
-        return;
-      }
-      if (mode !== 'sse') return;
-      pending += decoder!.write(chunk);
-      for (;;) {
-        const boundary = EVENT_BOUNDARY.exec(pending);
-        if (!boundary) break;
-        const event = pending.slice(0, boundary.index);
-        pending = pending.slice(boundary.index + boundary[0].length);
-        if (overflow) overflow = false; // the end of the event that was too large: skipped
-        else deliverEvent(event);
-      }
-      if (pending.length > options.maxBytes) {
-        overflow = true;
-        pending = '';
-      }
-    },
-    end() {
-      if (mode === 'json' && !overflow && chunks.length > 0) deliver((chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)).toString('utf8'));
-      else if (mode === 'sse' && !overflow && pending.trim() !== '') deliverEvent(pending);
-      mode = 'off';
-      chunks = [];
-      pending = '';
-    },
-  };
+    if (data.length > 0) this.#deliver(data.join('\n'));
+  }
 }
