@@ -18,7 +18,7 @@ import type { UpstreamOAuth } from './upstream-oauth.ts';
 /** What the authorization server keeps, with or without login. */
 export interface Sessions {
   authStores: AuthStores;
-  /** Sessions answered with the HTTP re-challenge: their next refresh is refused so the agent re-authorizes (step-up.ts). */
+  /** Sessions answered with the HTTP re-challenge: their refreshes are refused so the agent re-authorizes (step-up.ts). */
   stepUp: StepUpMarks;
   /** The company IdP our login is federated to; absent without `idp:`. */
   idpClient: IdpClient | undefined;
@@ -31,7 +31,7 @@ export function assembleSessions(options: { basics: AppBasics; storage: Storage;
   const { config, now, logger, issuer } = options.basics;
   const { store, sealer } = options.storage;
   const authStores = createAuthStores({ store, sealer, now, logger });
-  const stepUp = createStepUpMarks({ store });
+  const stepUp = createStepUpMarks({ store, now });
   // Every way a session ends (logout, revocation, an IdP or upstream that refuses it) also forgets
   // the session's upstream grants and revokes them at their own authorization servers.
   const { flows, upstreams } = options.upstreamOAuth;

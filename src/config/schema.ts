@@ -285,10 +285,11 @@ export function createConfigSchema(sources: SecretSources, options: ConfigSchema
 
   const log = z.strictObject({
     /**
-     * Who the access log names on MCP requests: `sub` the IdP's `sub` claim (opaque, stable), `claim`
-     * the claim `idp.userClaim` names (what the gateway knows the user by), `none` nobody.
+     * Who the access log names on MCP requests: `claim` (default) the claim `idp.userClaim` names
+     * (what the gateway knows the user by; `sub` when no other claim is configured), `sub` the
+     * IdP's `sub` claim (opaque, stable), `none` nobody.
      */
-    user: z.enum(['none', 'sub', 'claim']).default('sub'),
+    user: z.enum(['none', 'sub', 'claim']).default('claim'),
   });
 
   const challenge = z.enum(['auto', 'elicitation', 'tool_result', 'reauthorize']);
@@ -351,7 +352,7 @@ export function createConfigSchema(sources: SecretSources, options: ConfigSchema
         clientMetadataDocuments: true,
       }),
       storage: storage.default({ kind: 'memory', memory: { maxBytes: 256 * 1024 * 1024 }, encryptionKeys: [], allowUnencrypted: false }),
-      log: log.default({ user: 'sub' }),
+      log: log.default({ user: 'claim' }),
       upstreams: z.array(upstream).min(1, 'at least one upstream is required'),
       /** Optional OpenTelemetry traces: absent, nothing is traced and nothing is sent. */
       observability: z

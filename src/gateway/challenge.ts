@@ -181,7 +181,7 @@ export interface AuthRequiredRendererOptions {
   sseKeepAliveMs?: number;
   /**
    * Called before a `reauthorize` answer goes out for a signed-in session, with the connect scope
-   * it asks for (the app marks the session so its next refresh is refused: step-up.ts).
+   * it asks for (the app marks the session so its refreshes are refused until it authorizes again: step-up.ts).
    */
   onReauthorize?(principal: Principal, scopes: string[]): Promise<void>;
   /** Aborted when the gateway shuts down: held streams end at once (they hold whole events only), and the agent reconnects elsewhere. */

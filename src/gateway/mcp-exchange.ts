@@ -95,7 +95,17 @@ export function headerValue(headers: IncomingHttpHeaders, name: string): string 
   return Array.isArray(value) ? value[0] : typeof value === 'string' ? value : undefined;
 }
 
-/** The client's text for the access log, cut at 128 characters (a 500 KB method was a 500 KB log line). */
+/** The longest client text an access-log field holds, the ellipsis of a cut included. */
+const LOG_TEXT_MAX = 128;
+
+/**
+ * The client's text for the access log, at most {@link LOG_TEXT_MAX} characters: a longer one is
+ * cut to 127 and ends with "…" (a 500 KB method was a 500 KB log line), never inside a surrogate pair.
+ */
 export function logText(text: string): string {
-  return text.length > 128 ? `${text.slice(0, 128)}…` : text;
+  if (text.length <= LOG_TEXT_MAX) return text;
+  let end = LOG_TEXT_MAX - 1;
+  const last = text.charCodeAt(end - 1);
+  if (last >= 0xd800 && last <= 0xdbff) end--;
+  return `${text.slice(0, end)}…`;
 }

@@ -64,8 +64,8 @@ export interface McpRouteOptions {
    */
   drain?: { signal: AbortSignal; requestGraceMs: number };
   /**
-   * Who the access-log line names (`log.user`): `sub` the IdP's `sub`, `claim` the user as the
-   * gateway knows them (`idp.userClaim`), `none` nobody. Default `sub`.
+   * Who the access-log line names (`log.user`): `claim` the user as the gateway knows them
+   * (`idp.userClaim`), `sub` the IdP's `sub`, `none` nobody. Default `claim`.
    */
   logUser?: 'none' | 'sub' | 'claim';
   /** The tool names upstreams listed: the label set of the tool-call metric. Without it every tool is `other`. */
@@ -122,7 +122,7 @@ function routeOf(options: McpRouteOptions): McpRoute {
     sessionOwners: options.sessionOwners,
     drain: drain?.signal,
     requestsEnd: requestsEnd.signal,
-    logUser: options.logUser ?? 'sub',
+    logUser: options.logUser ?? 'claim',
     toolCatalog: options.toolCatalog,
     tracer: options.tracer ?? NOOP_TRACER,
   };

@@ -53,6 +53,7 @@ export const InvalidToken = kind(401, 'invalid_token');
 export const InsufficientScope = kind(403, 'insufficient_scope');
 export const InvalidClientMetadata = kind(400, 'invalid_client_metadata'); // RFC 7591 §3.2.2
 export const InvalidRedirectUri = kind(400, 'invalid_redirect_uri');
+export const InteractionRequired = kind(400, 'interaction_required'); // OpenID Connect Core §3.1.2.6
 export const ServerError = kind(500, 'server_error');
 export const TemporarilyUnavailable = kind(503, 'temporarily_unavailable');
 

@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { decodeJwt, decodeProtectedHeader } from 'jose';
+import { createStepUpMarks } from '../../src/authserver/tokens/step-up.ts';
 import { login, postForm, registerClient, seedLogin, startAuthGateway, type AuthGateway } from './fixture.ts';
 
 let gw: AuthGateway;
@@ -250,6 +251,54 @@ describe('refresh_token grant', () => {
   test('an unknown refresh token is invalid_grant', async () => {
     const client = await registerClient(gw);
     assertOAuthError(await postForm(tokenUrl, { grant_type: 'refresh_token', client_id: client.clientId, refresh_token: 'never-issued' }), 400, 'invalid_grant');
+  });
+});
+
+describe('refresh after the HTTP re-challenge (step-up marks)', () => {
+  // The marks the gateway sets when it answers 403 insufficient_scope, over the same store and clock.
+  const marks = () => createStepUpMarks({ store: gw.store, now: gw.now });
+  const refresh = (client: { clientId: string }, token: string) =>
+    postForm(tokenUrl, { grant_type: 'refresh_token', client_id: client.clientId, refresh_token: token }).then(remember);
+
+  test('refused with invalid_grant, then interaction_required for the same token presented again, then the session refreshes as before', async () => {
+    const client = await registerClient(gw);
+    const tokens = await login(gw, client, { resource: gw.resource('kube') });
+    await marks().mark(tokens.sessionId, ['mcp', 'mcpgate:connect:kube']);
+    assertOAuthError(await refresh(client, tokens.refreshToken), 400, 'invalid_grant');
+    // What SDK 1.32.2 does without invalidateCredentials: the same token at once; this answer sends it to a new authorization.
+    assertOAuthError(await refresh(client, tokens.refreshToken), 400, 'interaction_required');
+    // The refusals spent nothing: the token was never rotated, and the spent mark refuses no more.
+    const res = await refresh(client, tokens.refreshToken);
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    assert.equal(decodeJwt(String(res.body.access_token)).sid, tokens.sessionId);
+  });
+
+  test('a mark refuses refreshes for at most its lifetime from the challenge, never extended by a refusal', async () => {
+    const client = await registerClient(gw);
+    const tokens = await login(gw, client, { resource: gw.resource('kube'), idpTokens: { accessToken: 'idp-at', expiresAt: gw.now() + 2 * 3_600_000 } });
+    await marks().mark(tokens.sessionId, ['mcp', 'mcpgate:connect:kube']);
+    gw.advance(9 * 60_000);
+    assertOAuthError(await refresh(client, tokens.refreshToken), 400, 'invalid_grant');
+    gw.advance(60_001); // 10 minutes after the challenge: the mark is gone, refused once or not
+    assert.equal((await refresh(client, tokens.refreshToken)).status, 200);
+  });
+
+  test('a new challenge starts a new mark: its first refusal is invalid_grant again', async () => {
+    const client = await registerClient(gw);
+    const tokens = await login(gw, client, { resource: gw.resource('kube') });
+    await marks().mark(tokens.sessionId, ['mcp', 'mcpgate:connect:kube']);
+    assertOAuthError(await refresh(client, tokens.refreshToken), 400, 'invalid_grant');
+    await marks().mark(tokens.sessionId, ['mcp', 'mcpgate:connect:kube']);
+    assertOAuthError(await refresh(client, tokens.refreshToken), 400, 'invalid_grant');
+    assertOAuthError(await refresh(client, tokens.refreshToken), 400, 'interaction_required');
+  });
+
+  test('another session is not refused', async () => {
+    const client = await registerClient(gw);
+    const marked = await login(gw, client, { resource: gw.resource('kube') });
+    const other = await login(gw, client, { resource: gw.resource('kube') });
+    await marks().mark(marked.sessionId, ['mcp', 'mcpgate:connect:kube']);
+    assert.equal((await refresh(client, other.refreshToken)).status, 200);
   });
 });
 

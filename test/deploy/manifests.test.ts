@@ -230,8 +230,8 @@ function assertSecretsAreReferences(cfg: Config, where: string): void {
 // The configuration keys that are the public interface; a key outside these would be
 // rejected (or silently ignored) by the gateway.
 const CONFIG_KEYS: Record<string, string[]> = {
-  '': ['server', 'idp', 'authServer', 'storage', 'upstreams'],
-  server: ['listen', 'publicUrl', 'devMode', 'trustedProxies', 'allowedOrigins', 'maxBodyBytes'],
+  '': ['server', 'idp', 'authServer', 'storage', 'log', 'upstreams', 'observability'],
+  server: ['listen', 'publicUrl', 'devMode', 'trustedProxies', 'allowedOrigins', 'maxBodyBytes', 'allowHosts'],
   idp: ['kind', 'issuer', 'clientId', 'clientSecret', 'scopes', 'userClaim', 'authParams', 'authorizationEndpoint', 'tokenEndpoint', 'userinfoEndpoint', 'revocationEndpoint', 'tokenEndpointAuthMethod'],
   authServer: ['signingKeys', 'accessTokenTtl', 'refreshTokenTtl', 'sessionMaxLifetime', 'maxSessionsPerUser', 'registration', 'clientMetadataDocuments'],
   'authServer.registration': ['dynamic', 'initialAccessToken', 'unusedTtl', 'maxUnused', 'redirectSchemes'],
@@ -243,8 +243,14 @@ const CONFIG_KEYS: Record<string, string[]> = {
   'storage.valkey.cluster': ['nodes'],
   'storage.valkey.tls': ['ca', 'cert', 'key', 'serverName'],
   'storage.encryptionKeys[]': ['id', 'key'],
+  log: ['user'],
+  observability: ['otlp'],
+  'observability.otlp': ['endpoint', 'serviceName'],
   'upstreams[]': ['name', 'url', 'auth'],
-  'upstreams[].auth': ['mode', 'scopes', 'challenge', 'clientId', 'clientSecret', 'header', 'value'],
+  'upstreams[].auth': [
+    ...['mode', 'scopes', 'challenge', 'clientId', 'clientSecret', 'header', 'value'],
+    ...['tokenEndpoint', 'subjectToken', 'audience', 'resource', 'extraParams', 'expectedIssuer'],
+  ],
 };
 
 function assertKnownKeys(node: unknown, where: string, path = ''): void {

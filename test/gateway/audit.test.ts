@@ -120,13 +120,18 @@ describe('audit: access log and tool metrics', () => {
     assert.equal(list.user, 'alice');
   });
 
-  test('a tool name is cut to 128 characters in the log and is "other" in the metrics', async () => {
+  test('a tool name is cut to at most 128 characters in the log, the ellipsis included, and is "other" in the metrics', async () => {
     const long = `t${'x'.repeat(300)}`;
     await client.callTool({ name: long, arguments: {} }).catch(() => undefined);
     const line = rpcLines().at(-1)!;
-    assert.equal(line.tool, `${long.slice(0, 128)}…`);
+    assert.equal(line.tool, `${long.slice(0, 127)}…`);
+    assert.equal(String(line.tool).length, 128);
+    // A character outside the BMP (two UTF-16 units) across the cut is left out whole, never halved.
+    const astral = `t${'x'.repeat(125)}\u{1F4A5}${'y'.repeat(10)}`;
+    await client.callTool({ name: astral, arguments: {} }).catch(() => undefined);
+    assert.equal(rpcLines().at(-1)!.tool, `t${'x'.repeat(125)}…`);
     const metrics = await scrapeMetrics(gateway.url);
-    assert.equal(metricValue(metrics, 'mcpgate_tool_calls_total', { upstream: 'tools', tool: 'other', outcome: 'tool_error' }), 2);
+    assert.equal(metricValue(metrics, 'mcpgate_tool_calls_total', { upstream: 'tools', tool: 'other', outcome: 'tool_error' }), 3);
   });
 
   test('auth_required is an outcome, with the channel it went through', async () => {
@@ -175,13 +180,15 @@ describe('audit: access log and tool metrics', () => {
 
 describe('log.user chooses who a line names', () => {
   const cases = [
+    { user: undefined, expected: (u: { email: string }) => u.email }, // the default: the configured claim
     { user: 'sub', expected: (u: { sub: string }) => u.sub },
     { user: 'claim', expected: (u: { email: string }) => u.email },
     { user: 'none', expected: () => undefined },
   ] as const;
   for (const c of cases) {
-    test(`log.user: ${c.user} with idp.userClaim: email`, async () => {
-      const gw = await startGateway({ idp, idpExtra: { userClaim: 'email' }, log: { user: c.user }, upstreams: [{ name: 'tools', url: tools.url, auth: { mode: 'idp' } }] });
+    test(`log.user: ${c.user ?? '(absent)'} with idp.userClaim: email`, async () => {
+      const log = c.user === undefined ? undefined : { user: c.user };
+      const gw = await startGateway({ idp, idpExtra: { userClaim: 'email' }, log, upstreams: [{ name: 'tools', url: tools.url, auth: { mode: 'idp' } }] });
       try {
         const user = idp.users.find((u) => u.login === 'bob')!;
         const agent = createBrowserAgent({ context: await newBrowserContext(browser), user: { login: user.login, password: user.password }, redirectUri: `${catcher.url}/callback` });

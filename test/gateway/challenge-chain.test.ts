@@ -8,6 +8,10 @@
  * the upstream's authorization server before it issues our code; the agent's retry succeeds.
  * When the user denies at the upstream, the agent still gets its code, without the connect scope,
  * and the next call is challenged the same way (which the SDK stops at).
+ *
+ * Run twice: with a provider that implements the SDK's optional `invalidateCredentials` and with
+ * one that has only the required methods (the SDK then presents the refused refresh token again,
+ * and the gateway's second refusal must send it to the new authorization: step-up.ts).
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -55,7 +59,11 @@ after(async () => {
  * opens an MCP session (the upstream serves initialize without a token). Its browser answers the
  * upstream's consent page with `upstreamDecision`.
  */
-async function signedIn(login: string, upstreamDecision: 'approve' | 'deny' = 'approve'): Promise<{ agent: BrowserAgent; client: Client; transport: StreamableHTTPClientTransport }> {
+async function signedIn(
+  login: string,
+  invalidateCredentials: boolean,
+  upstreamDecision: 'approve' | 'deny' = 'approve',
+): Promise<{ agent: BrowserAgent; client: Client; transport: StreamableHTTPClientTransport }> {
   const user = idp.users.find((u) => u.login === login)!;
   const agent = createBrowserAgent({
     context: await newBrowserContext(browser),
@@ -63,51 +71,67 @@ async function signedIn(login: string, upstreamDecision: 'approve' | 'deny' = 'a
     redirectUri: `${catcher.url}/callback`,
     clientName: 'Re-challenge agent',
     upstream: { decision: upstreamDecision },
+    invalidateCredentials,
   });
   return { agent, ...(await connectWithLogin(agent, new URL(`${gateway}/notes/mcp`))) };
 }
 
 const whoami = (client: Client) => client.callTool({ name: 'whoami', arguments: {} });
 
-describe('HTTP re-challenge: the SDK agent steps up and /oauth/authorize chains through the upstream', () => {
-  test('403 insufficient_scope → the SDK re-authorizes for the connect scope → connected before our code → the retry succeeds', async () => {
-    const { agent, client, transport } = await signedIn('alice');
-    try {
-      const before = decodeJwt(agent.tokens()!.access_token);
-      assert.equal(before.scope, 'mcp');
+/** The token endpoint's answers the agent got, in order ("POST /oauth/token 400", …), from `from` on. */
+const tokenAnswers = (agent: BrowserAgent, from: number) => agent.requests.slice(from).filter((r) => r.startsWith('POST /oauth/token '));
 
-      // The SDK sees 403 insufficient_scope, authorizes for the challenge's scope, and asks us to finish.
-      await assert.rejects(whoami(client), UnauthorizedError);
-      assert.deepEqual(
-        agent.visited.filter((v) => !v.endsWith('(continue)')),
-        [gateway, upstream.issuer, upstream.issuer],
-        'our consent for the new scope (the IdP remembers the user), then the upstream login and consent',
-      );
-      await transport.finishAuth(agent.code!);
-      const after = decodeJwt(agent.tokens()!.access_token);
-      assert.equal(after.scope, 'mcp mcpgate:connect:notes');
-      assert.notEqual(after.sid, before.sid, 'a new session, connected before its first token was issued');
+// SDK 1.32.2 answers the 403 by refreshing first. A provider with `invalidateCredentials` drops the
+// tokens at the first refusal; one without it (the method is optional) refreshes once more: both
+// must end in the new authorization, never in a refresh that succeeds into the same 403.
+for (const invalidateCredentials of [true, false]) {
+  const provider = invalidateCredentials ? 'a provider with invalidateCredentials' : 'a provider with only the required methods';
+  describe(`HTTP re-challenge (${provider}): the SDK agent steps up and /oauth/authorize chains through the upstream`, () => {
+    test('403 insufficient_scope → the SDK re-authorizes for the connect scope → connected before our code → the retry succeeds', async () => {
+      const { agent, client, transport } = await signedIn('alice', invalidateCredentials);
+      try {
+        const before = decodeJwt(agent.tokens()!.access_token);
+        assert.equal(before.scope, 'mcp');
 
-      assert.deepEqual((await whoami(client)).content, [{ type: 'text', text: 'upstream user alice-up' }]);
-    } finally {
-      await client.close();
-    }
-    for (const seen of upstream.seenAuthorization) {
-      if (seen) assert.equal(decodeJwt(seen.slice('Bearer '.length)).iss, upstream.issuer, 'the upstream saw only its own tokens');
-    }
+        // The SDK sees 403 insufficient_scope, authorizes for the challenge's scope, and asks us to finish.
+        const sent = agent.requests.length;
+        await assert.rejects(whoami(client), UnauthorizedError);
+        assert.deepEqual(
+          tokenAnswers(agent, sent),
+          invalidateCredentials ? ['POST /oauth/token 400'] : ['POST /oauth/token 400', 'POST /oauth/token 400'],
+          'every refresh after the challenge refused, none answered with tokens',
+        );
+        assert.deepEqual(
+          agent.visited.filter((v) => !v.endsWith('(continue)')),
+          [gateway, upstream.issuer, upstream.issuer],
+          'our consent for the new scope (the IdP remembers the user), then the upstream login and consent',
+        );
+        await transport.finishAuth(agent.code!);
+        const after = decodeJwt(agent.tokens()!.access_token);
+        assert.equal(after.scope, 'mcp mcpgate:connect:notes');
+        assert.notEqual(after.sid, before.sid, 'a new session, connected before its first token was issued');
+
+        assert.deepEqual((await whoami(client)).content, [{ type: 'text', text: 'upstream user alice-up' }]);
+      } finally {
+        await client.close();
+      }
+      for (const seen of upstream.seenAuthorization) {
+        if (seen) assert.equal(decodeJwt(seen.slice('Bearer '.length)).iss, upstream.issuer, 'the upstream saw only its own tokens');
+      }
+    });
+
+    test('denied at the upstream: the code comes without the connect scope, and the next call is challenged again', async () => {
+      const { agent, client, transport } = await signedIn('bob', invalidateCredentials, 'deny');
+      try {
+        await assert.rejects(whoami(client), UnauthorizedError);
+        await transport.finishAuth(agent.code!);
+        assert.equal(decodeJwt(agent.tokens()!.access_token).scope, 'mcp');
+        const error = await whoami(client).then(() => assert.fail('expected the same challenge'), (e: unknown) => e);
+        assert.ok(error instanceof StreamableHTTPError, `got ${String(error)}`);
+        assert.equal(error.code, 403);
+      } finally {
+        await client.close();
+      }
+    });
   });
-
-  test('denied at the upstream: the code comes without the connect scope, and the next call is challenged again', async () => {
-    const { agent, client, transport } = await signedIn('bob', 'deny');
-    try {
-      await assert.rejects(whoami(client), UnauthorizedError);
-      await transport.finishAuth(agent.code!);
-      assert.equal(decodeJwt(agent.tokens()!.access_token).scope, 'mcp');
-      const error = await whoami(client).then(() => assert.fail('expected the same challenge'), (e: unknown) => e);
-      assert.ok(error instanceof StreamableHTTPError, `got ${String(error)}`);
-      assert.equal(error.code, 403);
-    } finally {
-      await client.close();
-    }
-  });
-});
+}

@@ -1,14 +1,18 @@
 /**
  * OpenTelemetry traces (issue 13): with `observability.otlp.endpoint` the gateway sends OTLP/HTTP
  * JSON spans to a real collector endpoint (a node:http server here that decodes what it gets),
- * continuing the agent's W3C traceparent; without it nothing is sent.
+ * continuing the agent’s W3C traceparent (with a `refresh idp` child span when the request refreshes
+ * the IdP token at a real development IdP); without it nothing is sent.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
+import { createHash, randomBytes } from 'node:crypto';
 import { startGateway, type TestGateway } from '../support/gateway.ts';
+import { startDevIdp } from '../support/idp.ts';
 import { startRawUpstream, type RawUpstream } from '../support/mcp-upstream.ts';
 import { MCP_POST_HEADERS, rpc, send } from '../gateway/http-client.ts';
+import { createBrowser, formAction } from '../upstream-oauth/browser.ts';
 import { createLogger } from '../../src/observability/logger.ts';
 import { createTracer } from '../../src/observability/tracing.ts';
 
@@ -27,6 +31,49 @@ interface ReceivedSpan {
   endTimeUnixNano: string;
   attributes: Array<{ key: string; value: Record<string, unknown> }>;
   status: { code: number };
+}
+
+/**
+ * A user's sign-in as an agent performs it, without a browser engine: DCR, authorize with PKCE,
+ * the development IdP's login form, our consent page, the code exchange. Our access token for `resource`.
+ */
+async function signIn(base: string, resource: string, user: { login: string; password: string }): Promise<string> {
+  const redirectUri = 'http://127.0.0.1:9/callback';
+  const registered = await fetch(`${base}/oauth/register`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ redirect_uris: [redirectUri], token_endpoint_auth_method: 'none' }),
+  });
+  assert.equal(registered.status, 201);
+  const { client_id: clientId } = (await registered.json()) as { client_id: string };
+  const verifier = randomBytes(32).toString('base64url');
+  const query = new URLSearchParams({
+    client_id: clientId,
+    redirect_uri: redirectUri,
+    response_type: 'code',
+    code_challenge: createHash('sha256').update(verifier).digest('base64url'),
+    code_challenge_method: 'S256',
+    state: 'st',
+    scope: 'mcp',
+    resource,
+  });
+  const browser = createBrowser();
+  const backAtAgent = (url: URL) => url.href.startsWith(redirectUri);
+  let page = await browser.open(`${base}/oauth/authorize?${query}`, { stopAt: backAtAgent });
+  page = await browser.submit(formAction(page, /\/login$/), user, { stopAt: backAtAgent });
+  if (page.status === 200 && page.body.includes('name="consent_id"')) {
+    const fields = Object.fromEntries([...page.body.matchAll(/<input type="hidden" name="([^"]+)" value="([^"]*)">/g)].map((m) => [m[1]!, m[2]!.replace(/&amp;/g, '&')]));
+    page = await browser.submit(formAction(page, /\/oauth\/consent/), { ...fields, decision: 'approve' }, { stopAt: backAtAgent });
+  }
+  const code = new URL(String(page.headers.location)).searchParams.get('code');
+  assert.ok(code, `an authorization code (last page ${page.url}, ${page.status})`);
+  const token = await fetch(`${base}/oauth/token`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ grant_type: 'authorization_code', client_id: clientId, code, redirect_uri: redirectUri, code_verifier: verifier, resource }).toString(),
+  });
+  assert.equal(token.status, 200);
+  return ((await token.json()) as { access_token: string }).access_token;
 }
 
 /** A collector: accepts POST /v1/traces (OTLP/HTTP JSON) and keeps every span and resource. */
@@ -128,6 +175,54 @@ describe('OpenTelemetry traces', () => {
     const exported = JSON.stringify(collector.spans);
     assert.ok(!exported.includes(AGENT_TOKEN), 'no agent token in any span');
     assert.ok(!exported.includes(STATIC_SECRET), 'no upstream credential in any span');
+  });
+
+  it('a request that refreshes the IdP token has a `refresh idp` span under its credential span', async () => {
+    // The IdP's access tokens live 60 s and the upstream refreshes them 120 s before they expire:
+    // the first request after the sign-in finds the token due and refreshes it at the real IdP.
+    const idp = await startDevIdp({ accessTokenTtlSeconds: 60 });
+    const gateway = await startGateway({
+      idp,
+      upstreams: [{ name: 'kube', url: upstream.url, auth: { mode: 'idp', refreshMargin: '120s' } }],
+      observability: { otlp: { endpoint: collector.endpoint } },
+    });
+    const trace = randomBytes(16).toString('hex');
+    const before = upstream.requests.length;
+    let response;
+    let refreshes = 0;
+    try {
+      const user = idp.users.find((u) => u.login === 'alice')!;
+      const accessToken = await signIn(gateway.url.origin, gateway.mcpUrl('kube').href, { login: user.login, password: user.password });
+      const refreshesBefore = idp.refreshCount();
+      response = await send(gateway.mcpUrl('kube'), {
+        method: 'POST',
+        headers: { ...MCP_POST_HEADERS, authorization: `Bearer ${accessToken}`, traceparent: `00-${trace}-${AGENT_SPAN}-01` },
+        body: rpc(3, 'tools/list'),
+      });
+      refreshes = idp.refreshCount() - refreshesBefore;
+    } finally {
+      await gateway.close(); // flushes the spans
+      await idp.close();
+    }
+    assert.equal(response.status, 200);
+    assert.equal(refreshes, 1, 'the request refreshed the IdP token at the IdP');
+    assert.equal(upstream.requests.length - before, 1);
+
+    const spans = collector.spans.filter((s) => s.traceId === trace);
+    const names = JSON.stringify(spans.map((s) => s.name));
+    const requestSpan = spans.find((s) => s.name === 'POST /{upstream}/mcp');
+    assert.ok(requestSpan, `a request span: ${names}`);
+    assert.equal(requestSpan.parentSpanId, AGENT_SPAN);
+    const credentials = spans.find((s) => s.name === 'credentials' && s.parentSpanId === requestSpan.spanId);
+    assert.ok(credentials, `a credentials span under the request: ${names}`);
+    const refresh = spans.filter((s) => s.name === 'refresh idp');
+    assert.equal(refresh.length, 1, `one refresh span: ${names}`);
+    assert.equal(refresh[0]!.parentSpanId, credentials.spanId, 'the refresh is a child of the credential span');
+    assert.notEqual(refresh[0]!.status.code, 2, 'the refresh succeeded (not ERROR)');
+    assert.ok(BigInt(refresh[0]!.startTimeUnixNano) >= BigInt(credentials.startTimeUnixNano));
+    assert.ok(BigInt(refresh[0]!.endTimeUnixNano) <= BigInt(credentials.endTimeUnixNano));
+    const sent = String(upstream.requests.at(-1)!.headers.authorization).replace(/^Bearer /, '');
+    assert.ok(!JSON.stringify(collector.spans).includes(sent), 'no IdP token in any span');
   });
 
   it('without observability.otlp nothing is sent and the gateway works', async () => {

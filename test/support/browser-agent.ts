@@ -117,6 +117,11 @@ export interface BrowserAgentOptions {
   clientName?: string;
   /** At an upstream's authorization server (re-challenge chain): the name to sign in with (default `<login>-up`) and the answer to its consent. */
   upstream?: { login?: string; decision?: 'approve' | 'deny' };
+  /**
+   * Whether the provider implements the SDK's optional `invalidateCredentials` (default true).
+   * False: only the methods `OAuthClientProvider` requires, as many applications write it.
+   */
+  invalidateCredentials?: boolean;
 }
 
 /** An SDK `OAuthClientProvider` that keeps everything in memory and authorizes in Chromium (see the module comment). */
@@ -244,11 +249,15 @@ export function createBrowserAgent(options: BrowserAgentOptions): BrowserAgent {
       verifier = value;
     },
     codeVerifier: () => verifier,
-    /** What the SDK calls when the server refuses a grant (e.g. the refresh after a step-up). */
-    invalidateCredentials(scope) {
-      if (scope === 'all' || scope === 'tokens') saved = undefined;
-      if (scope === 'all' || scope === 'client') info = undefined;
-    },
+    ...(options.invalidateCredentials === false
+      ? {}
+      : {
+          /** What the SDK calls when the server refuses a grant (e.g. the refresh after a step-up). */
+          invalidateCredentials(scope: 'all' | 'client' | 'tokens' | 'verifier' | 'discovery') {
+            if (scope === 'all' || scope === 'tokens') saved = undefined;
+            if (scope === 'all' || scope === 'client') info = undefined;
+          },
+        }),
     async redirectToAuthorization(url) {
       code = undefined;
       let callback: URL;

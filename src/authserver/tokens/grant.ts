@@ -22,8 +22,8 @@ export interface GrantDeps {
   reuseGraceMs: number;
   /** Absolute lifetime of a session from its login, ms. */
   sessionMaxLifetimeMs: number;
-  /** Sessions whose next refresh is refused for a step-up; absent: none are. */
-  stepUp?: Pick<StepUpMarks, 'take'> | undefined;
+  /** Sessions whose refreshes are refused for a step-up (step-up.ts); absent: none are. */
+  stepUp?: Pick<StepUpMarks, 'refuse'> | undefined;
   /** The sessions' IdP tokens; absent: the IdP is not asked on a refresh. */
   idpSession?: Pick<IdpSessionTokens, 'current'> | undefined;
 }

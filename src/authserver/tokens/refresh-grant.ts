@@ -6,7 +6,7 @@
  * backs (checked once the IdP access token has expired).
  */
 import { IdpSessionEnded } from '../../credentials/idp-session.ts';
-import { InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget, TemporarilyUnavailable } from '../../http/errors.ts';
+import { InteractionRequired, InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget, TemporarilyUnavailable } from '../../http/errors.ts';
 import { IdpError } from '../../idp/types.ts';
 import { sessionTag } from '../../observability/logger.ts';
 import type { ClientRecord, RefreshTokenRecord, SessionRecord } from '../records/records.ts';
@@ -25,8 +25,11 @@ export async function redeemRefreshToken(deps: GrantDeps, client: ClientRecord, 
   const requestedScopes = narrowScopes(params.get('scope'), peeked);
   const resource = params.get('resource');
   if (resource !== undefined && resource !== peeked.resource) throw new InvalidTarget('resource does not match the refresh token');
-  // Before rotation: refused for a step-up, the refresh token stays as it was.
-  if (await deps.stepUp?.take(peeked.sessionId)) throw new InvalidGrant('a new authorization is needed for the scope the resource asked for');
+  // Before rotation: refused for a step-up, the refresh token stays as it was (step-up.ts says
+  // why a token presented again after the first refusal gets another code).
+  const refusal = await deps.stepUp?.refuse(peeked.sessionId);
+  if (refusal === 'first') throw new InvalidGrant('a new authorization is needed for the scope the resource asked for');
+  if (refusal === 'again') throw new InteractionRequired('a new authorization is needed for the scope the resource asked for; authorize again instead of refreshing');
   // Before rotation too: a refused or unanswered check leaves the refresh token unspent. A token
   // already rotated is a reuse, found below; the IdP is not asked on its behalf.
   const live = peeked.rotatedAt === undefined ? await confirmSession(deps, peeked.sessionId) : undefined;

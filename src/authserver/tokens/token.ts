@@ -38,8 +38,8 @@ export interface TokenEndpointOptions {
   logger: Logger;
   /** Clock, epoch ms; default `Date.now`. */
   now?: () => number;
-  /** Sessions the gateway challenged for a scope their grant lacks: their next refresh is refused (step-up.ts). */
-  stepUp?: Pick<StepUpMarks, 'take'>;
+  /** Sessions the gateway challenged for a scope their grant lacks: their refreshes are refused while the mark lives (step-up.ts). */
+  stepUp?: Pick<StepUpMarks, 'refuse'>;
   /** The one session-ending path (session-end.ts): a reused code or refresh token ends the session and its upstream grants. */
   endSession: EndSession;
   /**
