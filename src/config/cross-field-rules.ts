@@ -9,7 +9,7 @@
  */
 import { isIP } from 'node:net';
 import type { z } from 'zod';
-import { isAddressAllowed } from '../net/address-policy.ts';
+import { hostAllowList, isAddressAllowed } from '../net/address-policy.ts';
 import { readSigningKey } from './signing-key.ts';
 
 /** The configuration as the rules see it: any section may be missing or malformed. */
@@ -27,6 +27,7 @@ interface ServerFields {
   devMode?: unknown;
   maxBodyBytes?: unknown;
   maxBodyBytesInFlight?: unknown;
+  allowHosts?: unknown;
 }
 
 interface UpstreamFields {
@@ -55,6 +56,8 @@ interface StorageFields {
 /** What the upstream rules need to know about the rest of the file. */
 interface UpstreamContext {
   devMode: boolean;
+  /** Whether `server.allowHosts` lists a host (the guarded fetcher's own comparison). */
+  isListed: (host: string) => boolean;
   /** An idp: section is present (users log in). */
   hasIdp: boolean;
   /** A plain OAuth 2.0 IdP issues no ID token: nothing could be forwarded or exchanged. */
@@ -77,7 +80,9 @@ export function checkCrossFieldRules(config: ConfigFields, options: { resolveSec
   checkServer(server, publicUrl, ctx);
   const idp = config.idp as { kind?: unknown } | undefined;
   if (idp && !devMode) checkIdpEndpoints(idp, ctx);
-  checkUpstreams(config.upstreams, { devMode, hasIdp: Boolean(idp), withoutIdToken: idp?.kind === 'oauth2' }, ctx);
+  const allowHosts = Array.isArray(server?.allowHosts) ? server.allowHosts.filter((h): h is string => typeof h === 'string') : [];
+  const isListed = hostAllowList(allowHosts);
+  checkUpstreams(config.upstreams, { devMode, isListed, hasIdp: Boolean(idp), withoutIdToken: idp?.kind === 'oauth2' }, ctx);
   checkStorage(config.storage as StorageFields | undefined, options.resolveSecrets, ctx);
   checkSigningKeys(config.authServer, { hasIdp: Boolean(idp), devMode, resolveSecrets: options.resolveSecrets }, ctx);
 }
@@ -145,7 +150,7 @@ function checkUpstream(u: UpstreamFields | undefined, path: (string | number)[],
   const auth = u?.auth;
   if (mode === 'token_exchange' && auth) checkTokenExchange(auth, [...path, 'auth'], { withoutIdToken, devMode }, ctx);
   const tokenEndpoint = mode === 'token_exchange' ? u?.auth?.tokenEndpoint : undefined;
-  const refusal = typeof tokenEndpoint === 'string' ? serverFetchRefusal(tokenEndpoint, devMode) : undefined;
+  const refusal = typeof tokenEndpoint === 'string' ? serverFetchRefusal(tokenEndpoint, devMode, context.isListed) : undefined;
   if (refusal) ctx.addIssue({ code: 'custom', path: [...path, 'auth', 'tokenEndpoint'], message: refusal });
 }
 
@@ -236,16 +241,19 @@ function checkTokenExchange(
 
 /**
  * Why the gateway's server-side fetcher (src/net/guarded-fetch.ts, built with `allowHttp` and
- * `allowPrivate` = devMode) would refuse every request to this URL, or `undefined`. Only what the
- * URL itself shows: a host name that resolves to a private address is found at request time.
+ * `allowPrivate` = devMode and `allowHosts` = `server.allowHosts`) would refuse every request to
+ * this URL, or `undefined`. Only what the URL itself shows: a host name that resolves to a private
+ * address is found at request time. A listed host may be internal, as the fetcher allows it.
  */
-function serverFetchRefusal(text: string, devMode: boolean): string | undefined {
+function serverFetchRefusal(text: string, devMode: boolean, isListed: (host: string) => boolean): string | undefined {
   if (devMode || !URL.canParse(text)) return undefined;
   const url = new URL(text);
   if (url.protocol === 'http:') return 'must be an https URL (http is allowed only with devMode: true)';
   const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
-  if (isIP(host) !== 0 && !isAddressAllowed(host, false)) {
-    return `${host} is a loopback, private, link-local or reserved address: the gateway refuses to send tokens there outside devMode`;
+  if (isIP(host) !== 0 && !isAddressAllowed(host, isListed(host))) {
+    return isListed(host)
+      ? `${host} is an unspecified, multicast or reserved address: the gateway never sends tokens there, even on server.allowHosts`
+      : `${host} is a loopback, private, link-local or reserved address: the gateway refuses to send tokens there outside devMode unless server.allowHosts lists it`;
   }
   return undefined;
 }

@@ -4,7 +4,9 @@
  * Every address is put in one class. `public` is always allowed; the internal classes
  * (`loopback`, `private`, `link_local`, `shared`) only for hosts the operator allowed;
  * the rest (`unspecified`, `multicast`, `reserved`) never, because no legitimate
- * metadata, registration or token endpoint lives there.
+ * metadata, registration or token endpoint lives there. Which hosts the operator allowed
+ * (`server.allowHosts`) is decided by {@link hostAllowList}, shared by the fetcher and by the
+ * configuration's check of the endpoints it names.
  */
 import { BlockList, isIP } from 'node:net';
 
@@ -110,4 +112,19 @@ export function classifyAddress(address: string): AddressClass {
 export function isAddressAllowed(address: string, internalAllowed: boolean): boolean {
   const cls = classifyAddress(address);
   return cls === 'public' || (internalAllowed && INTERNAL.has(cls));
+}
+
+/** A host as the allow list compares it: lower case, without IPv6 brackets or a final dot. */
+export function normalizeHost(host: string): string {
+  return host.toLowerCase().replace(/^\[|\]$/g, '').replace(/\.$/, '');
+}
+
+/**
+ * Whether a host is on `allowHosts` (`server.allowHosts`: names or IP literals, case-insensitive,
+ * IPv6 with or without brackets), so that it may reach internal addresses. The one comparison the
+ * guarded fetcher applies and `mcpgate check` applies to the endpoints of the configuration.
+ */
+export function hostAllowList(allowHosts: readonly string[]): (host: string) => boolean {
+  const listed = new Set(allowHosts.map(normalizeHost));
+  return (host) => listed.has(normalizeHost(host));
 }

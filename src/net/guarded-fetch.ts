@@ -11,7 +11,7 @@
 import { lookup as dnsLookup } from 'node:dns/promises';
 import { isIP, type LookupFunction } from 'node:net';
 import { Agent, request } from 'undici';
-import { isAddressAllowed } from './address-policy.ts';
+import { hostAllowList, isAddressAllowed, normalizeHost } from './address-policy.ts';
 
 /** Why a fetch was refused or failed. Safe to log and to show: never contains a URL's path, query or credentials. */
 export type FetchRefusedReason =
@@ -112,8 +112,8 @@ export function createGuardedFetch(options: GuardedFetchOptions = {}): GuardedFe
 interface FetchPolicy {
   allowHttp: boolean;
   allowPrivate: boolean;
-  /** Normalized with {@link normalizeHost}. */
-  allowHosts: Set<string>;
+  /** Whether a host is on the allow list ({@link hostAllowList}). */
+  isListed: (host: string) => boolean;
   maxBytes: number;
   timeoutMs: number;
   maxRedirects: number;
@@ -125,7 +125,7 @@ function resolvePolicy(options: GuardedFetchOptions): FetchPolicy {
   return {
     allowHttp: options.allowHttp ?? false,
     allowPrivate: options.allowPrivate ?? false,
-    allowHosts: new Set((options.allowHosts ?? []).map(normalizeHost)),
+    isListed: hostAllowList(options.allowHosts ?? []),
     maxBytes: positiveInt(options.maxBytes ?? 256 * 1024, 'maxBytes'),
     timeoutMs: positiveInt(options.timeoutMs ?? 5000, 'timeoutMs'),
     maxRedirects: nonNegativeInt(options.maxRedirects ?? 3, 'maxRedirects'),
@@ -136,7 +136,7 @@ function resolvePolicy(options: GuardedFetchOptions): FetchPolicy {
 
 function checkAddresses(policy: FetchPolicy, host: string, addresses: readonly ResolvedAddress[]): void {
   if (addresses.length === 0) throw new FetchRefusedError('dns_failed', `no address for host ${host}`);
-  const allowed = policy.allowPrivate || policy.allowHosts.has(normalizeHost(host));
+  const allowed = policy.allowPrivate || policy.isListed(host);
   // Refuse the host if ANY address is internal: otherwise the socket's happy-eyeballs
   // fallback could still land on the internal one.
   if (!addresses.every((a) => isAddressAllowed(a.address, allowed))) {
@@ -274,10 +274,6 @@ function mapError(
     return new FetchRefusedError('timeout', `request to ${ctx.url.hostname} timed out`, { cause: err });
   }
   return new FetchRefusedError('network_error', `request to ${ctx.url.hostname} failed`, { cause: err });
-}
-
-function normalizeHost(host: string): string {
-  return host.toLowerCase().replace(/^\[|\]$/g, '').replace(/\.$/, '');
 }
 
 function lowerKeys(headers: Record<string, string>): Record<string, string> {

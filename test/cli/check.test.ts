@@ -70,12 +70,13 @@ describe('mcpgate check and serve agree', { concurrency: true }, () => {
   }
 
   /** A gateway with login on a free port (serve must be able to start when the config is good). */
-  async function loginConfig(name: string, overrides: { signingKey?: string; storage?: string[]; upstreams?: string[] } = {}): Promise<string> {
+  async function loginConfig(name: string, overrides: { signingKey?: string; storage?: string[]; upstreams?: string[]; server?: string[] } = {}): Promise<string> {
     const port = await freePort();
     return file(name, [
       'server:',
       `  listen: "127.0.0.1:${port}"`,
       '  publicUrl: "https://mcp.example.com"',
+      ...(overrides.server ?? []),
       'idp:',
       '  issuer: "https://login.example.com"',
       '  clientId: "mcpgate"',
@@ -134,6 +135,23 @@ describe('mcpgate check and serve agree', { concurrency: true }, () => {
     assert.match(privateHost[0]!, /^upstreams\[0\]\.auth\.tokenEndpoint: 10\.0\.0\.5 is a loopback, private, link-local or reserved address/);
     const ok = await mcpgate(['check', '--config', await loginConfig('te-public.yaml', { upstreams: exchange('https://sts.example.com/token') })]);
     assert.equal(ok.code, 0, ok.stderr);
+  });
+
+  it('server.allowHosts lets a token_exchange endpoint on a private address pass, as the fetcher lets it through; an unlisted one is still refused', async () => {
+    const exchange = (url: string) => [
+      `  - { name: x, url: "http://x-mcp:8080/mcp", auth: { mode: token_exchange, tokenEndpoint: "${url}", audience: "x", clientId: "mcpgate" } }`,
+    ];
+    const server = ['  allowHosts: ["10.0.0.7", "[FD00::1]"]'];
+    for (const [name, url] of [['listed-v4', 'https://10.0.0.7/token'], ['listed-v6', 'https://[fd00::1]:8443/token']] as const) {
+      const check = await mcpgate(['check', '--config', await loginConfig(`te-${name}.yaml`, { server, upstreams: exchange(url) })]);
+      assert.equal(check.code, 0, `${url}: ${check.stderr}`);
+    }
+    const unlisted = await bothRefuse(await loginConfig('te-unlisted.yaml', { server, upstreams: exchange('https://10.0.0.5/token') }));
+    assert.equal(unlisted.length, 1);
+    assert.match(unlisted[0]!, /^upstreams\[0\]\.auth\.tokenEndpoint: 10\.0\.0\.5 is a loopback, private, link-local or reserved address: .* unless server\.allowHosts lists it$/);
+    // The list opens internal addresses only: a reserved one is refused even when listed.
+    const reserved = await bothRefuse(await loginConfig('te-reserved.yaml', { server: ['  allowHosts: ["192.0.2.1"]'], upstreams: exchange('https://192.0.2.1/token') }));
+    assert.deepEqual(reserved, ['upstreams[0].auth.tokenEndpoint: 192.0.2.1 is an unspecified, multicast or reserved address: the gateway never sends tokens there, even on server.allowHosts']);
   });
 
   it('--no-secrets checks a deployment config without its secrets, and still finds every other problem', async () => {

@@ -2,7 +2,8 @@
 // gives, run as written), and runs in the base Deployment as it is: each `env:` it names is set by
 // the container and each `file:` is mounted. Also what deploy/README.md promises around it: the
 // Secrets it lists are the ones the manifests use (and as many as kustomization.yaml says), its
-// `images:` override renders, and its test command exists.
+// `images:` override renders, and its test command exists. Every config with login also states its
+// session and registration bounds and, when registration is open, why and how to close it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
@@ -142,6 +143,23 @@ test('deploy/README.md: its check command, run as written, passes', async () => 
   const full = await run(npx!, args.filter((a) => a !== '--no-secrets'));
   assert.equal(full.code, 1);
   assert.match(full.stderr, /MCPGATE_IDP_CLIENT_SECRET is not set|cannot read \/etc\/mcpgate\/keys\/signing\.pem/);
+});
+
+test('every shipped config with login states its session and registration bounds, and why anonymous registration is on', () => {
+  const configs = shippedConfigs().filter((file) => 'idp' in (parse(readFileSync(file, 'utf8')) as object));
+  assert.ok(configs.length >= 7, configs.join(', '));
+  for (const file of configs) {
+    const name = relative(deployDir, file);
+    const text = readFileSync(file, 'utf8');
+    const authServer = (parse(text) as { authServer?: Record<string, unknown> }).authServer ?? {};
+    const registration = (authServer.registration ?? {}) as Record<string, unknown>;
+    assert.ok(authServer.sessionMaxLifetime !== undefined && authServer.maxSessionsPerUser !== undefined, `${name}: sessionMaxLifetime and maxSessionsPerUser`);
+    assert.ok(registration.unusedTtl !== undefined && registration.maxUnused !== undefined, `${name}: registration.unusedTtl and maxUnused`);
+    if (registration.initialAccessToken === null) {
+      // Open registration is a choice the file explains, with the way to require a token.
+      assert.match(text, /# Anonymous registration stays on: [^]*initialAccessToken: "env:MCPGATE_REGISTRATION_TOKEN"/, `${name}: says why registration is open and how to close it`);
+    }
+  }
 });
 
 test('every example runs in the base Deployment: its env: variables are set, its file: paths are mounted', async () => {

@@ -174,4 +174,41 @@ describe('mode oauth after the real login (SDK agent, Chromium, two unrelated Op
     assert.equal(catcher.requests.filter((u) => u.pathname === '/attacker').length, 0, 'no code was issued for the victim\'s browser');
     await victimContext.close();
   });
+
+  test('login CSRF through the attacker\'s own upstream flow: return_to=/oauth/upstream/start?flow=… is refused at the callback, nothing is connected for him', async () => {
+    // The attacker's agent signs in as him and is asked to connect: he now holds a flow of his own.
+    const attackerAgent = createBrowserAgent({ context: await newBrowserContext(browser), user: userOf('bob'), redirectUri: `${catcher.url}/callback`, clientName: 'Attacker agent' });
+    const { client } = await connectWithLogin(attackerAgent, new URL(`${gateway}/notes/mcp`));
+    try {
+      const required = (await client.callTool({ name: 'whoami', arguments: {} })).structuredContent as { status: string; auth_url: string };
+      assert.equal(required.status, 'auth_required');
+      const flowStart = new URL(required.auth_url);
+      assert.equal(flowStart.pathname, '/oauth/upstream/start');
+
+      // He signs in as himself with that flow as the place to return to, and stops at our callback.
+      const attacker = createBrowser();
+      const atCallback = { stopAt: (url: URL) => url.pathname === '/oauth/callback' };
+      let page = await attacker.open(`${gateway}/oauth/login?return_to=${encodeURIComponent(flowStart.pathname + flowStart.search)}`, atCallback);
+      if (page.status === 200) page = await attacker.submit(formAction(page, /\/login$/), userOf('bob'), atCallback);
+      assert.ok(page.status >= 300 && page.status < 400, `stopped before the callback: ${page.status} ${page.url}`);
+      const stolen = new URL(String(page.headers.location), page.url);
+      assert.equal(stolen.pathname, '/oauth/callback');
+
+      // The victim's browser opens it: refused before it returns anywhere.
+      const victimContext = await newBrowserContext(browser);
+      const victim = await victimContext.newPage();
+      const answer = await victim.goto(stolen.href);
+      assert.equal(answer?.status(), 403);
+      assert.match((await victim.locator('main').textContent()) ?? '', /not started in this browser/);
+      assert.ok(victim.url().startsWith(`${gateway}/oauth/callback`), 'never sent on to the flow or the upstream');
+      assert.deepEqual((await victimContext.cookies(gateway)).filter((c) => c.name.includes('mcpgate-login')), [], 'never signed in as the attacker');
+      await victimContext.close();
+
+      // The attacker's session holds no upstream grant: his agent is still asked to connect.
+      const after = (await client.callTool({ name: 'whoami', arguments: {} })).structuredContent as { status: string };
+      assert.equal(after.status, 'auth_required');
+    } finally {
+      await client.close();
+    }
+  });
 });
