@@ -9,11 +9,13 @@ export function refuseRejection(upstream: string, why: string): RejectionOutcome
   return { action: 'respond', error: new BadGateway(`upstream "${upstream}" refused the request: ${why}`) };
 }
 
+const NO_HEADERS: Record<string, string> = Object.freeze({});
+
 /** Mode `none`: the upstream gets no credential at all. */
 export function createNoCredential(upstream: string): CredentialSource {
   return {
     mode: 'none',
-    headers: async () => ({}),
+    headers: () => NO_HEADERS,
     rejected: async () => refuseRejection(upstream, 'it requires authorization and this upstream is configured with auth mode "none"'),
   };
 }

@@ -11,7 +11,7 @@ export function createStaticCredential(options: { upstream: string; header: stri
   const headers = { [name]: value };
   return {
     mode: 'static',
-    headers: async () => headers,
+    headers: () => headers,
     rejected: async () => refuseRejection(options.upstream, 'it rejected the configured static credential'),
   };
 }

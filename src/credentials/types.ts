@@ -67,8 +67,12 @@ export type RejectionOutcome =
  */
 export interface CredentialSource {
   readonly mode: AuthMode;
-  /** Headers to add to the upstream request (e.g. `{ authorization: 'Bearer …' }`). Throws an HttpError to refuse. */
-  headers(request: CredentialRequest): Promise<Record<string, string>>;
+  /**
+   * Headers to add to the upstream request (e.g. `{ authorization: 'Bearer …' }`). Throws an
+   * HttpError to refuse. A mode with nothing to look up (`none`, `static`) answers synchronously:
+   * awaiting nothing still costs the request a promise and a turn of the microtask queue.
+   */
+  headers(request: CredentialRequest): Promise<Record<string, string>> | Record<string, string>;
   /**
    * Starts the store reads `headers` will need, as soon as the principal is known and alongside
    * the session's liveness check (one round trip instead of two). The promise is handed back to

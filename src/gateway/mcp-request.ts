@@ -82,16 +82,22 @@ export function beginExchange(route: McpRoute, ctx: RequestContext): McpExchange
  * held in memory whole, and parsed, before its 401). A refused request's body is read only
  * when it is small, for the JSON-RPC id of the refusal.
  */
-export async function authenticate(route: McpRoute, x: McpExchange): Promise<void> {
+export function authenticate(route: McpRoute, x: McpExchange): Promise<void> | undefined {
   const { ctx, upstream } = x;
   // Only a request with a read to start gets the callback (never one of an open gateway).
   const alongside = (route.sessionOwners && x.mcpSessionId) || upstream.credentials.prefetch ? (principal: Principal) => startReads(route, x, principal) : undefined;
+  // Undefined: nobody to authenticate (a gateway without login), nothing to wait for.
+  const verifying = route.tracer.enabled
+    ? route.tracer.trace('authenticate', async () => route.authenticator.authenticate(ctx, upstream, alongside))
+    : route.authenticator.authenticate(ctx, upstream, alongside);
+  return verifying && settleAuthentication(route, x, verifying);
+}
+
+async function settleAuthentication(route: McpRoute, x: McpExchange, verifying: Promise<Principal | undefined>): Promise<void> {
   try {
-    x.principal = await (route.tracer.enabled
-      ? route.tracer.trace('authenticate', () => route.authenticator.authenticate(ctx, upstream, alongside))
-      : route.authenticator.authenticate(ctx, upstream, alongside));
+    x.principal = await verifying;
   } catch (error) {
-    if (x.method === 'POST') await readRefusedBody(route, ctx);
+    if (x.method === 'POST') await readRefusedBody(route, x.ctx);
     throw error;
   }
   noteUser(route, x);
@@ -206,15 +212,37 @@ function noteProtocolVersion(route: McpRoute, x: McpExchange): Promise<void> | u
 
 /**
  * The upstream credential's headers; undefined when the source asked the user to authorize
- * (the agent has been answered auth_required).
+ * (the agent has been answered auth_required). The headers themselves, not a promise, when the
+ * source answered synchronously (modes `none` and `static`).
  */
-export async function resolveCredential(route: McpRoute, x: McpExchange): Promise<Record<string, string> | undefined> {
+export function resolveCredential(route: McpRoute, x: McpExchange): Promise<Record<string, string> | undefined> | Record<string, string> {
   const { upstream } = x;
   const tracer = route.tracer;
+  if (!tracer.enabled) {
+    let headers: Promise<Record<string, string>> | Record<string, string>;
+    try {
+      headers = upstream.credentials.headers(x);
+    } catch (error) {
+      x.prefetched = undefined;
+      return answerCredentialFailure(route, x, error);
+    }
+    if (!(headers instanceof Promise)) {
+      x.prefetched = undefined;
+      return headers;
+    }
+    return settleCredential(route, x, headers);
+  }
+  return settleCredential(route, x, tracer.trace('credentials', async (span) => (span.set('mcpgate.upstream', upstream.name), upstream.credentials.headers(x))));
+}
+
+async function answerCredentialFailure(route: McpRoute, x: McpExchange, error: unknown): Promise<undefined> {
+  await answerAuthRequired(route, x, error);
+  return undefined;
+}
+
+async function settleCredential(route: McpRoute, x: McpExchange, resolving: Promise<Record<string, string>>): Promise<Record<string, string> | undefined> {
   try {
-    return await (tracer.enabled
-      ? tracer.trace('credentials', (span) => (span.set('mcpgate.upstream', upstream.name), upstream.credentials.headers(x)))
-      : upstream.credentials.headers(x));
+    return await resolving;
   } catch (error) {
     await answerAuthRequired(route, x, error);
     return undefined;

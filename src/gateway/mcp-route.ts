@@ -163,17 +163,19 @@ async function serve(route: McpRoute, ctx: RequestContext): Promise<void> {
   let x: McpExchange | undefined;
   try {
     x = beginExchange(route, ctx);
-    await authenticate(route, x);
+    // A step with nothing to wait for returns undefined: awaiting it would still cost a turn.
+    const authenticated = authenticate(route, x);
+    if (authenticated) await authenticated;
     if (x.method === 'POST') {
       await readRequestBody(route, x);
       inspectBody(x);
     }
     noteSessions(x);
-    // A step with nothing to wait for returns undefined: awaiting it would still cost a turn.
     const checked = checkSession(route, x);
     if (checked) await checked;
     for (let attempt = 0; ; attempt++) {
-      const credential = await resolveCredential(route, x);
+      const resolving = resolveCredential(route, x);
+      const credential = resolving instanceof Promise ? await resolving : resolving;
       if (!credential) return; // answered: the user must authorize
       const outcome = await forwardUpstream(route, x, credential);
       if (!outcome) return; // the agent left

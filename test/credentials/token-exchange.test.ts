@@ -258,7 +258,7 @@ describe('token_exchange credential', () => {
   test('5xx from the exchange endpoint is a 503 with Retry-After; nothing cached, the session kept', async () => {
     t += 120_000; // the cached token is due for renewal
     endpoint.state.mode = 'down';
-    const error = await credential.headers(request('alice')).then(() => assert.fail('expected 503'), (e: unknown) => e);
+    const error = await Promise.resolve(credential.headers(request('alice'))).then(() => assert.fail('expected 503'), (e: unknown) => e);
     assert.ok(error instanceof HttpError);
     assert.equal(error.status, 503);
     assert.equal(error.headers['retry-after'], '5');
@@ -270,7 +270,7 @@ describe('token_exchange credential', () => {
   test('invalid_client is our configuration: 502, the session kept', async () => {
     t += 120_000;
     endpoint.state.mode = 'invalid_client';
-    const error = await credential.headers(request('alice')).then(() => assert.fail('expected 502'), (e: unknown) => e);
+    const error = await Promise.resolve(credential.headers(request('alice'))).then(() => assert.fail('expected 502'), (e: unknown) => e);
     assert.ok(error instanceof HttpError);
     assert.equal(error.status, 502);
     assert.ok(await stores.sessions.get('sid-alice'));
@@ -289,7 +289,7 @@ describe('token_exchange credential', () => {
 
   test('a subject refused even after a refresh ends the session: 401 re-login', async () => {
     endpoint.state.refusedSubjects.add('bob');
-    const error = await credential.headers(request('bob')).then(() => assert.fail('expected 401'), (e: unknown) => e);
+    const error = await Promise.resolve(credential.headers(request('bob'))).then(() => assert.fail('expected 401'), (e: unknown) => e);
     assert.ok(error instanceof HttpError);
     assert.equal(error.status, 401);
     assert.match(error.headers['www-authenticate']!, /^Bearer resource_metadata="http:\/\/127\.0\.0\.1:1\/\.well-known\/oauth-protected-resource\/api\/mcp".*error="invalid_token"/);
@@ -389,7 +389,7 @@ describe('token_exchange as real deployments need it: subject token, extra param
       const wrong = credentialFor('realm-wrong', { audience: AUDIENCE, expectedIssuer: 'https://sts.example.test/realms/apps' });
       const before = endpoint.state.requests.length;
       for (let i = 0; i < 2; i++) {
-        const error = await wrong.headers(request()).then(() => assert.fail('expected 502'), (e: unknown) => e);
+        const error = await Promise.resolve(wrong.headers(request())).then(() => assert.fail('expected 502'), (e: unknown) => e);
         assert.ok(error instanceof HttpError);
         assert.equal(error.status, 502);
         assert.match(error.message, /unexpected issuer \(expected https:\/\/sts\.example\.test\/realms\/apps\)/);
@@ -416,7 +416,7 @@ describe('token_exchange as real deployments need it: subject token, extra param
     endpoint.state.mode = 'down';
     try {
       const down = credentialFor('down', { audience: AUDIENCE });
-      await assert.rejects(down.headers(request()), (e: unknown) => e instanceof HttpError && e.status === 503);
+      await assert.rejects(Promise.resolve(down.headers(request())), (e: unknown) => e instanceof HttpError && e.status === 503);
       assert.equal(exchanges('down', 'failure'), 1);
       assert.equal(exchanges('down', 'miss'), 0);
     } finally {

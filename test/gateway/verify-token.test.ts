@@ -168,8 +168,8 @@ describe('the verified-token cache', () => {
       sessions.set(sid, { sessionId: sid, subject: 'alice', clientId: 'c', createdAt: now, expiresAt: now + 86_400_000 });
       return (await issuer.issueAccessToken({ subject: 'alice', resource: 'https://gw.example/a/mcp', clientId: 'c', scopes: ['mcp'], sessionId: sid })).token;
     };
-    const refusal = async (promise: Promise<unknown>) => {
-      const error = await promise.then(() => undefined, (e: unknown) => e);
+    const refusal = async (promise: Promise<unknown> | undefined) => {
+      const error = await Promise.resolve(promise).then(() => undefined, (e: unknown) => e);
       assert.ok(error instanceof HttpError, 'refused');
       return error.status;
     };
