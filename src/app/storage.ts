@@ -10,7 +10,7 @@ import { createMemoryBus, type MessageBus } from '../store/bus.ts';
 import { createMemoryStore } from '../store/memory.ts';
 import { observeStoreFailures } from '../store/observed.ts';
 import type { Store } from '../store/port.ts';
-import { createSealer, type Sealer } from '../store/sealed.ts';
+import { createSealer, withOpenedCache, type Sealer } from '../store/sealed.ts';
 import { createValkeyStore } from '../store/valkey.ts';
 import { createValkeyBus } from '../store/valkey_bus.ts';
 import { valkeyStoreOptions } from '../store/valkey_settings.ts';
@@ -24,6 +24,9 @@ export interface Storage {
   singleFlight: SingleFlight;
 }
 
+/** Records whose opened text is kept while their sealed bytes are unchanged (store/sealed.ts `withOpenedCache`). */
+const OPENED_CACHE_ENTRIES = 10_000;
+
 /** Opens the store (`options.store` when a test passes one) and builds the sealer and the single flight. */
 export function assembleStorage(options: { basics: AppBasics; store: Store | undefined }): Storage {
   const { config, now, logger, metrics } = options.basics;
@@ -33,13 +36,13 @@ export function assembleStorage(options: { basics: AppBasics; store: Store | und
   }
   // Every failed operation is counted, whichever answer (503, an HTML page, /readyz) it ends in.
   const store = observeStoreFailures(options.store ?? storeFor(config, now, logger), (op) => metrics.storeErrors.inc({ op }));
-  const sealer = createSealer({
+  const sealer = withOpenedCache(createSealer({
     keys:
       config.storage.encryptionKeys.length > 0
         ? config.storage.encryptionKeys.map((k) => ({ id: k.id, key: Buffer.from(k.key, 'base64') }))
         : // Memory storage dies with the process, and so may its key.
           [{ id: 'ephemeral', key: randomBytes(32) }],
-  });
+  }), OPENED_CACHE_ENTRIES);
   // Across every replica when they share Valkey, in this process with memory storage.
   const singleFlight = config.storage.kind === 'valkey' ? createFleetSingleFlight({ store }) : createSingleFlight();
   return { store, sealer, singleFlight };

@@ -114,6 +114,40 @@ export function createSealer(options: { keys: readonly SealingKey[] }): Sealer {
 }
 
 /**
+ * A sealer that remembers what it last opened or sealed under each name, as long as the sealed
+ * bytes are unchanged: the gateway path reads the same records on every request (the session,
+ * the MCP session's owner, an upstream token), and an AES-GCM decryption costs a few µs each time
+ * while comparing the stored text with the remembered one costs next to nothing. Any change to
+ * the stored value (a refresh, a revocation, another replica's write) is a different text and is
+ * opened afresh; a value that does not open is never remembered. Plaintexts stay in this
+ * process's memory, where every opened value already is while it is used; at most `maxEntries`
+ * names, the oldest forgotten first.
+ */
+export function withOpenedCache(sealer: Sealer, maxEntries: number): Sealer {
+  if (!Number.isSafeInteger(maxEntries) || maxEntries <= 0) throw new TypeError('maxEntries must be a positive integer');
+  const opened = new Map<string, { sealed: string; plain: string }>();
+  function remember(name: string, sealed: string, plain: string): void {
+    opened.delete(name);
+    if (opened.size >= maxEntries) opened.delete(opened.keys().next().value!);
+    opened.set(name, { sealed, plain });
+  }
+  return {
+    seal(name, plaintext) {
+      const sealed = sealer.seal(name, plaintext);
+      remember(name, sealed, plaintext);
+      return sealed;
+    },
+    open(name, sealed) {
+      const hit = opened.get(name);
+      if (hit !== undefined && hit.sealed === sealed) return hit.plain;
+      const plain = sealer.open(name, sealed);
+      remember(name, sealed, plain);
+      return plain;
+    },
+  };
+}
+
+/**
  * The key id a value names when it has the shape of an envelope (`v1.<key id>.<iv>.<data>`), else
  * `undefined`. Looks only at the shape, proves nothing: `open` is what authenticates. Used by
  * `mcpgate keys reseal` to find the values a retiring key still seals; no unsealed value in the

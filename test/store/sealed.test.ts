@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, test } from 'node:test';
-import { createSealer, SealedValueError, sealedKeyId, type SealedValueFailure } from '../../src/store/sealed.ts';
+import { createSealer, SealedValueError, sealedKeyId, withOpenedCache, type Sealer, type SealedValueFailure } from '../../src/store/sealed.ts';
 
 const k1 = { id: 'k1', key: randomBytes(32) };
 const k2 = { id: 'k2', key: randomBytes(32) };
@@ -109,4 +109,52 @@ test('sealedKeyId: the key id of an envelope; nothing for the unsealed values th
   for (const unsealed of ['{"sessionId":"s1","expiresAt":1}', 'flow-id-abc', '3', '', 'v1.k1', 'v1.k1.short.body', 'v2.k1.AAAAAAAAAAAAAAAA.BBBB', 'v1.k.1.AAAAAAAAAAAAAAAA.BBBB']) {
     assert.equal(sealedKeyId(unsealed), undefined, unsealed);
   }
+});
+
+describe('withOpenedCache', () => {
+  /** A sealer that counts the decryptions it really does. */
+  function counting() {
+    const inner = createSealer({ keys: [{ id: 'k1', key: randomBytes(32) }] });
+    const counter = { opens: 0 };
+    const sealer: Sealer = { seal: (n, p) => inner.seal(n, p), open: (n, s) => (counter.opens++, inner.open(n, s)) };
+    return { inner, counter, cached: withOpenedCache(sealer, 2) };
+  }
+
+  test('the same sealed text under the same name is decrypted once; what it sealed itself not at all', () => {
+    const { inner, counter, cached } = counting();
+    const sealed = inner.seal('session:{a}', 'alice');
+    assert.equal(cached.open('session:{a}', sealed), 'alice');
+    assert.equal(cached.open('session:{a}', `${sealed}`), 'alice');
+    assert.equal(counter.opens, 1);
+    const own = cached.seal('session:{b}', 'bob');
+    assert.equal(cached.open('session:{b}', own), 'bob');
+    assert.equal(counter.opens, 1);
+  });
+
+  test('a changed value is opened afresh; a value copied under another name or tampered with still fails, and is not remembered', () => {
+    const { inner, counter, cached } = counting();
+    const first = inner.seal('rt:x', 'one');
+    const second = inner.seal('rt:x', 'two');
+    assert.equal(cached.open('rt:x', first), 'one');
+    assert.equal(cached.open('rt:x', second), 'two');
+    assert.equal(counter.opens, 2);
+    assert.throws(() => cached.open('rt:y', second), { name: 'SealedValueError', reason: 'authentication' });
+    const tampered = `${second.slice(0, -2)}${second.endsWith('AA') ? 'BB' : 'AA'}`;
+    assert.throws(() => cached.open('rt:x', tampered), { name: 'SealedValueError' });
+    assert.throws(() => cached.open('rt:x', tampered), { name: 'SealedValueError' }, 'a failure is not remembered as a success');
+    assert.equal(cached.open('rt:x', second), 'two');
+  });
+
+  test('at most maxEntries names are remembered, the oldest forgotten first', () => {
+    const { inner, counter, cached } = counting();
+    const values = ['a', 'b', 'c'].map((name) => [name, inner.seal(name, name)] as const);
+    for (const [name, sealed] of values) cached.open(name, sealed);
+    assert.equal(counter.opens, 3);
+    cached.open('c', values[2]![1]);
+    cached.open('b', values[1]![1]);
+    assert.equal(counter.opens, 3, 'the two newest are remembered');
+    cached.open('a', values[0]![1]);
+    assert.equal(counter.opens, 4, 'the oldest was forgotten');
+    assert.throws(() => withOpenedCache(inner, 0), TypeError);
+  });
 });
