@@ -26,6 +26,8 @@ export interface FleetOptions {
   valkeyUrl: string;
   idp: DevIdp;
   upstreams: Array<{ name: string; url: string | URL; auth: Record<string, unknown> }>;
+  /** Environment the config's `env:` references read, besides the store key and the IdP secret. */
+  env?: Record<string, string>;
 }
 
 /** Two running replicas and the test's own view of their shared store. */
@@ -65,7 +67,7 @@ export async function startFleet(options: FleetOptions): Promise<Fleet> {
       }),
       'fleet-config',
       {
-        env: { STORE_KEY: storeKey, IDP_SECRET: options.idp.clientSecret },
+        env: { ...options.env, STORE_KEY: storeKey, IDP_SECRET: options.idp.clientSecret },
         readFile: (path) => {
           if (path !== '/keys/signing.pem') throw Object.assign(new Error(`no such file ${path}`), { code: 'ENOENT' });
           return pem;
