@@ -26,6 +26,8 @@ export interface FleetOptions {
   valkeyUrl: string;
   idp: DevIdp;
   upstreams: Array<{ name: string; url: string | URL; auth: Record<string, unknown> }>;
+  /** The public URL (our issuer) both replicas are configured with. Default: replica A's address. */
+  publicUrl?: string;
   /** Environment the config's `env:` references read, besides the store key and the IdP secret. */
   env?: Record<string, string>;
 }
@@ -34,7 +36,7 @@ export interface FleetOptions {
 export interface Fleet {
   /** Where each replica listens. */
   bases: [string, string];
-  /** The one public URL (our issuer) both are configured with: replica A's address. */
+  /** The one public URL (our issuer) both are configured with: replica A's address, unless given (a balancer's). */
   publicUrl: string;
   apps: [App, App];
   logs: [LogCapture, LogCapture];
@@ -52,7 +54,7 @@ export interface Fleet {
 export async function startFleet(options: FleetOptions): Promise<Fleet> {
   const ports = [await freePort(), await freePort()] as const;
   const bases: [string, string] = [`http://127.0.0.1:${ports[0]}`, `http://127.0.0.1:${ports[1]}`];
-  const publicUrl = bases[0];
+  const publicUrl = options.publicUrl ?? bases[0];
   const keyPrefix = `fleet${randomBytes(4).toString('hex')}:`;
   const storeKey = generateStoreKey();
   const pem = generateSigningKeyPem();
