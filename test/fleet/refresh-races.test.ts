@@ -6,11 +6,13 @@
  * revokes the grant. Counted at the providers: refresh grants, `invalid_grant`s, registrations.
  * The session's IdP refresh is raced through each mode that consumes it: `idp`, `id_token` and
  * the subject refresh of `token_exchange` (against a real RFC 8693 endpoint that verifies the
- * subject token against the IdP's JWKS).
+ * subject token against the IdP's JWKS). The winner dying mid-refresh is real too: a third
+ * replica, its own `mcpgate serve` process, is SIGKILLed while the IdP holds its refresh grant.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'iovalkey';
 import type { IdpTokens } from '../../src/authserver/records/records.ts';
 import { lockKey } from '../../src/credentials/single-flight.ts';
@@ -113,14 +115,14 @@ const idpRefreshRaces: Array<{ mode: string; upstream: string; login: string; ne
   { mode: 'token_exchange', upstream: 'xchg', login: 'bob', nearExpiry: accessTokenNearExpiry, sent: () => /^Bearer xchg-/ },
 ];
 
-/** A JSON-RPC request to an upstream through replica `i % 2`: the per-request round robin. */
-async function call(i: number, name: string, accessToken: string, method = 'tools/list', params: Record<string, unknown> = {}) {
-  const res = await fetch(`${fleet.bases[i % 2]}/${name}/mcp`, {
+/** A JSON-RPC request to an upstream through replica `i % 2` (the per-request round robin), or through `base`. */
+async function call(i: number, name: string, accessToken: string, method = 'tools/list', params: Record<string, unknown> = {}, base = fleet.bases[i % 2]) {
+  const res = await fetch(`${base}/${name}/mcp`, {
     method: 'POST',
     headers: { authorization: `Bearer ${accessToken}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
     body: JSON.stringify({ jsonrpc: '2.0', id: i + 1, method, params }),
   });
-  return { status: res.status, body: await res.text() };
+  return { status: res.status, body: await res.text(), retryAfter: res.headers.get('retry-after') };
 }
 
 const whoami = (i: number, name: string, accessToken: string) => call(i, name, accessToken, 'tools/call', { name: 'whoami', arguments: {} });
@@ -232,6 +234,56 @@ describe('two replicas, one Valkey, providers that rotate refresh tokens', () =>
     assert.equal(idp.refreshCount() - grants, 1);
     assert.ok(took >= 1000, 'nobody refreshed while the dead winner\'s lock stood');
     assert.ok(await fleet.stores.sessions.get(carol.sessionId));
+  });
+
+  test('the winner killed mid-refresh: a replica process SIGKILLed while the IdP holds its refresh; the others wait out its lock, then one refresh grant', async (t) => {
+    const dave = await sessionNearExpiry('alice');
+    const doomed = await fleet.spawnReplica();
+    const [grants, rejections] = [idp.refreshCount(), idp.refreshRejections()];
+    // The IdP holds the refresh grant it receives and, once its client is dead, drops it uncompleted.
+    let arrived!: () => void;
+    let drop!: (error: Error) => void;
+    const atIdp = new Promise<void>((resolve) => (arrived = resolve));
+    idp.beforeRefreshGrant(() => {
+      arrived();
+      return new Promise<void>((_resolve, reject) => (drop = reject));
+    });
+    const doomedCall = call(0, 'kube', dave.accessToken, 'tools/list', {}, doomed.url).catch(() => 'connection lost');
+    await atIdp;
+    const admin = new Redis(redis.url);
+    const ttlLeft = await admin.pttl(fleet.keyPrefix + lockKey(`refresh:idp:${dave.sessionId}`)).finally(() => admin.disconnect());
+    assert.ok(ttlLeft > 0, 'the replica process holds the lock while the IdP holds its refresh');
+    doomed.process.kill('SIGKILL');
+    assert.equal(await doomed.exited, 'SIGKILL');
+    const killedAt = performance.now();
+    idp.beforeRefreshGrant(null);
+    drop(new Error('its client is gone'));
+    assert.equal(await doomedCall, 'connection lost');
+
+    // Six agents over the two other replicas, each retrying after Retry-After as an agent does.
+    const answers = await Promise.all(
+      Array.from({ length: 6 }, async (_, i) => {
+        const statuses: number[] = [];
+        for (;;) {
+          const answer = await call(i, 'kube', dave.accessToken);
+          statuses.push(answer.status);
+          if (answer.status !== 503 || statuses.length === 3) return { ...answer, statuses, at: performance.now() - killedAt };
+          assert.match(answer.retryAfter ?? '', /^\d+$/, 'a 503 says when to come back');
+          await sleep(Number(answer.retryAfter) * 1000);
+        }
+      }),
+    );
+    const took = Math.max(...answers.map((a) => a.at));
+    t.diagnostic(
+      `killed winner: its lock had ${ttlLeft} ms left at the kill; 6 requests over the other 2 replicas answered ${Math.round(took)} ms after it ` +
+        `(statuses per request ${answers.map((a) => a.statuses.join('→')).join(' ')}), ${idp.refreshCount() - grants} completed refresh grant(s), ${idp.refreshRejections() - rejections} invalid_grant`,
+    );
+    for (const answer of answers) assert.equal(answer.status, 200, answer.body.slice(0, 300));
+    assert.equal(idp.refreshCount() - grants, 1, 'one completed grant: the dead replica\'s never completed');
+    assert.equal(idp.refreshRejections() - rejections, 0);
+    assert.ok(Math.min(...answers.map((a) => a.at)) >= ttlLeft - 250, 'nobody refreshed while the dead replica\'s lock stood');
+    assert.ok(took < ttlLeft + 10_000, 'recovered within the lock TTL and one Retry-After');
+    assert.ok(await fleet.stores.sessions.get(dave.sessionId), 'the session is alive');
   });
 
   /** `CLIENT PAUSE … WRITE`: Valkey holds every write for `ms` (longer than the gateway's 2 s command timeout), reads go on. */
