@@ -10,7 +10,10 @@ import { sessionsCommand } from './cli/sessions.ts';
 import { upstreamsCommand } from './cli/upstreams.ts';
 import type { Config, ConfigSchemaOptions } from './config/schema.ts';
 import { processSecretSources } from './config/secrets.ts';
+import { resealSessionIndexes } from './authserver/records/session-index-reseal.ts';
 import { formatResealReport, resealComplete, resealValues } from './store/reseal.ts';
+import { createSealer } from './store/sealed.ts';
+import { createValkeyStore } from './store/valkey.ts';
 import { createValkeyMaintenance } from './store/valkey_maintenance.ts';
 import { valkeyStoreOptions } from './store/valkey_settings.ts';
 
@@ -25,8 +28,9 @@ Usage:
   mcpgate keys generate [--alg ES256|RS256|EdDSA]
                                   print a new token-signing key (PKCS#8 PEM) and a store encryption key
   mcpgate keys reseal --config FILE
-                                  seal every stored value under the first of storage.encryptionKeys,
-                                  so an older key can be removed (safe while the gateway serves)
+                                  seal every stored value and session index entry under the first of
+                                  storage.encryptionKeys, so an older key can be removed (safe while
+                                  the gateway serves)
   mcpgate sessions list [--user USER] --config FILE
                                   the live login sessions (user, session id prefix, client, created, expires)
   mcpgate sessions revoke (--user USER | --session ID) --config FILE
@@ -126,9 +130,10 @@ function loadOrReport(path: string, options: ConfigSchemaOptions = {}): Config |
 
 /**
  * `mcpgate keys reseal`: every value sealed under an older key of `storage.encryptionKeys` is
- * sealed again under the first, in place and keeping its TTL. Exit 0 when every sealed value is
- * now under the first key (the older ones can be removed), 1 when some could not be opened or kept
- * changing (rerun), or the store failed.
+ * sealed again under the first, in place and keeping its TTL, and every session index entry under
+ * an older key is swapped for one under the first (the session record's copy with it). Exit 0
+ * when every sealed value and index entry is now under the first key (the older ones can be
+ * removed), 1 when some could not be opened or kept changing (rerun), or the store failed.
  */
 async function reseal(config: Config): Promise<number> {
   const valkey = config.storage.valkey;
@@ -151,9 +156,13 @@ async function reseal(config: Config): Promise<number> {
     process.stderr.write(`mcpgate keys reseal: ${(error as Error).message}\n`);
     return 1;
   }
+  const store = createValkeyStore(valkeyStoreOptions(valkey));
   try {
-    process.stdout.write(`mcpgate keys reseal: sealing every value under key "${keys[0]!.id}" (keys under prefix "${valkey.keyPrefix}")\n`);
-    const report = await resealValues({ source, keys });
+    process.stdout.write(`mcpgate keys reseal: sealing every value and session index entry under key "${keys[0]!.id}" (keys under prefix "${valkey.keyPrefix}")\n`);
+    const values = await resealValues({ source, keys });
+    // Then the index entries: each swap rewrites its session record (already resealed above) to name the new entries.
+    const indexes = await resealSessionIndexes({ source, store, sealer: createSealer({ keys }), sealingKeyId: keys[0]!.id });
+    const report = { ...values, indexes };
     process.stdout.write(formatResealReport(report));
     if (report.unreadable > 0) {
       process.stderr.write(
@@ -161,17 +170,24 @@ async function reseal(config: Config): Promise<number> {
           'they stay as they are (add the key they were sealed with back to storage.encryptionKeys, or let them expire)\n',
       );
     }
-    if (report.changed > 0) {
-      process.stderr.write(`mcpgate keys reseal: ${report.changed} value${report.changed === 1 ? '' : 's'} changed during the run; run it again\n`);
+    if (indexes.unreadable > 0) {
+      process.stderr.write(
+        `mcpgate keys reseal: ${indexes.unreadable} session index entr${indexes.unreadable === 1 ? 'y' : 'ies'} could not be opened by any configured key; ` +
+          'they stay as they are (listing sessions drops them: add the key they were sealed with back to storage.encryptionKeys to keep them)\n',
+      );
+    }
+    if (report.changed > 0 || indexes.changed > 0) {
+      process.stderr.write(`mcpgate keys reseal: ${report.changed} value(s) and ${indexes.changed} session(s) changed during the run; run it again\n`);
     }
     if (!resealComplete(report)) return 1;
-    process.stdout.write(`done: every sealed value is under "${report.sealingKeyId}"; the other keys can be removed from storage.encryptionKeys\n`);
+    process.stdout.write(`done: every sealed value and session index entry is under "${report.sealingKeyId}"; the other keys can be removed from storage.encryptionKeys\n`);
     return 0;
   } catch (error) {
-    process.stderr.write(`mcpgate keys reseal: ${(error as Error).message} (nothing is half-done: run it again)\n`);
+    process.stderr.write(`mcpgate keys reseal: ${(error as Error).message} (every step is safe to repeat: run it again)\n`);
     return 1;
   } finally {
     await source.close();
+    await store.close().catch(() => undefined);
   }
 }
 

@@ -7,7 +7,10 @@
  * were read (compare-and-set on the server), keeping the key's remaining time to live. A value a
  * serving replica rewrote meanwhile is left as that replica wrote it and counted; a rerun picks it
  * up. Idempotent: a value already under the first key is only checked, never rewritten.
- * Sets (indexes) and unsealed values (JSON records, ids, counters) are left alone.
+ * Unsealed values (JSON records, ids, counters) are left alone. Sets are not values: the members
+ * of the session indexes are sealed, and each is swapped for a new one by
+ * `authserver/records/session-index-reseal.ts`, which knows the records that name them; its counts
+ * are reported here with the values' ({@link IndexResealReport}).
  *
  * Relies on the stores' rule that a value is sealed for the name of the key it is stored under
  * (the additional data): a value sealed for another name does not open here and is counted as
@@ -23,6 +26,8 @@ import { createSealer, SealedValueError, sealedKeyId, type SealingKey } from './
 export interface SealedValueSource {
   /** Every key holding a plain value (not a set), by its name without the key prefix, in batches. */
   names(signal?: AbortSignal): AsyncIterable<string[]>;
+  /** Every key holding a set, by its name without the key prefix, in batches. */
+  setNames(signal?: AbortSignal): AsyncIterable<string[]>;
   /** The value under `name`, or `undefined` when it is gone. */
   get(name: string, signal?: AbortSignal): Promise<string | undefined>;
   /**
@@ -54,6 +59,28 @@ export interface ResealReport {
   /** Sealed values no configured key opens (unknown key id, or failing authentication). */
   unreadable: number;
   /** The key ids the unreadable values name, with how many each (ids are not secret; values never appear). */
+  unreadableKeyIds: Record<string, number>;
+  /** What the pass over the session indexes did, when it ran. */
+  indexes?: IndexResealReport;
+}
+
+/** What the pass over the session indexes (sets whose members are sealed session ids) found and did. */
+export interface IndexResealReport {
+  /** Session records looked at. */
+  sessions: number;
+  /** Index members looked at. */
+  members: number;
+  /** Index entries swapped for one sealed under the first key (the session record's copy with them). */
+  resealed: number;
+  /** Index entries of the sessions looked at that were already under the first key. */
+  current: number;
+  /** Entries under an older key that no stored session names (left by a session that ended, or by a cut-short swap): removed. */
+  stale: number;
+  /** Sessions rewritten by a replica at every attempt: left as they are; a rerun picks them up. */
+  changed: number;
+  /** Entries no configured key opens: left as they are (listing drops them). */
+  unreadable: number;
+  /** The key ids the unreadable entries name, with how many each. */
   unreadableKeyIds: Record<string, number>;
 }
 
@@ -144,15 +171,16 @@ export async function resealValues(options: ResealOptions): Promise<ResealReport
   return report;
 }
 
-/** True when every sealed value is now under the first key: the older keys can be removed. */
+/** True when every sealed value and index entry is now under the first key: the older keys can be removed. */
 export function resealComplete(report: ResealReport): boolean {
-  return report.unreadable === 0 && report.changed === 0;
+  const indexes = report.indexes;
+  return report.unreadable === 0 && report.changed === 0 && (indexes === undefined || (indexes.unreadable === 0 && indexes.changed === 0));
 }
 
 /** The report as the CLI prints it: counts only, never a value or a key name. */
 export function formatResealReport(report: ResealReport): string {
   const rows: Array<[string, number, string?]> = [
-    ['scanned', report.scanned, 'keys holding a value (sets are skipped)'],
+    ['scanned', report.scanned, 'keys holding a value'],
     ['resealed', report.resealed, `now sealed under "${report.sealingKeyId}"`],
     ['already current', report.current],
     ['changed meanwhile', report.changed, report.changed > 0 ? 'rewritten by a replica during the run: run it again' : undefined],
@@ -160,7 +188,21 @@ export function formatResealReport(report: ResealReport): string {
     ['not sealed', report.notSealed, 'left alone'],
     ['unreadable', report.unreadable, report.unreadable > 0 ? `no configured key opens them (${describeIds(report.unreadableKeyIds)})` : undefined],
   ];
-  const lines = rows.map(([label, count, note]) => `  ${`${label}:`.padEnd(19)}${String(count).padStart(7)}${note ? `  ${note}` : ''}`);
+  const line = ([label, count, note]: [string, number, string?]): string => `  ${`${label}:`.padEnd(19)}${String(count).padStart(7)}${note ? `  ${note}` : ''}`;
+  const lines = ['sealed values:', ...rows.map(line)];
+  const indexes = report.indexes;
+  if (indexes) {
+    const indexRows: Array<[string, number, string?]> = [
+      ['sessions', indexes.sessions, 'session records looked at'],
+      ['members', indexes.members, 'members of the user and all-sessions indexes'],
+      ['resealed', indexes.resealed, `entries swapped for one sealed under "${report.sealingKeyId}"`],
+      ['already current', indexes.current],
+      ['stale removed', indexes.stale, 'entries under an older key that named no live session'],
+      ['changed meanwhile', indexes.changed, indexes.changed > 0 ? 'sessions rewritten by a replica during the run: run it again' : undefined],
+      ['unreadable', indexes.unreadable, indexes.unreadable > 0 ? `no configured key opens them (${describeIds(indexes.unreadableKeyIds)})` : undefined],
+    ];
+    lines.push('session index entries:', ...indexRows.map(line));
+  }
   return `${lines.join('\n')}\n`;
 }
 

@@ -1,7 +1,8 @@
 /**
- * Maintenance access to the Valkey store, for operators' commands (`mcpgate keys reseal`): a walk
- * over every key under the prefix and an in-place swap that keeps the TTL. Its own connection and
- * its own interface, so the request path's `Store` port stays small.
+ * Maintenance access to the Valkey store, for operators' commands (`mcpgate keys reseal`): walks
+ * over every key under the prefix (those holding a value, and those holding a set) and an in-place
+ * swap that keeps the TTL. Its own connection and its own interface, so the request path's `Store`
+ * port stays small.
  */
 import type { Cluster, Redis } from 'iovalkey';
 import type { SealedValueSource } from './reseal.ts';
@@ -54,13 +55,13 @@ export async function createValkeyMaintenance(options: ValkeyMaintenanceOptions)
   const isCluster = options.cluster !== undefined;
   const pattern = `${globEscape(keyPrefix)}*`;
   const strip = (key: string): string => key.slice(keyPrefix.length);
+  const masters = (): Array<Redis | ValkeyClient> => (isCluster ? (client as Cluster).nodes('master') : [client]);
 
-  async function* scanNode(node: Redis | ValkeyClient, signal?: AbortSignal): AsyncGenerator<string[]> {
+  async function* scanNode(node: Redis | ValkeyClient, type: 'string' | 'set', signal?: AbortSignal): AsyncGenerator<string[]> {
     let cursor = '0';
     do {
       signal?.throwIfAborted();
-      // TYPE string: sets (indexes) hold no sealed values.
-      const [next, keys] = await wrap('scan', () => node.scan(cursor, 'MATCH', pattern, 'COUNT', scanCount, 'TYPE', 'string'));
+      const [next, keys] = await wrap('scan', () => node.scan(cursor, 'MATCH', pattern, 'COUNT', scanCount, 'TYPE', type));
       cursor = next;
       if (keys.length > 0) yield keys.map(strip);
     } while (cursor !== '0');
@@ -68,8 +69,11 @@ export async function createValkeyMaintenance(options: ValkeyMaintenanceOptions)
 
   return {
     async *names(signal) {
-      const nodes = isCluster ? (client as Cluster).nodes('master') : [client];
-      for (const node of nodes) yield* scanNode(node, signal);
+      for (const node of masters()) yield* scanNode(node, 'string', signal);
+    },
+
+    async *setNames(signal) {
+      for (const node of masters()) yield* scanNode(node, 'set', signal);
     },
 
     async get(name, signal) {

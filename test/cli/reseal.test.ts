@@ -1,8 +1,10 @@
 /**
  * Retiring an encryption key as an operator does it, against a real redis-server: sessions are
  * created under key k0, the fleet rolls out with [k1, k0], `mcpgate keys reseal` (the real CLI, a
- * subprocess) rewrites every sealed value under k1 keeping its TTL, a second run finds nothing to
- * do, and a gateway configured with k1 alone still serves every session.
+ * subprocess) rewrites every sealed value under k1 keeping its TTL and swaps every session index
+ * entry for one sealed under k1, a second run finds nothing to do, and a gateway configured with
+ * k1 alone still serves every session, lists every one (`mcpgate sessions list`) and signs a user
+ * out everywhere.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -30,6 +32,8 @@ const CLI = new URL('../../src/cli.ts', import.meta.url).pathname;
 const PREFIX = 'reseal:';
 const SESSIONS = 3;
 const DAY = 86_400_000;
+/** The user of session `i`: user-0 has two sessions (the first and the last), so signing out everywhere has another one to find. */
+const subjectOf = (i: number): string => `user-${i === SESSIONS - 1 ? 0 : i}`;
 
 const k0: SealingKey = { id: 'k0', key: randomBytes(32) };
 const k1: SealingKey = { id: 'k1', key: randomBytes(32) };
@@ -101,11 +105,42 @@ function cli(args: string[]): Promise<{ code: number | null; stdout: string; std
   return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr })));
 }
 
-/** The count printed on the report line `label:`. */
+/** The count printed on the report line `label:` of the sealed values' section. */
 function count(stdout: string, label: string): number {
-  const match = new RegExp(`^\\s+${label}:\\s+(\\d+)`, 'm').exec(stdout);
+  const match = new RegExp(`^\\s+${label}:\\s+(\\d+)`, 'm').exec(stdout.slice(stdout.indexOf('sealed values:')));
   assert.ok(match, `the report has a "${label}" line:\n${stdout}`);
   return Number(match[1]);
+}
+
+/** The count printed on the report line `label:` of the session index entries' section. */
+function indexCount(stdout: string, label: string): number {
+  const at = stdout.indexOf('session index entries:');
+  assert.ok(at >= 0, `the report has a session index section:\n${stdout}`);
+  const match = new RegExp(`^\\s+${label}:\\s+(\\d+)`, 'm').exec(stdout.slice(at));
+  assert.ok(match, `the session index section has a "${label}" line:\n${stdout}`);
+  return Number(match[1]);
+}
+
+/** Every member of every set under the prefix, by set name (without the prefix). */
+async function setMembers(): Promise<Map<string, string[]>> {
+  const out = new Map<string, string[]>();
+  let cursor = '0';
+  do {
+    const [next, keys] = await raw.scan(cursor, 'MATCH', `${PREFIX}*`, 'COUNT', 1000, 'TYPE', 'set');
+    cursor = next;
+    for (const key of keys) out.set(key.slice(PREFIX.length), await raw.smembers(key));
+  } while (cursor !== '0');
+  return out;
+}
+
+/** The members of the session indexes (the user indexes and `sessions`), with the key id each is sealed under. */
+async function indexEntries(): Promise<Array<{ set: string; keyId: string | undefined }>> {
+  const entries: Array<{ set: string; keyId: string | undefined }> = [];
+  for (const [set, members] of await setMembers()) {
+    if (set !== 'sessions' && !/^user:.*:sessions$/.test(set)) continue;
+    for (const member of members) entries.push({ set, keyId: sealedUnder(member) });
+  }
+  return entries;
 }
 
 /** Every string key under the prefix with its raw value and remaining TTL, as `redis-cli` would show them. */
@@ -141,7 +176,7 @@ async function upstreamSees(accessToken: string): Promise<string | undefined> {
 }
 
 describe('mcpgate keys reseal', () => {
-  const sessions: Array<{ accessToken: string; refreshToken: string; idpAccessToken: string; sessionId: string }> = [];
+  const sessions: Array<{ accessToken: string; refreshToken: string; idpAccessToken: string; sessionId: string; subject: string }> = [];
   const registration: RegistrationKey = { ourIssuer: 'https://gw', issuer: 'https://as.example', redirectUri: 'https://gw/cb', scopes: ['repo'] };
   let before: Map<string, { value: string; pttl: number }>;
   const clientId = randomToken(12);
@@ -161,12 +196,12 @@ describe('mcpgate keys reseal', () => {
         const verifier = randomBytes(32).toString('base64url');
         const code = randomToken(32);
         const idpAccessToken = `idp-at-${i}-${randomToken(8)}`;
-        await auth.sessions.put({ sessionId, subject: `user-${i}`, clientId, createdAt: Date.now(), expiresAt: Date.now() + 30 * DAY });
+        await auth.sessions.put({ sessionId, subject: subjectOf(i), clientId, createdAt: Date.now() + i, expiresAt: Date.now() + 30 * DAY });
         await auth.idpTokens.put(sessionId, { accessToken: idpAccessToken, refreshToken: `idp-rt-${i}`, expiresAt: Date.now() + 3_600_000 }, 30 * DAY);
-        await auth.codes.put(code, { clientId, redirectUri, codeChallenge: pkceChallenge(verifier), resource: `http://127.0.0.1:${port}/kube/mcp`, scopes: ['mcp'], subject: `user-${i}`, sessionId, createdAt: Date.now() }, 60_000);
+        await auth.codes.put(code, { clientId, redirectUri, codeChallenge: pkceChallenge(verifier), resource: `http://127.0.0.1:${port}/kube/mcp`, scopes: ['mcp'], subject: subjectOf(i), sessionId, createdAt: Date.now() }, 60_000);
         const res = await postForm(`http://127.0.0.1:${port}/oauth/token`, { grant_type: 'authorization_code', client_id: clientId, code, redirect_uri: redirectUri, code_verifier: verifier, resource: `http://127.0.0.1:${port}/kube/mcp` });
         assert.equal(res.status, 200, JSON.stringify(res.body));
-        sessions.push({ accessToken: String(res.body.access_token), refreshToken: String(res.body.refresh_token), idpAccessToken, sessionId });
+        sessions.push({ accessToken: String(res.body.access_token), refreshToken: String(res.body.refresh_token), idpAccessToken, sessionId, subject: subjectOf(i) });
         await upstreamStores.tokens.put(sessionId, {
           upstream: 'github',
           resource: 'https://api.example/mcp',
@@ -179,6 +214,11 @@ describe('mcpgate keys reseal', () => {
         });
       }
       await upstreamStores.registrations.put(registration, { clientId: 'gw-client', clientSecret: 'dcr-secret', authMethod: 'client_secret_basic', registeredAt: Date.now() });
+      // A session of user-1 that ended without its index entries being removed (a revoke cut short):
+      // two entries under k0 that name no live session.
+      const ended = randomToken(16);
+      await auth.sessions.put({ sessionId: ended, subject: 'user-1', clientId, createdAt: Date.now(), expiresAt: Date.now() + DAY });
+      await store.delete(`session:{${ended}}`);
       for (const s of sessions) assert.equal(await upstreamSees(s.accessToken), `Bearer ${s.idpAccessToken}`);
     } finally {
       await appK0.close();
@@ -194,6 +234,10 @@ describe('mcpgate keys reseal', () => {
     assert.ok(sealedBefore.every((v) => sealedUnder(v.value) === 'k0'));
     // Unsealed: what names nobody's secret (rate-limit counters, the per-session client facts).
     const notSealed = before.size - sealedBefore.length;
+    // The indexes: each session's entry in its user's index and in the index of every session, plus the ended session's two.
+    const entriesBefore = await indexEntries();
+    assert.equal(entriesBefore.length, 2 * SESSIONS + 2);
+    assert.ok(entriesBefore.every((e) => e.keyId === 'k0'));
 
     // 2. The rollout: every replica now seals under k1 and still opens k0. One keeps serving during the reseal.
     const both = configFile('both.yaml', ['k1', 'k0']);
@@ -206,14 +250,25 @@ describe('mcpgate keys reseal', () => {
       assert.equal(count(run.stdout, 'not sealed'), notSealed);
       assert.equal(count(run.stdout, 'unreadable'), 0);
       assert.equal(count(run.stdout, 'changed meanwhile'), 0);
-      assert.equal(count(run.stdout, 'scanned'), before.size, 'sets (the user and connection indexes) are not scanned');
-      assert.match(run.stdout, /every sealed value is under "k1"/);
+      assert.equal(count(run.stdout, 'scanned'), before.size, 'keys holding a value');
+      // The index entries are swapped, not skipped: each session's two, and the ended session's removed.
+      assert.equal(indexCount(run.stdout, 'sessions'), SESSIONS);
+      assert.equal(indexCount(run.stdout, 'resealed'), 2 * SESSIONS);
+      assert.equal(indexCount(run.stdout, 'already current'), 0);
+      assert.equal(indexCount(run.stdout, 'stale removed'), 2);
+      assert.equal(indexCount(run.stdout, 'changed meanwhile'), 0);
+      assert.equal(indexCount(run.stdout, 'unreadable'), 0);
+      assert.match(run.stdout, /every sealed value and session index entry is under "k1"/);
+      const entriesAfter = await indexEntries();
+      assert.equal(entriesAfter.length, 2 * SESSIONS, 'one entry per session in each index: no leftover, none lost');
+      assert.ok(entriesAfter.every((e) => e.keyId === 'k1'), 'no index entry is left under k0');
       for (const s of sessions) {
         assert.ok(!run.stdout.includes(s.sessionId) && !run.stderr.includes(s.sessionId), 'no key name is printed');
         assert.ok(!run.stdout.includes(s.idpAccessToken), 'no value is printed');
       }
 
       const afterRun = await dump();
+      const membersAfterRun = await setMembers();
       for (const [key, { value, pttl }] of before) {
         const now = afterRun.get(key);
         assert.ok(now, `${key} is still there`);
@@ -235,34 +290,62 @@ describe('mcpgate keys reseal', () => {
       assert.equal(again.code, 0, again.stderr);
       assert.equal(count(again.stdout, 'resealed'), 0);
       assert.ok(count(again.stdout, 'already current') >= sealedCount);
+      assert.equal(indexCount(again.stdout, 'resealed'), 0);
+      assert.equal(indexCount(again.stdout, 'stale removed'), 0);
+      assert.equal(indexCount(again.stdout, 'already current'), 2 * SESSIONS);
       const afterAgain = await dump();
       for (const [key, { value }] of afterRun) assert.equal(afterAgain.get(key)?.value, value, `${key} untouched by the second run`);
+      assert.deepEqual(await setMembers(), membersAfterRun, 'the indexes untouched by the second run');
     } finally {
       await serving.close();
     }
   });
 
-  test('with k0 removed from the config, every session still works', async () => {
+  test('with k0 removed from the config, every session still works, is listed, and is ended by signing out everywhere', async () => {
     assert.equal(sessions.length, SESSIONS, 'runs after the reseal');
     const onlyK1 = configFile('k1.yaml', ['k1']);
     const app = await startApp(onlyK1);
+    const store = createValkeyStore({ url: redis.url, keyPrefix: PREFIX });
     try {
+      const refreshedTokens: string[] = [];
       for (const s of sessions) {
         // The IdP tokens open under k1: the gateway path forwards them.
         assert.equal(await upstreamSees(s.accessToken), `Bearer ${s.idpAccessToken}`);
         const refreshed = await postForm(`http://127.0.0.1:${port}/oauth/token`, { grant_type: 'refresh_token', client_id: clientId, refresh_token: s.refreshToken });
         assert.equal(refreshed.status, 200, JSON.stringify(refreshed.body));
-        assert.equal(await upstreamSees(String(refreshed.body.access_token)), `Bearer ${s.idpAccessToken}`);
+        refreshedTokens.push(String(refreshed.body.access_token));
+        assert.equal(await upstreamSees(refreshedTokens.at(-1)!), `Bearer ${s.idpAccessToken}`);
       }
-      const store = createValkeyStore({ url: redis.url, keyPrefix: PREFIX });
-      try {
-        const upstreamStores = createUpstreamStores({ store, sealer: createSealer({ keys: [k1] }) });
-        for (const [i, s] of sessions.entries()) assert.equal((await upstreamStores.tokens.get(s.sessionId, 'github'))?.refreshToken, `gh-rt-${i}`);
-        assert.equal((await upstreamStores.registrations.get(registration))?.clientSecret, 'dcr-secret');
-      } finally {
-        await store.close();
-      }
+      const upstreamStores = createUpstreamStores({ store, sealer: createSealer({ keys: [k1] }) });
+      for (const [i, s] of sessions.entries()) assert.equal((await upstreamStores.tokens.get(s.sessionId, 'github'))?.refreshToken, `gh-rt-${i}`);
+      assert.equal((await upstreamStores.registrations.get(registration))?.clientSecret, 'dcr-secret');
+
+      // The indexes open under k1 alone: every session created under k0 is still found.
+      const auth = createAuthStores({ store, sealer: createSealer({ keys: [k1] }) });
+      assert.deepEqual((await auth.sessions.listAll()).sort(), sessions.map((s) => s.sessionId).sort());
+      const ofUser0 = sessions.filter((s) => s.subject === 'user-0');
+      assert.equal(ofUser0.length, 2);
+      assert.deepEqual((await auth.sessions.listForUser('user-0')).sort(), ofUser0.map((s) => s.sessionId).sort());
+      const listed = await cli(['sessions', 'list', '--config', onlyK1]);
+      assert.equal(listed.code, 0, listed.stderr);
+      assert.match(listed.stdout, new RegExp(`^${SESSIONS} sessions$`, 'm'));
+      for (const s of sessions) assert.ok(listed.stdout.includes(s.sessionId.slice(0, 8)), 'every session is listed');
+      const ofUser = await cli(['sessions', 'list', '--user', 'user-0', '--config', onlyK1]);
+      assert.match(ofUser.stdout, /^2 sessions of user-0$/m);
+
+      // Signing out everywhere from user-0's first session ends her second one too (found only through her index).
+      const res = await fetch(`http://127.0.0.1:${port}/oauth/logout/all`, { method: 'POST', headers: { authorization: `Bearer ${refreshedTokens[0]}` } });
+      assert.equal(res.status, 204);
+      for (const s of ofUser0) assert.equal(await auth.sessions.get(s.sessionId), undefined, 'user-0’s sessions are ended');
+      const other = sessions.findIndex((s) => s.subject !== 'user-0');
+      assert.ok(await auth.sessions.get(sessions[other]!.sessionId), 'another user’s session is untouched');
+      assert.equal(await upstreamSees(refreshedTokens[other]!), `Bearer ${sessions[other]!.idpAccessToken}`);
+      assert.deepEqual(await auth.sessions.listForUser('user-0'), []);
+      const entries = await indexEntries();
+      assert.equal(entries.length, 2 * (SESSIONS - 2), 'the ended sessions left no entry behind');
+      assert.ok(entries.every((e) => e.keyId === 'k1'));
     } finally {
+      await store.close();
       await app.close();
     }
   });

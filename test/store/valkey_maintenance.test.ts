@@ -17,9 +17,9 @@ import { startRedis, type RedisServer } from '../support/redis.ts';
 const k0 = { id: 'k0', key: randomBytes(32) };
 const k1 = { id: 'k1', key: randomBytes(32) };
 
-async function collect(source: SealedValueSource): Promise<string[]> {
+async function collect(source: SealedValueSource, walk: 'names' | 'setNames' = 'names'): Promise<string[]> {
   const names: string[] = [];
-  for await (const batch of source.names()) names.push(...batch);
+  for await (const batch of source[walk]()) names.push(...batch);
   return names.sort();
 }
 
@@ -35,7 +35,7 @@ describe('valkey maintenance (standalone)', () => {
     await server?.stop();
   });
 
-  test('names: every plain value under the prefix, taken literally; no sets, no other prefixes', async () => {
+  test('names: every plain value under the prefix, taken literally; no sets, no other prefixes; setNames: the sets', async () => {
     const prefix = 'odd*[pre]?:';
     await raw.set(`${prefix}a`, '1', 'PX', 60_000);
     await raw.set(`${prefix}b:{sid}`, '2', 'PX', 60_000);
@@ -45,6 +45,7 @@ describe('valkey maintenance (standalone)', () => {
     const source = await createValkeyMaintenance({ url: server.url, keyPrefix: prefix, scanCount: 1 });
     try {
       assert.deepEqual(await collect(source), ['a', 'b:{sid}']);
+      assert.deepEqual(await collect(source, 'setNames'), ['index']);
     } finally {
       await source.close();
     }
@@ -185,6 +186,7 @@ describe('valkey maintenance (three-master cluster)', () => {
       const source = await createValkeyMaintenance({ url: servers[1]!.url, cluster: {}, keyPrefix: prefix });
       try {
         assert.deepEqual(await collect(source), [...names].sort());
+        assert.deepEqual(await collect(source, 'setNames'), ['user:alice:sessions']);
         const report = await resealValues({ source, keys: [k1, k0] });
         assert.deepEqual([report.scanned, report.resealed, report.unreadable, report.changed], [60, 60, 0, 0]);
       } finally {

@@ -28,6 +28,8 @@
  * The user index holds each sid sealed for the index's key name, so reading the index reveals no
  * session id and links no user to one; "sign out everywhere" opens the entries. Sealing is
  * randomised, so each session record keeps the exact entry it added, for `revoke` to remove.
+ * Retiring an encryption key swaps each entry for one sealed under the current key, the record's
+ * copy with it (`session-index-reseal.ts`, run by `mcpgate keys reseal`).
  */
 import type { Logger } from '../../observability/logger.ts';
 import type { Store } from '../../store/port.ts';
