@@ -23,7 +23,7 @@
  * Every method rejects with `StoreUnavailableError` when the store fails: the caller answers 503
  * rather than guess a channel.
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import type { Store } from '../store/port.ts';
 
 /** What the gateway remembers about one agent session. */
@@ -213,7 +213,7 @@ function memoKey(upstream: string, kind: 'm' | 's', id: string): string {
 
 /** The store key of a session: a digest, never the id (an MCP session id is a bearer of the session at the upstream). */
 function storeKey(ref: SessionRef): string {
-  return `mcpclient:${ref.upstream}:${ref.kind}:${createHash('sha256').update(ref.id, 'utf8').digest('base64url')}`;
+  return `mcpclient:${ref.upstream}:${ref.kind}:${hash('sha256', ref.id, 'base64url')}`;
 }
 
 function serialize(info: ClientSessionInfo): string {

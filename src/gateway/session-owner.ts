@@ -19,7 +19,7 @@
  * Without login (no `idp:`) there is no user to bind to: every caller is anonymous and shares the
  * upstream's credential anyway, so nothing is recorded or checked (docs/threat-model.md).
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { HttpError } from '../http/errors.ts';
 import type { Store } from '../store/port.ts';
 import type { Sealer } from '../store/sealed.ts';
@@ -76,7 +76,7 @@ export function createSessionOwners(options: SessionOwnersOptions): SessionOwner
   const now = options.now ?? Date.now;
   if (!Number.isSafeInteger(idleTtlMs) || idleTtlMs <= 0) throw new TypeError('idleTtlMs must be a positive integer');
 
-  const keyOf = (ref: McpSessionRef) => `mcpowner:${createHash('sha256').update(`${ref.upstream}\n${ref.mcpSessionId}`).digest('base64url')}`;
+  const keyOf = (ref: McpSessionRef) => `mcpowner:${hash('sha256', `${ref.upstream}\n${ref.mcpSessionId}`, 'base64url')}`;
 
   async function write(key: string, sub: string, signal?: AbortSignal): Promise<void> {
     const record: OwnerRecord = { sub, exp: now() + idleTtlMs };

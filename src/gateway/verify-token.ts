@@ -8,7 +8,7 @@
  * common request costs a hash and a map lookup instead of a signature check. The session is
  * checked on every request, cached or not.
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { insufficientScope, unauthorized } from '../authserver/tokens/challenge.ts';
 import type { SigningKeys } from '../authserver/tokens/keys.ts';
 import type { AuthStores } from '../authserver/records/records.ts';
@@ -72,7 +72,7 @@ export function createJwtAuthenticator(options: JwtAuthenticatorOptions): JwtAut
   }
 
   async function verified(token: string, upstream: Upstream, scopes: readonly string[]): Promise<CachedToken> {
-    const key = createHash('sha256').update(token).digest('base64');
+    const key = hash('sha256', token, 'base64');
     const hit = cached(key, now());
     if (hit) {
       cacheHits++;

@@ -16,7 +16,7 @@
  * another upstream: RFC 8707 binds the token to this upstream's URL, so even two upstreams behind
  * the same authorization server get tokens of their own.
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import type { Store } from '../store/port.ts';
 import type { Sealer } from '../store/sealed.ts';
 import type { DcrRegistration, UpstreamFlow, UpstreamToken } from './records.ts';
@@ -106,7 +106,7 @@ const DAY_MS = 86_400_000;
 const SECRET_EXPIRY_MARGIN_MS = 60_000;
 
 function sha256(text: string): string {
-  return createHash('sha256').update(text).digest('base64url');
+  return hash('sha256', text, 'base64url');
 }
 
 /** Builds the upstream OAuth stores over one storage port; see the module comment for keys. */

@@ -3,7 +3,7 @@
  * for the key it is stored under, opening it again (a value that does not open counts as absent)
  * and the clock. The key layout and why every record is sealed are in `stores.ts`.
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import type { Logger } from '../../observability/logger.ts';
 import type { Store } from '../../store/port.ts';
 import { SealedValueError, type Sealer } from '../../store/sealed.ts';
@@ -13,7 +13,7 @@ export const CAS_ATTEMPTS = 8;
 
 /** SHA-256 of a code or token, base64url: what the store keys them by. */
 export function tokenHash(value: string): string {
-  return createHash('sha256').update(value).digest('base64url');
+  return hash('sha256', value, 'base64url');
 }
 
 /**
