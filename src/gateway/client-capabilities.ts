@@ -163,6 +163,7 @@ export function createClientCapabilities(options: ClientCapabilitiesOptions): Cl
       const { protocolVersion } = info;
       if (!VERSION.test(protocolVersion)) return undefined;
       let notes: Promise<void>[] | undefined;
+      // refsOf, inline: a request of a session already noted allocates nothing here.
       for (const kind of KINDS) {
         const id = kind === 'm' ? info.mcpSessionId : info.sessionId;
         if (!id) continue;
