@@ -158,6 +158,24 @@ describe('valkey store when the server goes away', () => {
     }
   });
 
+  test('frozen: calls started at different times each time out a command timeout after their own start', async () => {
+    const store = storeOn(outage.url, { commandTimeoutMs });
+    try {
+      await store.ping();
+      outage.pause();
+      const first = timed(() => assert.rejects(store.get('a'), StoreUnavailableError));
+      // Half a timeout later: the second's deadline falls between the first's and twice it.
+      await new Promise((resolve) => setTimeout(resolve, commandTimeoutMs / 2));
+      const second = timed(() => assert.rejects(store.get('b'), StoreUnavailableError));
+      for (const ms of await Promise.all([first, second])) {
+        assert.ok(ms >= commandTimeoutMs - 20 && ms < commandTimeoutMs + 200, `took ${Math.round(ms)} ms`);
+      }
+    } finally {
+      outage.resume();
+      await store.close();
+    }
+  });
+
   test('an abort while waiting rejects with the abort reason, not as an outage', async () => {
     const store = storeOn(outage.url, { commandTimeoutMs: 5000 });
     try {
