@@ -1,9 +1,11 @@
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Session } from 'node:inspector/promises';
 import { getHeapSpaceStatistics } from 'node:v8';
 import { createApp } from '../src/app.ts';
 import { generateSigningKeyPem, generateStoreKey } from '../src/authserver/tokens/keys.ts';
-import { parseConfig } from '../src/config/load.ts';
+import { loadConfigApart } from '../src/config/load-apart.ts';
 import type { IdpClient } from '../src/idp/types.ts';
 import { createMemoryStore } from '../src/store/memory.ts';
 import type { Store } from '../src/store/port.ts';
@@ -62,11 +64,15 @@ if (valkeyUrl) {
   // A prefix per process: two gateways of one run (--ab) each seed their own session, sealed with their own key.
   lines.push('  kind: valkey', `  valkey: { url: "${valkeyUrl}", keyPrefix: "bench${process.pid}:" }`);
 }
-const files: Record<string, string> = { '/bench/signing.pem': signingPem, '/bench/store.key': storeKey };
-const config = parseConfig(lines.join('\n'), 'bench/gateway.ts', {
-  env: {}, // no MCPGATE_* override from the caller's environment
-  readFile: (path) => files[path] ?? '',
-});
+// Validated as `mcpgate serve` does it: in a child process (src/config/load-apart.ts), so the
+// YAML parser and the schema library are not in the measured memory. The key files and the
+// config live in a private temporary directory for as long as the child reads them.
+const dir = mkdtempSync(join(tmpdir(), 'mcpgate-bench-'));
+writeFileSync(join(dir, 'signing.pem'), signingPem, { mode: 0o600 });
+writeFileSync(join(dir, 'store.key'), storeKey, { mode: 0o600 });
+writeFileSync(join(dir, 'gateway.yaml'), lines.join('\n').replaceAll('file:/bench/', `file:${dir}/`), { mode: 0o600 });
+// No MCPGATE_* override from the caller's environment.
+const config = await loadConfigApart(join(dir, 'gateway.yaml'), {}, {}).finally(() => rmSync(dir, { recursive: true, force: true }));
 const profiler = new Session();
 const trace = { on: false, calls: [] as { op: string; start: number; end: number }[] };
 const store = traced(valkeyUrl ? await valkeyStore(config) : createMemoryStore());

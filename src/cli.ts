@@ -4,18 +4,10 @@ import './node-check.ts';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createApp } from './app.ts';
-import { generateSigningKeyPem, generateStoreKey } from './authserver/tokens/keys.ts';
-import { ConfigError, loadConfigFile } from './config/load.ts';
-import { sessionsCommand } from './cli/sessions.ts';
-import { upstreamsCommand } from './cli/upstreams.ts';
+import { ConfigError } from './config/config-error.ts';
+import { loadConfigApart } from './config/load-apart.ts';
 import type { Config, ConfigSchemaOptions } from './config/schema.ts';
 import { processSecretSources } from './config/secrets.ts';
-import { resealSessionIndexes } from './authserver/records/session-index-reseal.ts';
-import { formatResealReport, resealComplete, resealValues } from './store/reseal.ts';
-import { createSealer } from './store/sealed.ts';
-import { createValkeyStore } from './store/valkey.ts';
-import { createValkeyMaintenance } from './store/valkey_maintenance.ts';
-import { valkeyStoreOptions } from './store/valkey_settings.ts';
 
 const USAGE = `mcpgate — OAuth 2.1 gateway for remote MCP servers
 
@@ -55,8 +47,9 @@ const stdio = { stdout: (text: string) => void process.stdout.write(text), stder
 
 async function main(argv: string[]): Promise<number> {
   // Subcommand modules parse their own options.
-  if (argv[0] === 'sessions') return sessionsCommand(argv.slice(1), loadOrReport, stdio);
-  if (argv[0] === 'upstreams') return upstreamsCommand(argv.slice(1), loadOrReport, stdio);
+  // Each command's module loads when it runs: none of them belongs in a serving gateway's memory.
+  if (argv[0] === 'sessions') return (await import('./cli/sessions.ts')).sessionsCommand(argv.slice(1), await inProcessLoader(), stdio);
+  if (argv[0] === 'upstreams') return (await import('./cli/upstreams.ts')).upstreamsCommand(argv.slice(1), await inProcessLoader(), stdio);
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
@@ -86,7 +79,8 @@ async function main(argv: string[]): Promise<number> {
         return 2;
       }
       const resolveSecrets = !(command === 'check' && values['no-secrets'] === true);
-      const config = loadOrReport(path, { resolveSecrets });
+      // serve validates in a child process, so the parser and schema never load into the gateway.
+      const config = command === 'serve' ? await reported(loadConfigApart(path)) : (await inProcessLoader())(path, { resolveSecrets });
       if (config === undefined) return 1;
       if (command === 'check') {
         const upstreams = `${config.upstreams.length} upstream${config.upstreams.length === 1 ? '' : 's'}`;
@@ -102,10 +96,10 @@ async function main(argv: string[]): Promise<number> {
           process.stderr.write('mcpgate keys reseal: --config FILE is required\n');
           return 2;
         }
-        const config = loadOrReport(path);
-        return config === undefined ? 1 : reseal(config);
+        const config = (await inProcessLoader())(path);
+        return config === undefined ? 1 : (await import('./cli/keys.ts')).reseal(config);
       }
-      return keys(positionals[1], values.alg ?? 'ES256');
+      return (await import('./cli/keys.ts')).keys(positionals[1], values.alg ?? 'ES256');
     default:
       process.stderr.write(`mcpgate: unknown command "${command}"\n\n${USAGE}\n`);
       return 2;
@@ -113,103 +107,35 @@ async function main(argv: string[]): Promise<number> {
 }
 
 /**
- * Loads and validates a config file (the one validation `check` and `serve` share); prints every
- * problem and returns `undefined` when it is invalid.
+ * The config loader of the operator commands (`check`, `keys reseal`, `sessions`, `upstreams`):
+ * validation in this process, loaded on first use. It prints every problem and returns
+ * `undefined` when the file is invalid.
  */
-function loadOrReport(path: string, options: ConfigSchemaOptions = {}): Config | undefined {
-  try {
-    return loadConfigFile(path, processSecretSources, options);
-  } catch (error) {
-    if (error instanceof ConfigError) {
-      process.stderr.write(`${error.message}\n`);
-      return undefined;
+async function inProcessLoader(): Promise<(path: string, options?: ConfigSchemaOptions) => Config | undefined> {
+  const { loadConfigFile } = await import('./config/load.ts');
+  return (path, options = {}) => {
+    try {
+      return loadConfigFile(path, processSecretSources, options);
+    } catch (error) {
+      return report(error);
     }
-    throw error;
+  };
+}
+
+/** `loading`'s config, or `undefined` once every problem is printed (the same lines as `check`). */
+async function reported(loading: Promise<Config>): Promise<Config | undefined> {
+  try {
+    return await loading;
+  } catch (error) {
+    return report(error);
   }
 }
 
-/**
- * `mcpgate keys reseal`: every value sealed under an older key of `storage.encryptionKeys` is
- * sealed again under the first, in place and keeping its TTL, and every session index entry under
- * an older key is swapped for one under the first (the session record's copy with it). Exit 0
- * when every sealed value and index entry is now under the first key (the older ones can be
- * removed), 1 when some could not be opened or kept changing (rerun), or the store failed.
- */
-async function reseal(config: Config): Promise<number> {
-  const valkey = config.storage.valkey;
-  if (config.storage.kind !== 'valkey' || valkey === undefined) {
-    process.stdout.write(
-      'mcpgate keys reseal: storage.kind is memory: nothing is stored outside the gateway process, so there is nothing to reseal\n' +
-        '(its values die with the process; after a restart everything is sealed under the first key).\n',
-    );
-    return 0;
-  }
-  const keys = config.storage.encryptionKeys.map((k) => ({ id: k.id, key: Buffer.from(k.key, 'base64') }));
-  if (keys.length === 0) {
-    process.stderr.write('mcpgate keys reseal: storage.encryptionKeys is empty: nothing is sealed, so nothing can be resealed\n');
-    return 1;
-  }
-  let source;
-  try {
-    source = await createValkeyMaintenance(valkeyStoreOptions(valkey));
-  } catch (error) {
-    process.stderr.write(`mcpgate keys reseal: ${(error as Error).message}\n`);
-    return 1;
-  }
-  const store = createValkeyStore(valkeyStoreOptions(valkey));
-  try {
-    process.stdout.write(`mcpgate keys reseal: sealing every value and session index entry under key "${keys[0]!.id}" (keys under prefix "${valkey.keyPrefix}")\n`);
-    const values = await resealValues({ source, keys });
-    // Then the index entries: each swap rewrites its session record (already resealed above) to name the new entries.
-    const indexes = await resealSessionIndexes({ source, store, sealer: createSealer({ keys }), sealingKeyId: keys[0]!.id });
-    const report = { ...values, indexes };
-    process.stdout.write(formatResealReport(report));
-    if (report.unreadable > 0) {
-      process.stderr.write(
-        `mcpgate keys reseal: ${report.unreadable} value${report.unreadable === 1 ? '' : 's'} could not be opened by any configured key; ` +
-          'they stay as they are (add the key they were sealed with back to storage.encryptionKeys, or let them expire)\n',
-      );
-    }
-    if (indexes.unreadable > 0) {
-      process.stderr.write(
-        `mcpgate keys reseal: ${indexes.unreadable} session index entr${indexes.unreadable === 1 ? 'y' : 'ies'} could not be opened by any configured key; ` +
-          'they stay as they are (listing sessions drops them: add the key they were sealed with back to storage.encryptionKeys to keep them)\n',
-      );
-    }
-    if (report.changed > 0 || indexes.changed > 0) {
-      process.stderr.write(`mcpgate keys reseal: ${report.changed} value(s) and ${indexes.changed} session(s) changed during the run; run it again\n`);
-    }
-    if (!resealComplete(report)) return 1;
-    process.stdout.write(`done: every sealed value and session index entry is under "${report.sealingKeyId}"; the other keys can be removed from storage.encryptionKeys\n`);
-    return 0;
-  } catch (error) {
-    process.stderr.write(`mcpgate keys reseal: ${(error as Error).message} (every step is safe to repeat: run it again)\n`);
-    return 1;
-  } finally {
-    await source.close();
-    await store.close().catch(() => undefined);
-  }
-}
-
-/** `mcpgate keys generate`: key material for `authServer.signingKeys` and `storage.encryptionKeys`. */
-function keys(subcommand: string | undefined, alg: string): number {
-  if (subcommand !== 'generate') {
-    process.stderr.write('usage: mcpgate keys generate [--alg ES256|RS256|EdDSA] | mcpgate keys reseal --config FILE\n');
-    return 2;
-  }
-  if (alg !== 'ES256' && alg !== 'RS256' && alg !== 'EdDSA') {
-    process.stderr.write(`mcpgate keys generate: --alg must be ES256, RS256 or EdDSA, not "${alg}"\n`);
-    return 2;
-  }
-  process.stdout.write(
-    `# Token-signing key (${alg}). Save the PEM block as a file readable only by mcpgate, e.g.\n` +
-      '# /etc/mcpgate/keys/signing.pem, and list it first: authServer.signingKeys: ["file:/etc/mcpgate/keys/signing.pem"]\n' +
-      generateSigningKeyPem(alg) +
-      '\n# Store encryption key (32 bytes, base64). Keep it in a secret, e.g. the variable MCPGATE_STORE_KEY, and use\n' +
-      '# storage.encryptionKeys: [{ id: "k1", key: "env:MCPGATE_STORE_KEY" }]\n' +
-      `${generateStoreKey()}\n`,
-  );
-  return 0;
+/** Prints a ConfigError's problems and returns `undefined`; anything else is rethrown. */
+function report(error: unknown): undefined {
+  if (!(error instanceof ConfigError)) throw error;
+  process.stderr.write(`${error.message}\n`);
+  return undefined;
 }
 
 /**

@@ -1,19 +1,12 @@
 import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
+import { ConfigError } from './config-error.ts';
 import { closestKey } from './did-you-mean.ts';
 import { createConfigSchema, type Config, type ConfigSchemaOptions } from './schema.ts';
 import { processSecretSources, type SecretSources } from './secrets.ts';
 
-/** Every problem found in a config file, each as `path: message`. */
-export class ConfigError extends Error {
-  override name = 'ConfigError';
-  readonly problems: string[];
-  constructor(source: string, problems: string[]) {
-    super(`invalid configuration in ${source}:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
-    this.problems = problems;
-  }
-}
+export { ConfigError };
 
 /**
  * Environment variables that override config keys. (`MCPGATE_CONFIG`, read by the CLI, names
