@@ -1,4 +1,5 @@
 import { pino, type DestinationStream, type Logger } from 'pino';
+import { LineWriter } from './line-writer.ts';
 
 export type { Logger } from 'pino';
 
@@ -15,10 +16,12 @@ export const REDACT_PATHS = [
 ];
 
 /**
- * Creates the JSON logger; `destination` lets tests capture lines. Without one, each line goes to
- * stdout with one synchronous `write(2)`: pino's default stdout stream hands each write to
- * libuv's thread pool, and a hand-off per access-log line cost about 6 µs (twice the write
- * itself; bench/README.md). Synchronous writes also lose no line when the process dies.
+ * Creates the JSON logger; `destination` lets tests capture lines. Without one, lines go to
+ * stdout through a `LineWriter`: those of one event-loop turn in one synchronous `write(2)` at
+ * its end. pino's default stdout stream hands each write to libuv's thread pool (a hand-off per
+ * access-log line cost about 6 µs), and its synchronous mode makes a `write(2)` per line (about
+ * 2 µs a request; both bench/README.md). Writes stay synchronous, so a line is never lost while
+ * the process lives, and the last turn's lines are written at exit.
  */
 export function createLogger(options: { level: string; destination?: DestinationStream }): Logger {
   return pino(
@@ -29,7 +32,7 @@ export function createLogger(options: { level: string; destination?: Destination
       timestamp: isoTime,
       formatters: { level: (label) => ({ level: label }) },
     },
-    options.destination ?? pino.destination({ dest: 1, sync: true }),
+    options.destination ?? new LineWriter(1),
   );
 }
 

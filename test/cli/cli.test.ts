@@ -149,7 +149,7 @@ describe('mcpgate CLI', { concurrency: true }, () => {
       const events: string[] = [];
       server.once('exit', () => events.push('exit'));
 
-      await waitFor(() => logs.includes('"msg":"listening"'), `the gateway to listen; output:\n${logs}`, 10_000);
+      await waitFor(() => logs.includes('"msg":"listening"'), `the gateway to listen; output:\n${logs}`, 30_000); // slow when the other CLI tests start several gateways at once
       const base = `http://127.0.0.1:${port}`;
       assert.equal((await fetch(`${base}/healthz`)).status, 200);
 
