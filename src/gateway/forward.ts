@@ -13,9 +13,8 @@ export interface ForwardRequest {
   method: string;
   headers: Record<string, string | string[]>;
   body: Buffer | undefined;
+  /** The agent's response. When it closes before it finished (the agent left), the upstream request is aborted. */
   res: ServerResponse;
-  /** Aborted when the agent goes away: the upstream request is aborted with it. */
-  signal: AbortSignal;
   /** Time allowed until the upstream's response headers, in ms; the body (an SSE stream) has none. */
   headersTimeoutMs: number;
   /** Where the upstream lives and where we serve it: its `Location` headers are mapped to our path (headers.ts `relocate`). */
@@ -116,7 +115,7 @@ export function forward(request: ForwardRequest): Promise<ForwardOutcome> {
       ending: false,
       pending: undefined,
       controller: undefined,
-      onAbort: undefined,
+      onAgentClose: undefined,
       onEndStream: undefined,
       onRequestStart,
       onResponseStart,
@@ -172,8 +171,8 @@ interface Forwarding extends Dispatcher.DispatchHandler, SseInjector {
   // Our own events wait here while the upstream is in the middle of one of its events.
   pending: string[] | undefined;
   controller: Dispatcher.DispatchController | undefined;
-  /** Listens to the agent's signal: the upstream request goes with the agent. */
-  onAbort: (() => void) | undefined;
+  /** Listens for the agent's response to close: the upstream request goes with the agent. */
+  onAgentClose: (() => void) | undefined;
   /** Listens to `endStream`, for an SSE response only. */
   onEndStream: (() => void) | undefined;
 }
@@ -184,8 +183,8 @@ const ONCE = { once: true };
 /** Dispatch handler, the request is on its way: abort it if the agent has already left, else when it leaves. */
 function onRequestStart(this: Forwarding, c: Dispatcher.DispatchController): void {
   this.controller = c;
-  if (this.request.signal.aborted) c.abort(new Error('agent closed the connection'));
-  else this.request.signal.addEventListener('abort', (this.onAbort = abortUpstream.bind(undefined, this)), ONCE);
+  if (agentLeft(this.res)) c.abort(new Error('agent closed the connection'));
+  else this.res.once('close', (this.onAgentClose = abortUpstream.bind(undefined, this)));
 }
 
 /** Dispatch handler, on the upstream's headers: refuse a foreign redirect, hold a rejection, or start the agent's response (after `beforeResponse`). */
@@ -236,14 +235,14 @@ function onResponseError(this: Forwarding, _c: Dispatcher.DispatchController | n
   if (this.settled) return;
   const { request, res } = this;
   if (this.mode !== 'streaming') {
-    const kind = request.signal.aborted ? 'aborted' : TIMEOUT_CODES.has((error as { code?: string }).code ?? '') ? 'timeout' : 'unreachable';
+    const kind = agentLeft(res) ? 'aborted' : TIMEOUT_CODES.has((error as { code?: string }).code ?? '') ? 'timeout' : 'unreachable';
     finish(this, new UpstreamError(kind, error));
     return;
   }
   // Headers were sent: the agent already has a status. End an SSE stream cleanly at the
   // transport level (it will reconnect with Last-Event-ID); cut anything else so a
   // truncated JSON body is never mistaken for a complete one.
-  const cut = !request.signal.aborted;
+  const cut = !agentLeft(res);
   if (cut) request.onCut?.();
   if (!res.writableEnded && !res.destroyed) {
     if (this.stream) res.end();
@@ -252,9 +251,14 @@ function onResponseError(this: Forwarding, _c: Dispatcher.DispatchController | n
   finish(this, { kind: 'sent', status: this.status, stream: this.stream, bytes: this.bytes, cut });
 }
 
-/** The agent left: the upstream request goes with it. */
+/** The agent's response closed: if it had not finished, the agent left, and the upstream request goes with it. */
 function abortUpstream(f: Forwarding): void {
-  f.controller?.abort(new Error('agent closed the connection'));
+  if (!f.res.writableFinished) f.controller?.abort(new Error('agent closed the connection'));
+}
+
+/** The agent's response was closed before it finished: the agent went away (or the response was cut). */
+function agentLeft(res: ServerResponse): boolean {
+  return res.destroyed && !res.writableFinished;
 }
 
 /** Shutdown: the stream ends at the next event boundary (now, when it is at one). */
@@ -287,7 +291,7 @@ function finish(f: Forwarding, outcome: ForwardOutcome | Error): void {
   f.settled = true;
   if (f.keepAlive) clearInterval(f.keepAlive);
   if (f.heldTimer) clearTimeout(f.heldTimer);
-  if (f.onAbort) f.request.signal.removeEventListener('abort', f.onAbort);
+  if (f.onAgentClose) f.res.removeListener('close', f.onAgentClose);
   if (f.onEndStream) f.request.endStream?.removeEventListener('abort', f.onEndStream);
   if (f.stream) f.request.onStream?.(false);
   if (outcome instanceof Error) f.reject(outcome);

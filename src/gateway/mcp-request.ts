@@ -58,22 +58,39 @@ export function checkOrigin(route: McpRoute, ctx: RequestContext): void {
 export function beginExchange(route: McpRoute, ctx: RequestContext): McpExchange {
   const served = upstreamFor(route, ctx);
   checkOrigin(route, ctx);
-  const protocolVersion = headerValue(ctx.req.headers, 'mcp-protocol-version');
-  return {
-    ctx,
-    upstream: served.upstream,
-    served,
-    method: ctx.req.method!,
-    body: undefined,
-    principal: undefined,
-    rpc: undefined,
-    mcpSessionId: headerValue(ctx.req.headers, 'mcp-session-id'),
-    protocolVersion,
-    streamVersion: protocolVersion,
-    signal: ctx.signal,
-    prefetched: undefined,
-    earlyOwner: undefined,
-  };
+  return new Exchange(ctx, served);
+}
+
+/**
+ * {@link McpExchange} as a class: `signal` is the request's, read only by a step that passes it on
+ * (a store read, a refresh), so a request without one never makes it (server.ts `signal`).
+ */
+class Exchange implements McpExchange {
+  ctx: RequestContext;
+  upstream: Upstream;
+  served: ServedUpstream;
+  method: string;
+  body: Buffer | undefined = undefined;
+  principal: Principal | undefined = undefined;
+  rpc: McpExchange['rpc'] = undefined;
+  mcpSessionId: string | undefined;
+  protocolVersion: string | undefined;
+  streamVersion: string | undefined;
+  prefetched: Promise<unknown> | undefined = undefined;
+  earlyOwner: Promise<void> | undefined = undefined;
+
+  constructor(ctx: RequestContext, served: ServedUpstream) {
+    this.ctx = ctx;
+    this.upstream = served.upstream;
+    this.served = served;
+    this.method = ctx.req.method!;
+    this.mcpSessionId = headerValue(ctx.req.headers, 'mcp-session-id');
+    this.protocolVersion = this.streamVersion = headerValue(ctx.req.headers, 'mcp-protocol-version');
+  }
+
+  get signal(): AbortSignal {
+    return this.ctx.signal;
+  }
 }
 
 /**
@@ -278,7 +295,6 @@ export async function forwardUpstream(route: McpRoute, x: McpExchange, credentia
       headers: upstreamRequestHeaders(ctx.req.headers, { clientIp: ctx.clientIp, proto: ctx.forwardedProto, host: ctx.forwardedHost }, credential, upstreamSpan?.traceparent()),
       body: x.body,
       res: ctx.res,
-      signal: ctx.signal,
       headersTimeoutMs: route.upstreamTimeoutMs,
       place: served.place,
       sseKeepAliveMs: route.sseKeepAliveMs,
