@@ -253,7 +253,7 @@ function onResponseError(this: Forwarding, _c: Dispatcher.DispatchController | n
 
 /** The agent's response closed: if it had not finished, the agent left, and the upstream request goes with it. */
 function abortUpstream(f: Forwarding): void {
-  if (!f.res.writableFinished) f.controller?.abort(new Error('agent closed the connection'));
+  if (agentLeft(f.res)) f.controller?.abort(new Error('agent closed the connection'));
 }
 
 /** The agent's response was closed before it finished: the agent went away (or the response was cut). */

@@ -237,7 +237,7 @@ class FrontDoorContext implements RequestContext {
   get signal(): AbortSignal {
     if (this.#abort === undefined) {
       this.#abort = new AbortController();
-      if (this.#left) this.#abort.abort(clientLeft());
+      if (this.#left) this.#abort.abort(clientLeftError());
     }
     return this.#abort.signal;
   }
@@ -245,11 +245,12 @@ class FrontDoorContext implements RequestContext {
   /** The response closed before it finished: whoever holds the signal is told. */
   clientLeft(): void {
     this.#left = true;
-    this.#abort?.abort(clientLeft());
+    this.#abort?.abort(clientLeftError());
   }
 }
 
-function clientLeft(): Error {
+/** The abort reason of a request whose client went away. */
+function clientLeftError(): Error {
   return new Error('client closed the connection');
 }
 
